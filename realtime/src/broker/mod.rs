@@ -1,0 +1,114 @@
+//! The seam between a service and its fan-out engine.
+//!
+//! A [`Broker`] carries serialized event frames between server instances.
+//! The service subscribes its instance to a topic when the topic's first
+//! local subscriber arrives and unsubscribes when the last one leaves; the
+//! broker hands every frame published on a subscribed topic, by any instance,
+//! to the [`Incoming`] it was attached to.
+//!
+//! - [`MemoryBroker`]: in process, the default; no server needed.
+//! - [`RedisBroker`]: Redis Pub/Sub, for several instances.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+mod memory;
+// pub mod redis;
+
+pub use memory::MemoryBroker;
+// pub use redis::{RedisBroker, RedisConfig};
+
+/// Moves serialized event frames between the instances of one application.
+///
+/// Frames are the exact text that clients receive; a broker never looks
+/// inside them. Implementations keep the order of one publisher's frames on
+/// one topic.
+///
+/// # Examples
+///
+/// The service drives a broker; an application only picks one:
+///
+/// ```
+/// use realtime::{Broker, MemoryBroker};
+///
+/// fn takes_any_broker<B: Broker>(_broker: B) {}
+/// takes_any_broker(MemoryBroker::new());
+/// ```
+#[diagnostic::on_unimplemented(
+    note = "implement `Broker`, or use `MemoryBroker` (one process) or `RedisBroker` (several)"
+)]
+pub trait Broker: Send + Sync + 'static {
+    /// Connects the broker to its service: frames for subscribed topics go to
+    /// `incoming`. The service builder calls this once, before any other method.
+    fn attach(&self, incoming: Incoming);
+
+    /// Sends one serialized event frame to every instance subscribed to `topic`.
+    ///
+    /// Resolves once the broker has taken the frame; the sender's
+    /// acknowledgement waits for it.
+    fn publish(
+        &self,
+        topic: &str,
+        frame: Bytes,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Starts delivering `topic`'s frames to this instance.
+    fn subscribe(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Stops delivering `topic`'s frames to this instance.
+    fn unsubscribe(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+/// Where a broker hands the frames it receives: the service's local fan-out.
+///
+/// Cloning is cheap. [`deliver`](Self::deliver) never blocks: it copies
+/// the frame handle into each local subscriber's queue.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::broker::Incoming;
+///
+/// let incoming = Incoming::new(|topic, frame| println!("{topic}: {} bytes", frame.len()));
+/// incoming.deliver("room:1", bytes::Bytes::from_static(b"{}"));
+/// ```
+#[derive(Clone)]
+pub struct Incoming(Arc<dyn Fn(&str, Bytes) + Send + Sync>);
+
+impl Incoming {
+    /// Wraps the function that receives `(topic, frame)`.
+    pub fn new(deliver: impl Fn(&str, Bytes) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(deliver))
+    }
+
+    /// Hands one frame of `topic` to the local subscribers.
+    pub fn deliver(&self, topic: &str, frame: Bytes) {
+        (self.0)(topic, frame);
+    }
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Incoming")
+    }
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker could not be reached; a publish reached nobody. The service
+    /// answers the sender with an error frame (code 503); retrying later may work.
+    #[error("broker unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker did not answer in time; a publish may or may not have
+    /// reached the other instances.
+    #[error("broker timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The topic cannot be used as a channel name.
+    #[error("invalid topic `{0}`")]
+    InvalidTopic(String),
+}

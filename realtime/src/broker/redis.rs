@@ -1,0 +1,1 @@
+//! [`RedisBroker`]: fan-out across instances through Redis Pub/Sub.

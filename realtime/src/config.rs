@@ -1,0 +1,156 @@
+//! Limits and timeouts of a [`Service`](crate::Service), in one place.
+
+use std::time::Duration;
+
+/// Limits and timeouts that apply to every connection of one service.
+///
+/// Start from [`Config::default()`] and change the fields you need; the
+/// service builder validates the result once, in
+/// [`ServiceBuilder::build`](crate::service::ServiceBuilder::build).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use realtime::Config;
+///
+/// let mut config = Config::default();
+/// config.max_frame_bytes = 16 * 1024;
+/// config.idle_timeout = Duration::from_secs(30);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest text frame a client may send, in bytes. Default: 64 KiB.
+    ///
+    /// A larger frame closes the connection with 1009 (message too big).
+    pub max_frame_bytes: usize,
+    /// Frames that may wait in one connection's outbound queue. Default: 1024.
+    ///
+    /// When a client reads too slowly and its queue is full, the connection is
+    /// closed with 1013 (try again later); nobody else waits for it.
+    pub outbound_queue: usize,
+    /// Frames the write task hands to the socket before one flush. Default: 64.
+    pub write_batch: usize,
+    /// Messages one connection may send per second, on average. Default: 100.
+    ///
+    /// Up to `rate_burst` messages may arrive at once. A message past the limit
+    /// is not handled: it gets an error frame with code 429. A client that
+    /// keeps sending while limited (another `rate_burst` rejected messages
+    /// before its budget refills) is closed with 1008 (policy violation).
+    pub max_messages_per_sec: u32,
+    /// Messages that may arrive at once before the rate limit applies. Default: 200.
+    pub rate_burst: u32,
+    /// How often the server pings each client. Default: 20 s.
+    pub ping_interval: Duration,
+    /// How long a client may stay silent (no frame, not even a pong) before it
+    /// is closed with 1008. Default: 60 s. Must exceed `ping_interval`.
+    pub idle_timeout: Duration,
+    /// How long the server waits for the client's answer to its close frame
+    /// before it drops the TCP connection. Default: 2 s.
+    pub close_timeout: Duration,
+    /// Open connections this instance accepts. Default: 10 000.
+    ///
+    /// An upgrade request past the limit gets HTTP 503 before the upgrade.
+    pub max_connections: usize,
+    /// Size of each connection's read buffer, in bytes. Default: 4 KiB.
+    ///
+    /// axum's default is 128 KiB, which made an idle connection cost about
+    /// 137 KiB on our machines; with 4 KiB it costs about 9 KiB. The buffer
+    /// grows for larger frames up to `max_frame_bytes`.
+    pub read_buffer_bytes: usize,
+    /// Bytes the socket writer collects before it writes to the socket. Default: 8 KiB.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            write_batch: 64,
+            max_messages_per_sec: 100,
+            rate_burst: 200,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(2),
+            max_connections: 10_000,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// `idle_timeout` is not longer than `ping_interval`, so a healthy client
+    /// could be closed before it had a chance to answer a ping.
+    #[error("`idle_timeout` must be longer than `ping_interval`")]
+    IdleNotAfterPing,
+}
+
+impl Config {
+    /// Checks the limits for values that could never work.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] names the first field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("outbound_queue", self.outbound_queue),
+            ("write_batch", self.write_batch),
+            ("max_messages_per_sec", self.max_messages_per_sec as usize),
+            ("rate_burst", self.rate_burst as usize),
+            ("max_connections", self.max_connections),
+            ("read_buffer_bytes", self.read_buffer_bytes),
+            ("write_buffer_bytes", self.write_buffer_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Zero(name));
+        }
+        for (name, value) in [
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleNotAfterPing);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_limit_is_refused_by_name() {
+        let mut config = Config::default();
+        config.outbound_queue = 0;
+        assert_eq!(config.validate(), Err(ConfigError::Zero("outbound_queue")));
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_ping_interval() {
+        let mut config = Config::default();
+        config.idle_timeout = config.ping_interval;
+        assert_eq!(config.validate(), Err(ConfigError::IdleNotAfterPing));
+    }
+}

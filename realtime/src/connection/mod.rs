@@ -1,0 +1,127 @@
+//! One socket: its bounded outbound queue, its write task and its read loop.
+//!
+//! A connection costs two tasks: the read loop (the task axum gives the
+//! upgraded socket) and one write task. Nothing is spawned per message. The
+//! read loop handles a client's frames one after another, in the order they
+//! arrived; every frame for the client, whoever produced it, goes through the
+//! one outbound queue, which the write task drains in batches (feed several
+//! frames, flush once). No lock is held across a socket write.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::BrokerError;
+
+mod reader;
+mod writer;
+
+pub(crate) use reader::{Session, run};
+
+/// What the write task sends next.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A text frame: an answer, an error or an event.
+    Frame(Utf8Bytes),
+    /// A heartbeat ping.
+    Ping,
+    /// The last frame: a close frame with this code, after everything queued
+    /// before it.
+    Close(u16),
+}
+
+/// Counters shared by every connection of one service.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) slow_closes: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+}
+
+/// State shared by a connection's read loop, its write task and everyone
+/// holding its [`Outbox`].
+#[derive(Debug)]
+struct Shared {
+    /// Fires when the connection must end at once, without waiting for its
+    /// queue: a slow reader, a failed write, or the write task ending.
+    abort: CancellationToken,
+    /// The close code to send on abort; 0 when no close frame should be sent.
+    abort_code: AtomicU16,
+    counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// Ends the connection now with `code` (0: no close frame). The first
+    /// reason wins.
+    fn abort(&self, code: u16) {
+        let _ = self
+            .abort_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.abort.cancel();
+    }
+}
+
+/// The sending side of one connection's outbound queue.
+///
+/// Cloned into the topic registry (for fan-out) and into the connection's
+/// [`Context`](crate::Context) (for `send`).
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// Queues `frame` without waiting. A full queue means the client reads
+    /// too slowly: it is closed with 1013 and the frame is dropped, so that
+    /// no one else waits for it. Returns whether the frame was queued.
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.shared.abort.is_cancelled() {
+                    self.shared
+                        .counters
+                        .slow_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("outbound queue full; closing a slow client with 1013");
+                }
+                self.shared
+                    .abort(crate::protocol::close_code::TRY_AGAIN_LATER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// A new connection's queue: the [`Outbox`] to register and the receiver its
+/// write task will drain.
+pub(crate) fn queue(
+    capacity: usize,
+    counters: Arc<Counters>,
+) -> (Outbox, mpsc::Receiver<Outbound>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(Shared {
+        abort: CancellationToken::new(),
+        abort_code: AtomicU16::new(0),
+        counters,
+    });
+    (Outbox { tx, shared }, rx)
+}
+
+/// Where a connection sends the events its handler produces: the service,
+/// which hands them to the broker.
+pub(crate) trait Publisher: Send + Sync {
+    /// Publishes one event frame on `topic`.
+    fn publish(
+        &self,
+        topic: &str,
+        frame: Bytes,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}

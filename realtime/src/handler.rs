@@ -1,0 +1,394 @@
+//! The application's side: [`MessageHandler`], the per-connection
+//! [`Context`] and the typed [`HandlerError`].
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::connection::Outbox;
+use crate::protocol::{self, error_code};
+
+/// Identifies one connection within one service instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// What a handler sees of the connection a message came from.
+///
+/// Every method of a [`MessageHandler`] receives one. It is cheap to keep:
+/// the topic and the app state are shared.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::{Context, HandlerError};
+///
+/// struct AppState { greeting: String }
+///
+/// async fn greet(ctx: &Context<AppState, String>) -> Result<(), HandlerError> {
+///     let line = format!("{}, {} (on {})", ctx.state().greeting, ctx.user_id(), ctx.topic());
+///     ctx.send(&line)?;
+///     Ok(())
+/// }
+/// ```
+pub struct Context<S, U> {
+    pub(crate) conn_id: ConnectionId,
+    pub(crate) user_id: U,
+    pub(crate) topic: Arc<str>,
+    pub(crate) state: Arc<S>,
+    pub(crate) outbox: Outbox,
+}
+
+/// The name the crate this one descends from gave [`Context`].
+pub type ConnectionContext<S, U> = Context<S, U>;
+
+impl<S, U> Context<S, U> {
+    /// This connection's id, unique within this service instance.
+    pub fn conn_id(&self) -> ConnectionId {
+        self.conn_id
+    }
+
+    /// The user the token validator returned for this connection.
+    pub fn user_id(&self) -> &U {
+        &self.user_id
+    }
+
+    /// The topic this connection subscribed to (the `{topic}` of the route).
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The application state given to the service builder.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The application state as the shared pointer the service holds.
+    pub fn state_arc(&self) -> &Arc<S> {
+        &self.state
+    }
+
+    /// Sends `event` to this client only, as an event frame of its topic:
+    /// `{"topic": "...", "event": ...}`. It waits in the same outbound queue
+    /// as every other frame for this client, so order is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 500 when `event` does not serialize, and with
+    /// code 503 when the connection is closing or its queue is full (the
+    /// client is then closed with 1013, as for any slow reader).
+    pub fn send<T: Serialize + ?Sized>(&self, event: &T) -> Result<(), HandlerError> {
+        let frame = protocol::event_frame(&self.topic, event)?;
+        if self.outbox.push(frame) {
+            Ok(())
+        } else {
+            Err(HandlerError::new(
+                error_code::UNAVAILABLE,
+                "the connection is closing",
+            ))
+        }
+    }
+}
+
+impl<S, U: fmt::Debug> fmt::Debug for Context<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("conn_id", &self.conn_id)
+            .field("user_id", &self.user_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure a handler reports to the client that sent the message.
+///
+/// The `code` and `message` go on the wire in an error frame
+/// (`{"reply_to": 7, "error": {"code": 404, "message": "no such room"}}`);
+/// the optional source is logged and never sent.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::HandlerError;
+///
+/// fn find(room: &str) -> Result<u32, HandlerError> {
+///     if room == "lobby" { Ok(1) } else { Err(HandlerError::not_found(format!("no room `{room}`"))) }
+/// }
+///
+/// let error = find("attic").unwrap_err();
+/// assert_eq!(error.code(), 404);
+/// assert_eq!(error.message(), "no room `attic`");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct HandlerError {
+    code: u16,
+    message: String,
+    #[source]
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl HandlerError {
+    /// An error with a code (HTTP status style) and a message for the client.
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Code 400: the request was understood but is not acceptable.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+
+    /// Code 403: this user may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, message)
+    }
+
+    /// Code 404: what the request names does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+
+    /// Code 500 with a generic message; `source` is logged, never sent.
+    pub fn internal(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::new(error_code::INTERNAL, "internal error").with_source(source)
+    }
+
+    /// Attaches the underlying error, for logs only.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The code sent to the client.
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The message sent to the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    /// A JSON error inside a handler is the server's: usually a reply or an
+    /// event that does not serialize. It becomes code 500, with the serde
+    /// error kept as the (logged) source.
+    fn from(error: serde_json::Error) -> Self {
+        Self::new(error_code::INTERNAL, "could not encode the answer as JSON").with_source(error)
+    }
+}
+
+/// A direct method's answer, already serialized as JSON.
+///
+/// It becomes the `ok` of the reply frame: `{"reply_to": 7, "ok": <reply>}`.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::handler::Reply;
+///
+/// let reply = Reply::json(&vec!["a", "b"]).unwrap();
+/// assert_eq!(reply.as_json(), r#"["a","b"]"#);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reply(Box<RawValue>);
+
+impl Reply {
+    /// Serializes `value` as the answer.
+    ///
+    /// # Errors
+    ///
+    /// A [`HandlerError`] with code 500 when `value` does not serialize.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, HandlerError> {
+        Ok(Self(serde_json::value::to_raw_value(value)?))
+    }
+
+    /// The answer's JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    pub(crate) fn raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+/// What became of one client message; the service turns it into frames.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome<E> {
+    /// Answer the sender: `{"reply_to": id, "ok": ...}`.
+    Reply(Reply),
+    /// Publish this event to every subscriber of the sender's topic, then
+    /// acknowledge the sender if its frame had an id.
+    Broadcast(E),
+    /// Handled, nothing to send; acknowledged like a broadcast.
+    Handled,
+}
+
+/// The application's logic: what to do with each client message.
+///
+/// `#[realtime_handler]` writes this impl from an annotated impl block; it can
+/// also be written by hand, as below.
+///
+/// Messages are an enum tagged by `type` with the arguments under `data`
+/// (`#[serde(tag = "type", content = "data")]`), with struct variants: the
+/// service feeds a frame without `data` as `"data": {}`.
+///
+/// Every method returns `impl Future + Send`, so the impl may write them as
+/// `async fn`.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::{Context, HandlerError, MessageHandler};
+/// use realtime::handler::Reply;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+/// enum ChatMessage {
+///     Say { text: String },
+///     Ping {},
+/// }
+///
+/// #[derive(Serialize)]
+/// struct Said { from: String, text: String }
+///
+/// struct Chat;
+///
+/// impl MessageHandler for Chat {
+///     type ClientMessage = ChatMessage;
+///     type ServerEvent = Said;
+///     type AppState = ();
+///     type UserId = String;
+///
+///     async fn handle_direct_message(
+///         &self,
+///         msg: &ChatMessage,
+///         _ctx: &Context<(), String>,
+///     ) -> Result<Option<Reply>, HandlerError> {
+///         match msg {
+///             ChatMessage::Ping {} => Ok(Some(Reply::json("pong")?)),
+///             _ => Ok(None), // falls through to handle_broadcast_message
+///         }
+///     }
+///
+///     async fn handle_broadcast_message(
+///         &self,
+///         msg: ChatMessage,
+///         ctx: &Context<(), String>,
+///     ) -> Result<Option<Said>, HandlerError> {
+///         match msg {
+///             ChatMessage::Say { text } => Ok(Some(Said { from: ctx.user_id().clone(), text })),
+///             ChatMessage::Ping {} => Ok(None),
+///         }
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    note = "write `#[realtime_handler]` on `impl {Self} {{ ... }}`, or implement `MessageHandler` by hand"
+)]
+pub trait MessageHandler: Send + Sync + Sized + 'static {
+    /// What clients send: an enum tagged by `type`, with `data`.
+    type ClientMessage: DeserializeOwned + Send + Sync + 'static;
+    /// What subscribers receive, as the `event` of an event frame.
+    type ServerEvent: Serialize + Send + Sync + 'static;
+    /// Shared application state, handed to every [`Context`].
+    type AppState: Send + Sync + 'static;
+    /// Who a connection belongs to, as the token validator returns it.
+    type UserId: Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// Runs once a connection is upgraded and subscribed, before its first
+    /// message is read. The default does nothing.
+    fn on_connect(
+        &self,
+        ctx: &Context<Self::AppState, Self::UserId>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Decides whether `user` may subscribe to `topic`; `false` answers the
+    /// upgrade request with HTTP 403. Runs before the upgrade. The default
+    /// allows every topic.
+    fn authorize_topic(
+        &self,
+        state: &Self::AppState,
+        user: &Self::UserId,
+        topic: &str,
+    ) -> impl Future<Output = bool> + Send {
+        let _ = (state, user, topic);
+        async { true }
+    }
+
+    /// Answers a message to its sender only. `Ok(None)` hands the message on
+    /// to [`handle_broadcast_message`](Self::handle_broadcast_message). The
+    /// default hands every message on.
+    fn handle_direct_message(
+        &self,
+        msg: &Self::ClientMessage,
+        ctx: &Context<Self::AppState, Self::UserId>,
+    ) -> impl Future<Output = Result<Option<Reply>, HandlerError>> + Send {
+        let _ = (msg, ctx);
+        async { Ok(None) }
+    }
+
+    /// Turns a message into an event for every subscriber of the sender's
+    /// topic, on every instance. `Ok(None)`: handled, nothing to publish.
+    fn handle_broadcast_message(
+        &self,
+        msg: Self::ClientMessage,
+        ctx: &Context<Self::AppState, Self::UserId>,
+    ) -> impl Future<Output = Result<Option<Self::ServerEvent>, HandlerError>> + Send;
+
+    /// Runs once when the connection is gone, however it ended (close frame,
+    /// dropped TCP connection, limit, shutdown). The default does nothing.
+    fn on_disconnect(
+        &self,
+        ctx: &Context<Self::AppState, Self::UserId>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Routes one message; this is what the service calls.
+    ///
+    /// The default asks [`handle_direct_message`](Self::handle_direct_message)
+    /// first and, on `Ok(None)`,
+    /// [`handle_broadcast_message`](Self::handle_broadcast_message).
+    /// `#[realtime_handler]` overrides it to move each message's fields
+    /// straight into its method, without a clone.
+    fn dispatch(
+        &self,
+        msg: Self::ClientMessage,
+        ctx: &Context<Self::AppState, Self::UserId>,
+    ) -> impl Future<Output = Result<Outcome<Self::ServerEvent>, HandlerError>> + Send {
+        async move {
+            if let Some(reply) = self.handle_direct_message(&msg, ctx).await? {
+                return Ok(Outcome::Reply(reply));
+            }
+            Ok(match self.handle_broadcast_message(msg, ctx).await? {
+                Some(event) => Outcome::Broadcast(event),
+                None => Outcome::Handled,
+            })
+        }
+    }
+}

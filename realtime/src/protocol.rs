@@ -1,0 +1,420 @@
+//! Wire protocol version 1: the frames a client sends and receives.
+//!
+#![doc = include_str!("../docs/protocol.md")]
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::de::{DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// WebSocket close codes the server sends (RFC 6455, section 7.4.1).
+pub mod close_code {
+    /// The connection did its job; the server closes it normally.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down (or restarting).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client sent a binary frame; this protocol speaks JSON text only.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// The client broke a policy: it flooded past the rate limit or stayed
+    /// silent past the idle timeout.
+    pub const POLICY: u16 = 1008;
+    /// The client sent a frame larger than `Config::max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server hit an internal error it cannot recover from on this socket.
+    pub const ERROR: u16 = 1011;
+    /// The client read too slowly: its outbound queue was full.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The reason text sent with each close code the server uses.
+pub(crate) fn close_reason(code: u16) -> &'static str {
+    match code {
+        close_code::NORMAL => "bye",
+        close_code::GOING_AWAY => "server shutting down",
+        close_code::UNSUPPORTED => "binary frames are not supported; send JSON text",
+        close_code::POLICY => "policy violation: rate limit or idle timeout",
+        close_code::TOO_BIG => "frame too large",
+        close_code::TRY_AGAIN_LATER => "too slow: outbound queue full",
+        _ => "",
+    }
+}
+
+/// Codes carried in the `error` object of an error frame. They follow the
+/// HTTP status codes a web developer already knows.
+pub mod error_code {
+    /// The frame could not be understood: not JSON, no `type`, an unknown
+    /// type, a missing or mistyped field.
+    pub const BAD_REQUEST: u16 = 400;
+    /// The client is sending faster than `Config::max_messages_per_sec`.
+    pub const TOO_MANY_REQUESTS: u16 = 429;
+    /// The handler failed in a way that is not the client's fault.
+    pub const INTERNAL: u16 = 500;
+    /// The broker could not take the event; it reached nobody.
+    pub const UNAVAILABLE: u16 = 503;
+}
+
+/// Prefix of the type names reserved for built-in control messages.
+pub const RESERVED_PREFIX: char = '$';
+
+/// A client frame whose envelope was read: its type, its arguments and its id.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub(crate) kind: Cow<'a, str>,
+    pub(crate) data: Option<&'a RawValue>,
+    pub(crate) id: Option<&'a RawValue>,
+}
+
+/// A client frame that could not be turned into a message.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameError<'a> {
+    /// The frame's `id`, when it could be read, so the error can answer it.
+    pub(crate) id: Option<&'a RawValue>,
+    pub(crate) message: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// The id alone, read when the envelope as a whole is wrong, so that the error
+/// can still say which request it answers.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Reads the envelope `{"type": ..., "data": ..., "id": ...}` of a text frame.
+pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
+    match serde_json::from_str::<Envelope<'_>>(text) {
+        Ok(envelope) => {
+            if let Some(id) = envelope.id {
+                if !is_valid_id(id) {
+                    return Err(FrameError {
+                        id: None,
+                        message: "`id` must be a number or a string".to_owned(),
+                    });
+                }
+            }
+            Ok(Request {
+                kind: envelope.kind,
+                data: envelope.data,
+                id: envelope.id,
+            })
+        }
+        Err(error) => {
+            let id = serde_json::from_str::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|frame| frame.id)
+                .filter(|id| is_valid_id(id));
+            let message = if error.is_syntax() || error.is_eof() {
+                format!("malformed JSON: {}", without_position(&error))
+            } else {
+                format!(
+                    "malformed frame: {}; expected {{\"type\": \"...\", \"data\": {{...}}, \"id\": ...}}",
+                    without_position(&error)
+                )
+            };
+            Err(FrameError { id, message })
+        }
+    }
+}
+
+fn is_valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+impl<'a> Request<'a> {
+    /// Deserializes the handler's message type from this frame's type and data.
+    ///
+    /// The message type is an enum tagged by `type` with its fields under
+    /// `data` (`#[serde(tag = "type", content = "data")]`), which is what
+    /// `#[realtime_handler]` generates. A frame without `data` is read as if it
+    /// carried `"data": {}`, so a message whose arguments are all optional can
+    /// leave it out.
+    pub(crate) fn decode<M: DeserializeOwned>(&self) -> Result<M, FrameError<'a>> {
+        let fields = FrameFields {
+            kind: Some(&self.kind),
+            data: Some(match self.data {
+                Some(data) => data,
+                None => empty_object(),
+            }),
+        };
+        let deserializer = serde::de::value::MapAccessDeserializer::new(fields);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| FrameError {
+            id: self.id,
+            message: describe(&error),
+        })
+    }
+}
+
+fn empty_object() -> &'static RawValue {
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON"))
+}
+
+/// Turns a decoding error into the message of an error frame: what was wrong,
+/// and where.
+fn describe(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = without_position(error.inner());
+    if let Some(rest) = inner.strip_prefix("unknown variant ") {
+        // serde says "unknown variant `x`, expected one of `a`, `b`".
+        let (name, known) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let known = known.strip_prefix("one of ").unwrap_or(known);
+        return if known.is_empty() {
+            format!("unknown type {name}")
+        } else {
+            format!("unknown type {name}; known types: {known}")
+        };
+    }
+    // Paths start at the fields we feed in: "data.limit" names the field.
+    let path = error.path().to_string();
+    match path.as_str() {
+        "" | "." | "data" => format!("invalid `data`: {inner}"),
+        _ => format!("invalid field `{path}`: {inner}"),
+    }
+}
+
+/// serde_json's message without " at line 1 column 9", which points into a
+/// buffer the client never sees.
+fn without_position(error: &serde_json::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(at) = text.rfind(" at line ") {
+        text.truncate(at);
+    }
+    text
+}
+
+/// Presents `type` and `data` to the message's `Deserialize` impl as a
+/// two-entry map, so the adjacently tagged enum reads the tag first and then
+/// deserializes `data` straight from the client's bytes, without buffering.
+struct FrameFields<'a> {
+    kind: Option<&'a str>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'de> MapAccess<'de> for FrameFields<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let key = if self.kind.is_some() {
+            "type"
+        } else if self.data.is_some() {
+            "data"
+        } else {
+            return Ok(None);
+        };
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        if let Some(kind) = self.kind.take() {
+            return seed.deserialize(kind.into_deserializer());
+        }
+        let data = self
+            .data
+            .take()
+            .expect("serde asks for a value after each key");
+        seed.deserialize(data.into_deserializer())
+    }
+}
+
+/// Serializes `value` as JSON into a new buffer.
+fn to_json<T: Serialize + ?Sized>(
+    buffer: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(buffer, value)
+}
+
+/// `{"topic": <topic>, "event": <event>}`: the frame every subscriber of
+/// `topic` receives, serialized once.
+///
+/// # Errors
+///
+/// Fails when the event's `Serialize` impl fails.
+pub(crate) fn event_frame<E: Serialize + ?Sized>(
+    topic: &str,
+    event: &E,
+) -> Result<Utf8Bytes, serde_json::Error> {
+    let mut buffer = Vec::with_capacity(64 + topic.len());
+    buffer.extend_from_slice(b"{\"topic\":");
+    to_json(&mut buffer, topic)?;
+    buffer.extend_from_slice(b",\"event\":");
+    to_json(&mut buffer, event)?;
+    buffer.push(b'}');
+    Ok(utf8(buffer))
+}
+
+/// `{"reply_to": <id>, "ok": <value>}`: a direct method's answer.
+pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Utf8Bytes {
+    let mut text = String::with_capacity(24 + value.get().len());
+    text.push('{');
+    push_reply_to(&mut text, id);
+    text.push_str("\"ok\":");
+    text.push_str(value.get());
+    text.push('}');
+    text.into()
+}
+
+/// `{"reply_to": <id>, "ok": null}`: a broadcast's acknowledgement.
+pub(crate) fn ack_frame(id: &RawValue) -> Utf8Bytes {
+    let mut text = String::with_capacity(32);
+    text.push('{');
+    push_reply_to(&mut text, Some(id));
+    text.push_str("\"ok\":null}");
+    text.into()
+}
+
+/// `{"reply_to": <id>, "error": {"code": <code>, "message": <message>}}`.
+pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Utf8Bytes {
+    let mut text = String::with_capacity(48 + message.len());
+    text.push('{');
+    push_reply_to(&mut text, id);
+    // A u16 and a JSON string cannot fail to format.
+    let _ = write!(text, "\"error\":{{\"code\":{code},\"message\":");
+    text.push_str(&serde_json::to_string(message).expect("a string always serializes"));
+    text.push_str("}}");
+    text.into()
+}
+
+fn push_reply_to(text: &mut String, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        text.push_str("\"reply_to\":");
+        text.push_str(id.get());
+        text.push(',');
+    }
+}
+
+fn utf8(buffer: Vec<u8>) -> Utf8Bytes {
+    // serde_json writes valid UTF-8 only, so the check cannot fail; it is done
+    // once per event, not per subscriber.
+    Utf8Bytes::try_from(buffer).expect("serde_json writes UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+    enum Msg {
+        Say { text: String },
+        History { limit: u32 },
+        Ping {},
+        Opt { note: Option<String> },
+    }
+
+    fn decode(text: &str) -> Result<Msg, String> {
+        let request = read_envelope(text).map_err(|e| e.message)?;
+        request.decode::<Msg>().map_err(|e| e.message)
+    }
+
+    #[test]
+    fn decodes_type_data_and_id() {
+        let request = read_envelope(r#"{"type":"say","data":{"text":"hi"},"id":7}"#).unwrap();
+        assert_eq!(request.id.map(RawValue::get), Some("7"));
+        assert_eq!(
+            request.decode::<Msg>().unwrap(),
+            Msg::Say { text: "hi".into() }
+        );
+    }
+
+    #[test]
+    fn data_may_come_before_type() {
+        assert_eq!(
+            decode(r#"{"id":"a","data":{"limit":3},"type":"history"}"#),
+            Ok(Msg::History { limit: 3 })
+        );
+    }
+
+    #[test]
+    fn absent_data_reads_as_empty_object() {
+        assert_eq!(decode(r#"{"type":"ping"}"#), Ok(Msg::Ping {}));
+        assert_eq!(decode(r#"{"type":"opt"}"#), Ok(Msg::Opt { note: None }));
+    }
+
+    #[test]
+    fn unknown_type_lists_known_types() {
+        assert_eq!(
+            decode(r#"{"type":"sya","data":{}}"#),
+            Err("unknown type `sya`; known types: `say`, `history`, `ping`, `opt`".into())
+        );
+    }
+
+    #[test]
+    fn wrong_field_type_names_field_and_type() {
+        assert_eq!(
+            decode(r#"{"type":"history","data":{"limit":"x"}}"#),
+            Err("invalid field `limit`: invalid type: string \"x\", expected u32".into())
+        );
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        assert_eq!(
+            decode(r#"{"type":"say","data":{}}"#),
+            Err("invalid `data`: missing field `text`".into())
+        );
+    }
+
+    #[test]
+    fn malformed_json_keeps_no_position() {
+        assert_eq!(
+            decode("{nope"),
+            Err("malformed JSON: key must be a string".into())
+        );
+    }
+
+    #[test]
+    fn missing_type_is_a_malformed_frame_with_its_id() {
+        let error = read_envelope(r#"{"data":{},"id":3}"#).unwrap_err();
+        assert_eq!(error.id.map(RawValue::get), Some("3"));
+        assert!(
+            error
+                .message
+                .starts_with("malformed frame: missing field `type`")
+        );
+    }
+
+    #[test]
+    fn object_id_is_refused() {
+        let error = read_envelope(r#"{"type":"say","id":{}}"#).unwrap_err();
+        assert!(error.id.is_none());
+    }
+
+    #[test]
+    fn frames_have_the_documented_shape() {
+        let id = RawValue::from_string("7".into()).unwrap();
+        let ok = RawValue::from_string("[1,2]".into()).unwrap();
+        assert_eq!(
+            &*reply_frame(Some(&id), &ok),
+            r#"{"reply_to":7,"ok":[1,2]}"#
+        );
+        assert_eq!(&*reply_frame(None, &ok), r#"{"ok":[1,2]}"#);
+        assert_eq!(&*ack_frame(&id), r#"{"reply_to":7,"ok":null}"#);
+        assert_eq!(
+            &*error_frame(Some(&id), 400, "bad \"x\""),
+            r#"{"reply_to":7,"error":{"code":400,"message":"bad \"x\""}}"#
+        );
+        assert_eq!(
+            &*event_frame("room:1", &serde_json::json!({"text": "hi"})).unwrap(),
+            r#"{"topic":"room:1","event":{"text":"hi"}}"#
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The axum side: the upgrade handler and the router that
+//! `#[realtime_handler]`'s `router()` returns.
+//!
+//! An upgrade request goes through, in order: the connection limit (503),
+//! the token (401), the topic authorization (403), and the subscription of
+//! the instance to the topic (503 if the broker is down). Only then is the
+//! socket upgraded, so a refused client never holds a WebSocket.
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::auth::{self, AuthError, BEARER_PROTOCOL, TokenSource};
+use crate::broker::{Broker, BrokerError};
+use crate::handler::MessageHandler;
+use crate::service::{Full, Service};
+
+/// The router with one route, `path`, that upgrades to `service`.
+///
+/// `path` holds one parameter, `{topic}`, as in `"/ws/{topic}"`. Merge the
+/// result into the application's router.
+///
+/// # Panics
+///
+/// When `path` has no `{topic}` segment: that is a setup mistake.
+///
+/// # Examples
+///
+/// See [`Service`].
+#[track_caller]
+pub fn router<H: MessageHandler, B: Broker>(service: Service<H, B>, path: &str) -> Router {
+    assert!(
+        path.contains("{topic}"),
+        "the realtime route `{path}` needs a `{{topic}}` segment, as in \"/ws/{{topic}}\""
+    );
+    Router::new()
+        .route(path, get(upgrade::<H, B>))
+        .with_state(service)
+}
+
+/// The upgrade handler, for applications that assemble their routes by hand:
+/// `get(upgrade::<Chat, MemoryBroker>)` on a path with `{topic}`, with the
+/// [`Service`] as state.
+///
+/// # Errors
+///
+/// Answers with an [`UpgradeError`] instead of upgrading when the request
+/// is refused.
+pub async fn upgrade<H: MessageHandler, B: Broker>(
+    State(service): State<Service<H, B>>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, UpgradeError> {
+    let admission = service.admit().map_err(|full| match full {
+        Full::AtCapacity => UpgradeError::AtCapacity,
+        Full::ShuttingDown => UpgradeError::ShuttingDown,
+    })?;
+    let (token, source) = auth::extract_token(&headers, query.as_deref())?;
+    let user = service.authenticate(&token).await?;
+    service.authorize(&user, &topic).await?;
+    let member = service
+        .join(&topic, user, admission)
+        .await
+        .map_err(UpgradeError::Broker)?;
+
+    let config = service.config();
+    let mut ws = ws
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(config.write_buffer_bytes)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes);
+    if source == TokenSource::Protocol {
+        ws = ws.protocols([BEARER_PROTOCOL]);
+    }
+    // If the upgrade fails, `member` is dropped with the closure and the
+    // connection leaves its topic and frees its place.
+    Ok(ws.on_upgrade(move |socket| service.serve(socket, member)))
+}
+
+/// Why an upgrade request was answered with an HTTP error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Missing or invalid token (401), or a forbidden topic (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The instance holds `Config::max_connections` already (503).
+    #[error("too many connections on this instance; try again later")]
+    AtCapacity,
+    /// The instance is shutting down (503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The broker could not subscribe the instance to the topic (503).
+    #[error("cannot subscribe to the topic now: {0}")]
+    Broker(#[source] BrokerError),
+}
+
+impl IntoResponse for UpgradeError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Auth(error) => error.into_response(),
+            other => {
+                if let Self::Broker(error) = &other {
+                    tracing::warn!(%error, "refused an upgrade: broker unavailable");
+                }
+                (StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response()
+            }
+        }
+    }
+}

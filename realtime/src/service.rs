@@ -1,0 +1,531 @@
+//! [`Service`]: one instance's connections, its topic subscriptions, local
+//! fan-out, the server-side publish API and graceful shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::{Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, DynValidator, TokenValidator};
+use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, Counters, Outbound, Outbox, Publisher, Session};
+use crate::handler::{ConnectionId, Context, MessageHandler};
+use crate::protocol;
+
+/// One server instance of a realtime application: its connections, the topics
+/// they follow, and the broker that links it to the other instances.
+///
+/// Cloning is cheap; clones share the instance.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::{Context, HandlerError, MemoryBroker, Service};
+/// use realtime::auth::validate_with;
+/// # use realtime::MessageHandler;
+/// # struct Chat;
+/// # impl MessageHandler for Chat {
+/// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+/// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
+/// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+/// # }
+/// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+///
+/// let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+///     .with_broker(MemoryBroker::new())
+///     .build()
+///     .expect("the default config is valid");
+/// let app: axum::Router = realtime::route::router(service, "/ws/{topic}");
+/// ```
+pub struct Service<H: MessageHandler, B: Broker = MemoryBroker> {
+    inner: Arc<Inner<H, B>>,
+}
+
+impl<H: MessageHandler, B: Broker> Clone for Service<H, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<H: MessageHandler, B: Broker + fmt::Debug> fmt::Debug for Service<H, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("broker", &self.inner.broker)
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<H: MessageHandler, B> {
+    handler: H,
+    state: Arc<H::AppState>,
+    broker: B,
+    validator: Box<dyn DynValidator<H::UserId>>,
+    config: Config,
+    registry: Arc<Registry>,
+    /// Topics this instance is subscribed to at the broker. The lock is held
+    /// across the broker call, so that subscribes and unsubscribes of one
+    /// topic cannot overtake each other.
+    subscribed: Mutex<HashSet<Arc<str>>>,
+    next_id: AtomicU64,
+    /// Open connections, counted from admission to the end of `serve`.
+    open: watch::Sender<usize>,
+    shutdown: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+/// The local subscribers of each topic; what a broker's frames fan out to.
+#[derive(Debug, Default)]
+struct Registry {
+    topics: RwLock<HashMap<Arc<str>, Vec<(ConnectionId, Outbox)>>>,
+}
+
+impl Registry {
+    /// Queues `frame` for every local subscriber of `topic`: one clone of the
+    /// same bytes each, no task, no wait. A subscriber whose queue is full is
+    /// closed with 1013 by [`Outbox::push`].
+    fn deliver(&self, topic: &str, frame: &Utf8Bytes) {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        if let Some(subscribers) = topics.get(topic) {
+            for (_, outbox) in subscribers {
+                outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Adds a subscriber; returns the shared topic name.
+    fn add(&self, topic: &str, id: ConnectionId, outbox: Outbox) -> Arc<str> {
+        let mut topics = self.topics.write().expect("registry lock poisoned");
+        if let Some(subscribers) = topics.get_mut(topic) {
+            subscribers.push((id, outbox));
+            let (name, _) = topics
+                .get_key_value(topic)
+                .expect("present: just pushed to it");
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = topic.into();
+        topics.insert(Arc::clone(&name), vec![(id, outbox)]);
+        name
+    }
+
+    /// Removes a subscriber; returns whether the topic has none left here.
+    fn remove(&self, topic: &str, id: ConnectionId) -> bool {
+        let mut topics = self.topics.write().expect("registry lock poisoned");
+        let Some(subscribers) = topics.get_mut(topic) else {
+            return true;
+        };
+        if let Some(at) = subscribers.iter().position(|(each, _)| *each == id) {
+            subscribers.swap_remove(at);
+        }
+        if subscribers.is_empty() {
+            topics.remove(topic);
+            return true;
+        }
+        false
+    }
+
+    fn has_subscribers(&self, topic: &str) -> bool {
+        self.topics
+            .read()
+            .expect("registry lock poisoned")
+            .contains_key(topic)
+    }
+}
+
+/// Assembles a [`Service`]: the handler, the app state, the token validator,
+/// then optionally a broker and a config.
+///
+/// # Examples
+///
+/// See [`Service`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ServiceBuilder<H: MessageHandler, B> {
+    handler: H,
+    state: Arc<H::AppState>,
+    validator: Box<dyn DynValidator<H::UserId>>,
+    broker: B,
+    config: Config,
+}
+
+impl<H: MessageHandler, B: fmt::Debug> fmt::Debug for ServiceBuilder<H, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("broker", &self.broker)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: MessageHandler> Service<H, MemoryBroker> {
+    /// Starts a service with the [`MemoryBroker`] and the default [`Config`].
+    ///
+    /// `state` may be the state itself or an `Arc` of it.
+    pub fn builder<V>(
+        handler: H,
+        state: impl Into<Arc<H::AppState>>,
+        validator: V,
+    ) -> ServiceBuilder<H, MemoryBroker>
+    where
+        V: TokenValidator<UserId = H::UserId>,
+    {
+        ServiceBuilder {
+            handler,
+            state: state.into(),
+            validator: Box::new(validator),
+            broker: MemoryBroker::new(),
+            config: Config::default(),
+        }
+    }
+}
+
+impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
+    /// Fans out through `broker` instead of the in-process default.
+    pub fn with_broker<B2: Broker>(self, broker: B2) -> ServiceBuilder<H, B2> {
+        ServiceBuilder {
+            handler: self.handler,
+            state: self.state,
+            validator: self.validator,
+            broker,
+            config: self.config,
+        }
+    }
+
+    /// Sets the limits and timeouts.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the config, attaches the broker and returns the service.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a limit in the config can never work.
+    pub fn build(self) -> Result<Service<H, B>, ConfigError> {
+        self.config.validate()?;
+        let registry = Arc::new(Registry::default());
+        let fanout = Arc::clone(&registry);
+        self.broker
+            .attach(Incoming::new(move |topic, frame: Bytes| {
+                // Checked once per event and instance, then shared by every
+                // local subscriber.
+                match Utf8Bytes::try_from(frame) {
+                    Ok(frame) => fanout.deliver(topic, &frame),
+                    Err(_) => tracing::warn!(topic, "dropped a broker frame that is not UTF-8"),
+                }
+            }));
+        let (open, _) = watch::channel(0);
+        Ok(Service {
+            inner: Arc::new(Inner {
+                handler: self.handler,
+                state: self.state,
+                broker: self.broker,
+                validator: self.validator,
+                config: self.config,
+                registry,
+                subscribed: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                open,
+                shutdown: CancellationToken::new(),
+                counters: Arc::default(),
+            }),
+        })
+    }
+}
+
+/// Counters of one service instance, read with [`Service::metrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Connections open now (admitted and not yet finished).
+    pub connections: usize,
+    /// Clients closed with 1013 because their outbound queue was full.
+    pub slow_closes: u64,
+    /// Client messages refused by the rate limit.
+    pub rate_limited: u64,
+    /// Broadcasts the broker did not take (answered with error code 503).
+    pub publish_errors: u64,
+}
+
+/// Why [`Service::publish`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event's `Serialize` impl failed.
+    #[error("could not serialize the event")]
+    Encode(#[from] serde_json::Error),
+    /// The broker did not take the frame.
+    #[error("could not publish the event")]
+    Broker(#[from] BrokerError),
+}
+
+/// Why an upgrade was refused for lack of room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    AtCapacity,
+    ShuttingDown,
+}
+
+/// A place among the open connections, held from admission to the end of the
+/// connection; dropping it frees the place.
+pub(crate) struct Admission {
+    open: watch::Sender<usize>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.open.send_modify(|open| *open -= 1);
+    }
+}
+
+/// A connection registered on its topic but not yet upgraded. If the upgrade
+/// never happens, dropping it unregisters it.
+pub(crate) struct Member<H: MessageHandler, B: Broker> {
+    membership: Membership<H, B>,
+    user: H::UserId,
+    outbox: Outbox,
+    queue: tokio::sync::mpsc::Receiver<Outbound>,
+    admission: Admission,
+}
+
+/// Removes one connection from its topic when dropped.
+struct Membership<H: MessageHandler, B: Broker> {
+    inner: Arc<Inner<H, B>>,
+    id: ConnectionId,
+    topic: Arc<str>,
+}
+
+impl<H: MessageHandler, B: Broker> Drop for Membership<H, B> {
+    fn drop(&mut self) {
+        if self.inner.registry.remove(&self.topic, self.id) {
+            Inner::release_topic(&self.inner, Arc::clone(&self.topic));
+        }
+    }
+}
+
+impl<H: MessageHandler, B: Broker> Service<H, B> {
+    /// Serializes `event` once and publishes it to every subscriber of
+    /// `topic`, on every instance. For server-side code: an HTTP handler, a
+    /// background job.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] when the event does not serialize or the broker does
+    /// not take it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// async fn announce(service: &Service<Chat>) -> Result<(), realtime::service::PublishError> {
+    ///     service.publish("lobby", &"maintenance at noon".to_owned()).await
+    /// }
+    /// ```
+    pub async fn publish(&self, topic: &str, event: &H::ServerEvent) -> Result<(), PublishError> {
+        let frame = protocol::event_frame(topic, event)?;
+        self.inner.broker.publish(topic, frame.into()).await?;
+        Ok(())
+    }
+
+    /// Closes every connection with 1001 once the answers already in flight
+    /// are written, refuses new ones with 503, and resolves when the last
+    /// connection has ended.
+    ///
+    /// Wrap it in [`tokio::time::timeout`] to bound the wait.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let mut open = self.inner.open.subscribe();
+        // The sender lives in `inner`, so the channel cannot close here.
+        let _ = open.wait_for(|open| *open == 0).await;
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        *self.inner.open.borrow()
+    }
+
+    /// A snapshot of this instance's counters.
+    pub fn metrics(&self) -> Metrics {
+        let counters = &self.inner.counters;
+        Metrics {
+            connections: self.connections(),
+            slow_closes: counters.slow_closes.load(Ordering::Relaxed),
+            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+            publish_errors: counters.publish_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The limits this service enforces.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The broker this service fans out through.
+    pub fn broker(&self) -> &B {
+        &self.inner.broker
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &Arc<H::AppState> {
+        &self.inner.state
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.inner.handler
+    }
+
+    /// Takes a place among the open connections.
+    pub(crate) fn admit(&self) -> Result<Admission, Full> {
+        if self.is_shutting_down() {
+            return Err(Full::ShuttingDown);
+        }
+        let max = self.inner.config.max_connections;
+        let admitted = self.inner.open.send_if_modified(|open| {
+            if *open >= max {
+                return false;
+            }
+            *open += 1;
+            true
+        });
+        if admitted {
+            Ok(Admission {
+                open: self.inner.open.clone(),
+            })
+        } else {
+            Err(Full::AtCapacity)
+        }
+    }
+
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<H::UserId, AuthError> {
+        self.inner.validator.validate_boxed(token).await
+    }
+
+    pub(crate) async fn authorize(&self, user: &H::UserId, topic: &str) -> Result<(), AuthError> {
+        let allowed = self
+            .inner
+            .handler
+            .authorize_topic(&self.inner.state, user, topic)
+            .await;
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::ForbiddenTopic(topic.to_owned()))
+        }
+    }
+
+    /// Registers a connection on `topic` before its upgrade, subscribing the
+    /// instance at the broker if it is the topic's first local subscriber.
+    /// Events published from now on are queued for it, so a client that saw
+    /// the upgrade succeed misses nothing.
+    pub(crate) async fn join(
+        &self,
+        topic: &str,
+        user: H::UserId,
+        admission: Admission,
+    ) -> Result<Member<H, B>, BrokerError> {
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (outbox, queue) = connection::queue(
+            self.inner.config.outbound_queue,
+            Arc::clone(&self.inner.counters),
+        );
+        let mut subscribed = self.inner.subscribed.lock().await;
+        if !subscribed.contains(topic) {
+            self.inner.broker.subscribe(topic).await?;
+            subscribed.insert(topic.into());
+        }
+        let topic = self.inner.registry.add(topic, id, outbox.clone());
+        drop(subscribed);
+        Ok(Member {
+            membership: Membership {
+                inner: Arc::clone(&self.inner),
+                id,
+                topic,
+            },
+            user,
+            outbox,
+            queue,
+            admission,
+        })
+    }
+
+    /// Serves an upgraded socket to the end.
+    pub(crate) async fn serve(self, socket: WebSocket, member: Member<H, B>) {
+        let Member {
+            membership,
+            user,
+            outbox,
+            queue,
+            admission,
+        } = member;
+        let inner = &*self.inner;
+        let ctx = Context {
+            conn_id: membership.id,
+            user_id: user,
+            topic: Arc::clone(&membership.topic),
+            state: Arc::clone(&inner.state),
+            outbox,
+        };
+        let session = Session {
+            handler: &inner.handler,
+            publisher: inner,
+            config: &inner.config,
+            ctx,
+            queue,
+            shutdown: inner.shutdown.clone(),
+        };
+        connection::run(socket, session, move || drop(membership)).await;
+        drop(admission);
+    }
+}
+
+impl<H: MessageHandler, B: Broker> Inner<H, B> {
+    /// Unsubscribes the instance from `topic` at the broker, unless a new
+    /// local subscriber arrived meanwhile. Runs on its own task because it
+    /// starts from `Drop`; once per topic that empties, not per message.
+    fn release_topic(inner: &Arc<Self>, topic: Arc<str>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(inner);
+        runtime.spawn(async move {
+            let mut subscribed = inner.subscribed.lock().await;
+            if inner.registry.has_subscribers(&topic) || !subscribed.remove(&topic) {
+                return;
+            }
+            if let Err(error) = inner.broker.unsubscribe(&topic).await {
+                tracing::warn!(topic = &*topic, %error, "unsubscribe failed");
+            }
+        });
+    }
+}
+
+impl<H: MessageHandler, B: Broker> Publisher for Inner<H, B> {
+    fn publish(
+        &self,
+        topic: &str,
+        frame: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send {
+        self.broker.publish(topic, frame)
+    }
+}
