@@ -26,6 +26,9 @@ pub mod handler;
 pub mod protocol;
 pub mod route;
 pub mod service;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use auth::{AuthError, TokenValidator};
 pub use broker::{Broker, BrokerError, MemoryBroker};
