@@ -240,7 +240,8 @@ mod tests {
 
     #[test]
     fn query_token_is_decoded() {
-        let (token, source) = extract_token(&HeaderMap::new(), Some("a=1&token=x%20y")).unwrap();
+        let headers = HeaderMap::new();
+        let (token, source) = extract_token(&headers, Some("a=1&token=x%20y")).unwrap();
         assert_eq!((token.as_ref(), source), ("x y", TokenSource::Query));
     }
 

@@ -361,7 +361,7 @@ mod tests {
     fn wrong_field_type_names_field_and_type() {
         assert_eq!(
             decode(r#"{"type":"history","data":{"limit":"x"}}"#),
-            Err("invalid field `limit`: invalid type: string \"x\", expected u32".into())
+            Err("invalid field `data.limit`: invalid type: string \"x\", expected u32".into())
         );
     }
 

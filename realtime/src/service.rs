@@ -253,6 +253,8 @@ pub struct Metrics {
     pub rate_limited: u64,
     /// Broadcasts the broker did not take (answered with error code 503).
     pub publish_errors: u64,
+    /// Clients closed with 1008 for staying silent past the idle timeout.
+    pub idle_closes: u64,
 }
 
 /// Why [`Service::publish`] failed.
@@ -372,6 +374,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             slow_closes: counters.slow_closes.load(Ordering::Relaxed),
             rate_limited: counters.rate_limited.load(Ordering::Relaxed),
             publish_errors: counters.publish_errors.load(Ordering::Relaxed),
+            idle_closes: counters.idle_closes.load(Ordering::Relaxed),
         }
     }
 

@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub(crate) slow_closes: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
+    pub(crate) idle_closes: AtomicU64,
 }
 
 /// State shared by a connection's read loop, its write task and everyone

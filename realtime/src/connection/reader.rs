@@ -76,18 +76,23 @@ where
     let end = reader.read_loop(&mut stream, config, &shutdown).await;
     leave();
 
-    if let End::Close(code) = end {
-        let queued =
-            tokio::time::timeout(config.close_timeout, outbox.tx.send(Outbound::Close(code)));
-        if !matches!(queued.await, Ok(Ok(()))) {
-            outbox.shared.abort(code);
+    let mut writer = writer;
+    match end {
+        End::PeerGone => outbox.shared.abort(0),
+        End::Aborted => {}
+        End::Close(code) => {
+            let queued =
+                tokio::time::timeout(config.close_timeout, outbox.tx.send(Outbound::Close(code)));
+            if !matches!(queued.await, Ok(Ok(()))) {
+                outbox.shared.abort(code);
+            }
         }
     }
     if end != End::PeerGone {
         // Read until the peer answers our close frame (or the deadline), so
         // the socket is not dropped with unread input, which would reset the
         // connection before the client could read the close frame.
-        let _ = tokio::time::timeout(config.close_timeout * 2, async {
+        let _ = tokio::time::timeout(config.close_timeout, async {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
                     break;
@@ -96,8 +101,15 @@ where
         })
         .await;
     }
-    outbox.shared.abort(0);
-    let _ = writer.await;
+    // The write task ends by itself after a close frame; bound the wait for
+    // a client that stopped reading.
+    if tokio::time::timeout(config.close_timeout, &mut writer)
+        .await
+        .is_err()
+    {
+        outbox.shared.abort(0);
+        let _ = writer.await;
+    }
     drop(stream);
     handler.on_disconnect(&ctx).await;
 }
@@ -132,6 +144,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
+                        self.outbox.shared.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
                         return End::Close(close_code::POLICY);
                     }
                     let _ = self.outbox.tx.try_send(Outbound::Ping);
@@ -141,7 +154,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             };
             let message = match next {
                 None => return End::PeerGone,
-                Some(Err(error)) => return read_error(&error),
+                Some(Err(error)) => return read_error(error),
                 Some(Ok(message)) => message,
             };
             last_seen = Instant::now();
@@ -263,10 +276,10 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
 
 /// A failed read: a frame over the size limit gets 1009; anything else means
 /// the peer is gone.
-fn read_error(error: &axum::Error) -> End {
-    let source = std::error::Error::source(error);
-    let too_big = source
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+fn read_error(error: axum::Error) -> End {
+    let error = error.into_inner();
+    let too_big = error
+        .downcast_ref::<tungstenite::Error>()
         .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
     if too_big {
         End::Close(close_code::TOO_BIG)

@@ -65,7 +65,13 @@ async fn drain(
                     };
                 }
             };
-            if sink.feed(message).await.is_err() {
+            // `feed` waits when the socket is full, like `flush`.
+            let fed_ok = tokio::select! {
+                biased;
+                () = shared.abort.cancelled() => return false,
+                fed = sink.feed(message) => fed.is_ok(),
+            };
+            if !fed_ok {
                 return false;
             }
             fed += 1;

@@ -1,0 +1,162 @@
+//! Every kind of bad input gets its exact error frame or close code, and a
+//! bystander on the same topic keeps receiving.
+
+#[path = "common/room.rs"]
+mod room;
+
+use realtime::Config;
+use realtime::testing::{Closed, TestClient};
+use room::RoomServer;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Sends `text` from a fresh client and returns the frame it gets back;
+/// then checks that the sender and a bystander still work.
+async fn answer_to(text: &str) -> Value {
+    let server = RoomServer::start().await;
+    let mut client = server.connect("bad", "alice").await;
+    let mut bystander = server.connect("bad", "bob").await;
+    client.send_text(text).await;
+    let answer = client.recv().await;
+    still_served(&mut client, &mut bystander).await;
+    answer
+}
+
+/// The offender is still connected and served, and a broadcast reaches the
+/// bystander.
+async fn still_served(client: &mut TestClient, bystander: &mut TestClient) {
+    let echo = client
+        .request("echo", json!({"text": "still here"}), 99)
+        .await;
+    assert_eq!(echo, json!({"reply_to": 99, "ok": "still here"}));
+    bystander_receives(client, bystander).await;
+}
+
+async fn bystander_receives(from: &mut TestClient, bystander: &mut TestClient) {
+    from.send(json!({"type": "say", "data": {"text": "ping"}}))
+        .await;
+    assert_eq!(bystander.recv().await["event"]["text"], "ping");
+}
+
+#[tokio::test]
+async fn malformed_json_gets_400_without_reply_to() {
+    assert_eq!(
+        answer_to("{nope").await,
+        json!({"error": {"code": 400, "message": "malformed JSON: key must be a string"}})
+    );
+}
+
+#[tokio::test]
+async fn frame_without_type_gets_400_with_its_id() {
+    let answer = answer_to(r#"{"data": {}, "id": 3}"#).await;
+    assert_eq!(answer["reply_to"], 3);
+    assert_eq!(answer["error"]["code"], 400);
+    assert_eq!(
+        answer["error"]["message"],
+        "malformed frame: missing field `type`; expected {\"type\": \"...\", \"data\": {...}, \"id\": ...}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_type_lists_the_known_types() {
+    assert_eq!(
+        answer_to(r#"{"type": "sya", "data": {}, "id": 1}"#).await,
+        json!({"reply_to": 1, "error": {"code": 400, "message":
+            "unknown type `sya`; known types: `say`, `echo`, `slow`, `fail`, `quiet`, `whoami`, `whisper`"}})
+    );
+}
+
+#[tokio::test]
+async fn wrong_field_type_names_the_field_and_the_expected_type() {
+    assert_eq!(
+        answer_to(r#"{"type": "say", "data": {"text": 5}, "id": 2}"#).await,
+        json!({"reply_to": 2, "error": {"code": 400, "message":
+            "invalid field `data.text`: invalid type: integer `5`, expected a string"}})
+    );
+}
+
+#[tokio::test]
+async fn missing_field_is_named() {
+    assert_eq!(
+        answer_to(r#"{"type": "say", "data": {}, "id": 4}"#).await,
+        json!({"reply_to": 4, "error": {"code": 400, "message": "invalid `data`: missing field `text`"}})
+    );
+}
+
+#[tokio::test]
+async fn reserved_dollar_type_is_refused() {
+    assert_eq!(
+        answer_to(r#"{"type": "$join", "data": {}, "id": 5}"#).await,
+        json!({"reply_to": 5, "error": {"code": 400, "message":
+            "unknown control message `$join`; type names starting with `$` are reserved"}})
+    );
+}
+
+#[tokio::test]
+async fn non_scalar_id_is_refused() {
+    assert_eq!(
+        answer_to(r#"{"type": "echo", "data": {"text": "x"}, "id": {"a": 1}}"#).await,
+        json!({"error": {"code": 400, "message": "`id` must be a number or a string"}})
+    );
+}
+
+#[tokio::test]
+async fn binary_frame_closes_with_1003() {
+    let server = RoomServer::start().await;
+    let mut client = server.connect("bin", "alice").await;
+    let mut bystander = server.connect("bin", "bob").await;
+    let mut other = server.connect("bin", "carol").await;
+    client.send_message(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(client.recv_close().await.code(), Some(1003));
+    bystander_receives(&mut other, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let mut config = Config::default();
+    config.max_frame_bytes = 1024;
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("big", "alice").await;
+    let mut bystander = server.connect("big", "bob").await;
+    let mut other = server.connect("big", "carol").await;
+    let text = "x".repeat(2048);
+    client
+        .send(json!({"type": "say", "data": {"text": text}}))
+        .await;
+    assert_eq!(client.recv_close().await.code(), Some(1009));
+    bystander_receives(&mut other, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn flood_gets_429_then_closes_with_1008() {
+    let mut config = Config::default();
+    config.max_messages_per_sec = 5;
+    config.rate_burst = 5;
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("flood", "alice").await;
+    let mut bystander = server.connect("flood", "bob").await;
+    let mut other = server.connect("flood", "carol").await;
+    for id in 0..100 {
+        client
+            .send(json!({"type": "echo", "data": {"text": "x"}, "id": id}))
+            .await;
+    }
+    // The burst is answered, then each message past the limit gets a 429
+    // naming its id, until the client has been refused a burst's worth.
+    for id in 0..5 {
+        assert_eq!(client.recv().await, json!({"reply_to": id, "ok": "x"}));
+    }
+    for id in 5..10 {
+        assert_eq!(
+            client.recv().await,
+            json!({"reply_to": id, "error": {"code": 429, "message":
+                "rate limit exceeded: at most 5 messages per second; this message was not handled"}})
+        );
+    }
+    assert_eq!(
+        client.recv_close().await,
+        Closed::Frame(1008, "policy violation: rate limit or idle timeout".into())
+    );
+    assert!(server.service.metrics().rate_limited >= 6);
+    bystander_receives(&mut other, &mut bystander).await;
+}

@@ -1,0 +1,115 @@
+//! Backpressure, the connection limit and the heartbeat.
+
+#[path = "common/room.rs"]
+mod room;
+
+use std::time::Duration;
+
+use realtime::Config;
+use realtime::testing::{Closed, TestClient};
+use room::{RoomServer, Said, wait_until};
+use serde_json::json;
+
+#[tokio::test]
+async fn client_that_never_reads_is_closed_while_a_fast_one_gets_everything() {
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 50;
+    let mut config = Config::default();
+    config.outbound_queue = 256;
+    let server = RoomServer::with_config(config).await;
+    let slow = server.connect("firehose", "slow").await;
+    let mut fast = server.connect("firehose", "fast").await;
+
+    // 16 KiB events: 32 MB in all, far more than the slow client's socket
+    // buffers and queue can hold.
+    let text = "x".repeat(16 * 1024);
+    let mut n = 0;
+    for _ in 0..BATCHES {
+        for _ in 0..PER_BATCH {
+            let event = Said {
+                from: n.to_string(),
+                text: text.clone(),
+            };
+            server.service.publish("firehose", &event).await.unwrap();
+            n += 1;
+        }
+        // The fast client keeps up: it reads each batch before the next.
+        for expected in n - PER_BATCH..n {
+            let frame = fast.recv().await;
+            assert_eq!(frame["event"]["from"], expected.to_string());
+        }
+    }
+    assert_eq!(
+        server.service.metrics().slow_closes,
+        1,
+        "only the slow client was closed"
+    );
+    wait_until("the slow client's connection ends", || {
+        server.service.connections() == 1
+    })
+    .await;
+    // Whatever the slow client reads now ends in 1013 or a dropped socket.
+    let mut slow = slow;
+    let closed = slow.recv_close().await;
+    assert!(
+        matches!(closed, Closed::Frame(1013, _) | Closed::Dropped),
+        "slow client ended with {closed:?}"
+    );
+    let echo = fast.request("echo", json!({"text": "ok"}), 1).await;
+    assert_eq!(echo["ok"], "ok");
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_get_503_before_the_upgrade() {
+    let mut config = Config::default();
+    config.max_connections = 2;
+    let server = RoomServer::with_config(config).await;
+    let first = server.connect("lobby", "a").await;
+    let _second = server.connect("lobby", "b").await;
+    let refused = TestClient::connect(&server.url("lobby"), "c")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(503));
+
+    first.close().await;
+    wait_until("a place frees up", || server.service.connections() == 1).await;
+    server.connect("lobby", "c").await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_closed_with_1008_after_the_idle_timeout() {
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(100);
+    config.idle_timeout = Duration::from_millis(300);
+    // Long enough for the client to read the close frame while the server
+    // still waits for its answer: once the server drops the socket, the
+    // client's queued pongs fail to write before it reaches the close frame.
+    config.close_timeout = Duration::from_secs(8);
+    let server = RoomServer::with_config(config).await;
+    // Never reads, so never answers the server's pings.
+    let mut silent = server.connect("lobby", "silent").await;
+    wait_until("the server gives up on the silent client", || {
+        server.service.metrics().idle_closes == 1
+    })
+    .await;
+    assert_eq!(
+        silent.recv_close().await,
+        Closed::Frame(1008, "policy violation: rate limit or idle timeout".into())
+    );
+    silent.close().await;
+    wait_until("the connection ends", || server.service.connections() == 0).await;
+}
+
+#[tokio::test]
+async fn peer_that_answers_pings_stays_connected() {
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(100);
+    config.idle_timeout = Duration::from_millis(300);
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("lobby", "alive").await;
+    // Reading answers pings (tungstenite queues the pong and sends it on the
+    // next read); a second is three idle timeouts.
+    assert!(client.is_silent_for(Duration::from_secs(1)).await);
+    let echo = client.request("echo", json!({"text": "still"}), 1).await;
+    assert_eq!(echo["ok"], "still");
+}

@@ -1,0 +1,52 @@
+//! Graceful shutdown: answers in flight are written, then every socket gets 1001.
+
+#[path = "common/room.rs"]
+mod room;
+
+use std::sync::atomic::Ordering;
+
+use realtime::testing::{Closed, DEADLINE, TestClient};
+use room::{RoomServer, wait_until};
+use serde_json::json;
+
+#[tokio::test]
+async fn shutdown_writes_answers_in_flight_then_closes_with_1001() {
+    let server = RoomServer::start().await;
+    let mut busy = server.connect("lobby", "busy").await;
+    let mut idle = server.connect("lobby", "idle").await;
+    busy.send(json!({"type": "slow", "data": {"ms": 300}, "id": 1}))
+        .await;
+    let hooks = std::sync::Arc::clone(&server.hooks);
+    wait_until("the slow request is being handled", || {
+        hooks.slow_started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let service = server.service.clone();
+    let shutdown = tokio::spawn(async move { service.shutdown().await });
+
+    assert_eq!(busy.recv().await, json!({"reply_to": 1, "ok": "done"}));
+    assert_eq!(
+        busy.recv_close().await,
+        Closed::Frame(1001, "server shutting down".into())
+    );
+    assert_eq!(
+        idle.recv_close().await,
+        Closed::Frame(1001, "server shutting down".into())
+    );
+    tokio::time::timeout(DEADLINE, shutdown)
+        .await
+        .expect("shutdown resolves once every connection has ended")
+        .unwrap();
+    assert_eq!(server.service.connections(), 0);
+}
+
+#[tokio::test]
+async fn new_connections_are_refused_with_503_after_shutdown() {
+    let server = RoomServer::start().await;
+    server.service.shutdown().await;
+    let refused = TestClient::connect(&server.url("lobby"), "late")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(503));
+}
