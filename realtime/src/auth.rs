@@ -189,23 +189,18 @@ pub(crate) fn extract_token<'a>(
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(value) = value.to_str() else { continue };
         let mut entries = value.split(',').map(str::trim);
-        if entries.by_ref().any(|entry| entry == BEARER_PROTOCOL) {
-            if let Some(token) = entries.next().filter(|token| !token.is_empty()) {
-                return Ok((Cow::Borrowed(token), TokenSource::Protocol));
-            }
-        }
-    }
-    if let Some(query) = query {
-        if let Some((_, token)) =
-            form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token")
+        if entries.by_ref().any(|entry| entry == BEARER_PROTOCOL)
+            && let Some(token) = entries.next().filter(|token| !token.is_empty())
         {
-            if token.is_empty() {
-                return Err(AuthError::MissingToken);
-            }
-            return Ok((token, TokenSource::Query));
+            return Ok((Cow::Borrowed(token), TokenSource::Protocol));
         }
     }
-    Err(AuthError::MissingToken)
+    let in_query = query
+        .and_then(|query| form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token"));
+    match in_query {
+        Some((_, token)) if !token.is_empty() => Ok((token, TokenSource::Query)),
+        _ => Err(AuthError::MissingToken),
+    }
 }
 
 #[cfg(test)]

@@ -142,15 +142,20 @@ mod tests {
 
     #[test]
     fn zero_limit_is_refused_by_name() {
-        let mut config = Config::default();
-        config.outbound_queue = 0;
+        let config = Config {
+            outbound_queue: 0,
+            ..Config::default()
+        };
         assert_eq!(config.validate(), Err(ConfigError::Zero("outbound_queue")));
     }
 
     #[test]
     fn idle_timeout_must_exceed_ping_interval() {
-        let mut config = Config::default();
-        config.idle_timeout = config.ping_interval;
+        let defaults = Config::default();
+        let config = Config {
+            idle_timeout: defaults.ping_interval,
+            ..defaults
+        };
         assert_eq!(config.validate(), Err(ConfigError::IdleNotAfterPing));
     }
 }

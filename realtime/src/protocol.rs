@@ -97,13 +97,11 @@ struct IdOnly<'a> {
 pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
     match serde_json::from_str::<Envelope<'_>>(text) {
         Ok(envelope) => {
-            if let Some(id) = envelope.id {
-                if !is_valid_id(id) {
-                    return Err(FrameError {
-                        id: None,
-                        message: "`id` must be a number or a string".to_owned(),
-                    });
-                }
+            if envelope.id.is_some_and(|id| !is_valid_id(id)) {
+                return Err(FrameError {
+                    id: None,
+                    message: "`id` must be a number or a string".to_owned(),
+                });
             }
             Ok(Request {
                 kind: envelope.kind,

@@ -82,10 +82,13 @@ struct Inner<H: MessageHandler, B> {
     counters: Arc<Counters>,
 }
 
+/// One topic's local connections, with the queue of each.
+type Subscribers = Vec<(ConnectionId, Outbox)>;
+
 /// The local subscribers of each topic; what a broker's frames fan out to.
 #[derive(Debug, Default)]
 struct Registry {
-    topics: RwLock<HashMap<Arc<str>, Vec<(ConnectionId, Outbox)>>>,
+    topics: RwLock<HashMap<Arc<str>, Subscribers>>,
 }
 
 impl Registry {

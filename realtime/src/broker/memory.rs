@@ -33,13 +33,16 @@ pub struct MemoryBroker {
     member: OnceLock<usize>,
 }
 
+/// The members subscribed to one topic, with where to deliver to each.
+type Members = Vec<(usize, Incoming)>;
+
 #[derive(Debug, Default)]
 struct Hub {
     /// Every attached service, by member index.
     members: Mutex<Vec<Incoming>>,
     /// Topic -> members subscribed to it. Read on every publish, written on
     /// the first and last subscriber of a topic per member.
-    topics: RwLock<HashMap<Box<str>, Vec<(usize, Incoming)>>>,
+    topics: RwLock<HashMap<Box<str>, Members>>,
 }
 
 impl MemoryBroker {

@@ -76,7 +76,9 @@ pub trait Broker: Send + Sync + 'static {
 /// incoming.deliver("room:1", bytes::Bytes::from_static(b"{}"));
 /// ```
 #[derive(Clone)]
-pub struct Incoming(Arc<dyn Fn(&str, Bytes) + Send + Sync>);
+pub struct Incoming(Arc<Deliver>);
+
+type Deliver = dyn Fn(&str, Bytes) + Send + Sync;
 
 impl Incoming {
     /// Wraps the function that receives `(topic, frame)`.
