@@ -1,0 +1,118 @@
+//! `realtime-bench`: the project's load generator.
+//!
+//! It speaks protocol v1 over real WebSockets to 127.0.0.1 only, with bounded
+//! counts and deadlines. Workloads:
+//!
+//! - `fanout --url ws://127.0.0.1:3000/ws [--url ...] --subs S --pubs P --messages M [--rate R]`:
+//!   delivered messages/s, latency p50/p99/max, lost and reordered messages;
+//! - `rpc --url ... --conns C --requests N`: direct round trips;
+//! - `idle --url ... --conns C --pid PID [--pid PID]`: the servers' memory per
+//!   idle connection, read from /proc;
+//! - `matrix [--repeats 3] [--messages 2000] [--idle 5000]`: builds
+//!   `examples/bench_server` and the floor server, runs every case against
+//!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md).
+
+use std::process::ExitCode;
+
+mod matrix;
+mod stats;
+mod workload;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("realtime-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--name value` pairs after the workload name.
+struct Flags<'a>(&'a [String]);
+
+impl Flags<'_> {
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .windows(2)
+            .filter(|pair| pair[0] == name)
+            .map(|pair| pair[1].clone())
+            .collect()
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.all(name).pop() {
+            None => Ok(default),
+            Some(value) => value
+                .parse()
+                .map_err(|_| format!("{name} takes a number, got `{value}`")),
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let (workload, rest) = args
+        .split_first()
+        .ok_or("usage: realtime-bench <fanout|rpc|idle|matrix> [--flags]; see the crate docs")?;
+    let flags = Flags(rest);
+    let urls = flags.all("--url");
+    match workload.as_str() {
+        "fanout" => {
+            let rate: u64 = flags.number("--rate", 0)?;
+            let report = workload::fanout(&workload::Fanout {
+                bases: non_empty(urls)?,
+                subscribers: flags.number("--subs", 100)?,
+                publishers: flags.number("--pubs", 1)?,
+                messages: flags.number("--messages", 2000)?,
+                rate: (rate > 0).then_some(rate),
+            })
+            .await?;
+            println!("{report:#?}");
+        }
+        "rpc" => {
+            let report = workload::rpc(
+                &non_empty(urls)?,
+                flags.number("--conns", 50)?,
+                flags.number("--requests", 200)?,
+            )
+            .await?;
+            println!("{report:#?}");
+        }
+        "idle" => {
+            let pids = flags
+                .all("--pid")
+                .iter()
+                .map(|pid| pid.parse().map_err(|_| format!("bad pid `{pid}`")))
+                .collect::<Result<Vec<u32>, String>>()?;
+            let report =
+                workload::idle(&non_empty(urls)?, flags.number("--conns", 5000)?, &pids).await?;
+            println!("{report:#?}");
+        }
+        "matrix" => {
+            matrix::run(&matrix::Options {
+                repeats: flags.number("--repeats", 3)?,
+                messages: flags.number("--messages", 2000)?,
+                idle_connections: flags.number("--idle", 5000)?,
+            })
+            .await?;
+        }
+        other => {
+            return Err(format!(
+                "unknown workload `{other}`; use fanout, rpc, idle or matrix"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(urls: Vec<String>) -> Result<Vec<String>, String> {
+    if urls.is_empty() {
+        return Err("give at least one --url ws://127.0.0.1:PORT/ws".to_owned());
+    }
+    Ok(urls)
+}
