@@ -1,13 +1,19 @@
 //! The axum side: the upgrade handler and the router that
 //! `#[realtime_handler]`'s `router()` returns.
 //!
-//! An upgrade request goes through, in order: the connection limit (503),
-//! the token (401), the topic authorization (403), and the subscription of
-//! the instance to the topic (503 if the broker is down). Only then is the
-//! socket upgraded, so a refused client never holds a WebSocket.
+//! An upgrade request goes through, in order: the token (401), the topic
+//! authorization (403), the upgrade headers (axum's 400 or 426), the
+//! connection limit (503), and the subscription of the instance to the topic
+//! (503 if the broker is down). Only then is the socket upgraded, so a
+//! refused client never holds a WebSocket.
+//!
+//! Checking the token before the upgrade headers lets a browser learn why it
+//! was refused: its `WebSocket` sees no HTTP status, but a plain `fetch` of
+//! the same URL gets the 401 or 403 (or 426 when it would have been let in).
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -54,15 +60,19 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     Path(topic): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, UpgradeError> {
+    let (token, source) = auth::extract_token(&headers, query.as_deref())?;
+    let user = service.authenticate(&token).await?;
+    service.authorize(&user, &topic).await?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     let admission = service.admit().map_err(|full| match full {
         Full::AtCapacity => UpgradeError::AtCapacity,
         Full::ShuttingDown => UpgradeError::ShuttingDown,
     })?;
-    let (token, source) = auth::extract_token(&headers, query.as_deref())?;
-    let user = service.authenticate(&token).await?;
-    service.authorize(&user, &topic).await?;
     let member = service
         .join(&topic, user, admission)
         .await
