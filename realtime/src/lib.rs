@@ -31,7 +31,7 @@ pub mod service;
 pub mod testing;
 
 pub use auth::{AuthError, TokenValidator};
-pub use broker::{Broker, BrokerError, MemoryBroker};
+pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 pub use config::{Config, ConfigError};
 pub use handler::{ConnectionId, Context, HandlerError, MessageHandler};
 pub use service::Service;

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod memory;
-// pub mod redis;
+pub mod redis;
 
 pub use memory::MemoryBroker;
-// pub use redis::{RedisBroker, RedisConfig};
+pub use redis::{RedisBroker, RedisConfig};
 
 /// Moves serialized event frames between the instances of one application.
 ///

@@ -1,1 +1,0 @@
-//! [`RedisBroker`]: fan-out across instances through Redis Pub/Sub.

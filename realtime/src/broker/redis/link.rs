@@ -1,0 +1,154 @@
+//! One instance's pair of connections to Redis, opened together and given
+//! up together: the shared publisher and the subscriber.
+
+use std::sync::Arc;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value};
+use tokio::sync::Notify;
+
+use super::Shared;
+use super::config::RedisConfig;
+
+/// Channels per `SUBSCRIBE` when a new connection resubscribes every topic:
+/// large enough that thousands of topics take a few round trips, small
+/// enough that one command's confirmations stay well inside the command
+/// timeout.
+const RESUBSCRIBE_BATCH: usize = 512;
+
+/// The working connections of one instance. Both are dropped when either
+/// fails, and a new pair is opened.
+pub(super) struct Link {
+    /// Carries `SUBSCRIBE`, `UNSUBSCRIBE` and the watchdog's `PING`; its push
+    /// handler delivers the messages.
+    pub(super) subscriber: MultiplexedConnection,
+    /// What `publish` clones; installed in [`Shared`] once the link is ready.
+    pub(super) publisher: Publisher,
+    /// Notified when either connection closes (a RESP3 disconnection push)
+    /// or a publish meets a broken connection. One per link, so a late
+    /// signal from an old link cannot end a new one.
+    pub(super) lost: Arc<Notify>,
+}
+
+/// The shared publishing connection, cloned per publish (a clone is a
+/// handle on the same multiplexed connection, not a new connection).
+#[derive(Clone)]
+pub(super) struct Publisher {
+    pub(super) conn: MultiplexedConnection,
+    pub(super) lost: Arc<Notify>,
+}
+
+impl Publisher {
+    /// `PUBLISH channel frame`. The number of receivers Redis returns is not
+    /// needed: zero is a valid outcome (no instance follows the topic).
+    pub(super) async fn publish(&mut self, channel: &[u8], frame: &[u8]) -> Result<(), RedisError> {
+        ::redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(frame)
+            .exec_async(&mut self.conn)
+            .await
+    }
+}
+
+/// Opens both connections. Each attempt is bounded by the connect timeout;
+/// every command on them by the command timeout.
+pub(super) async fn open(
+    client: &Client,
+    config: &RedisConfig,
+    shared: &Arc<Shared>,
+) -> Result<Link, OpenError> {
+    let lost = Arc::new(Notify::new());
+
+    let on_subscriber_push = {
+        let shared = Arc::clone(shared);
+        let lost = Arc::clone(&lost);
+        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => shared.deliver(push.data),
+                PushKind::Disconnection => lost.notify_one(),
+                // Subscribe and unsubscribe confirmations also come as pushes;
+                // the command that caused them reports them already.
+                _ => {}
+            }
+            Ok(())
+        }
+    };
+    let on_publisher_push = {
+        let lost = Arc::clone(&lost);
+        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            if push.kind == PushKind::Disconnection {
+                lost.notify_one();
+            }
+            Ok(())
+        }
+    };
+
+    let base = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout));
+    let subscriber = connect(
+        client,
+        base.clone().set_push_sender(on_subscriber_push),
+        config,
+    )
+    .await?;
+    let publisher = connect(client, base.set_push_sender(on_publisher_push), config).await?;
+    Ok(Link {
+        subscriber,
+        publisher: Publisher {
+            conn: publisher,
+            lost: Arc::clone(&lost),
+        },
+        lost,
+    })
+}
+
+async fn connect(
+    client: &Client,
+    settings: AsyncConnectionConfig,
+    config: &RedisConfig,
+) -> Result<MultiplexedConnection, OpenError> {
+    // The redis crate bounds the TCP connect with `connection_timeout`; this
+    // outer bound also covers the handshake (`HELLO 3`, `AUTH`, `SELECT`),
+    // which a frozen Redis would otherwise leave hanging.
+    let opening = client.get_multiplexed_async_connection_with_config(&settings);
+    match tokio::time::timeout(config.connect_timeout, opening).await {
+        Ok(Ok(conn)) => Ok(conn),
+        // The crate's own connection timeout: the same condition.
+        Ok(Err(error)) if error.is_timeout() => Err(OpenError::Timeout(config.connect_timeout)),
+        Ok(Err(error)) => Err(OpenError::Failed(error)),
+        Err(_) => Err(OpenError::Timeout(config.connect_timeout)),
+    }
+}
+
+/// Why a link could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OpenError {
+    #[error("could not connect")]
+    Failed(#[source] RedisError),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Subscribes a new subscriber connection to every channel in `channels`.
+pub(super) async fn resubscribe(
+    subscriber: &mut MultiplexedConnection,
+    channels: &[Vec<u8>],
+) -> Result<(), RedisError> {
+    for batch in channels.chunks(RESUBSCRIBE_BATCH) {
+        subscriber.subscribe(batch).await?;
+    }
+    Ok(())
+}
+
+/// Splits a message push (`[channel, payload]`) into its two byte strings,
+/// taking ownership so that the payload becomes a `Bytes` without a copy.
+pub(super) fn message_parts(data: Vec<Value>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut parts = data.into_iter();
+    match (parts.next(), parts.next()) {
+        (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
+            Some((channel, payload))
+        }
+        _ => None,
+    }
+}
