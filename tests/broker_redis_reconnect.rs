@@ -1,0 +1,169 @@
+//! Redis restarted or frozen mid-stream: clients stay connected, broadcasts
+//! sent meanwhile are answered with an error frame, every node resubscribes
+//! within 2 s of Redis coming back, and delivery resumes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, RedisServer, recv_event, recv_reply, said, say, wait_until};
+use realtime::Config;
+use realtime::testing::TestClient;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// The longest a sender may wait for the error frame of a broadcast sent
+/// while Redis is away: the command timeout (2 s by default) is the worst
+/// case, plus slack for a loaded machine.
+const ERROR_WITHIN: Duration = Duration::from_secs(3);
+
+/// Sends a broadcast and asserts it is answered with a 503 error frame in
+/// time; returns how long the answer took.
+async fn broadcast_fails_fast(sender: &mut TestClient, id: u64) -> Duration {
+    let sent = Instant::now();
+    sender.send(say(id, "lost")).await;
+    let answer = recv_reply(sender, id).await;
+    let took = sent.elapsed();
+    assert_eq!(answer["error"]["code"], 503, "answer: {answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("not delivered")),
+        "answer: {answer}"
+    );
+    assert!(took < ERROR_WITHIN, "the error frame took {took:?}");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_is_survived() {
+    let mut redis = RedisServer::start().await;
+    let a = Node::start(&redis.url(), "restart:").await;
+    let b = Node::start(&redis.url(), "restart:").await;
+    let mut sender = a.connect("room", "alice").await;
+    let mut local = a.connect("room", "bob").await;
+    let mut remote = b.connect("room", "carol").await;
+    sender.send(say(1, "before")).await;
+    for client in [&mut local, &mut remote] {
+        assert_eq!(recv_event(client).await, said("room", "alice", "before"));
+    }
+
+    redis.stop();
+    // At once, before the nodes may have noticed: the publish meets a dead
+    // connection or a disconnected broker; either way the sender hears.
+    broadcast_fails_fast(&mut sender, 2).await;
+    // Redis stays down until the backoff has grown to its cap (attempts
+    // after 25-50, 50-100, 100-200, 200-400, 400-800 ms, then 0.5-1 s), so
+    // that the 2 s bound below holds for the longest wait, not the first.
+    for node in [&a, &b] {
+        wait_until("both nodes back off to the cap", || async {
+            let metrics = node.metrics();
+            !metrics.connected && metrics.connect_failures >= 6
+        })
+        .await;
+    }
+    broadcast_fails_fast(&mut sender, 3).await;
+    // A new topic cannot be subscribed now: its first client is refused
+    // with 503 rather than handed a subscription that receives nothing.
+    let refused = TestClient::connect(&a.server.ws_url("/ws/elsewhere"), "dave")
+        .await
+        .expect_err("no subscription while Redis is down");
+    assert_eq!(refused.status(), Some(503));
+
+    redis.restart().await;
+    let back = Instant::now();
+    redis.wait_numsub("restart:room", 2).await;
+    for node in [&a, &b] {
+        wait_until("both nodes report the reconnect", || async {
+            node.metrics().reconnects == 1
+        })
+        .await;
+    }
+    let resubscribed = back.elapsed();
+    assert!(
+        resubscribed <= Duration::from_secs(2),
+        "nodes resubscribed {resubscribed:?} after Redis came back"
+    );
+    assert_eq!(redis.numsub("restart:elsewhere").await, 0);
+
+    // The same sockets deliver again; nothing sent during the outage
+    // arrives, and nothing arrives twice.
+    sender.send(say(4, "after")).await;
+    assert_eq!(
+        recv_reply(&mut sender, 4).await["ok"],
+        Value::Null,
+        "the broadcast is acknowledged"
+    );
+    for client in [&mut local, &mut remote] {
+        assert_eq!(recv_event(client).await, said("room", "alice", "after"));
+        assert!(client.is_silent_for(Duration::from_millis(200)).await);
+    }
+
+    for node in [&a, &b] {
+        let metrics = node.metrics();
+        assert!(metrics.connected);
+        assert_eq!(metrics.disconnects, 1);
+        assert_eq!(metrics.reconnects, 1);
+        assert_eq!(metrics.resubscribes, 1);
+    }
+    assert!(a.metrics().publish_errors >= 2);
+    assert!(a.metrics().subscribe_errors >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_is_detected_by_the_watchdog() {
+    let redis = RedisServer::start().await;
+    let mut config = common::redis_config("frozen:");
+    config.command_timeout = Duration::from_millis(500);
+    config.ping_interval = Duration::from_millis(200);
+    config.connect_timeout = Duration::from_millis(500);
+    let a = Node::start_with(&redis.url(), config.clone(), Config::default()).await;
+    let b = Node::start_with(&redis.url(), config, Config::default()).await;
+    let mut sender = a.connect("room", "alice").await;
+    let mut remote = b.connect("room", "carol").await;
+
+    // A stopped process keeps its sockets open: nothing closes, commands
+    // just go unanswered.
+    redis.freeze();
+    // Sent before the watchdog can have noticed (that takes a ping timeout):
+    // the publish is bounded by the command timeout.
+    sender.send(say(1, "lost")).await;
+    let answer = recv_reply(&mut sender, 1).await;
+    assert_eq!(answer["error"]["code"], 503, "answer: {answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("timed out after 500ms")),
+        "answer: {answer}"
+    );
+    for node in [&a, &b] {
+        wait_until("the watchdog notices the frozen Redis", || async {
+            !node.metrics().connected
+        })
+        .await;
+    }
+    // Detected: publishes now fail at once instead of waiting out a timeout.
+    let took = broadcast_fails_fast(&mut sender, 2).await;
+    assert!(took < Duration::from_millis(400), "took {took:?}");
+
+    redis.thaw();
+    let back = Instant::now();
+    for node in [&a, &b] {
+        wait_until("both nodes reconnect after the thaw", || async {
+            node.metrics().reconnects == 1
+        })
+        .await;
+    }
+    assert!(back.elapsed() <= Duration::from_secs(2));
+    // The connections given up on are closed by now or soon; only the new
+    // ones stay subscribed, so each event arrives once.
+    redis.wait_numsub("frozen:room", 2).await;
+    sender.send(say(3, "thawed")).await;
+    assert_eq!(
+        recv_event(&mut remote).await,
+        said("room", "alice", "thawed")
+    );
+    assert!(remote.is_silent_for(Duration::from_millis(200)).await);
+    assert_eq!(a.metrics().disconnects, 1);
+    assert_eq!(b.metrics().disconnects, 1);
+}

@@ -1,0 +1,379 @@
+//! Helpers for the Redis and cluster tests: private `redis-server`
+//! processes on free ports, a hand-written handler, and nodes (a service with
+//! its own `RedisBroker` behind its own server).
+// Each test file uses a part of this module.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use realtime::auth::validate_with;
+use realtime::broker::RedisConfig;
+use realtime::broker::redis::RedisMetrics;
+use realtime::handler::Reply;
+use realtime::testing::{TestClient, TestServer};
+use realtime::{Config, Context, HandlerError, MessageHandler, RedisBroker, Service};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// How long any wait here lasts before the test fails, naming what it
+/// waited for. Generous: the suite runs on loaded 2-core machines.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The `redis-server` binary: `$REDIS_SERVER`, else the one on `PATH`.
+fn redis_server_binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// Polls `condition` until it holds; panics after [`DEADLINE`] with `what`.
+/// Returns how long it took.
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A private `redis-server` on 127.0.0.1 (no persistence), killed on drop.
+#[derive(Debug)]
+pub(crate) struct RedisServer {
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub(crate) async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`start`](Self::start), with extra `redis-server` arguments.
+    pub(crate) async fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        // Another process may take the port between `free_port` and the
+        // server's bind: then try another one.
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                extra: extra.clone(),
+                child: None,
+            };
+            if server.launch().await {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    /// Spawns the process on `self.port` and waits until it answers; false
+    /// if it exited (its port was taken).
+    async fn launch(&mut self) -> bool {
+        let child = Command::new(redis_server_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (install it, or set REDIS_SERVER)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().expect("poll redis-server").is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            if self.answers().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Whether the server answers `PING` now.
+    async fn answers(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let attempt = async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), attempt).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// Kills the server (SIGKILL, by PID) and waits for the process to end.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it answers.
+    pub(crate) async fn restart(&mut self) {
+        self.stop();
+        let start = Instant::now();
+        // The port was just released; retry if something else holds it.
+        while !self.launch().await {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "could not restart redis-server on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the process without closing its sockets (SIGSTOP): a frozen
+    /// Redis, as in a network partition.
+    pub(crate) fn freeze(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub(crate) fn thaw(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
+    /// A new connection for the test's own commands.
+    pub(crate) async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("a valid URL");
+        tokio::time::timeout(DEADLINE, client.get_multiplexed_async_connection())
+            .await
+            .expect("connect to the test Redis within the deadline")
+            .expect("connect to the test Redis")
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many connections subscribe to it.
+    pub(crate) async fn numsub(&self, channel: &str) -> usize {
+        let mut admin = self.admin().await;
+        numsub(&mut admin, channel).await
+    }
+
+    /// Waits until `PUBSUB NUMSUB channel` is `expected`; returns how long.
+    pub(crate) async fn wait_numsub(&self, channel: &str, expected: usize) -> Duration {
+        let admin = self.admin().await;
+        wait_until(&format!("PUBSUB NUMSUB {channel} == {expected}"), || {
+            let mut admin = admin.clone();
+            async move { numsub(&mut admin, channel).await == expected }
+        })
+        .await
+    }
+}
+
+async fn numsub(admin: &mut redis::aio::MultiplexedConnection, channel: &str) -> usize {
+    let (_, count): (String, usize) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(admin)
+        .await
+        .expect("PUBSUB NUMSUB");
+    count
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What clients of [`Chat`] send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub(crate) enum ChatMessage {
+    /// Broadcast `text` to the topic.
+    Say {
+        /// What to say.
+        text: String,
+    },
+    /// Answer `text` back to the sender.
+    Echo {
+        /// What to echo.
+        text: String,
+    },
+}
+
+/// The event every subscriber receives.
+#[derive(Debug, Serialize)]
+pub(crate) struct Said {
+    /// Who said it.
+    pub(crate) from: String,
+    /// What was said.
+    pub(crate) text: String,
+}
+
+/// A hand-written handler: `say` broadcasts, `echo` answers the sender.
+#[derive(Debug)]
+pub(crate) struct Chat;
+
+impl MessageHandler for Chat {
+    type ClientMessage = ChatMessage;
+    type ServerEvent = Said;
+    type AppState = ();
+    type UserId = String;
+
+    async fn handle_direct_message(
+        &self,
+        msg: &ChatMessage,
+        _ctx: &Context<(), String>,
+    ) -> Result<Option<Reply>, HandlerError> {
+        match msg {
+            ChatMessage::Echo { text } => Ok(Some(Reply::json(text)?)),
+            ChatMessage::Say { .. } => Ok(None),
+        }
+    }
+
+    async fn handle_broadcast_message(
+        &self,
+        msg: ChatMessage,
+        ctx: &Context<(), String>,
+    ) -> Result<Option<Said>, HandlerError> {
+        match msg {
+            ChatMessage::Say { text } => Ok(Some(Said {
+                from: ctx.user_id().clone(),
+                text,
+            })),
+            ChatMessage::Echo { .. } => Ok(None),
+        }
+    }
+}
+
+/// The default broker settings with this test's own channel prefix.
+pub(crate) fn redis_config(prefix: &str) -> RedisConfig {
+    let mut config = RedisConfig::default();
+    config.channel_prefix = prefix.to_owned();
+    config
+}
+
+/// One server instance: a [`Service`] with its own [`RedisBroker`], served
+/// on its own port.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// The service, to publish from the server side or read its broker.
+    pub(crate) service: Service<Chat, RedisBroker>,
+    /// Where clients connect.
+    pub(crate) server: TestServer,
+}
+
+impl Node {
+    /// A node on the Redis at `url` with the default broker settings and
+    /// channel prefix `prefix`.
+    pub(crate) async fn start(url: &str, prefix: &str) -> Self {
+        Self::start_with(url, redis_config(prefix), Config::default()).await
+    }
+
+    /// A node with explicit broker and service settings.
+    pub(crate) async fn start_with(url: &str, redis: RedisConfig, config: Config) -> Self {
+        let broker = RedisBroker::connect(url, redis)
+            .await
+            .expect("connect the broker to the test Redis");
+        let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+            .with_broker(broker)
+            .config(config)
+            .build()
+            .expect("a valid config");
+        let server =
+            TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
+        Self { service, server }
+    }
+
+    /// A client of `user` on `topic`.
+    pub(crate) async fn connect(&self, topic: &str, user: &str) -> TestClient {
+        TestClient::connect(&self.server.ws_url(&format!("/ws/{topic}")), user)
+            .await
+            .unwrap_or_else(|error| panic!("connect {user} to {topic}: {error}"))
+    }
+
+    /// The broker's counters.
+    pub(crate) fn metrics(&self) -> RedisMetrics {
+        self.service.broker().metrics()
+    }
+}
+
+/// `{"type": "say", "data": {"text": text}, "id": id}`.
+pub(crate) fn say(id: u64, text: &str) -> Value {
+    json!({"type": "say", "data": {"text": text}, "id": id})
+}
+
+/// The event frame `from` saying `text` on `topic`.
+pub(crate) fn said(topic: &str, from: &str, text: &str) -> Value {
+    json!({"topic": topic, "event": {"from": from, "text": text}})
+}
+
+/// The next event frame; answers (acks, errors) before it are skipped.
+pub(crate) async fn recv_event(client: &mut TestClient) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame.get("topic").is_some() {
+            return frame;
+        }
+    }
+}
+
+/// The answer to request `id`; event frames before it are skipped.
+pub(crate) async fn recv_reply(client: &mut TestClient, id: u64) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame.get("reply_to") == Some(&Value::from(id)) {
+            return frame;
+        }
+    }
+}
