@@ -1,0 +1,13 @@
+//! The one place that spells the path of the runtime's hidden re-exports.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// `::realtime::__private`: serde and axum as the runtime re-exports them,
+/// so an application depends on `realtime` alone (STYLE 3.7 H1).
+pub(crate) fn path() -> TokenStream {
+    quote!(::realtime::__private)
+}
+
+/// The same path as a string, for `#[serde(crate = "...")]`.
+pub(crate) const SERDE_CRATE: &str = "::realtime::__private::serde";
