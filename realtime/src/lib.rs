@@ -10,6 +10,41 @@
 //! through Redis ([`RedisBroker`]).
 //!
 //! The wire protocol is described in [`protocol`].
+//!
+//! # A handler
+//!
+//! ```
+//! use realtime::auth::validate_with;
+//! use realtime::prelude::*;
+//! use realtime::Service;
+//!
+//! struct Chat;
+//!
+//! #[realtime_handler]
+//! impl Chat {
+//!     /// Answered to the sender only: `{"reply_to": 1, "ok": "HI"}`.
+//!     #[direct]
+//!     async fn shout(&self, ctx: &Context<(), String>, text: String) -> Result<String, HandlerError> {
+//!         Ok(text.to_uppercase())
+//!     }
+//!
+//!     /// Published to every subscriber of the topic, on every instance:
+//!     /// `{"topic": "lobby", "event": "alice: hi"}`.
+//!     #[broadcast]
+//!     async fn say(&self, ctx: &Context<(), String>, text: String) -> Result<String, HandlerError> {
+//!         Ok(format!("{}: {text}", ctx.user_id()))
+//!     }
+//! }
+//!
+//! let service = Service::builder(Chat, (), validate_with(|token: &str| Ok(token.to_owned())))
+//!     .build()
+//!     .expect("the default config is valid");
+//! let app = Chat::router(service); // an axum Router for `/ws/{topic}`
+//! # let _: axum::Router = app;
+//! ```
+//!
+//! [`realtime_handler`] documents the attribute: the rules for message
+//! methods, the hooks, the options, and what it expands to.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -35,3 +70,54 @@ pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 pub use config::{Config, ConfigError};
 pub use handler::{ConnectionId, Context, HandlerError, MessageHandler};
 pub use service::Service;
+
+#[doc = include_str!("../docs/macro.md")]
+pub use realtime_macros::realtime_handler;
+
+/// Marks a message method answered to its sender only:
+/// `{"reply_to": 7, "ok": <value>}`. Only meaningful inside a
+/// [`#[realtime_handler]`](realtime_handler) block.
+pub use realtime_macros::direct;
+
+/// Marks a message method whose result is published to every subscriber
+/// of the sender's topic. Only meaningful inside a
+/// [`#[realtime_handler]`](realtime_handler) block.
+pub use realtime_macros::broadcast;
+
+/// Marks the hook run once a connection is open, before its first message.
+/// Only meaningful inside a [`#[realtime_handler]`](realtime_handler) block.
+pub use realtime_macros::on_connect;
+
+/// Marks the hook run once a connection has ended, however it ended. Only
+/// meaningful inside a [`#[realtime_handler]`](realtime_handler) block.
+pub use realtime_macros::on_disconnect;
+
+/// Marks the hook that decides whether a user may subscribe to a topic
+/// (`false` answers the upgrade with HTTP 403). Only meaningful inside a
+/// [`#[realtime_handler]`](realtime_handler) block.
+pub use realtime_macros::authorize_topic;
+
+/// What a handler's impl block uses: the macro, its markers, [`Context`] and
+/// [`HandlerError`].
+///
+/// ```
+/// use realtime::prelude::*;
+/// # #[realtime_handler(state = (), user = String)]
+/// # impl Echo { #[direct] async fn echo(&self, text: String) -> Result<String, HandlerError> { Ok(text) } }
+/// # struct Echo;
+/// ```
+pub mod prelude {
+    pub use crate::{
+        Context, HandlerError, authorize_topic, broadcast, direct, on_connect, on_disconnect,
+        realtime_handler,
+    };
+}
+
+/// Not public API: what the expansion of `#[realtime_handler]` names, so
+/// that an application depends on `realtime` alone. It may change in any
+/// release.
+#[doc(hidden)]
+pub mod __private {
+    pub use axum;
+    pub use serde;
+}
