@@ -1,5 +1,7 @@
 // An argument type that does not implement `Deserialize` is reported by
-// rustc on that type.
+// rustc on that type. serde's derive reports the bound a second time on the
+// derive, which is the attribute here: serde does the same for a plain
+// `#[derive(Deserialize)]`, and no span we give moves it.
 use realtime::prelude::*;
 
 struct Chat;
