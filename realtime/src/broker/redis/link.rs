@@ -1,9 +1,11 @@
 //! One instance's pair of connections to Redis, opened together and given
 //! up together: the shared publisher and the subscriber.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use ::redis::aio::MultiplexedConnection;
+use ::redis::cluster_async::ClusterConnection;
 use ::redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value};
 use tokio::sync::Notify;
 
@@ -31,22 +33,44 @@ pub(super) struct Link {
 }
 
 /// The shared publishing connection, cloned per publish (a clone is a
-/// handle on the same multiplexed connection, not a new connection).
+/// handle on the same connection, not a new connection).
 #[derive(Clone)]
 pub(super) struct Publisher {
-    pub(super) conn: MultiplexedConnection,
+    pub(super) conn: PublishConn,
+    /// Told when a publish meets a broken connection.
     pub(super) lost: Arc<Notify>,
 }
 
+/// A single Redis or a cluster.
+#[derive(Clone)]
+pub(super) enum PublishConn {
+    /// `PUBLISH` on one multiplexed connection.
+    Single(MultiplexedConnection),
+    /// `SPUBLISH` through the cluster client, which routes each channel to
+    /// the master that owns its slot.
+    Cluster(ClusterConnection),
+}
+
 impl Publisher {
-    /// `PUBLISH channel frame`. The number of receivers Redis returns is not
-    /// needed: zero is a valid outcome (no instance follows the topic).
+    /// Publishes `frame` on `channel`. The number of receivers Redis returns
+    /// is not needed: zero is a valid outcome (no instance follows the topic).
     pub(super) async fn publish(&mut self, channel: &[u8], frame: &[u8]) -> Result<(), RedisError> {
-        ::redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(frame)
-            .exec_async(&mut self.conn)
-            .await
+        match &mut self.conn {
+            PublishConn::Single(conn) => {
+                ::redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(frame)
+                    .exec_async(conn)
+                    .await
+            }
+            PublishConn::Cluster(conn) => {
+                ::redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(frame)
+                    .exec_async(conn)
+                    .await
+            }
+        }
     }
 }
 
@@ -59,48 +83,62 @@ pub(super) async fn open(
 ) -> Result<Link, OpenError> {
     let lost = Arc::new(Notify::new());
 
-    let on_subscriber_push = {
-        let shared = Arc::clone(shared);
-        let lost = Arc::clone(&lost);
-        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-            match push.kind {
-                PushKind::Message | PushKind::SMessage => shared.deliver(push.data),
-                PushKind::Disconnection => lost.notify_one(),
-                // Subscribe and unsubscribe confirmations also come as pushes;
-                // the command that caused them reports them already.
-                _ => {}
-            }
-            Ok(())
-        }
-    };
-    let on_publisher_push = {
-        let lost = Arc::clone(&lost);
-        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-            if push.kind == PushKind::Disconnection {
-                lost.notify_one();
-            }
-            Ok(())
-        }
-    };
-
     let base = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout));
     let subscriber = connect(
         client,
-        base.clone().set_push_sender(on_subscriber_push),
+        base.clone()
+            .set_push_sender(subscriber_pushes(Arc::clone(shared), Arc::clone(&lost))),
         config,
     )
     .await?;
-    let publisher = connect(client, base.set_push_sender(on_publisher_push), config).await?;
+    let publisher = connect(
+        client,
+        base.set_push_sender(publisher_pushes(Arc::clone(&lost))),
+        config,
+    )
+    .await?;
     Ok(Link {
         subscriber,
         publisher: Publisher {
-            conn: publisher,
+            conn: PublishConn::Single(publisher),
             lost: Arc::clone(&lost),
         },
         lost,
     })
+}
+
+/// The subscriber connection's push handler: messages go to the local
+/// subscribers, a disconnection to the supervisor. It runs in the
+/// connection's reader and never blocks.
+pub(super) fn subscriber_pushes(
+    shared: Arc<Shared>,
+    lost: Arc<Notify>,
+) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
+    move |push: PushInfo| {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => shared.deliver(push.data),
+            PushKind::Disconnection => lost.notify_one(),
+            // Subscribe and unsubscribe confirmations also come as pushes;
+            // the command that caused them reports them already.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The publisher connection's push handler: it only watches for the
+/// connection closing.
+pub(super) fn publisher_pushes(
+    lost: Arc<Notify>,
+) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
+    move |push: PushInfo| {
+        if push.kind == PushKind::Disconnection {
+            lost.notify_one();
+        }
+        Ok(())
+    }
 }
 
 async fn connect(

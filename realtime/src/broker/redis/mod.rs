@@ -44,7 +44,8 @@
 //!   output-buffer limit), the push handler receives a `Disconnection` push
 //!   at once (measured: microseconds after the kill).
 //! - **One path for Redis Cluster.** The cluster client delivers sharded
-//!   messages through the same kind of push handler.
+//!   messages through the same kind of push handler (see
+//!   [Redis Cluster](#redis-cluster)).
 //!
 //! `ConnectionManager` reconnects and resubscribes by itself, but it blocked
 //! publishes for seconds while Redis was down (9 s with default retries), and
@@ -100,6 +101,25 @@
 //! never panics: an application that wants to wait for Redis retries
 //! `connect` itself. After startup, reconnection is automatic.
 //!
+//! # Redis Cluster
+//!
+//! [`RedisBroker::connect_cluster`] uses sharded Pub/Sub instead
+//! (`SPUBLISH`, `SSUBSCRIBE`, Redis 7 or newer), through the redis crate's
+//! cluster client: a topic's traffic stays on the master that owns its
+//! channel's slot, so adding masters spreads the load. The publisher and the
+//! subscriber are each one cluster connection (one connection per node).
+//!
+//! The cluster client reconnects to a node by itself, but its own
+//! resubscription after a node restart is not reliable (measured: the
+//! restarted master's channels stayed silent). So on a disconnection push
+//! from any node, or a failed ping (`PING` reaches every master), the broker
+//! sends `SSUBSCRIBE` for every topic again, with the same backoff, until
+//! each is confirmed. The connections are kept: while one master is away,
+//! topics on the other masters keep working, and publishes to the missing
+//! shard fail with an error frame. [`RedisMetrics::connected`] is false
+//! until every topic is confirmed again. Resharding (slot migration) is left
+//! to the cluster client and is not covered by this crate's tests.
+//!
 //! # Delivery guarantees
 //!
 //! Redis Pub/Sub delivers at most once. A frame published while an instance
@@ -113,7 +133,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use ::redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
+use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
@@ -121,6 +141,7 @@ use super::{Broker, BrokerError, Incoming};
 use metrics::{Counters, bump};
 use supervisor::{Command, Supervisor};
 
+mod cluster;
 mod config;
 mod link;
 mod metrics;
@@ -219,35 +240,13 @@ impl RedisBroker {
     /// ```
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, BrokerError> {
         config.validate().map_err(Unavailable::Config)?;
-        let info = url
-            .into_connection_info()
-            .map_err(Unavailable::InvalidUrl)?;
+        let info = resp3(url)?;
         let server = info.addr().to_string();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client =
-            Client::open(info.set_redis_settings(settings)).map_err(Unavailable::InvalidUrl)?;
-
-        let shared = Arc::new(Shared {
-            prefix: config.channel_prefix.as_bytes().into(),
-            incoming: OnceLock::new(),
-            counters: Counters::default(),
-            publisher: RwLock::new(None),
-        });
-        let link = match link::open(&client, &config, &shared).await {
-            Ok(link) => link,
-            Err(source) => {
-                bump(&shared.counters.connect_failures);
-                tracing::warn!(%server, error = %source, "could not connect to Redis");
-                return Err(Unavailable::Connect {
-                    server,
-                    source: Box::new(source),
-                }
-                .into());
-            }
-        };
+        let client = Client::open(info).map_err(Unavailable::InvalidUrl)?;
+        let shared = Shared::new(&config);
+        let link = link::open(&client, &config, &shared)
+            .await
+            .map_err(|source| connect_failed(&shared, &server, source))?;
         shared.set_publisher(Some(link.publisher.clone()));
         tracing::debug!(%server, "connected to Redis");
 
@@ -260,6 +259,73 @@ impl RedisBroker {
             topics: Default::default(),
         };
         tokio::spawn(supervisor.run(link));
+        Ok(Self {
+            shared,
+            commands,
+            config,
+            server,
+        })
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes` (URLs as for
+    /// [`connect`](Self::connect)) and fans out with sharded Pub/Sub:
+    /// `SPUBLISH` and `SSUBSCRIBE`, so that each topic's traffic stays on the
+    /// master that owns its channel's slot. Needs Redis 7 or newer.
+    ///
+    /// Every instance of an application must use the same mode: a sharded
+    /// channel and a plain one of the same name do not meet. See
+    /// [Cluster](self#redis-cluster) for how it recovers from a node restart.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect); `nodes` must not be empty.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use realtime::RedisBroker;
+    /// use realtime::broker::RedisConfig;
+    ///
+    /// # async fn demo() -> Result<(), realtime::BrokerError> {
+    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+    /// let broker = RedisBroker::connect_cluster(nodes, RedisConfig::default()).await?;
+    /// # let _ = broker;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_cluster(
+        nodes: impl IntoIterator<Item = impl AsRef<str>>,
+        config: RedisConfig,
+    ) -> Result<Self, BrokerError> {
+        config.validate().map_err(Unavailable::Config)?;
+        let nodes = nodes
+            .into_iter()
+            .map(|url| resp3(url.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let server = nodes
+            .iter()
+            .map(|node| node.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if nodes.is_empty() {
+            return Err(Unavailable::NoNodes.into());
+        }
+        let shared = Shared::new(&config);
+        let link = cluster::open(&nodes, &config, &shared)
+            .await
+            .map_err(|source| connect_failed(&shared, &server, source))?;
+        shared.set_publisher(Some(link.publisher.clone()));
+        tracing::debug!(%server, "connected to Redis Cluster");
+
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let supervisor = cluster::ClusterSupervisor {
+            config: config.clone(),
+            shared: Arc::clone(&shared),
+            commands: receiver,
+            topics: Default::default(),
+            link,
+        };
+        tokio::spawn(supervisor.run());
         Ok(Self {
             shared,
             commands,
@@ -366,6 +432,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: &RedisConfig) -> Arc<Self> {
+        Arc::new(Self {
+            prefix: config.channel_prefix.as_bytes().into(),
+            incoming: OnceLock::new(),
+            counters: Counters::default(),
+            publisher: RwLock::new(None),
+        })
+    }
+
     /// `prefix + topic`.
     fn channel(&self, topic: &str) -> Vec<u8> {
         let mut channel = Vec::with_capacity(self.prefix.len() + topic.len());
@@ -425,6 +500,8 @@ enum Unavailable {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("no Redis Cluster node given")]
+    NoNodes,
     #[error("invalid Redis URL")]
     InvalidUrl(#[source] RedisError),
     #[error("invalid Redis broker configuration")]
@@ -439,6 +516,29 @@ impl From<Unavailable> for BrokerError {
     fn from(cause: Unavailable) -> Self {
         BrokerError::Unavailable(Box::new(cause))
     }
+}
+
+/// Parses `url` and sets RESP3, which the broker needs for push messages.
+fn resp3(url: &str) -> Result<ConnectionInfo, Unavailable> {
+    let info = url
+        .into_connection_info()
+        .map_err(Unavailable::InvalidUrl)?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
+}
+
+/// Counts and logs a failed startup, and says which server failed.
+fn connect_failed(shared: &Shared, server: &str, source: link::OpenError) -> BrokerError {
+    bump(&shared.counters.connect_failures);
+    tracing::warn!(%server, error = %source, "could not connect to Redis");
+    Unavailable::Connect {
+        server: server.to_owned(),
+        source: Box::new(source),
+    }
+    .into()
 }
 
 /// A failed Redis command as the service sees it.

@@ -272,7 +272,7 @@ impl Supervisor {
 /// Whether a failed command leaves the connection in doubt (rather than
 /// being a plain error reply from a working Redis, such as a missing ACL
 /// permission).
-fn is_link_failure(error: &RedisError) -> bool {
+pub(super) fn is_link_failure(error: &RedisError) -> bool {
     error.is_timeout()
         || error.is_io_error()
         || error.is_connection_dropped()
