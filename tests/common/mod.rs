@@ -88,6 +88,17 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Starts a server on `port` with extra arguments; `None` if the port
+    /// (or another one in `extra`) was taken.
+    pub(crate) async fn try_start_on(port: u16, extra: &[&str]) -> Option<Self> {
+        let mut server = Self {
+            port,
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+            child: None,
+        };
+        server.launch().await.then_some(server)
+    }
+
     /// Spawns the process on `self.port` and waits until it answers; false
     /// if it exited (its port was taken).
     async fn launch(&mut self) -> bool {
@@ -194,6 +205,18 @@ impl RedisServer {
             .expect("connect to the test Redis")
     }
 
+    /// A new connection, or `None` if the server does not answer now.
+    pub(crate) async fn try_admin(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
     /// `PUBSUB NUMSUB channel`: how many connections subscribe to it.
     pub(crate) async fn numsub(&self, channel: &str) -> usize {
         let mut admin = self.admin().await;
@@ -208,6 +231,19 @@ impl RedisServer {
             async move { numsub(&mut admin, channel).await == expected }
         })
         .await
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel` on this server alone.
+    pub(crate) async fn shardnumsub_here(&self, channel: &str) -> usize {
+        let Some(mut admin) = self.try_admin().await else {
+            return 0;
+        };
+        let counted: Result<(String, usize), _> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel)
+            .query_async(&mut admin)
+            .await;
+        counted.map_or(0, |(_, count)| count)
     }
 }
 
@@ -232,6 +268,121 @@ fn signal(pid: u32, signal: &str) {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private Redis Cluster of three masters (no replicas) on free ports,
+/// with its nodes' cluster state kept in a temporary directory so that a
+/// restarted node rejoins with its slots.
+#[derive(Debug)]
+pub(crate) struct RedisCluster {
+    /// The masters, in the order given to `redis-cli --cluster create`.
+    pub(crate) nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, creates the cluster, and waits until every node
+    /// reports `cluster_state:ok`.
+    pub(crate) async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "realtime-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            let port = free_port();
+            let config = dir.join(format!("nodes-{port}.conf"));
+            let config = config.to_str().expect("a UTF-8 temp path").to_owned();
+            // The bus port defaults to port + 10000, which may not exist for
+            // a high ephemeral port: pick a free one too.
+            let bus = free_port().to_string();
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config,
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "5000",
+            ];
+            if let Some(node) = RedisServer::try_start_on(port, &args).await {
+                nodes.push(node);
+            }
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, dir };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Waits until every node answers and reports `cluster_state:ok`.
+    pub(crate) async fn wait_ok(&self) -> Duration {
+        wait_until("every cluster node reports cluster_state:ok", || async {
+            for node in &self.nodes {
+                let Some(mut admin) = node.try_admin().await else {
+                    return false;
+                };
+                let info: Result<String, _> = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut admin)
+                    .await;
+                if !info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel`, summed over the nodes (only the
+    /// channel's owner has subscribers).
+    pub(crate) async fn shardnumsub(&self, channel: &str) -> usize {
+        let mut total = 0;
+        for node in &self.nodes {
+            total += node.shardnumsub_here(channel).await;
+        }
+        total
+    }
+
+    /// Waits until `PUBSUB SHARDNUMSUB channel` is `expected`.
+    pub(crate) async fn wait_shardnumsub(&self, channel: &str, expected: usize) -> Duration {
+        wait_until(
+            &format!("PUBSUB SHARDNUMSUB {channel} == {expected}"),
+            || async { self.shardnumsub(channel).await == expected },
+        )
+        .await
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -325,6 +476,11 @@ impl Node {
         let broker = RedisBroker::connect(url, redis)
             .await
             .expect("connect the broker to the test Redis");
+        Self::with_broker(broker, config).await
+    }
+
+    /// A node around a broker the test connected itself.
+    pub(crate) async fn with_broker(broker: RedisBroker, config: Config) -> Self {
         let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
             .with_broker(broker)
             .config(config)
