@@ -43,6 +43,7 @@ async fn redis_restart_mid_stream_is_survived() {
     let mut sender = a.connect("room", "alice").await;
     let mut local = a.connect("room", "bob").await;
     let mut remote = b.connect("room", "carol").await;
+    let leaving = b.connect("leaving", "erin").await;
     sender.send(say(1, "before")).await;
     for client in [&mut local, &mut remote] {
         assert_eq!(recv_event(client).await, said("room", "alice", "before"));
@@ -63,6 +64,13 @@ async fn redis_restart_mid_stream_is_survived() {
         .await;
     }
     broadcast_fails_fast(&mut sender, 3).await;
+    // A topic whose last client leaves meanwhile is dropped from the set,
+    // so the new connection will not subscribe it.
+    leaving.close().await;
+    wait_until("node B drops the topic its last client left", || async {
+        b.metrics().subscribed_topics == 1
+    })
+    .await;
     // A new topic cannot be subscribed now: its first client is refused
     // with 503 rather than handed a subscription that receives nothing.
     let refused = TestClient::connect(&a.server.ws_url("/ws/elsewhere"), "dave")
@@ -85,6 +93,7 @@ async fn redis_restart_mid_stream_is_survived() {
         "nodes resubscribed {resubscribed:?} after Redis came back"
     );
     assert_eq!(redis.numsub("restart:elsewhere").await, 0);
+    assert_eq!(redis.numsub("restart:leaving").await, 0);
 
     // The same sockets deliver again; nothing sent during the outage
     // arrives, and nothing arrives twice.
