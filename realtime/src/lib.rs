@@ -121,3 +121,8 @@ pub mod __private {
     pub use axum;
     pub use serde;
 }
+
+// The README's examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

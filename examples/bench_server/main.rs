@@ -1,0 +1,68 @@
+//! The server the benchmark measures: `say {text}` broadcasts the text to the
+//! topic, `echo {text}` answers it. Any `?token=` is accepted.
+//!
+//! ```text
+//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] cargo run --release --example bench_server
+//! ```
+//!
+//! `realtime-bench matrix` builds and runs it side by side with the floor
+//! server (see docs/PERFORMANCE.md).
+
+use realtime::auth::validate_with;
+use realtime::prelude::*;
+use realtime::{Broker, Config, MemoryBroker, RedisBroker, Service};
+use serde::Serialize;
+
+/// The event every subscriber receives.
+#[derive(Debug, Serialize)]
+struct Text {
+    text: String,
+}
+
+struct Bench;
+
+#[realtime_handler(state = (), user = String)]
+impl Bench {
+    /// Broadcasts `text` to the topic.
+    #[broadcast]
+    async fn say(&self, text: String) -> Result<Text, HandlerError> {
+        Ok(Text { text })
+    }
+
+    /// Answers `text` to the sender.
+    #[direct]
+    async fn echo(&self, text: String) -> Result<String, HandlerError> {
+        Ok(text)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got `{port}`"))?,
+        Err(_) => 4000,
+    };
+    match std::env::var("REDIS_URL") {
+        Ok(url) => serve(port, RedisBroker::connect(&url, Default::default()).await?).await,
+        Err(_) => serve(port, MemoryBroker::new()).await,
+    }
+}
+
+async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::default();
+    // A load generator publishes far faster than a person; the limits that
+    // protect a chat would only measure themselves here.
+    config.max_messages_per_sec = 1_000_000;
+    config.rate_burst = 1_000_000;
+    config.outbound_queue = 4096;
+    config.max_connections = 20_000;
+    let service = Service::builder(Bench, (), validate_with(|token: &str| Ok(token.to_owned())))
+        .with_broker(broker)
+        .config(config)
+        .build()?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, Bench::router(service)).await?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The chat example in a real browser: two instances on one private Redis,
+//! one page on each, driven through headless Chromium and chromedriver.
+//!
+//! Needs `chromium` and `chromedriver` (Debian's `chromium` and
+//! `chromium-driver`; `.ci/run` installs them) and `redis-server`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `cargo test` builds the examples next to the test binaries.
+fn chat_binary() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile = deps.parent().unwrap().parent().unwrap();
+    let binary = profile.join("examples").join("chat");
+    assert!(
+        binary.exists(),
+        "{} is missing: run through `cargo test`",
+        binary.display()
+    );
+    binary
+}
+
+fn start_redis() -> (Process, String) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let process = Process(child);
+    wait_for_port(port, "redis-server");
+    (process, format!("redis://127.0.0.1:{port}/"))
+}
+
+fn start_chat(redis_url: &str) -> (Process, u16) {
+    let port = free_port();
+    (start_chat_on(redis_url, port), port)
+}
+
+fn start_chat_on(redis_url: &str, port: u16) -> Process {
+    let child = Command::new(chat_binary())
+        .env("PORT", port.to_string())
+        .env("REDIS_URL", redis_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the chat example");
+    let process = Process(child);
+    wait_for_port(port, "the chat example");
+    process
+}
+
+/// Sends SIGTERM and waits for the process to exit by itself.
+fn terminate(mut process: Process) {
+    let status = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "the chat exits cleanly on SIGTERM, got {status}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chat did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_chromedriver() -> (Process, u16) {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver is installed (Debian: chromium-driver)");
+    let process = Process(child);
+    wait_for_port(port, "chromedriver");
+    (process, port)
+}
+
+async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                "--window-size=900,760", format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("a chromium session through chromedriver")
+}
+
+/// Waits until `script` (a JS expression) is true on the page.
+async fn wait_for(page: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let value = page
+            .execute(&format!("return Boolean({script});"), vec![])
+            .await
+            .expect("run a script in the page");
+        if value == serde_json::Value::Bool(true) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let status = page
+                .find(Locator::Id("status"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let error = page
+                .find(Locator::Id("error"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            panic!("timed out waiting until {what} (status: {status:?}, error: {error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn join(page: &Client, port: u16, name: &str, room: &str) {
+    page.goto(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    page.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    let room_input = page.find(Locator::Id("room")).await.unwrap();
+    room_input.clear().await.unwrap();
+    room_input.send_keys(room).await.unwrap();
+    page.find(Locator::Id("connect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_typed_on_one_instance_appears_on_the_other() {
+    let (_redis, redis_url) = start_redis();
+    let (node_a, port_a) = start_chat(&redis_url);
+    let (_node_b, port_b) = start_chat(&redis_url);
+    let (_driver, driver_port) = start_chromedriver();
+    let profiles =
+        std::env::temp_dir().join(format!("realtime-chat-browser-{}", std::process::id()));
+    let page_a = browser(driver_port, &profiles.join("a")).await;
+    let page_b = browser(driver_port, &profiles.join("b")).await;
+
+    join(&page_a, port_a, "alice", "lobby").await;
+    join(&page_b, port_b, "bob", "lobby").await;
+    let connected = "document.getElementById('status').dataset.state === 'connected'";
+    wait_for(&page_a, "page A is connected", connected).await;
+    wait_for(&page_b, "page B is connected", connected).await;
+
+    let text = page_a.find(Locator::Id("text")).await.unwrap();
+    text.send_keys("hello from node A").await.unwrap();
+    page_a
+        .find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let seen = "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('alice') && li.textContent.includes('hello from node A'))";
+    wait_for(&page_b, "page B shows A's message", seen).await;
+    wait_for(&page_a, "page A shows its own message", seen).await;
+
+    // History lives in Redis: a page that joins later on node B sees the line.
+    let page_c = browser(driver_port, &profiles.join("c")).await;
+    join(&page_c, port_b, "carol", "lobby").await;
+    wait_for(
+        &page_c,
+        "a late joiner on B gets A's line from history",
+        seen,
+    )
+    .await;
+
+    // The admin room is refused to bob, and the page says why.
+    join(&page_b, port_b, "bob", "admin").await;
+    wait_for(
+        &page_b,
+        "the forbidden room shows its error",
+        "document.getElementById('status').dataset.state === 'refused' && document.getElementById('error').textContent.includes('403')",
+    )
+    .await;
+    let error = page_b
+        .find(Locator::Id("error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(error, "cannot join admin: 403: forbidden topic `admin`");
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(
+        target.join("chat-forbidden.png"),
+        page_b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // SIGTERM on node A: its page is told the server went away (1001) and
+    // reconnects, with backoff, once a new instance listens on the port.
+    terminate(node_a);
+    wait_for(
+        &page_a,
+        "page A sees the server go away",
+        "document.getElementById('status').dataset.state === 'reconnecting' && document.getElementById('error').textContent.includes('went away')",
+    )
+    .await;
+    let _node_a = start_chat_on(&redis_url, port_a);
+    wait_for(&page_a, "page A reconnects", connected).await;
+    join(&page_b, port_b, "bob", "lobby").await;
+    wait_for(&page_b, "page B is back in the lobby", connected).await;
+    let text = page_b.find(Locator::Id("text")).await.unwrap();
+    text.send_keys("welcome back").await.unwrap();
+    page_b
+        .find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let back = "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('bob') && li.textContent.includes('welcome back'))";
+    wait_for(&page_a, "the reconnected page A receives B's message", back).await;
+
+    std::fs::write(
+        target.join("chat-page-a.png"),
+        page_a.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        target.join("chat-page-b.png"),
+        page_b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    for page in [page_a, page_b, page_c] {
+        let _ = page.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&profiles);
+}
