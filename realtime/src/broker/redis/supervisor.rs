@@ -1,6 +1,7 @@
-//! The one task per [`RedisBroker`](super::RedisBroker) that owns the
-//! subscriber side: the set of topics this instance holds, the commands that
-//! change it, the ping watchdog, and reconnection.
+//! The one task per [`RedisBroker`](super::RedisBroker) on a single Redis
+//! that owns the subscriber side: the set of topics this instance holds, the
+//! commands that change it, the ping watchdog, and reconnection. (Cluster
+//! mode has its own, in `cluster.rs`.)
 //!
 //! Everything that touches the subscription state goes through this task,
 //! one command at a time, so the set of topics and the channels Redis has
@@ -103,20 +104,21 @@ impl Supervisor {
             tokio::select! {
                 biased;
                 () = link.lost.notified() => return Interrupted::Lost(LossCause::Closed),
-                command = self.commands.recv() => {
-                    let Some(command) = command else {
-                        return Interrupted::Stopped;
-                    };
-                    if let Err(cause) = self.apply(&mut subscriber, command).await {
-                        return Interrupted::Lost(cause);
-                    }
-                }
+                // Before commands, so that a stream of them cannot starve it.
                 _ = watchdog.tick() => {
                     // Bounded by the connection's response timeout, the
                     // command timeout: a frozen Redis fails here.
                     let ping = ::redis::cmd("PING").exec_async(&mut subscriber).await;
                     if let Err(error) = ping {
                         return Interrupted::Lost(LossCause::Ping(error));
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        return Interrupted::Stopped;
+                    };
+                    if let Err(cause) = self.apply(&mut subscriber, command).await {
+                        return Interrupted::Lost(cause);
                     }
                 }
             }
