@@ -76,6 +76,15 @@ async fn wrong_field_type_names_the_field_and_the_expected_type() {
 }
 
 #[tokio::test]
+async fn data_that_is_not_an_object_is_named_without_rust_types() {
+    assert_eq!(
+        answer_to(r#"{"type": "say", "data": "hi", "id": 4}"#).await,
+        json!({"reply_to": 4, "error": {"code": 400, "message":
+            "invalid `data`: invalid type: string \"hi\", expected an object"}})
+    );
+}
+
+#[tokio::test]
 async fn missing_field_is_named() {
     assert_eq!(
         answer_to(r#"{"type": "say", "data": {}, "id": 4}"#).await,

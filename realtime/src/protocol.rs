@@ -163,7 +163,13 @@ fn empty_object() -> &'static RawValue {
 /// Turns a decoding error into the message of an error frame: what was wrong,
 /// and where.
 fn describe(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let inner = without_position(error.inner());
+    let mut inner = without_position(error.inner());
+    // serde names the expected shape by the generated enum ("expected struct
+    // variant RoomClientMessage::Say"): Rust, not protocol.
+    if let Some(at) = inner.find(", expected struct variant ") {
+        inner.truncate(at);
+        inner.push_str(", expected an object");
+    }
     if let Some(rest) = inner.strip_prefix("unknown variant ") {
         // serde says "unknown variant `x`, expected one of `a`, `b`".
         let (name, known) = rest.split_once(", expected ").unwrap_or((rest, ""));
@@ -369,6 +375,20 @@ mod tests {
             decode(r#"{"type":"say","data":{}}"#),
             Err("invalid `data`: missing field `text`".into())
         );
+    }
+
+    #[test]
+    fn data_of_the_wrong_shape_names_no_rust_type() {
+        for data in [r#""hello""#, "[1]", "3"] {
+            let frame = format!(r#"{{"type":"say","data":{data}}}"#);
+            let message = decode(&frame).unwrap_err();
+            assert!(
+                message.starts_with("invalid `data`: ")
+                    && message.ends_with(", expected an object"),
+                "{message}"
+            );
+            assert!(!message.contains("Msg"), "{message}");
+        }
     }
 
     #[test]
