@@ -8,7 +8,7 @@
 //! - `rpc --url ... --conns C --requests N`: direct round trips;
 //! - `idle --url ... --conns C --pid PID [--pid PID]`: the servers' memory per
 //!   idle connection, read from /proc;
-//! - `matrix [--repeats 3] [--messages 2000] [--idle 5000]`: builds
+//! - `matrix [--repeats 3] [--messages 2000] [--idle 5000] [--held 10000]`: builds
 //!   `examples/bench_server` and the floor server, runs every case against
 //!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md).
 
@@ -98,6 +98,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 repeats: flags.number("--repeats", 3)?,
                 messages: flags.number("--messages", 2000)?,
                 idle_connections: flags.number("--idle", 5000)?,
+                held_connections: flags.number("--held", 10_000)?,
             })
             .await?;
         }

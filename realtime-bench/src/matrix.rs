@@ -78,6 +78,7 @@ pub(crate) struct Options {
     pub(crate) repeats: usize,
     pub(crate) messages: usize,
     pub(crate) idle_connections: usize,
+    pub(crate) held_connections: usize,
 }
 
 struct Running {
@@ -298,9 +299,11 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         }
     }
     cases.push(Case::Rpc { connections: 50 });
-    cases.push(Case::Idle {
-        connections: options.idle_connections,
-    });
+    // The second idle row is the "10 000 connections held" target: its
+    // `lost` column counts connections that stopped answering.
+    for connections in [options.idle_connections, options.held_connections] {
+        cases.push(Case::Idle { connections });
+    }
 
     println!(
         "{} messages per fan-out run, medians of {} runs; the two servers alternate",
@@ -328,10 +331,10 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
             median(&samples.iter().map(field).collect::<Vec<_>>())
         };
         let (rt, fl) = (pick(&project, |s| s.headline), pick(&floor, |s| s.headline));
-        let unit = match case {
-            Case::Fanout { .. } => "msg/s",
-            Case::Rpc { .. } => "req/s",
-            Case::Idle { .. } => "KiB/conn",
+        let (unit, digits) = match case {
+            Case::Fanout { .. } => ("msg/s", 0),
+            Case::Rpc { .. } => ("req/s", 0),
+            Case::Idle { .. } => ("KiB/conn", 1),
         };
         let (p50r, p50f) = (pick(&project, |s| s.p50_us), pick(&floor, |s| s.p50_us));
         let (p99r, p99f) = (pick(&project, |s| s.p99_us), pick(&floor, |s| s.p99_us));
@@ -344,7 +347,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
             floor.iter().map(|s| s.reordered).sum(),
         );
         println!(
-            "| {} | {rt:.0} {unit} | {fl:.0} {unit} | {:.2} | {p50r:.0} / {p50f:.0} | {p99r:.0} / {p99f:.0} | {:.2} | {} / {} | {} / {} |",
+            "| {} | {rt:.digits$} {unit} | {fl:.digits$} {unit} | {:.2} | {p50r:.0} / {p50f:.0} | {p99r:.0} / {p99f:.0} | {:.2} | {} / {} | {} / {} |",
             case.name(),
             rt / fl,
             if p99f > 0.0 { p99r / p99f } else { f64::NAN },

@@ -294,10 +294,9 @@ pub(crate) async fn rpc(
                         failed += requests - id;
                         break;
                     }
-                    let want = format!("\"reply_to\":{id},");
                     loop {
                         match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-                            Ok(Some(Ok(Message::Text(text)))) if text.contains(&want) => {
+                            Ok(Some(Ok(Message::Text(text)))) if replies_to(&text, id) => {
                                 latencies.push(sent.elapsed().as_micros() as u64);
                                 break;
                             }
@@ -330,6 +329,16 @@ pub(crate) async fn rpc(
     })
     .await
     .map_err(|_| "rpc run passed its deadline".to_owned())?
+}
+
+/// Whether `frame` is the answer to request `id`. Parsed rather than matched
+/// as text: the two servers order their keys differently.
+fn replies_to(frame: &str, id: usize) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        reply_to: Option<usize>,
+    }
+    serde_json::from_str::<Answer>(frame).is_ok_and(|answer| answer.reply_to == Some(id))
 }
 
 /// What an idle run measured.
