@@ -4,11 +4,13 @@
 //! Needs `chromium` and `chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `.ci/run` installs them) and `redis-server`.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{RedisServer, free_port};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -21,14 +23,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(port: u16, what: &str) {
@@ -50,27 +44,6 @@ fn chat_binary() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-fn start_redis() -> (Process, String) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    let process = Process(child);
-    wait_for_port(port, "redis-server");
-    (process, format!("redis://127.0.0.1:{port}/"))
 }
 
 fn start_chat(redis_url: &str) -> (Process, u16) {
@@ -128,7 +101,7 @@ fn start_chromedriver() -> (Process, u16) {
     (process, port)
 }
 
-async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+async fn browser(driver_port: u16, profile: &Path) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -148,6 +121,43 @@ async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
         .expect("a chromium session through chromedriver")
 }
 
+/// The text of the element with id `id`.
+async fn text_of(page: &Client, id: &str) -> String {
+    let element = page.find(Locator::Id(id)).await.unwrap();
+    element.text().await.unwrap()
+}
+
+/// Clicks the element with id `id`.
+async fn click(page: &Client, id: &str) {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the message box and sends it.
+async fn say(page: &Client, text: &str) {
+    let input = page.find(Locator::Id("text")).await.unwrap();
+    input.send_keys(text).await.unwrap();
+    click(page, "send").await;
+}
+
+/// A JS expression: the log shows a line of `from` saying `text`.
+fn shows(from: &str, text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('{from}') && li.textContent.includes('{text}'))"
+    )
+}
+
+/// Writes a screenshot of `page` to `target/{name}` for a person to look at.
+async fn screenshot(page: &Client, name: &str) {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join(name), page.screenshot().await.unwrap()).unwrap();
+}
+
 /// Waits until `script` (a JS expression) is true on the page.
 async fn wait_for(page: &Client, what: &str, script: &str) {
     let deadline = Instant::now() + DEADLINE;
@@ -160,20 +170,8 @@ async fn wait_for(page: &Client, what: &str, script: &str) {
             return;
         }
         if Instant::now() > deadline {
-            let status = page
-                .find(Locator::Id("status"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let error = page
-                .find(Locator::Id("error"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let status = text_of(page, "status").await;
+            let error = text_of(page, "error").await;
             panic!("timed out waiting until {what} (status: {status:?}, error: {error:?})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -193,17 +191,13 @@ async fn join(page: &Client, port: u16, name: &str, room: &str) {
     let room_input = page.find(Locator::Id("room")).await.unwrap();
     room_input.clear().await.unwrap();
     room_input.send_keys(room).await.unwrap();
-    page.find(Locator::Id("connect"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(page, "connect").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_typed_on_one_instance_appears_on_the_other() {
-    let (_redis, redis_url) = start_redis();
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
     let (node_a, port_a) = start_chat(&redis_url);
     let (_node_b, port_b) = start_chat(&redis_url);
     let (_driver, driver_port) = start_chromedriver();
@@ -218,18 +212,10 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     wait_for(&page_a, "page A is connected", connected).await;
     wait_for(&page_b, "page B is connected", connected).await;
 
-    let text = page_a.find(Locator::Id("text")).await.unwrap();
-    text.send_keys("hello from node A").await.unwrap();
-    page_a
-        .find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let seen = "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('alice') && li.textContent.includes('hello from node A'))";
-    wait_for(&page_b, "page B shows A's message", seen).await;
-    wait_for(&page_a, "page A shows its own message", seen).await;
+    say(&page_a, "hello from node A").await;
+    let seen = shows("alice", "hello from node A");
+    wait_for(&page_b, "page B shows A's message", &seen).await;
+    wait_for(&page_a, "page A shows its own message", &seen).await;
 
     // History lives in Redis: a page that joins later on node B sees the line.
     let page_c = browser(driver_port, &profiles.join("c")).await;
@@ -237,7 +223,7 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     wait_for(
         &page_c,
         "a late joiner on B gets A's line from history",
-        seen,
+        &seen,
     )
     .await;
 
@@ -249,21 +235,11 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
         "document.getElementById('status').dataset.state === 'refused' && document.getElementById('error').textContent.includes('403')",
     )
     .await;
-    let error = page_b
-        .find(Locator::Id("error"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(error, "cannot join admin: 403: forbidden topic `admin`");
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(
-        target.join("chat-forbidden.png"),
-        page_b.screenshot().await.unwrap(),
-    )
-    .unwrap();
+    assert_eq!(
+        text_of(&page_b, "error").await,
+        "cannot join admin: 403: forbidden topic `admin`"
+    );
+    screenshot(&page_b, "chat-forbidden.png").await;
 
     // SIGTERM on node A: its page is told the server went away (1001) and
     // reconnects, with backoff, once a new instance listens on the port.
@@ -278,28 +254,17 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     wait_for(&page_a, "page A reconnects", connected).await;
     join(&page_b, port_b, "bob", "lobby").await;
     wait_for(&page_b, "page B is back in the lobby", connected).await;
-    let text = page_b.find(Locator::Id("text")).await.unwrap();
-    text.send_keys("welcome back").await.unwrap();
-    page_b
-        .find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let back = "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('bob') && li.textContent.includes('welcome back'))";
-    wait_for(&page_a, "the reconnected page A receives B's message", back).await;
+    say(&page_b, "welcome back").await;
+    let back = shows("bob", "welcome back");
+    wait_for(
+        &page_a,
+        "the reconnected page A receives B's message",
+        &back,
+    )
+    .await;
 
-    std::fs::write(
-        target.join("chat-page-a.png"),
-        page_a.screenshot().await.unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        target.join("chat-page-b.png"),
-        page_b.screenshot().await.unwrap(),
-    )
-    .unwrap();
+    screenshot(&page_a, "chat-page-a.png").await;
+    screenshot(&page_b, "chat-page-b.png").await;
 
     for page in [page_a, page_b, page_c] {
         let _ = page.close().await;

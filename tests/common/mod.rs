@@ -1,8 +1,14 @@
 //! Helpers for the Redis and cluster tests: private `redis-server`
-//! processes on free ports, a hand-written handler, and nodes (a service with
-//! its own `RedisBroker` behind its own server).
+//! processes on free ports, and nodes (a service with its own `RedisBroker`
+//! behind its own server) running the hand-written [`Room`] handler.
 // Each test file uses a part of this module.
 #![allow(dead_code)]
+
+#[path = "room.rs"]
+mod room;
+
+#[allow(unused_imports)] // Not every test file names every type.
+pub(crate) use room::{Hooks, Room, Said};
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -12,10 +18,8 @@ use std::time::Duration;
 use realtime::auth::validate_with;
 use realtime::broker::RedisConfig;
 use realtime::broker::redis::RedisMetrics;
-use realtime::handler::Reply;
 use realtime::testing::{TestClient, TestServer};
-use realtime::{Config, Context, HandlerError, MessageHandler, RedisBroker, Service};
-use serde::{Deserialize, Serialize};
+use realtime::{Config, RedisBroker, Service};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -386,67 +390,6 @@ impl Drop for RedisCluster {
     }
 }
 
-/// What clients of [`Chat`] send.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub(crate) enum ChatMessage {
-    /// Broadcast `text` to the topic.
-    Say {
-        /// What to say.
-        text: String,
-    },
-    /// Answer `text` back to the sender.
-    Echo {
-        /// What to echo.
-        text: String,
-    },
-}
-
-/// The event every subscriber receives.
-#[derive(Debug, Serialize)]
-pub(crate) struct Said {
-    /// Who said it.
-    pub(crate) from: String,
-    /// What was said.
-    pub(crate) text: String,
-}
-
-/// A hand-written handler: `say` broadcasts, `echo` answers the sender.
-#[derive(Debug)]
-pub(crate) struct Chat;
-
-impl MessageHandler for Chat {
-    type ClientMessage = ChatMessage;
-    type ServerEvent = Said;
-    type AppState = ();
-    type UserId = String;
-
-    async fn handle_direct_message(
-        &self,
-        msg: &ChatMessage,
-        _ctx: &Context<(), String>,
-    ) -> Result<Option<Reply>, HandlerError> {
-        match msg {
-            ChatMessage::Echo { text } => Ok(Some(Reply::json(text)?)),
-            ChatMessage::Say { .. } => Ok(None),
-        }
-    }
-
-    async fn handle_broadcast_message(
-        &self,
-        msg: ChatMessage,
-        ctx: &Context<(), String>,
-    ) -> Result<Option<Said>, HandlerError> {
-        match msg {
-            ChatMessage::Say { text } => Ok(Some(Said {
-                from: ctx.user_id().clone(),
-                text,
-            })),
-            ChatMessage::Echo { .. } => Ok(None),
-        }
-    }
-}
-
 /// The default broker settings with this test's own channel prefix.
 pub(crate) fn redis_config(prefix: &str) -> RedisConfig {
     let mut config = RedisConfig::default();
@@ -459,7 +402,7 @@ pub(crate) fn redis_config(prefix: &str) -> RedisConfig {
 #[derive(Debug)]
 pub(crate) struct Node {
     /// The service, to publish from the server side or read its broker.
-    pub(crate) service: Service<Chat, RedisBroker>,
+    pub(crate) service: Service<Room, RedisBroker>,
     /// Where clients connect.
     pub(crate) server: TestServer,
 }
@@ -481,7 +424,8 @@ impl Node {
 
     /// A node around a broker the test connected itself.
     pub(crate) async fn with_broker(broker: RedisBroker, config: Config) -> Self {
-        let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+        let hooks = std::sync::Arc::new(Hooks::default());
+        let service = Service::builder(Room, hooks, validate_with(|t: &str| Ok(t.to_owned())))
             .with_broker(broker)
             .config(config)
             .build()
