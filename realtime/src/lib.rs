@@ -68,8 +68,8 @@ pub mod testing;
 pub use auth::{AuthError, TokenValidator};
 pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 pub use config::{Config, ConfigError};
-pub use handler::{ConnectionId, Context, HandlerError, MessageHandler};
-pub use service::Service;
+pub use handler::{ConnectionContext, ConnectionId, Context, HandlerError, MessageHandler};
+pub use service::{RealtimeService, Service};
 
 #[doc = include_str!("../docs/macro.md")]
 pub use realtime_macros::realtime_handler;

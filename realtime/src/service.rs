@@ -47,6 +47,10 @@ pub struct Service<H: MessageHandler, B: Broker = MemoryBroker> {
     inner: Arc<Inner<H, B>>,
 }
 
+/// The name the crate this one descends from gave
+/// [`Service`]; `realtime::Service` is the short form.
+pub type RealtimeService<H, B = MemoryBroker> = Service<H, B>;
+
 impl<H: MessageHandler, B: Broker> Clone for Service<H, B> {
     fn clone(&self) -> Self {
         Self {
