@@ -73,6 +73,7 @@ async fn invalid_url_is_an_error() {
     let error = RedisBroker::connect("http://example.invalid", RedisConfig::default())
         .await
         .expect_err("not a Redis URL");
+    assert!(matches!(error, BrokerError::Invalid(_)), "{error:?}");
     assert!(
         chain(&error).contains("invalid Redis URL"),
         "{}",
@@ -87,6 +88,7 @@ async fn invalid_config_is_an_error() {
     let error = RedisBroker::connect("redis://127.0.0.1:1", config)
         .await
         .expect_err("backoff bounds are inverted");
+    assert!(matches!(error, BrokerError::Invalid(_)), "{error:?}");
     assert!(
         chain(&error)
             .contains("`reconnect_backoff_min` (10s) is longer than `reconnect_backoff_max` (1s)"),

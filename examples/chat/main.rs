@@ -6,7 +6,13 @@
 //!
 //! ```text
 //! cargo run --example chat                         # http://127.0.0.1:3000, memory broker
-//! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --example chat   # a second instance on Redis
+//! ```
+//!
+//! Two instances that share one Redis (both need `REDIS_URL`):
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/ PORT=3000 cargo run --example chat
+//! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --example chat
 //! ```
 //!
 //! For the demo, the token is the user's name: any non-empty name is

@@ -56,9 +56,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Size of each connection's read buffer, in bytes. Default: 4 KiB.
     ///
-    /// axum's default is 128 KiB, which made an idle connection cost about
-    /// 137 KiB on our machines; with 4 KiB it costs about 9 KiB. The buffer
-    /// grows for larger frames up to `max_frame_bytes`.
+    /// axum's default is 128 KiB, which makes an idle connection cost about
+    /// 137 KiB; with 4 KiB a whole idle connection costs about 11 KiB (see
+    /// docs/PERFORMANCE.md in the repository). The buffer grows for larger
+    /// frames up to `max_frame_bytes`.
     pub read_buffer_bytes: usize,
     /// Bytes the socket writer collects before it writes to the socket. Default: 8 KiB.
     pub write_buffer_bytes: usize,

@@ -49,7 +49,7 @@ pub struct Context<S, U> {
     pub(crate) outbox: Outbox,
 }
 
-/// The name the crate this one descends from gave [`Context`].
+/// The name axum-realtime-kit 0.1.0, the crate this one descends from, gave [`Context`].
 pub type ConnectionContext<S, U> = Context<S, U>;
 
 impl<S, U> Context<S, U> {

@@ -66,10 +66,11 @@ pub mod service;
 pub mod testing;
 
 pub use auth::{AuthError, TokenValidator};
-pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
+pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker, RedisConfig, RedisConfigError};
 pub use config::{Config, ConfigError};
 pub use handler::{ConnectionContext, ConnectionId, Context, HandlerError, MessageHandler};
-pub use service::{RealtimeService, Service};
+pub use route::UpgradeError;
+pub use service::{Metrics, PublishError, RealtimeService, Service};
 
 #[doc = include_str!("../docs/macro.md")]
 pub use realtime_macros::realtime_handler;

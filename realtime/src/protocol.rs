@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 
 /// WebSocket close codes the server sends (RFC 6455, section 7.4.1).
 pub mod close_code {
-    /// The connection did its job; the server closes it normally.
+    /// A normal close. The server does not start one; it answers a client's
+    /// close with the client's code.
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down (or restarting).
     pub const GOING_AWAY: u16 = 1001;
@@ -23,7 +24,9 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// The client sent a frame larger than `Config::max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
-    /// The server hit an internal error it cannot recover from on this socket.
+    /// An internal error the server cannot recover from on this socket.
+    /// Reserved: no path sends it today, since handler errors are answered
+    /// with error frames and the socket stays open.
     pub const ERROR: u16 = 1011;
     /// The client read too slowly: its outbound queue was full.
     pub const TRY_AGAIN_LATER: u16 = 1013;
@@ -238,7 +241,7 @@ impl<'de> MapAccess<'de> for FrameFields<'de> {
     }
 }
 
-/// Serializes `value` as JSON into a new buffer.
+/// Serializes `value` as JSON, appended to `buffer`.
 fn to_json<T: Serialize + ?Sized>(
     buffer: &mut Vec<u8>,
     value: &T,

@@ -106,7 +106,7 @@ pub enum UpgradeError {
     #[error("the server is shutting down")]
     ShuttingDown,
     /// The broker could not subscribe the instance to the topic (503).
-    #[error("cannot subscribe to the topic now: {0}")]
+    #[error("cannot subscribe to the topic now")]
     Broker(#[source] BrokerError),
 }
 
@@ -118,7 +118,12 @@ impl IntoResponse for UpgradeError {
                 if let Self::Broker(error) = &other {
                     tracing::warn!(%error, "refused an upgrade: broker unavailable");
                 }
-                (StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response()
+                // The body names the cause too: "...: broker unavailable".
+                let body = match &other {
+                    Self::Broker(error) => format!("{other}: {error}"),
+                    _ => other.to_string(),
+                };
+                (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
             }
         }
     }

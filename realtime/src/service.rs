@@ -47,7 +47,7 @@ pub struct Service<H: MessageHandler, B: Broker = MemoryBroker> {
     inner: Arc<Inner<H, B>>,
 }
 
-/// The name the crate this one descends from gave
+/// The name axum-realtime-kit 0.1.0, the crate this one descends from, gave
 /// [`Service`]; `realtime::Service` is the short form.
 pub type RealtimeService<H, B = MemoryBroker> = Service<H, B>;
 

@@ -19,7 +19,7 @@ mod memory;
 pub mod redis;
 
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisConfig};
+pub use redis::{RedisBroker, RedisConfig, RedisConfigError};
 
 /// Moves serialized event frames between the instances of one application.
 ///
@@ -110,6 +110,11 @@ pub enum BrokerError {
     /// reached the other instances.
     #[error("broker timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// The broker's settings cannot work: a bad URL, an empty node list or
+    /// an invalid configuration. Retrying does not help; the source says what
+    /// to change.
+    #[error("invalid broker settings")]
+    Invalid(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The topic cannot be used as a channel name.
     #[error("invalid topic `{0}`")]
     InvalidTopic(String),

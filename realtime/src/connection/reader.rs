@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outbound, Outbox, Publisher, writer};
+use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::protocol::{self, RESERVED_PREFIX, close_code, error_code};
@@ -250,7 +251,13 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(conn = %self.ctx.conn_id, topic = self.ctx.topic(), error = %error, "publish failed");
-                let message = format!("{error}; the event was not delivered");
+                // A timed-out PUBLISH may still reach Redis; only say what is known.
+                let message = match error {
+                    BrokerError::Timeout(_) => {
+                        format!("{error}; the event may not have been delivered")
+                    }
+                    _ => format!("{error}; the event was not delivered"),
+                };
                 self.fail(id, error_code::UNAVAILABLE, &message);
             }
         }

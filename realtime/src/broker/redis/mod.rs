@@ -89,10 +89,11 @@ impl RedisBroker {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Unavailable`], whose source says why: the URL does not
-    /// parse, a [`RedisConfig`] value cannot work ([`RedisConfigError`]), or
-    /// the server (named by `host:port`) refused, failed the handshake or did
-    /// not answer in time.
+    /// [`BrokerError::Invalid`] when the URL does not parse or a
+    /// [`RedisConfig`] value cannot work ([`RedisConfigError`]): fix the
+    /// settings. [`BrokerError::Unavailable`] when the server (named by
+    /// `host:port`) refused, failed the handshake or did not answer in time:
+    /// a later attempt may work. The source says which.
     ///
     /// # Examples
     ///
@@ -360,7 +361,8 @@ impl Shared {
     }
 }
 
-/// Why Redis could not be used; the source of [`BrokerError::Unavailable`].
+/// Why Redis could not be used; the source of [`BrokerError::Unavailable`]
+/// or, for settings that cannot work, of [`BrokerError::Invalid`].
 #[derive(Debug, thiserror::Error)]
 enum Unavailable {
     #[error("not connected to Redis; reconnecting")]
@@ -385,7 +387,13 @@ enum Unavailable {
 
 impl From<Unavailable> for BrokerError {
     fn from(cause: Unavailable) -> Self {
-        BrokerError::Unavailable(Box::new(cause))
+        match cause {
+            // Settings a retry cannot fix.
+            Unavailable::NoNodes | Unavailable::InvalidUrl(_) | Unavailable::Config(_) => {
+                BrokerError::Invalid(Box::new(cause))
+            }
+            _ => BrokerError::Unavailable(Box::new(cause)),
+        }
     }
 }
 
