@@ -159,3 +159,48 @@ async fn server_side_publish_reaches_the_other_node() {
         json!({"reply_to": 9, "ok": "hi"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_subscribes_the_node_and_leave_unsubscribes_it() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis.url(), "join:").await;
+    let b = Node::start(&redis.url(), "join:").await;
+    let mut sender = a.connect("room", "alice").await;
+    let mut follower = b.connect("lobby", "bob").await;
+    assert_eq!(
+        redis.numsub("join:room").await,
+        1,
+        "only node A follows room"
+    );
+
+    assert_eq!(
+        follower.join("room", 1).await,
+        json!({"reply_to": 1, "ok": null})
+    );
+    assert_eq!(redis.numsub("join:room").await, 2);
+    sender.send(say(2, "across")).await;
+    assert_eq!(
+        recv_event(&mut follower).await,
+        said("room", "alice", "across")
+    );
+
+    // A broadcast from node B about the joined topic reaches node A.
+    follower
+        .send(json!({"type": "say", "data": {"text": "back"}, "topic": "room", "id": 3}))
+        .await;
+    assert_eq!(
+        recv_reply(&mut follower, 3).await,
+        json!({"reply_to": 3, "ok": null})
+    );
+    assert_eq!(
+        recv_event(&mut sender).await,
+        said("room", "alice", "across")
+    );
+    assert_eq!(recv_event(&mut sender).await, said("room", "bob", "back"));
+
+    assert_eq!(
+        follower.leave("room", 4).await,
+        json!({"reply_to": 4, "ok": null})
+    );
+    redis.wait_numsub("join:room", 1).await;
+}

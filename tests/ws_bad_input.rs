@@ -62,7 +62,7 @@ async fn unknown_type_lists_the_known_types() {
     assert_eq!(
         answer_to(r#"{"type": "sya", "data": {}, "id": 1}"#).await,
         json!({"reply_to": 1, "error": {"code": 400, "message":
-            "unknown type `sya`; known types: `say`, `echo`, `slow`, `fail`, `quiet`, `whoami`, `whisper`"}})
+            "unknown type `sya`; known types: `say`, `echo`, `slow`, `fail`, `quiet`, `whoami`, `whisper`, `here`"}})
     );
 }
 
@@ -93,11 +93,25 @@ async fn missing_field_is_named() {
 }
 
 #[tokio::test]
-async fn reserved_dollar_type_is_refused() {
+async fn unknown_dollar_type_is_refused() {
     assert_eq!(
-        answer_to(r#"{"type": "$join", "data": {}, "id": 5}"#).await,
+        answer_to(r#"{"type": "$subscribe", "data": {}, "id": 5}"#).await,
         json!({"reply_to": 5, "error": {"code": 400, "message":
-            "unknown control message `$join`; type names starting with `$` are reserved"}})
+            "unknown control message `$subscribe`; known: `$join`, `$leave`; type names starting with `$` are reserved"}})
+    );
+}
+
+#[tokio::test]
+async fn join_without_a_topic_names_the_field() {
+    assert_eq!(
+        answer_to(r#"{"type": "$join", "data": {}, "id": 6}"#).await,
+        json!({"reply_to": 6, "error": {"code": 400, "message":
+            "invalid `data`: missing field `topic`"}})
+    );
+    assert_eq!(
+        answer_to(r#"{"type": "$join", "data": {"topic": 7}, "id": 7}"#).await,
+        json!({"reply_to": 7, "error": {"code": 400, "message":
+            "invalid field `data.topic`: invalid type: integer `7`, expected a string"}})
     );
 }
 

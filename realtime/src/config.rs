@@ -54,6 +54,12 @@ pub struct Config {
     ///
     /// An upgrade request past the limit gets HTTP 503 before the upgrade.
     pub max_connections: usize,
+    /// Topics one connection may follow at once, counting the topic of its
+    /// URL. Default: 16.
+    ///
+    /// A `$join` past the limit is answered with an error frame (code 400);
+    /// the client leaves a topic with `$leave` first.
+    pub max_topics_per_connection: usize,
     /// Size of each connection's read buffer, in bytes. Default: 4 KiB.
     ///
     /// axum's default is 128 KiB, which makes an idle connection cost about
@@ -77,6 +83,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(2),
             max_connections: 10_000,
+            max_topics_per_connection: 16,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 8 * 1024,
         }
@@ -110,6 +117,7 @@ impl Config {
             ("max_messages_per_sec", self.max_messages_per_sec as usize),
             ("rate_burst", self.rate_burst as usize),
             ("max_connections", self.max_connections),
+            ("max_topics_per_connection", self.max_topics_per_connection),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("write_buffer_bytes", self.write_buffer_bytes),
         ];

@@ -63,7 +63,10 @@ impl<S, U> Context<S, U> {
         &self.user_id
     }
 
-    /// The topic this connection subscribed to (the `{topic}` of the route).
+    /// The topic of the message being handled: the `{topic}` of the route,
+    /// or, for a connection that followed more topics with `$join`, the
+    /// joined topic the frame names in its `topic` key. Outside a message
+    /// (`on_connect`, `on_disconnect`) it is the route's topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -78,7 +81,7 @@ impl<S, U> Context<S, U> {
         &self.state
     }
 
-    /// Sends `event` to this client only, as an event frame of its topic:
+    /// Sends `event` to this client only, as an event frame of [`topic`](Self::topic):
     /// `{"topic": "...", "event": ...}`. It waits in the same outbound queue
     /// as every other frame for this client, so order is kept.
     ///

@@ -49,8 +49,11 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
 /// HTTP status codes a web developer already knows.
 pub mod error_code {
     /// The frame could not be understood: not JSON, no `type`, an unknown
-    /// type, a missing or mistyped field.
+    /// type, a missing or mistyped field, a topic the connection does not
+    /// follow.
     pub const BAD_REQUEST: u16 = 400;
+    /// The handler's `authorize_topic` refused a `$join`.
+    pub const FORBIDDEN: u16 = 403;
     /// The client is sending faster than `Config::max_messages_per_sec`.
     pub const TOO_MANY_REQUESTS: u16 = 429;
     /// The handler failed in a way that is not the client's fault.
@@ -62,12 +65,33 @@ pub mod error_code {
 /// Prefix of the type names reserved for built-in control messages.
 pub const RESERVED_PREFIX: char = '$';
 
-/// A client frame whose envelope was read: its type, its arguments and its id.
+/// The built-in control messages: a connection follows more topics than the
+/// one of its URL with `$join`, and stops with `$leave`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", content = "data")]
+pub(crate) enum Control {
+    /// `{"type": "$join", "data": {"topic": "room:2"}}`
+    #[serde(rename = "$join")]
+    Join { topic: String },
+    /// `{"type": "$leave", "data": {"topic": "room:2"}}`
+    #[serde(rename = "$leave")]
+    Leave { topic: String },
+}
+
+impl Control {
+    /// The wire names, for the error that answers an unknown one.
+    pub(crate) const NAMES: &'static str = "`$join`, `$leave`";
+}
+
+/// A client frame whose envelope was read: its type, its arguments, its id
+/// and the topic it is about.
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub(crate) kind: Cow<'a, str>,
     pub(crate) data: Option<&'a RawValue>,
     pub(crate) id: Option<&'a RawValue>,
+    /// `None`: the topic of the connection's URL.
+    pub(crate) topic: Option<Cow<'a, str>>,
 }
 
 /// A client frame that could not be turned into a message.
@@ -86,6 +110,8 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    topic: Option<Cow<'a, str>>,
 }
 
 /// The id alone, read when the envelope as a whole is wrong, so that the error
@@ -110,6 +136,7 @@ pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
                 kind: envelope.kind,
                 data: envelope.data,
                 id: envelope.id,
+                topic: envelope.topic,
             })
         }
         Err(error) => {

@@ -139,6 +139,11 @@ impl Registry {
         false
     }
 
+    /// Topics with local subscribers.
+    fn len(&self) -> usize {
+        self.topics.read().expect("registry lock poisoned").len()
+    }
+
     fn has_subscribers(&self, topic: &str) -> bool {
         self.topics
             .read()
@@ -254,6 +259,8 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
 pub struct Metrics {
     /// Connections open now (admitted and not yet finished).
     pub connections: usize,
+    /// Topics with at least one local subscriber now.
+    pub topics: usize,
     /// Clients closed with 1013 because their outbound queue was full.
     pub slow_closes: u64,
     /// Client messages refused by the rate limit.
@@ -378,6 +385,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         let counters = &self.inner.counters;
         Metrics {
             connections: self.connections(),
+            topics: self.inner.registry.len(),
             slow_closes: counters.slow_closes.load(Ordering::Relaxed),
             rate_limited: counters.rate_limited.load(Ordering::Relaxed),
             publish_errors: counters.publish_errors.load(Ordering::Relaxed),
@@ -459,19 +467,9 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             self.inner.config.outbound_queue,
             Arc::clone(&self.inner.counters),
         );
-        let mut subscribed = self.inner.subscribed.lock().await;
-        if !subscribed.contains(topic) {
-            self.inner.broker.subscribe(topic).await?;
-            subscribed.insert(topic.into());
-        }
-        let topic = self.inner.registry.add(topic, id, outbox.clone());
-        drop(subscribed);
+        let (_, membership) = Inner::follow(&self.inner, topic, id, &outbox).await?;
         Ok(Member {
-            membership: Membership {
-                inner: Arc::clone(&self.inner),
-                id,
-                topic,
-            },
+            membership,
             user,
             outbox,
             queue,
@@ -498,7 +496,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         };
         let session = Session {
             handler: &inner.handler,
-            publisher: inner,
+            publisher: &self.inner,
             config: &inner.config,
             ctx,
             queue,
@@ -510,6 +508,30 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
 }
 
 impl<H: MessageHandler, B: Broker> Inner<H, B> {
+    /// Adds connection `id` to `topic`'s local subscribers, subscribing the
+    /// instance at the broker first if it is the topic's first local
+    /// subscriber. From the return on, events of the topic are queued for it.
+    async fn follow(
+        inner: &Arc<Self>,
+        topic: &str,
+        id: ConnectionId,
+        outbox: &Outbox,
+    ) -> Result<(Arc<str>, Membership<H, B>), BrokerError> {
+        let mut subscribed = inner.subscribed.lock().await;
+        if !subscribed.contains(topic) {
+            inner.broker.subscribe(topic).await?;
+            subscribed.insert(topic.into());
+        }
+        let topic = inner.registry.add(topic, id, outbox.clone());
+        drop(subscribed);
+        let membership = Membership {
+            inner: Arc::clone(inner),
+            id,
+            topic: Arc::clone(&topic),
+        };
+        Ok((topic, membership))
+    }
+
     /// Unsubscribes the instance from `topic` at the broker, unless a new
     /// local subscriber arrived meanwhile. Runs on its own task because it
     /// starts from `Drop`; once per topic that empties, not per message.
@@ -530,12 +552,24 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 }
 
-impl<H: MessageHandler, B: Broker> Publisher for Inner<H, B> {
+impl<H: MessageHandler, B: Broker> Publisher for Arc<Inner<H, B>> {
+    type Membership = Membership<H, B>;
+
     fn publish(
         &self,
         topic: &str,
         frame: Bytes,
     ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send {
         self.broker.publish(topic, frame)
+    }
+
+    fn follow(
+        &self,
+        topic: &str,
+        id: ConnectionId,
+        outbox: &Outbox,
+    ) -> impl std::future::Future<Output = Result<(Arc<str>, Membership<H, B>), BrokerError>> + Send
+    {
+        Inner::follow(self, topic, id, outbox)
     }
 }

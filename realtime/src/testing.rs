@@ -214,6 +214,28 @@ impl TestClient {
         }
     }
 
+    /// Follows one more topic: sends `$join` with `id` and returns the answer
+    /// (`{"reply_to": id, "ok": null}` once joined).
+    ///
+    /// # Panics
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn join(&mut self, topic: &str, id: u64) -> Value {
+        self.request("$join", serde_json::json!({ "topic": topic }), id)
+            .await
+    }
+
+    /// Stops following a joined topic: sends `$leave` with `id` and returns
+    /// the answer.
+    ///
+    /// # Panics
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn leave(&mut self, topic: &str, id: u64) -> Value {
+        self.request("$leave", serde_json::json!({ "topic": topic }), id)
+            .await
+    }
+
     /// The next text frame, parsed as JSON; pings are skipped.
     ///
     /// # Panics

@@ -30,6 +30,8 @@ pub(crate) enum RoomMessage {
     Whoami {},
     /// Sends `text` to the sender alone through `Context::send`, then answers.
     Whisper { text: String },
+    /// Direct answer with the topic the message is about.
+    Here {},
 }
 
 /// The event subscribers receive.
@@ -88,6 +90,7 @@ impl MessageHandler for Room {
             }
             RoomMessage::Fail { code, message } => Err(HandlerError::new(*code, message.clone())),
             RoomMessage::Whoami {} => Ok(Some(Reply::json(ctx.user_id())?)),
+            RoomMessage::Here {} => Ok(Some(Reply::json(ctx.topic())?)),
             RoomMessage::Whisper { text } => {
                 ctx.send(&Said {
                     from: "server".to_owned(),

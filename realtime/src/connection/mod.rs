@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
+use crate::handler::ConnectionId;
 
 mod reader;
 mod writer;
@@ -116,13 +117,26 @@ pub(crate) fn queue(
     (Outbox { tx, shared }, rx)
 }
 
-/// Where a connection sends the events its handler produces: the service,
-/// which hands them to the broker.
+/// The service as a connection sees it: where the events its handler
+/// produces go, and where it follows more topics.
 pub(crate) trait Publisher: Send + Sync {
+    /// A connection's place among a topic's subscribers; dropping it leaves
+    /// the topic.
+    type Membership: Send;
+
     /// Publishes one event frame on `topic`.
     fn publish(
         &self,
         topic: &str,
         frame: Bytes,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Adds the connection to `topic`'s subscribers (subscribing the instance
+    /// at the broker if it is the first); returns the shared topic name.
+    fn follow(
+        &self,
+        topic: &str,
+        id: ConnectionId,
+        outbox: &Outbox,
+    ) -> impl Future<Output = Result<(Arc<str>, Self::Membership), BrokerError>> + Send;
 }

@@ -15,7 +15,7 @@ use super::{Outbound, Outbox, Publisher, writer};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
-use crate::protocol::{self, RESERVED_PREFIX, close_code, error_code};
+use crate::protocol::{self, Control, RESERVED_PREFIX, close_code, error_code};
 
 /// Everything one connection needs besides its socket.
 pub(crate) struct Session<'a, H: MessageHandler, P> {
@@ -52,7 +52,7 @@ where
         handler,
         publisher,
         config,
-        ctx,
+        mut ctx,
         queue,
         shutdown,
     } = session;
@@ -67,15 +67,22 @@ where
     ));
 
     handler.on_connect(&ctx).await;
+    let home = Arc::clone(&ctx.topic);
     let mut reader = Reader {
         handler,
         publisher,
-        ctx: &ctx,
+        ctx: &mut ctx,
         outbox: &outbox,
         limiter: RateLimiter::new(config.max_messages_per_sec, config.rate_burst),
+        home,
+        joined: Vec::new(),
+        max_topics: config.max_topics_per_connection,
     };
     let end = reader.read_loop(&mut stream, config, &shutdown).await;
+    // No more events are queued for this client from here on.
     leave();
+    reader.joined.clear();
+    drop(reader);
 
     let mut writer = writer;
     match end {
@@ -115,12 +122,19 @@ where
     handler.on_disconnect(&ctx).await;
 }
 
-struct Reader<'a, H: MessageHandler, P> {
+struct Reader<'a, H: MessageHandler, P: Publisher> {
     handler: &'a H,
     publisher: &'a P,
-    ctx: &'a Context<H::AppState, H::UserId>,
+    /// `ctx.topic` is the topic of the message being handled: `home`, or the
+    /// joined topic the frame named.
+    ctx: &'a mut Context<H::AppState, H::UserId>,
     outbox: &'a Outbox,
     limiter: RateLimiter,
+    /// The topic of the URL, which the connection follows to its end.
+    home: Arc<str>,
+    /// Topics followed through `$join`; few, so a list beats a map.
+    joined: Vec<(Arc<str>, P::Membership)>,
+    max_topics: usize,
 }
 
 impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
@@ -203,7 +217,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
     }
 
     /// Handles one text frame and queues its answer, if any.
-    async fn handle(&self, text: &str) {
+    async fn handle(&mut self, text: &str) {
         let request = match protocol::read_envelope(text) {
             Ok(request) => request,
             Err(error) => {
@@ -213,12 +227,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
         };
         let id = request.id;
         if request.kind.starts_with(RESERVED_PREFIX) {
-            let message = format!(
-                "unknown control message `{}`; type names starting with `$` are reserved",
-                request.kind
-            );
-            self.fail(id, error_code::BAD_REQUEST, &message);
-            return;
+            return self.control(&request).await;
         }
         let message = match request.decode::<H::ClientMessage>() {
             Ok(message) => message,
@@ -227,13 +236,124 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                 return;
             }
         };
-        match self.handler.dispatch(message, self.ctx).await {
+        match request.topic.as_deref() {
+            None => self.dispatch(id, message).await,
+            Some(topic) if topic == &*self.home => self.dispatch(id, message).await,
+            Some(topic) => {
+                let Some((name, _)) = self.joined.iter().find(|(name, _)| &**name == topic) else {
+                    let message = format!(
+                        "not following topic `{topic}`; send {{\"type\": \"$join\", \"data\": {{\"topic\": \"{topic}\"}}}} first"
+                    );
+                    return self.fail(id, error_code::BAD_REQUEST, &message);
+                };
+                // The handler sees the topic the frame is about, then the
+                // connection's own again.
+                self.ctx.topic = Arc::clone(name);
+                self.dispatch(id, message).await;
+                self.ctx.topic = Arc::clone(&self.home);
+            }
+        }
+    }
+
+    /// Runs the handler on a decoded message and queues what it produced.
+    async fn dispatch(&self, id: Option<&RawValue>, message: H::ClientMessage) {
+        match self.handler.dispatch(message, &*self.ctx).await {
             Ok(Outcome::Reply(reply)) => {
                 self.outbox.push(protocol::reply_frame(id, reply.raw()));
             }
             Ok(Outcome::Broadcast(event)) => self.broadcast(id, &event).await,
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
+        }
+    }
+
+    /// A built-in control message: `$join` or `$leave`.
+    async fn control(&mut self, request: &protocol::Request<'_>) {
+        let id = request.id;
+        if !matches!(&*request.kind, "$join" | "$leave") {
+            let message = format!(
+                "unknown control message `{}`; known: {}; type names starting with `$` are reserved",
+                request.kind,
+                Control::NAMES
+            );
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
+        match request.decode::<Control>() {
+            Ok(Control::Join { topic }) => self.join(id, &topic).await,
+            Ok(Control::Leave { topic }) => self.leave(id, &topic),
+            Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
+        }
+    }
+
+    /// Follows one more topic, once the handler authorizes it. Events of the
+    /// topic are queued from just before the acknowledgement on.
+    async fn join(&mut self, id: Option<&RawValue>, topic: &str) {
+        if topic.is_empty() {
+            return self.fail(
+                id,
+                error_code::BAD_REQUEST,
+                "`data.topic` must not be empty",
+            );
+        }
+        if topic == &*self.home || self.joined.iter().any(|(name, _)| &**name == topic) {
+            return self.acknowledge(id);
+        }
+        if self.joined.len() + 1 >= self.max_topics {
+            let message = format!(
+                "at most {} topics per connection; `$leave` one first",
+                self.max_topics
+            );
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
+        let allowed = self
+            .handler
+            .authorize_topic(self.ctx.state(), self.ctx.user_id(), topic)
+            .await;
+        if !allowed {
+            let message = format!("forbidden topic `{topic}`");
+            return self.fail(id, error_code::FORBIDDEN, &message);
+        }
+        match self
+            .publisher
+            .follow(topic, self.ctx.conn_id, self.outbox)
+            .await
+        {
+            Ok(joined) => {
+                self.joined.push(joined);
+                self.acknowledge(id);
+            }
+            Err(BrokerError::InvalidTopic(_)) => {
+                let message = format!("invalid topic `{topic}`");
+                self.fail(id, error_code::BAD_REQUEST, &message);
+            }
+            Err(error) => {
+                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "join failed");
+                let message = format!("cannot join `{topic}` now: {error}");
+                self.fail(id, error_code::UNAVAILABLE, &message);
+            }
+        }
+    }
+
+    /// Stops following a joined topic; no event of it is queued after the
+    /// acknowledgement.
+    fn leave(&mut self, id: Option<&RawValue>, topic: &str) {
+        if topic == &*self.home {
+            let message = format!(
+                "cannot leave `{topic}`, the topic of this connection's URL; close the socket instead"
+            );
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
+        match self.joined.iter().position(|(name, _)| &**name == topic) {
+            Some(at) => {
+                // Dropping the membership removes the connection from the
+                // topic's subscribers.
+                self.joined.swap_remove(at);
+                self.acknowledge(id);
+            }
+            None => {
+                let message = format!("not following topic `{topic}`");
+                self.fail(id, error_code::BAD_REQUEST, &message);
+            }
         }
     }
 
