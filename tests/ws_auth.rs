@@ -93,3 +93,47 @@ async fn plain_request_learns_why_an_upgrade_would_be_refused() {
     assert!(allowed == 400 || allowed == 426, "got {allowed}");
     assert_eq!(server.service.connections(), 0);
 }
+
+/// A plain HTTP/1.1 GET over a real socket: the status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn ws_auth_guards_plain_http_routes_with_the_same_validator() {
+    use axum::routing::get;
+    use realtime::auth::WsAuth;
+
+    async fn me(WsAuth(user): WsAuth<String>) -> String {
+        user
+    }
+    let room = RoomServer::start().await;
+    let app = axum::Router::new()
+        .route("/me", get(me))
+        .with_state(room.service.clone());
+    let server = realtime::testing::TestServer::start(app).await;
+
+    let bearer = "Authorization: Bearer alice\r\n";
+    assert_eq!(
+        http_get(server.addr(), "/me", bearer).await,
+        (200, "alice".into())
+    );
+    assert_eq!(
+        http_get(server.addr(), "/me?token=bob", "").await,
+        (200, "bob".into())
+    );
+    let (status, body) = http_get(server.addr(), "/me", "").await;
+    assert_eq!(status, 401);
+    assert!(body.starts_with("missing token"), "{body}");
+    let (status, body) = http_get(server.addr(), "/me?token=bad", "").await;
+    assert_eq!((status, body.as_str()), (401, "invalid token"));
+}

@@ -9,13 +9,17 @@
 //! 3. the query string, `?token=<token>`.
 //!
 //! A missing or rejected token is answered with HTTP 401 before the upgrade;
-//! a topic the handler refuses with 403.
+//! a topic the handler refuses with 403. The same check guards an
+//! application's plain HTTP routes through the [`WsAuth`] extractor.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -120,6 +124,103 @@ impl<V: TokenValidator> DynValidator<V::UserId> for V {
     ) -> Pin<Box<dyn Future<Output = Result<V::UserId, AuthError>> + Send + 'a>> {
         // One allocation per connection attempt, not per message.
         Box::pin(self.validate(token))
+    }
+}
+
+/// A [`TokenValidator`] behind a shared pointer, its type erased: what a
+/// [`Service`](crate::Service) holds, and what [`WsAuth`] finds in the
+/// router's state (through [`FromRef`]).
+///
+/// # Examples
+///
+/// ```
+/// use realtime::auth::{Authenticator, validate_with};
+///
+/// # async fn demo() {
+/// let auth = Authenticator::new(validate_with(|token: &str| Ok(token.to_uppercase())));
+/// assert_eq!(auth.authenticate("alice").await, Ok("ALICE".to_owned()));
+/// # }
+/// ```
+pub struct Authenticator<U>(Arc<dyn DynValidator<U>>);
+
+impl<U> Clone for Authenticator<U> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<U> fmt::Debug for Authenticator<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+impl<U: Send + 'static> Authenticator<U> {
+    /// Wraps `validator`.
+    pub fn new<V: TokenValidator<UserId = U>>(validator: V) -> Self {
+        Self(Arc::new(validator))
+    }
+
+    /// Runs the validator on `token`.
+    ///
+    /// # Errors
+    ///
+    /// What the validator returns, typically [`AuthError::InvalidToken`].
+    pub async fn authenticate(&self, token: &str) -> Result<U, AuthError> {
+        self.0.validate_boxed(token).await
+    }
+}
+
+/// The user behind a request's token, for an application's own HTTP routes:
+/// the token is read as for the WebSocket route (header, subprotocol, then
+/// `?token=`) and checked by the same validator. A missing or refused token
+/// is answered with 401, as [`AuthError`].
+///
+/// The router's state must give an [`Authenticator`]: a
+/// [`Service`](crate::Service) does.
+///
+/// # Examples
+///
+/// ```
+/// use axum::Router;
+/// use axum::routing::get;
+/// use realtime::auth::{WsAuth, validate_with};
+/// use realtime::Service;
+/// # use realtime::{Context, HandlerError, MessageHandler};
+/// # struct Chat;
+/// # impl MessageHandler for Chat {
+/// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+/// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
+/// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+/// # }
+/// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+///
+/// /// `GET /me` with `Authorization: Bearer alice` answers "alice".
+/// async fn me(WsAuth(user): WsAuth<String>) -> String {
+///     user
+/// }
+///
+/// let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+///     .build()
+///     .expect("the default config is valid");
+/// let app: Router = Router::new().route("/me", get(me)).with_state(service);
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsAuth<U>(pub U);
+
+impl<S, U> FromRequestParts<S> for WsAuth<U>
+where
+    S: Send + Sync,
+    U: Send + 'static,
+    Authenticator<U>: FromRef<S>,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
+        let (token, _) = extract_token(&parts.headers, parts.uri.query())?;
+        let authenticator = Authenticator::from_ref(state);
+        authenticator.authenticate(&token).await.map(WsAuth)
     }
 }
 

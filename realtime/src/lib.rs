@@ -9,7 +9,10 @@
 //! events out: in process by default ([`MemoryBroker`]), across instances
 //! through Redis ([`RedisBroker`]).
 //!
-//! The wire protocol is described in [`protocol`].
+//! The wire protocol is described in [`protocol`]. Beside the WebSocket
+//! route, [`auth::WsAuth`] guards an application's plain HTTP routes with the
+//! same token validator, and [`coalesce::Coalescer`] lets concurrent requests
+//! for the same data share one query.
 //!
 //! # A handler
 //!
@@ -55,6 +58,7 @@ extern crate self as realtime;
 
 pub mod auth;
 pub mod broker;
+pub mod coalesce;
 pub mod config;
 mod connection;
 pub mod handler;

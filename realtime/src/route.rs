@@ -14,12 +14,12 @@
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::auth::{self, AuthError, BEARER_PROTOCOL, TokenSource};
+use crate::auth::{self, AuthError, Authenticator, BEARER_PROTOCOL, TokenSource};
 use crate::broker::{Broker, BrokerError};
 use crate::handler::MessageHandler;
 use crate::service::{Full, Service};
@@ -90,6 +90,14 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     // If the upgrade fails, `member` is dropped with the closure and the
     // connection leaves its topic and frees its place.
     Ok(ws.on_upgrade(move |socket| service.serve(socket, member)))
+}
+
+/// A service as router state gives [`WsAuth`](crate::auth::WsAuth) its
+/// validator.
+impl<H: MessageHandler, B: Broker> FromRef<Service<H, B>> for Authenticator<H::UserId> {
+    fn from_ref(service: &Service<H, B>) -> Self {
+        service.authenticator().clone()
+    }
 }
 
 /// Why an upgrade request was answered with an HTTP error.

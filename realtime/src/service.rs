@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, DynValidator, TokenValidator};
+use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Counters, Outbound, Outbox, Publisher, Session};
@@ -72,7 +72,7 @@ struct Inner<H: MessageHandler, B> {
     handler: H,
     state: Arc<H::AppState>,
     broker: B,
-    validator: Box<dyn DynValidator<H::UserId>>,
+    validator: Authenticator<H::UserId>,
     config: Config,
     registry: Arc<Registry>,
     /// Topics this instance is subscribed to at the broker. The lock is held
@@ -162,7 +162,7 @@ impl Registry {
 pub struct ServiceBuilder<H: MessageHandler, B> {
     handler: H,
     state: Arc<H::AppState>,
-    validator: Box<dyn DynValidator<H::UserId>>,
+    validator: Authenticator<H::UserId>,
     broker: B,
     config: Config,
 }
@@ -191,7 +191,7 @@ impl<H: MessageHandler> Service<H, MemoryBroker> {
         ServiceBuilder {
             handler,
             state: state.into(),
-            validator: Box::new(validator),
+            validator: Authenticator::new(validator),
             broker: MemoryBroker::new(),
             config: Config::default(),
         }
@@ -435,8 +435,13 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         }
     }
 
+    /// The token validator, shared.
+    pub(crate) fn authenticator(&self) -> &Authenticator<H::UserId> {
+        &self.inner.validator
+    }
+
     pub(crate) async fn authenticate(&self, token: &str) -> Result<H::UserId, AuthError> {
-        self.inner.validator.validate_boxed(token).await
+        self.inner.validator.authenticate(token).await
     }
 
     pub(crate) async fn authorize(&self, user: &H::UserId, topic: &str) -> Result<(), AuthError> {
