@@ -9,12 +9,11 @@ use std::sync::{Arc, RwLock};
 use axum::extract::ws::{Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use tokio::sync::{Mutex, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, Counters, Outbound, Outbox, Publisher, Session};
+use crate::connection::{self, Counters, Outbound, Outbox, Publisher, Session, Signal};
 use crate::handler::{ConnectionId, Context, MessageHandler};
 use crate::protocol;
 
@@ -82,7 +81,7 @@ struct Inner<H: MessageHandler, B> {
     next_id: AtomicU64,
     /// Open connections, counted from admission to the end of `serve`.
     open: watch::Sender<usize>,
-    shutdown: CancellationToken,
+    shutdown: Signal,
     counters: Arc<Counters>,
 }
 
@@ -246,7 +245,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 subscribed: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 open,
-                shutdown: CancellationToken::new(),
+                shutdown: Signal::default(),
                 counters: Arc::default(),
             }),
         })
@@ -364,7 +363,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     ///
     /// Wrap it in [`tokio::time::timeout`] to bound the wait.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.inner.shutdown.fire();
         let mut open = self.inner.open.subscribe();
         // The sender lives in `inner`, so the channel cannot close here.
         let _ = open.wait_for(|open| *open == 0).await;
@@ -372,7 +371,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
 
     /// Whether [`shutdown`](Self::shutdown) was called.
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner.shutdown.is_fired()
     }
 
     /// Connections open now.
@@ -505,7 +504,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config: &inner.config,
             ctx,
             queue,
-            shutdown: inner.shutdown.clone(),
+            shutdown: &inner.shutdown,
         };
         connection::run(socket, session, move || drop(membership)).await;
         drop(admission);

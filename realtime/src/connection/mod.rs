@@ -9,12 +9,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::broker::BrokerError;
 use crate::handler::ConnectionId;
@@ -45,13 +45,42 @@ pub(crate) struct Counters {
     pub(crate) idle_closes: AtomicU64,
 }
 
+/// A one-way switch that is cheap to look at: an atomic flag for the loops
+/// to check per frame, and a token to wake a task that waits for it.
+/// (`CancellationToken::is_cancelled` takes a lock, shared by every clone:
+/// too dear per frame.)
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Signal {
+    /// Flips the switch and wakes the waiters; later calls do nothing more.
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether [`fire`](Self::fire) was called.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the switch is flipped. Create it once per loop and poll
+    /// it only when there is nothing else to do.
+    pub(crate) fn fired(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+}
+
 /// State shared by a connection's read loop, its write task and everyone
 /// holding its [`Outbox`].
 #[derive(Debug)]
 struct Shared {
     /// Fires when the connection must end at once, without waiting for its
     /// queue: a slow reader, a failed write, or the write task ending.
-    abort: CancellationToken,
+    abort: Signal,
     /// The close code to send on abort; 0 when no close frame should be sent.
     abort_code: AtomicU16,
     counters: Arc<Counters>,
@@ -64,7 +93,7 @@ impl Shared {
         let _ = self
             .abort_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.abort.cancel();
+        self.abort.fire();
     }
 }
 
@@ -86,7 +115,7 @@ impl Outbox {
         match self.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.shared.abort.is_cancelled() {
+                if !self.shared.abort.is_fired() {
                     self.shared
                         .counters
                         .slow_closes
@@ -110,7 +139,7 @@ pub(crate) fn queue(
 ) -> (Outbox, mpsc::Receiver<Outbound>) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
-        abort: CancellationToken::new(),
+        abort: Signal::default(),
         abort_code: AtomicU16::new(0),
         counters,
     });

@@ -9,9 +9,8 @@ use futures_util::stream::SplitStream;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::{Outbound, Outbox, Publisher, writer};
+use super::{Outbound, Outbox, Publisher, Signal, writer};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
@@ -25,7 +24,7 @@ pub(crate) struct Session<'a, H: MessageHandler, P> {
     pub(crate) ctx: Context<H::AppState, H::UserId>,
     pub(crate) queue: mpsc::Receiver<Outbound>,
     /// Cancelled when the service shuts down.
-    pub(crate) shutdown: CancellationToken,
+    pub(crate) shutdown: &'a Signal,
 }
 
 /// How the read loop ended.
@@ -78,7 +77,7 @@ where
         joined: Vec::new(),
         max_topics: config.max_topics_per_connection,
     };
-    let end = reader.read_loop(&mut stream, config, &shutdown).await;
+    let end = reader.read_loop(&mut stream, config, shutdown).await;
     // No more events are queued for this client from here on.
     leave();
     reader.joined.clear();
@@ -142,9 +141,15 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         config: &Config,
-        shutdown: &CancellationToken,
+        shutdown: &Signal,
     ) -> End {
-        let abort = self.outbox.shared.abort.clone();
+        let outbox = self.outbox;
+        let abort = &outbox.shared.abort;
+        // Made once: each poll of one of these takes a lock, so they are only
+        // polled when no frame is waiting, and the flags are checked instead.
+        let aborted = abort.fired();
+        let stopping = shutdown.fired();
+        tokio::pin!(aborted, stopping);
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,10 +157,17 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
         loop {
             // Between frames only: a frame being handled finishes, and its
             // answer is queued, before shutdown or a heartbeat is looked at.
+            if abort.is_fired() {
+                return End::Aborted;
+            }
+            if shutdown.is_fired() {
+                return End::Close(close_code::GOING_AWAY);
+            }
             let next = tokio::select! {
                 biased;
-                () = abort.cancelled() => return End::Aborted,
-                () = shutdown.cancelled() => return End::Close(close_code::GOING_AWAY),
+                next = stream.next() => next,
+                () = &mut aborted => return End::Aborted,
+                () = &mut stopping => return End::Close(close_code::GOING_AWAY),
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
@@ -165,7 +177,6 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                     let _ = self.outbox.tx.try_send(Outbound::Ping);
                     continue;
                 }
-                next = stream.next() => next,
             };
             let message = match next {
                 None => return End::PeerGone,

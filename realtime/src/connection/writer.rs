@@ -1,13 +1,17 @@
 //! The write task: drains the outbound queue into the socket in batches.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::{Outbound, Shared};
 use crate::protocol::close_reason;
@@ -43,11 +47,18 @@ async fn drain(
     shared: &Shared,
     batch: usize,
 ) -> bool {
+    // Made once and polled only when the queue or the socket makes us wait:
+    // each poll takes a lock. Between frames the flag is checked instead.
+    let aborted = shared.abort.fired();
+    tokio::pin!(aborted);
     loop {
+        if shared.abort.is_fired() {
+            return false;
+        }
         let first = tokio::select! {
             biased;
-            () = shared.abort.cancelled() => return false,
             next = queue.recv() => next,
+            () = &mut aborted => return false,
         };
         let Some(first) = first else { return false };
         let mut next = Some(first);
@@ -60,18 +71,18 @@ async fn drain(
                 Outbound::Close(code) => {
                     return tokio::select! {
                         biased;
-                        () = shared.abort.cancelled() => false,
+                        () = &mut aborted => false,
                         sent = send_close(sink, code) => sent,
                     };
                 }
             };
-            // `feed` waits when the socket is full, like `flush`.
-            let fed_ok = tokio::select! {
-                biased;
-                () = shared.abort.cancelled() => return false,
-                fed = sink.feed(message) => fed.is_ok(),
-            };
-            if !fed_ok {
+            // The socket takes a frame at once unless its buffer is full; an
+            // abort (the client's queue filled up meanwhile) must still end
+            // a wait for a client that does not read.
+            if !unless_aborted(aborted.as_mut(), |cx| sink.poll_ready_unpin(cx)).await {
+                return false;
+            }
+            if sink.start_send_unpin(message).is_err() {
                 return false;
             }
             fed += 1;
@@ -79,17 +90,28 @@ async fn drain(
                 next = queue.try_recv().ok();
             }
         }
-        // A client that does not read blocks the flush; an abort (its queue
-        // filled up meanwhile) must still end the connection.
-        let flushed = tokio::select! {
-            biased;
-            () = shared.abort.cancelled() => return false,
-            flushed = sink.flush() => flushed,
-        };
-        if flushed.is_err() {
+        if !unless_aborted(aborted.as_mut(), |cx| sink.poll_flush_unpin(cx)).await {
             return false;
         }
     }
+}
+
+/// Drives a sink operation to its end; false if it failed or the connection
+/// was aborted first. The abort is polled only while the sink is not ready.
+async fn unless_aborted<E>(
+    mut aborted: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut operation: impl FnMut(&mut Context<'_>) -> Poll<Result<(), E>>,
+) -> bool {
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = operation(cx) {
+            return Poll::Ready(result.is_ok());
+        }
+        if aborted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn send_close(sink: &mut Sink, code: u16) -> bool {
