@@ -169,3 +169,31 @@ pub(crate) trait Publisher: Send + Sync {
         outbox: &Outbox,
     ) -> impl Future<Output = Result<(Arc<str>, Self::Membership), BrokerError>> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_refuses_the_frame_and_aborts_with_1013() {
+        let (outbox, mut rx) = queue(2, Arc::default());
+        assert!(outbox.push("a".into()));
+        assert!(outbox.push("b".into()));
+        assert!(!outbox.shared.abort.is_fired());
+
+        assert!(!outbox.push("c".into()));
+        assert!(outbox.shared.abort.is_fired());
+        assert_eq!(outbox.shared.abort_code.load(Ordering::Acquire), 1013);
+        assert_eq!(outbox.shared.counters.slow_closes.load(Ordering::Relaxed), 1);
+        // What was queued before stays, in order.
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(text)) if text.as_str() == "a"));
+    }
+
+    #[test]
+    fn a_push_after_the_writer_ended_is_refused_without_an_abort() {
+        let (outbox, rx) = queue(2, Arc::default());
+        drop(rx);
+        assert!(!outbox.push("a".into()));
+        assert!(!outbox.shared.abort.is_fired());
+    }
+}
