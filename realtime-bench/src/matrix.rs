@@ -9,6 +9,27 @@ use std::time::{Duration, Instant};
 use crate::stats::median;
 use crate::workload::{self, Fanout};
 
+/// Round trips per rpc connection: enough for a run of about half a second,
+/// so that one scheduling hiccup does not decide the median.
+const RPC_REQUESTS: usize = 500;
+
+/// Deliveries a max-rate run aims at: with fewer, a run lasts a fraction of a
+/// second and one scheduling hiccup decides it.
+const MAX_RATE_DELIVERIES: usize = 2_000_000;
+
+/// The longest burst: within both servers' per-subscriber queue (4096
+/// frames), so that neither drops or closes a subscriber by design.
+const MAX_BURST: usize = 4000;
+
+/// Messages of one fan-out run: `messages`, or at max rate more, up to
+/// [`MAX_BURST`], towards [`MAX_RATE_DELIVERIES`].
+fn messages_for(subscribers: usize, rate: Option<u64>, messages: usize) -> usize {
+    match rate {
+        Some(_) => messages,
+        None => (MAX_RATE_DELIVERIES / subscribers.max(1)).clamp(messages, MAX_BURST.max(messages)),
+    }
+}
+
 /// The two servers under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
@@ -205,7 +226,7 @@ async fn measure(
                 bases: running.bases.clone(),
                 subscribers: *subscribers,
                 publishers: 1,
-                messages: options.messages,
+                messages: messages_for(*subscribers, *rate, options.messages),
                 rate: *rate,
             })
             .await?;
@@ -219,7 +240,7 @@ async fn measure(
         }
         Case::Rpc { connections } => {
             let running = start(server, dir, 1, None)?;
-            let report = workload::rpc(&running.bases, *connections, 200).await?;
+            let report = workload::rpc(&running.bases, *connections, RPC_REQUESTS).await?;
             Ok(Sample {
                 headline: report.per_sec,
                 p50_us: report.p50_us as f64,
@@ -306,7 +327,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
     }
 
     println!(
-        "{} messages per fan-out run, medians of {} runs; the two servers alternate",
+        "{} messages per fan-out run (at max rate up to {MAX_BURST}, towards {MAX_RATE_DELIVERIES} deliveries), medians of {} runs; the two servers alternate",
         options.messages, options.repeats
     );
     println!();

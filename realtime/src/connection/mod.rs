@@ -184,7 +184,10 @@ mod tests {
         assert!(!outbox.push("c".into()));
         assert!(outbox.shared.abort.is_fired());
         assert_eq!(outbox.shared.abort_code.load(Ordering::Acquire), 1013);
-        assert_eq!(outbox.shared.counters.slow_closes.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            outbox.shared.counters.slow_closes.load(Ordering::Relaxed),
+            1
+        );
         // What was queued before stays, in order.
         assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(text)) if text.as_str() == "a"));
     }
