@@ -171,10 +171,16 @@ impl<U: Send + 'static> Authenticator<U> {
     }
 }
 
-/// The user behind a request's token, for an application's own HTTP routes:
-/// the token is read as for the WebSocket route (header, subprotocol, then
-/// `?token=`) and checked by the same validator. A missing or refused token
-/// is answered with 401, as [`AuthError`].
+/// The user behind a request's token, for an application's own HTTP routes
+/// and for upgrade routes assembled by hand: the token is read as for the
+/// WebSocket route (header, subprotocol, then `?token=`) and checked by the
+/// same validator. A missing or refused token is answered with 401, as
+/// [`AuthError`]; so is an `Authorization` header of another scheme, which is
+/// taken as a mistake rather than skipped.
+///
+/// From a plain HTTP client, send the header: a token in the query string
+/// ends up in access logs and browser history. `?token=` is accepted because
+/// a browser's `WebSocket` can send nothing else but the subprotocol.
 ///
 /// The router's state must give an [`Authenticator`]: a
 /// [`Service`](crate::Service) does.

@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -21,15 +21,20 @@ use futures_util::future::{BoxFuture, Shared};
 /// One operation in flight, awaited by every caller of its key.
 type InFlight<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
 
+/// The run in flight per key, with its number.
+type Runs<K, T, E> = HashMap<K, (u64, InFlight<T, E>)>;
+
 /// Shares one run of an operation among the concurrent callers of a key.
 ///
 /// The result is cloned to every caller, so `T` and `E` are `Clone`; wrap a
 /// large value in an [`Arc`]. Cloning the coalescer is cheap and the clones
 /// share their runs.
 ///
-/// The operation runs as long as one caller still waits for it: a caller
-/// that gives up (a dropped future, a timeout around [`run`](Self::run)) does
-/// not cancel it for the others.
+/// Each run is a Tokio task, so [`run`](Self::run) needs a Tokio runtime. The
+/// task runs to its end even when every caller has given up (a dropped
+/// future, a timeout around `run`): whatever it holds is released when it
+/// finishes, and the next call starts afresh. If the operation panics, its
+/// callers panic with it and the key is free again.
 ///
 /// # Examples
 ///
@@ -58,10 +63,47 @@ pub struct Coalescer<K, T, E> {
 }
 
 struct Inner<K, T, E> {
-    /// Held only to look up or insert a run, never across an await.
-    in_flight: Mutex<HashMap<K, InFlight<T, E>>>,
+    /// The run in flight per key, with its number. Held only to look up,
+    /// insert or remove a run: never across an await, never while user code
+    /// runs.
+    in_flight: Mutex<Runs<K, T, E>>,
+    /// Numbers the runs, so that a finished run removes itself and never a
+    /// later run of the same key.
+    next_run: AtomicU64,
     started: AtomicU64,
     joined: AtomicU64,
+}
+
+impl<K, T, E> Inner<K, T, E> {
+    /// The map; a panic elsewhere while it was held cannot leave it
+    /// half-changed (each change is one insert or one remove), so a poisoned
+    /// lock is still good.
+    fn runs(&self) -> MutexGuard<'_, Runs<K, T, E>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Removes run `number` of `key` from the map when dropped: when the run
+/// finishes, and also when its operation panics.
+struct Finished<K: Eq + Hash, T, E> {
+    inner: Arc<Inner<K, T, E>>,
+    key: Option<K>,
+    number: u64,
+}
+
+impl<K: Eq + Hash, T, E> Drop for Finished<K, T, E> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut runs = self.inner.runs();
+        if runs
+            .get(&key)
+            .is_some_and(|(number, _)| *number == self.number)
+        {
+            runs.remove(&key);
+        }
+    }
 }
 
 /// What a [`Coalescer`] has done, read with [`Coalescer::stats`].
@@ -87,6 +129,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 in_flight: Mutex::new(HashMap::new()),
+                next_run: AtomicU64::new(0),
                 started: AtomicU64::new(0),
                 joined: AtomicU64::new(0),
             }),
@@ -94,49 +137,72 @@ where
     }
 
     /// The result of `operation` for `key`: the run already in flight for
-    /// `key` if there is one (and then `operation` is not called), otherwise
-    /// a new run that later callers of `key` join until it finishes.
+    /// `key` if there is one (and then its work is not started), otherwise a
+    /// new run that later callers of `key` join until it finishes.
     ///
     /// # Errors
     ///
     /// The operation's own error, cloned to every caller that shared the run.
+    ///
+    /// # Panics
+    ///
+    /// When the operation panics, or when called outside a Tokio runtime.
     pub async fn run<F, Fut>(&self, key: K, operation: F) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        if let Some(run) = self.join(&key) {
+            return run.await;
+        }
+        // Made outside the lock: user code never runs under it. A future
+        // does nothing until polled, so if another caller started a run
+        // meanwhile, dropping this one costs nothing.
+        let work = operation();
         let run = {
-            let mut in_flight = self
-                .inner
-                .in_flight
-                .lock()
-                .expect("coalescer lock poisoned");
-            if let Some(run) = in_flight.get(&key) {
+            let mut runs = self.inner.runs();
+            if let Some((_, run)) = runs.get(&key) {
                 self.inner.joined.fetch_add(1, Ordering::Relaxed);
                 run.clone()
             } else {
                 self.inner.started.fetch_add(1, Ordering::Relaxed);
-                let inner = Arc::clone(&self.inner);
-                let done_key = key.clone();
-                let work = operation();
-                let run = async move {
+                let number = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
+                let finished = Finished {
+                    inner: Arc::clone(&self.inner),
+                    key: Some(key.clone()),
+                    number,
+                };
+                let task = tokio::spawn(async move {
                     let result = work.await;
                     // Forget the run before its callers see the result, so a
                     // call that comes after them starts afresh.
-                    inner
-                        .in_flight
-                        .lock()
-                        .expect("coalescer lock poisoned")
-                        .remove(&done_key);
+                    drop(finished);
                     result
+                });
+                let run = async move {
+                    match task.await {
+                        Ok(result) => result,
+                        Err(error) => match error.try_into_panic() {
+                            Ok(panic) => std::panic::resume_unwind(panic),
+                            Err(error) => panic!("a coalesced operation was cancelled: {error}"),
+                        },
+                    }
                 }
                 .boxed()
                 .shared();
-                in_flight.insert(key, run.clone());
+                runs.insert(key, (number, run.clone()));
                 run
             }
         };
         run.await
+    }
+
+    /// The run in flight for `key`, counted as joined.
+    fn join(&self, key: &K) -> Option<InFlight<T, E>> {
+        let runs = self.inner.runs();
+        let (_, run) = runs.get(key)?;
+        self.inner.joined.fetch_add(1, Ordering::Relaxed);
+        Some(run.clone())
     }
 
     /// A snapshot of the counters.
@@ -144,12 +210,7 @@ where
         CoalescerStats {
             started: self.inner.started.load(Ordering::Relaxed),
             joined: self.inner.joined.load(Ordering::Relaxed),
-            in_flight: self
-                .inner
-                .in_flight
-                .lock()
-                .expect("coalescer lock poisoned")
-                .len(),
+            in_flight: self.inner.runs().len(),
         }
     }
 }
@@ -255,5 +316,44 @@ mod tests {
         );
         assert_eq!((a, b), (Ok(1), Ok(2)));
         assert_eq!(coalescer.stats().joined, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_frees_its_key() {
+        let coalescer: Coalescer<u8, u8, ()> = Coalescer::new();
+        let runner = coalescer.clone();
+        let panicked = tokio::spawn(async move {
+            runner
+                .run(1, || async {
+                    tokio::task::yield_now().await;
+                    panic!("the query blew up")
+                })
+                .await
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        assert_eq!(coalescer.stats().in_flight, 0);
+        assert_eq!(coalescer.run(1, || async { Ok(1) }).await, Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_callers_gave_up_still_finishes_and_frees_its_key() {
+        let coalescer: Coalescer<u8, u8, ()> = Coalescer::new();
+        let (release, gate) = oneshot::channel::<()>();
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            coalescer.run(1, || async move {
+                let _ = gate.await;
+                Ok(1)
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(coalescer.stats().in_flight, 1);
+        release.send(()).unwrap();
+        while coalescer.stats().in_flight > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(coalescer.run(1, || async { Ok(2) }).await, Ok(2));
     }
 }
