@@ -113,3 +113,35 @@ async fn peer_that_answers_pings_stays_connected() {
     let echo = client.request("echo", json!({"text": "still"}), 1).await;
     assert_eq!(echo["ok"], "still");
 }
+
+#[tokio::test]
+async fn client_that_sends_without_ever_reading_is_closed_too() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut config = Config::default();
+    config.outbound_queue = 16;
+    config.max_messages_per_sec = 1_000_000;
+    config.rate_burst = 1_000_000;
+    let server = RoomServer::with_config(config).await;
+    let mut bystander = server.connect("lobby", "bystander").await;
+    let (mut sink, _unread) =
+        futures_util::StreamExt::split(server.connect("lobby", "hog").await.into_inner());
+    // Each echo queues a 32 KiB answer that is never read: the hog's queue
+    // fills while its frames keep arriving, and it must still be closed.
+    let text = "y".repeat(32 * 1024);
+    let frame = format!(r#"{{"type": "echo", "data": {{"text": "{text}"}}}}"#);
+    let sending =
+        tokio::spawn(async move { while sink.send(Message::text(frame.clone())).await.is_ok() {} });
+    wait_until("the hog is closed as a slow reader", || {
+        server.service.metrics().slow_closes == 1
+    })
+    .await;
+    wait_until("the hog's connection ends", || {
+        server.service.connections() == 1
+    })
+    .await;
+    sending.abort();
+    let echo = bystander.request("echo", json!({"text": "fine"}), 1).await;
+    assert_eq!(echo["ok"], "fine");
+}

@@ -50,3 +50,44 @@ async fn new_connections_are_refused_with_503_after_shutdown() {
         .unwrap_err();
     assert_eq!(refused.status(), Some(503));
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_does_not_hold_shutdown_back() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut config = realtime::Config::default();
+    config.max_messages_per_sec = 1_000_000;
+    config.rate_burst = 1_000_000;
+    let server = RoomServer::with_config(config).await;
+    let flooder = server.connect("lobby", "flooder").await;
+    let (mut sink, mut stream) = flooder.into_inner().split();
+    // Sends as fast as the socket takes frames, until the server hangs up.
+    let sending = tokio::spawn(async move {
+        let frame = r#"{"type": "echo", "data": {"text": "more"}}"#;
+        let mut sent = 0u64;
+        while sink.send(Message::text(frame)).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    // The read loop handles frames back to back now.
+    let first = tokio::time::timeout(DEADLINE, stream.next()).await;
+    assert!(matches!(first, Ok(Some(Ok(Message::Text(_))))));
+
+    tokio::time::timeout(DEADLINE, server.service.shutdown())
+        .await
+        .expect("shutdown ends a connection whose client never stops sending");
+    let close = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the close frame arrives");
+    assert_eq!(close, Some(1001));
+    assert!(sending.await.unwrap() > 0);
+}
