@@ -330,8 +330,9 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
     }
 
     /// Decides whether `user` may subscribe to `topic`; `false` answers the
-    /// upgrade request with HTTP 403. Runs before the upgrade. The default
-    /// allows every topic.
+    /// upgrade request with HTTP 403. Runs before the upgrade, and again for
+    /// each topic the connection asks to follow with `$join` (then `false`
+    /// answers an error frame with code 403). The default allows every topic.
     fn authorize_topic(
         &self,
         state: &Self::AppState,
