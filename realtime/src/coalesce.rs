@@ -89,19 +89,18 @@ impl<K, T, E> Inner<K, T, E> {
 /// finishes, and also when its operation panics.
 struct Finished<K: Eq + Hash, T, E> {
     inner: Arc<Inner<K, T, E>>,
-    key: Option<K>,
+    key: K,
     number: u64,
 }
 
 impl<K: Eq + Hash, T, E> Drop for Finished<K, T, E> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
         let mut runs = self.inner.runs();
         if runs
-            .get(&key)
+            .get(&self.key)
             .is_some_and(|(number, _)| *number == self.number)
         {
-            runs.remove(&key);
+            runs.remove(&self.key);
         }
     }
 }
@@ -169,7 +168,7 @@ where
                 let number = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
                 let finished = Finished {
                     inner: Arc::clone(&self.inner),
-                    key: Some(key.clone()),
+                    key: key.clone(),
                     number,
                 };
                 let task = tokio::spawn(async move {

@@ -23,7 +23,7 @@ pub(crate) struct Session<'a, H: MessageHandler, P> {
     pub(crate) config: &'a Config,
     pub(crate) ctx: Context<H::AppState, H::UserId>,
     pub(crate) queue: mpsc::Receiver<Outbound>,
-    /// Cancelled when the service shuts down.
+    /// Fired when the service shuts down.
     pub(crate) shutdown: &'a Signal,
 }
 
@@ -78,9 +78,9 @@ where
         max_topics: config.max_topics_per_connection,
     };
     let end = reader.read_loop(&mut stream, config, shutdown).await;
-    // No more events are queued for this client from here on.
+    // No more events are queued for this client from here on: dropping the
+    // reader drops the memberships of the joined topics.
     leave();
-    reader.joined.clear();
     drop(reader);
 
     let mut writer = writer;
@@ -251,7 +251,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             None => self.dispatch(id, message).await,
             Some(topic) if topic == &*self.home => self.dispatch(id, message).await,
             Some(topic) => {
-                let Some((name, _)) = self.joined.iter().find(|(name, _)| &**name == topic) else {
+                let Some(at) = self.joined_at(topic) else {
                     let message = format!(
                         "not following topic `{topic}`; send {{\"type\": \"$join\", \"data\": {{\"topic\": \"{topic}\"}}}} first"
                     );
@@ -259,7 +259,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                 };
                 // The handler sees the topic the frame is about, then the
                 // connection's own again.
-                self.ctx.topic = Arc::clone(name);
+                self.ctx.topic = Arc::clone(&self.joined[at].0);
                 self.dispatch(id, message).await;
                 self.ctx.topic = Arc::clone(&self.home);
             }
@@ -276,6 +276,11 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
         }
+    }
+
+    /// Where `topic` is among the joined topics.
+    fn joined_at(&self, topic: &str) -> Option<usize> {
+        self.joined.iter().position(|(name, _)| &**name == topic)
     }
 
     /// A built-in control message: `$join` or `$leave`.
@@ -306,7 +311,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                 "`data.topic` must not be empty",
             );
         }
-        if topic == &*self.home || self.joined.iter().any(|(name, _)| &**name == topic) {
+        if topic == &*self.home || self.joined_at(topic).is_some() {
             return self.acknowledge(id);
         }
         if self.joined.len() + 1 >= self.max_topics {
@@ -354,7 +359,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             );
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
-        match self.joined.iter().position(|(name, _)| &**name == topic) {
+        match self.joined_at(topic) {
             Some(at) => {
                 // Dropping the membership removes the connection from the
                 // topic's subscribers.
