@@ -10,7 +10,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, ImplItem};
 
-use crate::ast::{Handler, MessageKind, MessageMethod, Output};
+use crate::ast::{Handler, MessageMethod, Output};
 use crate::attr::{DEFAULT_PATH, Marker};
 use crate::diagnostics::Diagnostics;
 use crate::{check, fallback, names, private};
@@ -264,7 +264,7 @@ fn handler_impl(handler: &Handler) -> TokenStream {
     let outcome = quote!(::realtime::handler::Outcome);
     let error = quote!(::realtime::HandlerError);
 
-    let dispatch_arms = handler.messages.iter().map(|method| {
+    let arms = handler.messages.iter().map(|method| {
         let (pattern, call) = call(handler, method, &locals);
         let question = question_mark(method.output.result().span());
         let body = match &method.output {
@@ -290,35 +290,6 @@ fn handler_impl(handler: &Handler) -> TokenStream {
         };
         quote!(#pattern => { #body })
     });
-
-    let broadcast_arms = handler.messages.iter().map(|method| {
-        let (pattern, call) = call(handler, method, &locals);
-        let question = question_mark(method.output.result().span());
-        match &method.output {
-            Output::Reply { .. } => {
-                let text = format!(
-                    "`{}` is a direct message, answered by `dispatch`; \
-                     `handle_broadcast_message` only handles broadcast messages",
-                    method.wire
-                );
-                let pattern = rest_pattern(&enum_ident, method);
-                quote!(#pattern => ::core::result::Result::Err(#error::bad_request(#text)),)
-            }
-            Output::Event {
-                optional: false, ..
-            } => quote! {
-                #pattern => #ok(#some(#call.await #question)),
-            },
-            Output::Event { optional: true, .. } => quote! {
-                #pattern => #ok(#call.await #question),
-            },
-        }
-    });
-    let broadcast_uses_ctx = handler
-        .messages
-        .iter()
-        .any(|m| m.kind == MessageKind::Broadcast && m.takes_context);
-    let silence_ctx = (!broadcast_uses_ctx).then(|| quote!(let _ = #ctx;));
 
     let hooks = hooks(handler, &locals);
     let reply_check = quote! {
@@ -348,29 +319,15 @@ fn handler_impl(handler: &Handler) -> TokenStream {
             type AppState = #state;
             type UserId = #user;
 
-            /// Runs the message's method when it is a broadcast one. A direct
-            /// message is answered with a 400 error: the service never sends
-            /// one here (`dispatch` answers it), only a hand-written call can.
-            async fn handle_broadcast_message(
-                &self,
-                #msg: Self::ClientMessage,
-                #ctx: #ctx_type,
-            ) -> #result<::core::option::Option<Self::ServerEvent>, #error> {
-                #silence_ctx
-                match #msg {
-                    #(#broadcast_arms)*
-                }
-            }
-
             /// Moves each message's fields into its method: a direct method's
             /// value becomes the reply, a broadcast method's the event.
-            async fn dispatch(
+            async fn handle(
                 &self,
                 #msg: Self::ClientMessage,
                 #ctx: #ctx_type,
             ) -> #result<#outcome<Self::ServerEvent>, #error> {
                 match #msg {
-                    #(#dispatch_arms)*
+                    #(#arms)*
                 }
             }
 
@@ -399,11 +356,6 @@ fn call(handler: &Handler, method: &MessageMethod, locals: &Locals) -> (TokenStr
     let ctx = method.takes_context.then_some(&locals.ctx).into_iter();
     let call = quote!(Self::#method_ident(self, #(#ctx,)* #(#bindings),*));
     (pattern, call)
-}
-
-fn rest_pattern(enum_ident: &Ident, method: &MessageMethod) -> TokenStream {
-    let variant = &method.variant;
-    quote!(#enum_ident::#variant { .. })
 }
 
 fn hooks(handler: &Handler, locals: &Locals) -> TokenStream {

@@ -75,12 +75,12 @@ pub(crate) fn with_errors(handler: &Handler, errors: &syn::Error) -> TokenStream
                 type AppState = #state;
                 type UserId = #user;
 
-                async fn handle_broadcast_message(
+                async fn handle(
                     &self,
                     _: Self::ClientMessage,
                     _: &::realtime::Context<Self::AppState, Self::UserId>,
                 ) -> ::core::result::Result<
-                    ::core::option::Option<Self::ServerEvent>,
+                    ::realtime::handler::Outcome<Self::ServerEvent>,
                     ::realtime::HandlerError,
                 > {
                     ::core::unreachable!()
