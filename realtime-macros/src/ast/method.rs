@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Attribute, FnArg, GenericParam, ImplItemFn, Pat, PatType, ReturnType, Signature, Type};
 
-use super::types::{ContextArg, classify, generic_args, is_self, typed_inputs};
+use super::types::{ContextArg, classify, event_of, is_self, result_ok, typed_inputs};
 use super::{Arg, ContextType, Hook, MessageKind, MessageMethod, Output};
 use crate::attr::{Marker, MarkerUse};
 use crate::diagnostics::Diagnostics;
@@ -255,7 +255,7 @@ fn lower_output(diag: &mut Diagnostics, kind: MessageKind, sig: &Signature) -> O
         );
         return None;
     };
-    let Some(ok) = generic_args(ty, "Result").and_then(|args| args.first().copied()) else {
+    let Some(ok) = result_ok(ty) else {
         diag.on(
             ty,
             format!(
@@ -271,18 +271,14 @@ fn lower_output(diag: &mut Diagnostics, kind: MessageKind, sig: &Signature) -> O
             reply: ok.clone(),
             result,
         },
-        MessageKind::Broadcast => match generic_args(ok, "Option") {
-            Some(args) if args.len() == 1 => Output::Event {
-                event: args[0].clone(),
-                optional: true,
+        MessageKind::Broadcast => {
+            let (event, optional) = event_of(ok);
+            Output::Event {
+                event: event.clone(),
+                optional,
                 result,
-            },
-            _ => Output::Event {
-                event: ok.clone(),
-                optional: false,
-                result,
-            },
-        },
+            }
+        }
     })
 }
 

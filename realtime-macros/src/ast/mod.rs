@@ -19,7 +19,7 @@ use crate::attr::{self, HandlerOptions, Marked, Marker};
 use crate::diagnostics::Diagnostics;
 use crate::names;
 use method::{lower_hook, lower_message};
-use types::{ContextArg, classify, first_context, generic_args, type_ident, typed_inputs};
+use types::{event_of, first_context, result_ok, type_ident};
 
 /// One `#[realtime_handler]` impl block.
 pub(crate) struct Handler {
@@ -59,6 +59,13 @@ pub(crate) enum MessageKind {
 }
 
 impl MessageKind {
+    /// The kind of message method a marker makes, if it makes one.
+    pub(crate) fn of(marker: Marker) -> Option<Self> {
+        [Self::Direct, Self::Broadcast]
+            .into_iter()
+            .find(|kind| kind.marker() == marker)
+    }
+
     pub(crate) fn marker(self) -> Marker {
         match self {
             Self::Direct => Marker::Direct,
@@ -237,14 +244,9 @@ impl Handler {
                 return;
             }
         };
-        match marker_use.marker {
-            Marker::Direct | Marker::Broadcast => {
+        match MessageKind::of(marker_use.marker) {
+            Some(kind) => {
                 self.marked_messages += 1;
-                let kind = if marker_use.marker == Marker::Direct {
-                    MessageKind::Direct
-                } else {
-                    MessageKind::Broadcast
-                };
                 self.see(&func.sig, Some(kind));
                 if let Some(method) = lower_message(diag, kind, &marker_use, func, arg_attrs) {
                     if method.takes_context
@@ -255,7 +257,7 @@ impl Handler {
                     self.messages.push(method);
                 }
             }
-            Marker::OnConnect | Marker::OnDisconnect | Marker::AuthorizeTopic => {
+            None => {
                 self.see(&func.sig, None);
                 if let Some(hook) = lower_hook(diag, marker_use, func) {
                     if hook.takes_context
@@ -273,20 +275,14 @@ impl Handler {
     /// that fails to lower.
     fn see(&mut self, sig: &Signature, kind: Option<MessageKind>) {
         if self.seen.context.is_none() {
-            self.seen.context = typed_inputs(sig).find_map(|input| match classify(&input.ty) {
-                ContextArg::Context(ctx) => Some(*ctx),
-                _ => None,
-            });
+            self.seen.context = first_context(sig);
         }
         if kind == Some(MessageKind::Broadcast)
             && self.seen.event.is_none()
             && let ReturnType::Type(_, ty) = &sig.output
-            && let Some(ok) = generic_args(ty, "Result").and_then(|args| args.first().copied())
+            && let Some(ok) = result_ok(ty)
         {
-            let event = generic_args(ok, "Option")
-                .filter(|args| args.len() == 1)
-                .map_or(ok, |args| args[0]);
-            self.seen.event = Some(event.clone());
+            self.seen.event = Some(event_of(ok).0.clone());
         }
     }
 

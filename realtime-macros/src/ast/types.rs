@@ -76,6 +76,20 @@ pub(super) fn generic_args<'t>(ty: &'t Type, name: &str) -> Option<Vec<&'t Type>
     (!types.is_empty()).then_some(types)
 }
 
+/// `T` of `Result<T, E>`.
+pub(super) fn result_ok(ty: &Type) -> Option<&Type> {
+    generic_args(ty, "Result").and_then(|args| args.first().copied())
+}
+
+/// A broadcast method's event: `E` of `Option<E>` with `true` (an event
+/// that may not be sent), or the type itself with `false`.
+pub(super) fn event_of(ok: &Type) -> (&Type, bool) {
+    match generic_args(ok, "Option") {
+        Some(args) if args.len() == 1 => (args[0], true),
+        _ => (ok, false),
+    }
+}
+
 pub(super) fn ungroup(mut ty: &Type) -> &Type {
     loop {
         match ty {
