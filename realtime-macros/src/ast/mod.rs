@@ -190,11 +190,9 @@ impl Handler {
             return Err(item.into_token_stream());
         };
 
+        let items = std::mem::take(&mut item.items);
         let mut handler = Self {
-            item: ItemImpl {
-                items: Vec::new(),
-                ..item.clone()
-            },
+            item,
             self_ident,
             options,
             messages: Vec::new(),
@@ -203,7 +201,7 @@ impl Handler {
             marked_messages: 0,
             seen: Seen::default(),
         };
-        for mut impl_item in item.items {
+        for mut impl_item in items {
             handler.lower_item(diag, &mut impl_item);
             handler.item.items.push(impl_item);
         }
