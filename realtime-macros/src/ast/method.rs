@@ -554,12 +554,21 @@ mod tests {
             )),
             ["the context is passed by shared reference; write `&Context<App, UserId>`"]
         );
-        assert!(
+        // Only `Context` is the context: any other type, an alias of it
+        // included, is a message argument.
+        assert_eq!(
             method_errors(&quote!(
                 #[direct]
-                async fn a(&self, _: &ConnectionContext<App, UserId>) -> Result<u8, HandlerError> {}
-            ))
-            .is_empty()
+                async fn a(
+                    &self,
+                    ctx: &ConnectionContext<App, UserId>,
+                ) -> Result<u8, HandlerError> {
+                }
+            )),
+            [
+                "arguments are deserialized from the message into owned values; write \
+                 `ConnectionContext<App, UserId>` instead of `&ConnectionContext<App, UserId>`"
+            ]
         );
     }
 

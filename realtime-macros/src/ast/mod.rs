@@ -125,7 +125,7 @@ impl Output {
     }
 }
 
-/// `&Context<S, U>` (or `&ConnectionContext<S, U>`): the state and user types.
+/// `&Context<S, U>`: the state and user types.
 #[derive(Clone)]
 pub(crate) struct ContextType {
     pub(crate) state: Type,

@@ -8,7 +8,7 @@ use crate::names;
 
 /// How a parameter's type relates to the context.
 pub(super) enum ContextArg {
-    /// `&Context<S, U>` or `&ConnectionContext<S, U>`.
+    /// `&Context<S, U>`.
     Context(Box<ContextType>),
     /// A context taken some other way, with the message saying how to fix it.
     Misspelled(String),
@@ -21,10 +21,7 @@ pub(super) fn classify(ty: &Type) -> ContextArg {
         Type::Reference(reference) => (reference.mutability.is_none(), &*reference.elem),
         other => (false, other),
     };
-    let Some(args) = ["Context", "ConnectionContext"]
-        .into_iter()
-        .find_map(|name| generic_args(referent, name))
-    else {
+    let Some(args) = generic_args(referent, "Context") else {
         return ContextArg::Not;
     };
     let [state, user] = args[..] else {
