@@ -13,10 +13,10 @@ use realtime::Config;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_subscriptions_loses_nothing_on_a_busy_topic() {
     let redis = RedisServer::start().await;
-    // A deep queue: the test's reader shares two cores with everything else
+    // A deep ring: the test's reader shares two cores with everything else
     // and must not be closed as a slow client.
     let mut config = Config::default();
-    config.outbound_queue = 1 << 16;
+    config.topic_backlog = 1 << 16;
     let a = Node::start_with(&redis.url(), common::redis_config("churn:"), config).await;
     let b = Node::start(&redis.url(), "churn:").await;
     let mut steady = a.connect("steady", "reader").await;

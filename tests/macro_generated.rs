@@ -172,19 +172,25 @@ async fn serde_attributes_on_arguments_apply_to_the_fields() {
         .send(json!({"type": "post", "data": {"text": "hi"}, "id": 2}))
         .await;
     assert_eq!(
-        client.recv().await,
+        client.recv_event().await,
         json!({"topic": "lobby", "event": {"by": "alice", "body": "hi"}})
     );
-    assert_eq!(client.recv().await, json!({"reply_to": 2, "ok": null}));
+    assert_eq!(
+        client.recv_reply().await,
+        json!({"reply_to": 2, "ok": null})
+    );
 
     client
         .send(json!({"type": "post", "data": {"text": "ha", "times": 3}, "id": 3}))
         .await;
     assert_eq!(
-        client.recv().await,
+        client.recv_event().await,
         json!({"topic": "lobby", "event": {"by": "alice", "body": "hahaha"}})
     );
-    assert_eq!(client.recv().await, json!({"reply_to": 3, "ok": null}));
+    assert_eq!(
+        client.recv_reply().await,
+        json!({"reply_to": 3, "ok": null})
+    );
 
     // The Rust name of a renamed argument is not a field.
     let answer = client.request("post", json!({"body": "hi"}), 4).await;

@@ -98,7 +98,7 @@ mod with_macro {
 
 mod by_hand {
     //! The same handler, written against the trait.
-    use realtime::handler::Reply;
+    use realtime::handler::Outcome;
     use realtime::{Context, HandlerError, MessageHandler};
     use serde::Deserialize;
 
@@ -137,46 +137,35 @@ mod by_hand {
         type AppState = ();
         type UserId = String;
 
-        async fn handle_direct_message(
-            &self,
-            msg: &RoomClientMessage,
-            ctx: &Context<(), String>,
-        ) -> Result<Option<Reply>, HandlerError> {
-            let reply = match msg {
-                RoomClientMessage::Echo { text } => Reply::json(text)?,
-                RoomClientMessage::Add { a, b } => Reply::json(
-                    &a.checked_add(*b)
-                        .ok_or_else(|| HandlerError::bad_request("overflow"))?,
-                )?,
-                RoomClientMessage::Fail { code } => {
-                    return Err(HandlerError::new(*code, "asked to fail"));
-                }
-                RoomClientMessage::Ping {} => Reply::json("pong")?,
-                RoomClientMessage::Greet { name } => Reply::json(&format!(
-                    "hello {}",
-                    name.as_deref().unwrap_or(ctx.user_id())
-                ))?,
-                _ => return Ok(None),
-            };
-            Ok(Some(reply))
-        }
-
-        async fn handle_broadcast_message(
+        async fn handle(
             &self,
             msg: RoomClientMessage,
             ctx: &Context<(), String>,
-        ) -> Result<Option<Said>, HandlerError> {
+        ) -> Result<Outcome<Said>, HandlerError> {
             match msg {
-                RoomClientMessage::Say { text } => Ok(Some(Said {
+                RoomClientMessage::Echo { text } => Outcome::reply(&text),
+                RoomClientMessage::Add { a, b } => Outcome::reply(
+                    &a.checked_add(b)
+                        .ok_or_else(|| HandlerError::bad_request("overflow"))?,
+                ),
+                RoomClientMessage::Fail { code } => Err(HandlerError::new(code, "asked to fail")),
+                RoomClientMessage::Ping {} => Outcome::reply("pong"),
+                RoomClientMessage::Greet { name } => Outcome::reply(&format!(
+                    "hello {}",
+                    name.as_deref().unwrap_or(ctx.user_id())
+                )),
+                RoomClientMessage::Say { text } => Ok(Outcome::Broadcast(Said {
                     from: ctx.user_id().clone(),
                     text,
                 })),
-                RoomClientMessage::Shout { loud } => Ok(loud.then(|| Said {
-                    from: ctx.user_id().clone(),
-                    text: "!".into(),
-                })),
+                RoomClientMessage::Shout { loud } => Ok(match loud {
+                    true => Outcome::Broadcast(Said {
+                        from: ctx.user_id().clone(),
+                        text: "!".into(),
+                    }),
+                    false => Outcome::Handled,
+                }),
                 RoomClientMessage::Refuse {} => Err(HandlerError::forbidden("not here")),
-                _ => Err(HandlerError::bad_request("not a broadcast message")),
             }
         }
     }
@@ -241,6 +230,9 @@ where
             }
             frames.push(frame);
         }
+        // A broadcast's ack and the sender's own event may come in either
+        // order; compare them events first.
+        frames.sort_by_key(|frame| frame.get("topic").is_none());
         answers.push(frames);
     }
 

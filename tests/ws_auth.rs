@@ -111,9 +111,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16,
 #[tokio::test]
 async fn ws_auth_guards_plain_http_routes_with_the_same_validator() {
     use axum::routing::get;
-    use realtime::auth::WsAuth;
+    use realtime::auth::HttpAuth;
 
-    async fn me(WsAuth(user): WsAuth<String>) -> String {
+    async fn me(HttpAuth(user): HttpAuth<String>) -> String {
         user
     }
     let room = RoomServer::start().await;

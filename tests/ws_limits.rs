@@ -15,7 +15,7 @@ async fn client_that_never_reads_is_closed_while_a_fast_one_gets_everything() {
     const BATCHES: usize = 40;
     const PER_BATCH: usize = 50;
     let mut config = Config::default();
-    config.outbound_queue = 256;
+    config.topic_backlog = 256;
     let server = RoomServer::with_config(config).await;
     let slow = server.connect("firehose", "slow").await;
     let mut fast = server.connect("firehose", "fast").await;

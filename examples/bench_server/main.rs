@@ -56,7 +56,7 @@ async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error
     // protect a chat would only measure themselves here.
     config.max_messages_per_sec = 1_000_000;
     config.rate_burst = 1_000_000;
-    config.outbound_queue = 4096;
+    config.topic_backlog = 4096;
     config.max_connections = 20_000;
     let service = Service::builder(Bench, (), validate_with(|token: &str| Ok(token.to_owned())))
         .with_broker(broker)

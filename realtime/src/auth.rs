@@ -10,7 +10,7 @@
 //!
 //! A missing or rejected token is answered with HTTP 401 before the upgrade;
 //! a topic the handler refuses with 403. The same check guards an
-//! application's plain HTTP routes through the [`WsAuth`] extractor.
+//! application's plain HTTP routes through the [`HttpAuth`] extractor.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -128,7 +128,7 @@ impl<V: TokenValidator> DynValidator<V::UserId> for V {
 }
 
 /// A [`TokenValidator`] behind a shared pointer, its type erased: what a
-/// [`Service`](crate::Service) holds, and what [`WsAuth`] finds in the
+/// [`Service`](crate::Service) holds, and what [`HttpAuth`] finds in the
 /// router's state (through [`FromRef`]).
 ///
 /// # Examples
@@ -190,19 +190,19 @@ impl<U: Send + 'static> Authenticator<U> {
 /// ```
 /// use axum::Router;
 /// use axum::routing::get;
-/// use realtime::auth::{WsAuth, validate_with};
+/// use realtime::auth::{HttpAuth, validate_with};
 /// use realtime::Service;
 /// # use realtime::{Context, HandlerError, MessageHandler};
 /// # struct Chat;
 /// # impl MessageHandler for Chat {
 /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
 /// # }
 /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
 ///
 /// /// `GET /me` with `Authorization: Bearer alice` answers "alice".
-/// async fn me(WsAuth(user): WsAuth<String>) -> String {
+/// async fn me(HttpAuth(user): HttpAuth<String>) -> String {
 ///     user
 /// }
 ///
@@ -213,9 +213,9 @@ impl<U: Send + 'static> Authenticator<U> {
 /// # let _ = app;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsAuth<U>(pub U);
+pub struct HttpAuth<U>(pub U);
 
-impl<S, U> FromRequestParts<S> for WsAuth<U>
+impl<S, U> FromRequestParts<S> for HttpAuth<U>
 where
     S: Send + Sync,
     U: Send + 'static,
@@ -226,7 +226,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
         let (token, _) = extract_token(&parts.headers, parts.uri.query())?;
         let authenticator = Authenticator::from_ref(state);
-        authenticator.authenticate(&token).await.map(WsAuth)
+        authenticator.authenticate(&token).await.map(HttpAuth)
     }
 }
 

@@ -26,11 +26,31 @@ pub struct Config {
     ///
     /// A larger frame closes the connection with 1009 (message too big).
     pub max_frame_bytes: usize,
-    /// Frames that may wait in one connection's outbound queue. Default: 1024.
+    /// Frames that may wait in one connection's own queue: answers, errors
+    /// and `Context::send` events. Default: 1024.
     ///
     /// When a client reads too slowly and its queue is full, the connection is
     /// closed with 1013 (try again later); nobody else waits for it.
     pub outbound_queue: usize,
+    /// Events of one topic kept for its slowest local subscriber. Default: 1024.
+    ///
+    /// Each topic with local subscribers has one ring of this many frames,
+    /// which every subscriber's writer reads: an event is stored once per
+    /// instance, whatever the number of subscribers. A subscriber that falls
+    /// further behind than this is closed with 1013 (try again later);
+    /// nobody else waits for it. The ring is allocated whole when the topic
+    /// gets its first local subscriber: 64 bytes per frame, so 64 KiB per
+    /// topic at the default (plus the frames it holds). An application with
+    /// many topics of one subscriber each (a topic per user) can lower it.
+    pub topic_backlog: usize,
+    /// Broadcasts of one connection whose publish may be in flight at once.
+    /// Default: 64.
+    ///
+    /// The read loop goes on reading a client's frames while its publishes
+    /// wait for the broker (one Redis round trip each), and sends the answers
+    /// in frame order as they come. Past this bound it reads nothing more
+    /// from that client until the oldest publish is answered.
+    pub max_publishes_in_flight: usize,
     /// Frames the write task hands to the socket before one flush. Default: 64.
     pub write_batch: usize,
     /// Messages one connection may send per second, on average. Default: 100.
@@ -76,6 +96,8 @@ impl Default for Config {
         Self {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            topic_backlog: 1024,
+            max_publishes_in_flight: 64,
             write_batch: 64,
             max_messages_per_sec: 100,
             rate_burst: 200,
@@ -113,6 +135,8 @@ impl Config {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes),
             ("outbound_queue", self.outbound_queue),
+            ("topic_backlog", self.topic_backlog),
+            ("max_publishes_in_flight", self.max_publishes_in_flight),
             ("write_batch", self.write_batch),
             ("max_messages_per_sec", self.max_messages_per_sec as usize),
             ("rate_burst", self.rate_burst as usize),

@@ -10,18 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::connection::Outbox;
+use crate::connection::{ConnectionId, Outbox};
 use crate::protocol::{self, error_code};
-
-/// Identifies one connection within one service instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub(crate) u64);
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conn-{}", self.0)
-    }
-}
 
 /// What a handler sees of the connection a message came from.
 ///
@@ -49,9 +39,6 @@ pub struct Context<S, U> {
     pub(crate) outbox: Outbox,
 }
 
-/// The name axum-realtime-kit 0.1.0, the crate this one descends from, gave [`Context`].
-pub type ConnectionContext<S, U> = Context<S, U>;
-
 impl<S, U> Context<S, U> {
     /// This connection's id, unique within this service instance.
     pub fn conn_id(&self) -> ConnectionId {
@@ -64,8 +51,8 @@ impl<S, U> Context<S, U> {
     }
 
     /// The topic of the message being handled: the `{topic}` of the route,
-    /// or, for a connection that followed more topics with `$join`, the
-    /// joined topic the frame names in its `topic` key. Outside a message
+    /// or, for a connection subscribed to more topics with `$join`, the
+    /// topic the frame names in its `topic` key. Outside a message
     /// (`on_connect`, `on_disconnect`) it is the route's topic.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -82,8 +69,9 @@ impl<S, U> Context<S, U> {
     }
 
     /// Sends `event` to this client only, as an event frame of [`topic`](Self::topic):
-    /// `{"topic": "...", "event": ...}`. It waits in the same outbound queue
-    /// as every other frame for this client, so order is kept.
+    /// `{"topic": "...", "event": ...}`. It goes through the connection's
+    /// own queue, after what is queued there already. That queue is not the
+    /// topic's: the topic's events may come before or after it.
     ///
     /// # Errors
     ///
@@ -234,22 +222,43 @@ impl Reply {
 }
 
 /// What became of one client message; the service turns it into frames.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::handler::Outcome;
+///
+/// let answer: Outcome<String> = Outcome::reply(&["a", "b"]).unwrap();
+/// assert!(matches!(answer, Outcome::Reply(reply) if reply.as_json() == r#"["a","b"]"#));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome<E> {
     /// Answer the sender: `{"reply_to": id, "ok": ...}`.
     Reply(Reply),
-    /// Publish this event to every subscriber of the sender's topic, then
+    /// Publish this event to every subscriber of the message's topic, then
     /// acknowledge the sender if its frame had an id.
     Broadcast(E),
     /// Handled, nothing to send; acknowledged like a broadcast.
     Handled,
 }
 
+impl<E> Outcome<E> {
+    /// Answers the sender with `value` serialized as JSON.
+    ///
+    /// # Errors
+    ///
+    /// A [`HandlerError`] with code 500 when `value` does not serialize.
+    pub fn reply<T: Serialize + ?Sized>(value: &T) -> Result<Self, HandlerError> {
+        Reply::json(value).map(Self::Reply)
+    }
+}
+
 /// The application's logic: what to do with each client message.
 ///
-/// `#[realtime_handler]` writes this impl from an annotated impl block; it can
-/// also be written by hand, as below.
+/// `#[realtime_handler]` writes this impl from an annotated impl block; it
+/// can also be written by hand: one `handle` that matches on the message and
+/// says what became of it ([`Outcome`]), as below.
 ///
 /// Messages are an enum tagged by `type` with the arguments under `data`
 /// (`#[serde(tag = "type", content = "data")]`), with struct variants: the
@@ -262,7 +271,7 @@ pub enum Outcome<E> {
 ///
 /// ```
 /// use realtime::{Context, HandlerError, MessageHandler};
-/// use realtime::handler::Reply;
+/// use realtime::handler::Outcome;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Deserialize)]
@@ -283,25 +292,18 @@ pub enum Outcome<E> {
 ///     type AppState = ();
 ///     type UserId = String;
 ///
-///     async fn handle_direct_message(
-///         &self,
-///         msg: &ChatMessage,
-///         _ctx: &Context<(), String>,
-///     ) -> Result<Option<Reply>, HandlerError> {
-///         match msg {
-///             ChatMessage::Ping {} => Ok(Some(Reply::json("pong")?)),
-///             _ => Ok(None), // falls through to handle_broadcast_message
-///         }
-///     }
-///
-///     async fn handle_broadcast_message(
+///     async fn handle(
 ///         &self,
 ///         msg: ChatMessage,
 ///         ctx: &Context<(), String>,
-///     ) -> Result<Option<Said>, HandlerError> {
+///     ) -> Result<Outcome<Said>, HandlerError> {
 ///         match msg {
-///             ChatMessage::Say { text } => Ok(Some(Said { from: ctx.user_id().clone(), text })),
-///             ChatMessage::Ping {} => Ok(None),
+///             // Answered to the sender only.
+///             ChatMessage::Ping {} => Outcome::reply("pong"),
+///             // Published to every subscriber of the topic.
+///             ChatMessage::Say { text } => {
+///                 Ok(Outcome::Broadcast(Said { from: ctx.user_id().clone(), text }))
+///             }
 ///         }
 ///     }
 /// }
@@ -331,8 +333,9 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
 
     /// Decides whether `user` may subscribe to `topic`; `false` answers the
     /// upgrade request with HTTP 403. Runs before the upgrade, and again for
-    /// each topic the connection asks to follow with `$join` (then `false`
-    /// answers an error frame with code 403). The default allows every topic.
+    /// each topic the connection asks to subscribe to with `$join` (then
+    /// `false` answers an error frame with code 403). The default allows
+    /// every topic.
     fn authorize_topic(
         &self,
         state: &Self::AppState,
@@ -343,25 +346,18 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
         async { true }
     }
 
-    /// Answers a message to its sender only. `Ok(None)` hands the message on
-    /// to [`handle_broadcast_message`](Self::handle_broadcast_message). The
-    /// default hands every message on.
-    fn handle_direct_message(
-        &self,
-        msg: &Self::ClientMessage,
-        ctx: &Context<Self::AppState, Self::UserId>,
-    ) -> impl Future<Output = Result<Option<Reply>, HandlerError>> + Send {
-        let _ = (msg, ctx);
-        async { Ok(None) }
-    }
-
-    /// Turns a message into an event for every subscriber of the sender's
-    /// topic, on every instance. `Ok(None)`: handled, nothing to publish.
-    fn handle_broadcast_message(
+    /// Handles one message: answer the sender ([`Outcome::Reply`]), publish
+    /// an event to every subscriber of the message's topic, on every
+    /// instance ([`Outcome::Broadcast`]), or nothing ([`Outcome::Handled`]).
+    /// An error is answered to the sender as an error frame.
+    ///
+    /// The service calls it for one message of a connection at a time, in
+    /// the order the client sent them.
+    fn handle(
         &self,
         msg: Self::ClientMessage,
         ctx: &Context<Self::AppState, Self::UserId>,
-    ) -> impl Future<Output = Result<Option<Self::ServerEvent>, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Outcome<Self::ServerEvent>, HandlerError>> + Send;
 
     /// Runs once when the connection is gone, however it ended (close frame,
     /// dropped TCP connection, limit, shutdown). The default does nothing.
@@ -371,28 +367,5 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = ()> + Send {
         let _ = ctx;
         async {}
-    }
-
-    /// Routes one message; this is what the service calls.
-    ///
-    /// The default asks [`handle_direct_message`](Self::handle_direct_message)
-    /// first and, on `Ok(None)`,
-    /// [`handle_broadcast_message`](Self::handle_broadcast_message).
-    /// `#[realtime_handler]` overrides it to move each message's fields
-    /// straight into its method, without a clone.
-    fn dispatch(
-        &self,
-        msg: Self::ClientMessage,
-        ctx: &Context<Self::AppState, Self::UserId>,
-    ) -> impl Future<Output = Result<Outcome<Self::ServerEvent>, HandlerError>> + Send {
-        async move {
-            if let Some(reply) = self.handle_direct_message(&msg, ctx).await? {
-                return Ok(Outcome::Reply(reply));
-            }
-            Ok(match self.handle_broadcast_message(msg, ctx).await? {
-                Some(event) => Outcome::Broadcast(event),
-                None => Outcome::Handled,
-            })
-        }
     }
 }

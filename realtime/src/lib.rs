@@ -10,9 +10,9 @@
 //! through Redis ([`RedisBroker`]).
 //!
 //! The wire protocol is described in [`protocol`]. Beside the WebSocket
-//! route, [`auth::WsAuth`] guards an application's plain HTTP routes with the
-//! same token validator, and [`coalesce::Coalescer`] lets concurrent requests
-//! for the same data share one query.
+//! route, [`auth::HttpAuth`] guards an application's plain HTTP routes with the
+//! same token validator. With the `coalesce` feature, `coalesce::Coalescer`
+//! lets concurrent requests for the same data share one query.
 //!
 //! # A handler
 //!
@@ -58,6 +58,8 @@ extern crate self as realtime;
 
 pub mod auth;
 pub mod broker;
+#[cfg(feature = "coalesce")]
+#[cfg_attr(docsrs, doc(cfg(feature = "coalesce")))]
 pub mod coalesce;
 pub mod config;
 mod connection;
@@ -72,9 +74,10 @@ pub mod testing;
 pub use auth::{AuthError, TokenValidator};
 pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker, RedisConfig, RedisConfigError};
 pub use config::{Config, ConfigError};
-pub use handler::{ConnectionContext, ConnectionId, Context, HandlerError, MessageHandler};
+pub use connection::ConnectionId;
+pub use handler::{Context, HandlerError, MessageHandler};
 pub use route::UpgradeError;
-pub use service::{Metrics, PublishError, RealtimeService, Service};
+pub use service::{Metrics, PublishError, Service};
 
 #[doc = include_str!("../docs/macro.md")]
 pub use realtime_macros::realtime_handler;

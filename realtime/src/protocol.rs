@@ -65,22 +65,108 @@ pub mod error_code {
 /// Prefix of the type names reserved for built-in control messages.
 pub const RESERVED_PREFIX: char = '$';
 
-/// The built-in control messages: a connection follows more topics than the
-/// one of its URL with `$join`, and stops with `$leave`.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", content = "data")]
+/// One serialized server frame: the exact JSON text a client receives,
+/// in a shared buffer that is cheap to clone.
+///
+/// An event is serialized once, into a `Frame`; that frame is what crosses
+/// the [`Broker`](crate::Broker) and what every local subscriber's writer
+/// sends. Its UTF-8 is checked once: where it is built, or where it comes
+/// in from the network ([`Frame::from_utf8`]).
+///
+/// # Examples
+///
+/// ```
+/// use realtime::protocol::Frame;
+///
+/// let frame = Frame::from_utf8(bytes::Bytes::from_static(br#"{"topic":"t","event":1}"#))
+///     .expect("valid UTF-8");
+/// assert_eq!(frame.as_str(), r#"{"topic":"t","event":1}"#);
+/// assert!(Frame::from_utf8(bytes::Bytes::from_static(b"\xff")).is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Utf8Bytes);
+
+impl Frame {
+    /// Checks that `bytes` are UTF-8, for a frame that came from outside
+    /// the process (a broker's connection).
+    ///
+    /// # Errors
+    ///
+    /// [`std::str::Utf8Error`] when they are not.
+    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Self, std::str::Utf8Error> {
+        Utf8Bytes::try_from(bytes).map(Self)
+    }
+
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The frame's bytes, as a broker sends them.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The text as the WebSocket writer takes it.
+    pub(crate) fn into_text(self) -> Utf8Bytes {
+        self.0
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        Self(text.into())
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The built-in control messages: a connection subscribes to more topics
+/// than the one of its URL with `$join`, and unsubscribes with `$leave`.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Control {
     /// `{"type": "$join", "data": {"topic": "room:2"}}`
-    #[serde(rename = "$join")]
     Join { topic: String },
     /// `{"type": "$leave", "data": {"topic": "room:2"}}`
-    #[serde(rename = "$leave")]
     Leave { topic: String },
 }
 
+/// The `data` of `$join` and `$leave`.
+#[derive(Deserialize)]
+struct TopicData {
+    topic: String,
+}
+
 impl Control {
-    /// The wire names, for the error that answers an unknown one.
-    pub(crate) const NAMES: &'static str = "`$join`, `$leave`";
+    /// The wire name of the subscribe message.
+    pub(crate) const JOIN: &'static str = "$join";
+    /// The wire name of the unsubscribe message.
+    pub(crate) const LEAVE: &'static str = "$leave";
+
+    /// Reads a frame whose type starts with [`RESERVED_PREFIX`].
+    pub(crate) fn decode<'a>(request: &Request<'a>) -> Result<Self, FrameError<'a>> {
+        let kind = &*request.kind;
+        if kind != Self::JOIN && kind != Self::LEAVE {
+            return Err(FrameError {
+                id: request.id,
+                message: format!(
+                    "unknown control message `{kind}`; known: `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
+                    Self::JOIN,
+                    Self::LEAVE
+                ),
+            });
+        }
+        let TopicData { topic } = request.decode_data()?;
+        Ok(if kind == Self::JOIN {
+            Self::Join { topic }
+        } else {
+            Self::Leave { topic }
+        })
+    }
 }
 
 /// A client frame whose envelope was read: its type, its arguments, its id
@@ -180,11 +266,24 @@ impl<'a> Request<'a> {
         let deserializer = serde::de::value::MapAccessDeserializer::new(fields);
         serde_path_to_error::deserialize(deserializer).map_err(|error| FrameError {
             id: self.id,
-            message: describe(&error),
+            message: describe(&error, ""),
+        })
+    }
+
+    /// Deserializes the frame's `data` alone (`{}` when it has none).
+    fn decode_data<T: DeserializeOwned>(&self) -> Result<T, FrameError<'a>> {
+        let data = match self.data {
+            Some(data) => data,
+            None => empty_object(),
+        };
+        serde_path_to_error::deserialize(data.into_deserializer()).map_err(|error| FrameError {
+            id: self.id,
+            message: describe(&error, "data."),
         })
     }
 }
 
+/// `{}`, for a frame that has no `data`.
 fn empty_object() -> &'static RawValue {
     static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON"))
@@ -192,7 +291,9 @@ fn empty_object() -> &'static RawValue {
 
 /// Turns a decoding error into the message of an error frame: what was wrong,
 /// and where.
-fn describe(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
+/// `prefix` goes before the error's path: `data.` when `data` itself was
+/// deserialized, so that the path still names the field as the client wrote it.
+fn describe(error: &serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> String {
     let mut inner = without_position(error.inner());
     // serde names the expected shape by the generated enum ("expected struct
     // variant RoomClientMessage::Say"): Rust, not protocol.
@@ -214,7 +315,7 @@ fn describe(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let path = error.path().to_string();
     match path.as_str() {
         "" | "." | "data" => format!("invalid `data`: {inner}"),
-        _ => format!("invalid field `{path}`: {inner}"),
+        _ => format!("invalid field `{prefix}{path}`: {inner}"),
     }
 }
 
@@ -285,7 +386,7 @@ fn to_json<T: Serialize + ?Sized>(
 pub(crate) fn event_frame<E: Serialize + ?Sized>(
     topic: &str,
     event: &E,
-) -> Result<Utf8Bytes, serde_json::Error> {
+) -> Result<Frame, serde_json::Error> {
     let mut buffer = Vec::with_capacity(64 + topic.len());
     buffer.extend_from_slice(b"{\"topic\":");
     to_json(&mut buffer, topic)?;
@@ -296,27 +397,27 @@ pub(crate) fn event_frame<E: Serialize + ?Sized>(
 }
 
 /// `{"reply_to": <id>, "ok": <value>}`: a direct method's answer.
-pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Utf8Bytes {
+pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Frame {
     let mut text = String::with_capacity(24 + value.get().len());
     text.push('{');
     push_reply_to(&mut text, id);
     text.push_str("\"ok\":");
     text.push_str(value.get());
     text.push('}');
-    text.into()
+    Frame::from(text)
 }
 
 /// `{"reply_to": <id>, "ok": null}`: a broadcast's acknowledgement.
-pub(crate) fn ack_frame(id: &RawValue) -> Utf8Bytes {
+pub(crate) fn ack_frame(id: &RawValue) -> Frame {
     let mut text = String::with_capacity(32);
     text.push('{');
     push_reply_to(&mut text, Some(id));
     text.push_str("\"ok\":null}");
-    text.into()
+    Frame::from(text)
 }
 
 /// `{"reply_to": <id>, "error": {"code": <code>, "message": <message>}}`.
-pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Utf8Bytes {
+pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Frame {
     let mut text = String::with_capacity(48 + message.len());
     text.push('{');
     push_reply_to(&mut text, id);
@@ -324,7 +425,7 @@ pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Ut
     let _ = write!(text, "\"error\":{{\"code\":{code},\"message\":");
     text.push_str(&serde_json::to_string(message).expect("a string always serializes"));
     text.push_str("}}");
-    text.into()
+    Frame::from(text)
 }
 
 fn push_reply_to(text: &mut String, id: Option<&RawValue>) {
@@ -335,10 +436,10 @@ fn push_reply_to(text: &mut String, id: Option<&RawValue>) {
     }
 }
 
-fn utf8(buffer: Vec<u8>) -> Utf8Bytes {
+fn utf8(buffer: Vec<u8>) -> Frame {
     // serde_json writes valid UTF-8 only, so the check cannot fail; it is done
-    // once per event, not per subscriber.
-    Utf8Bytes::try_from(buffer).expect("serde_json writes UTF-8")
+    // once per event, where the event is serialized, not per subscriber.
+    Frame(Utf8Bytes::try_from(buffer).expect("serde_json writes UTF-8"))
 }
 
 #[cfg(test)]
@@ -451,18 +552,62 @@ mod tests {
         let id = RawValue::from_string("7".into()).unwrap();
         let ok = RawValue::from_string("[1,2]".into()).unwrap();
         assert_eq!(
-            &*reply_frame(Some(&id), &ok),
+            reply_frame(Some(&id), &ok).as_str(),
             r#"{"reply_to":7,"ok":[1,2]}"#
         );
-        assert_eq!(&*reply_frame(None, &ok), r#"{"ok":[1,2]}"#);
-        assert_eq!(&*ack_frame(&id), r#"{"reply_to":7,"ok":null}"#);
+        assert_eq!(reply_frame(None, &ok).as_str(), r#"{"ok":[1,2]}"#);
+        assert_eq!(ack_frame(&id).as_str(), r#"{"reply_to":7,"ok":null}"#);
         assert_eq!(
-            &*error_frame(Some(&id), 400, "bad \"x\""),
+            error_frame(Some(&id), 400, "bad \"x\"").as_str(),
             r#"{"reply_to":7,"error":{"code":400,"message":"bad \"x\""}}"#
         );
         assert_eq!(
-            &*event_frame("room:1", &serde_json::json!({"text": "hi"})).unwrap(),
+            event_frame("room:1", &serde_json::json!({"text": "hi"}))
+                .unwrap()
+                .as_str(),
             r#"{"topic":"room:1","event":{"text":"hi"}}"#
+        );
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    fn control(text: &str) -> Result<Control, String> {
+        let request = read_envelope(text).map_err(|e| e.message)?;
+        Control::decode(&request).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn reads_join_and_leave() {
+        assert_eq!(
+            control(r#"{"type":"$join","data":{"topic":"a"}}"#),
+            Ok(Control::Join { topic: "a".into() })
+        );
+        assert_eq!(
+            control(r#"{"type":"$leave","data":{"topic":"a"}}"#),
+            Ok(Control::Leave { topic: "a".into() })
+        );
+    }
+
+    #[test]
+    fn names_a_wrong_field_as_the_client_wrote_it() {
+        assert_eq!(
+            control(r#"{"type":"$join","data":{"topic":5}}"#),
+            Err("invalid field `data.topic`: invalid type: integer `5`, expected a string".into())
+        );
+        assert_eq!(
+            control(r#"{"type":"$join"}"#),
+            Err("invalid `data`: missing field `topic`".into())
+        );
+    }
+
+    #[test]
+    fn refuses_an_unknown_control_message() {
+        assert_eq!(
+            control(r#"{"type":"$subscribe"}"#),
+            Err("unknown control message `$subscribe`; known: `$join`, `$leave`; type names starting with `$` are reserved".into())
         );
     }
 }

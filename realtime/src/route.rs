@@ -73,8 +73,8 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         Full::AtCapacity => UpgradeError::AtCapacity,
         Full::ShuttingDown => UpgradeError::ShuttingDown,
     })?;
-    let member = service
-        .join(&topic, user, admission)
+    let accepted = service
+        .accept(&topic, user, admission)
         .await
         .map_err(UpgradeError::Broker)?;
 
@@ -87,12 +87,12 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     if source == TokenSource::Protocol {
         ws = ws.protocols([BEARER_PROTOCOL]);
     }
-    // If the upgrade fails, `member` is dropped with the closure and the
-    // connection leaves its topic and frees its place.
-    Ok(ws.on_upgrade(move |socket| service.serve(socket, member)))
+    // If the upgrade fails, `accepted` is dropped with the closure: the
+    // connection unsubscribes from its topic and frees its place.
+    Ok(ws.on_upgrade(move |socket| service.serve(socket, accepted)))
 }
 
-/// A service as router state gives [`WsAuth`](crate::auth::WsAuth) its
+/// A service as router state gives [`HttpAuth`](crate::auth::HttpAuth) its
 /// validator.
 impl<H: MessageHandler, B: Broker> FromRef<Service<H, B>> for Authenticator<H::UserId> {
     fn from_ref(service: &Service<H, B>) -> Self {

@@ -6,16 +6,17 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::ws::{Utf8Bytes, WebSocket};
-use bytes::Bytes;
-use tokio::sync::{Mutex, watch};
+use axum::extract::ws::WebSocket;
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 
 use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, Counters, Outbound, Outbox, Publisher, Session, Signal};
-use crate::handler::{ConnectionId, Context, MessageHandler};
-use crate::protocol;
+use crate::connection::{
+    self, ConnectionId, Counters, Outbound, Outbox, Ring, Session, Signal, Topics,
+};
+use crate::handler::{Context, MessageHandler};
+use crate::protocol::{self, Frame};
 
 /// One server instance of a realtime application: its connections, the topics
 /// they follow, and the broker that links it to the other instances.
@@ -31,8 +32,8 @@ use crate::protocol;
 /// # struct Chat;
 /// # impl MessageHandler for Chat {
 /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
 /// # }
 /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
 ///
@@ -45,10 +46,6 @@ use crate::protocol;
 pub struct Service<H: MessageHandler, B: Broker = MemoryBroker> {
     inner: Arc<Inner<H, B>>,
 }
-
-/// The name axum-realtime-kit 0.1.0, the crate this one descends from, gave
-/// [`Service`]; `realtime::Service` is the short form.
-pub type RealtimeService<H, B = MemoryBroker> = Service<H, B>;
 
 impl<H: MessageHandler, B: Broker> Clone for Service<H, B> {
     fn clone(&self) -> Self {
@@ -85,53 +82,78 @@ struct Inner<H: MessageHandler, B> {
     counters: Arc<Counters>,
 }
 
-/// One topic's local connections, with the queue of each.
-type Subscribers = Vec<(ConnectionId, Outbox)>;
-
-/// The local subscribers of each topic; what a broker's frames fan out to.
-#[derive(Debug, Default)]
+/// The topics with local subscribers, each with its ring: what a broker's
+/// frames fan out to.
+#[derive(Debug)]
 struct Registry {
-    topics: RwLock<HashMap<Arc<str>, Subscribers>>,
+    topics: RwLock<HashMap<Arc<str>, Topic>>,
+    /// Frames per ring (`Config::topic_backlog`).
+    backlog: usize,
+}
+
+/// One topic on this instance.
+#[derive(Debug)]
+struct Topic {
+    /// Every event of the topic goes in once; each subscriber's writer reads
+    /// it from there.
+    ring: broadcast::Sender<Frame>,
+    /// Local subscriptions. The writers' ring receivers may outlive theirs
+    /// for a moment, so the ring's own receiver count is not this.
+    subscribers: usize,
 }
 
 impl Registry {
-    /// Queues `frame` for every local subscriber of `topic`: one clone of the
-    /// same bytes each, no task, no wait. A subscriber whose queue is full is
-    /// closed with 1013 by [`Outbox::push`].
-    fn deliver(&self, topic: &str, frame: &Utf8Bytes) {
-        let topics = self.topics.read().expect("registry lock poisoned");
-        if let Some(subscribers) = topics.get(topic) {
-            for (_, outbox) in subscribers {
-                outbox.push(frame.clone());
-            }
+    fn new(backlog: usize) -> Self {
+        Self {
+            topics: RwLock::default(),
+            backlog,
         }
     }
 
-    /// Adds a subscriber; returns the shared topic name.
-    fn add(&self, topic: &str, id: ConnectionId, outbox: Outbox) -> Arc<str> {
+    /// Puts `frame` in `topic`'s ring: one write, whatever the number of
+    /// subscribers, no task, no wait. The ring keeps one order for every
+    /// subscriber; a subscriber that falls a whole ring behind is closed
+    /// with 1013 by its writer.
+    fn deliver(&self, topic: &str, frame: Frame) {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        if let Some(entry) = topics.get(topic) {
+            // No receiver left: every subscriber is leaving; nothing to do.
+            let _ = entry.ring.send(frame);
+        }
+    }
+
+    /// Adds a subscriber; returns the shared topic name and a receiver of
+    /// every event from now on.
+    fn add(&self, topic: &str) -> (Arc<str>, Ring) {
         let mut topics = self.topics.write().expect("registry lock poisoned");
-        if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.push((id, outbox));
-            let (name, _) = topics
-                .get_key_value(topic)
-                .expect("present: just pushed to it");
-            return Arc::clone(name);
+        if let Some(name) = topics
+            .get_key_value(topic)
+            .map(|(name, _)| Arc::clone(name))
+        {
+            let entry = topics.get_mut(topic).expect("present: just found");
+            entry.subscribers += 1;
+            return (name, entry.ring.subscribe());
         }
         let name: Arc<str> = topic.into();
-        topics.insert(Arc::clone(&name), vec![(id, outbox)]);
-        name
+        let (ring, receiver) = broadcast::channel(self.backlog);
+        topics.insert(
+            Arc::clone(&name),
+            Topic {
+                ring,
+                subscribers: 1,
+            },
+        );
+        (name, receiver)
     }
 
     /// Removes a subscriber; returns whether the topic has none left here.
-    fn remove(&self, topic: &str, id: ConnectionId) -> bool {
+    fn remove(&self, topic: &str) -> bool {
         let mut topics = self.topics.write().expect("registry lock poisoned");
-        let Some(subscribers) = topics.get_mut(topic) else {
+        let Some(entry) = topics.get_mut(topic) else {
             return true;
         };
-        if let Some(at) = subscribers.iter().position(|(each, _)| *each == id) {
-            subscribers.swap_remove(at);
-        }
-        if subscribers.is_empty() {
+        entry.subscribers -= 1;
+        if entry.subscribers == 0 {
             topics.remove(topic);
             return true;
         }
@@ -222,17 +244,11 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     /// [`ConfigError`] when a limit in the config can never work.
     pub fn build(self) -> Result<Service<H, B>, ConfigError> {
         self.config.validate()?;
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(self.config.topic_backlog));
         let fanout = Arc::clone(&registry);
-        self.broker
-            .attach(Incoming::new(move |topic, frame: Bytes| {
-                // Checked once per event and instance, then shared by every
-                // local subscriber.
-                match Utf8Bytes::try_from(frame) {
-                    Ok(frame) => fanout.deliver(topic, &frame),
-                    Err(_) => tracing::warn!(topic, "dropped a broker frame that is not UTF-8"),
-                }
-            }));
+        self.broker.attach(Incoming::new(move |topic, frame| {
+            fanout.deliver(topic, frame)
+        }));
         let (open, _) = watch::channel(0);
         Ok(Service {
             inner: Arc::new(Inner {
@@ -301,26 +317,29 @@ impl Drop for Admission {
     }
 }
 
-/// A connection registered on its topic but not yet upgraded. If the upgrade
-/// never happens, dropping it unregisters it.
-pub(crate) struct Member<H: MessageHandler, B: Broker> {
-    membership: Membership<H, B>,
+/// A connection accepted and subscribed to its topic but not yet upgraded.
+/// If the upgrade never happens, dropping it unsubscribes it and frees its
+/// place.
+pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
+    id: ConnectionId,
+    topic: Arc<str>,
+    subscription: Subscription<H, B>,
+    ring: Ring,
     user: H::UserId,
     outbox: Outbox,
-    queue: tokio::sync::mpsc::Receiver<Outbound>,
+    queue: mpsc::Receiver<Outbound>,
     admission: Admission,
 }
 
-/// Removes one connection from its topic when dropped.
-struct Membership<H: MessageHandler, B: Broker> {
+/// One connection's subscription to one topic; dropping it unsubscribes.
+pub(crate) struct Subscription<H: MessageHandler, B: Broker> {
     inner: Arc<Inner<H, B>>,
-    id: ConnectionId,
     topic: Arc<str>,
 }
 
-impl<H: MessageHandler, B: Broker> Drop for Membership<H, B> {
+impl<H: MessageHandler, B: Broker> Drop for Subscription<H, B> {
     fn drop(&mut self) {
-        if self.inner.registry.remove(&self.topic, self.id) {
+        if self.inner.registry.remove(&self.topic) {
             Inner::release_topic(&self.inner, Arc::clone(&self.topic));
         }
     }
@@ -343,8 +362,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # struct Chat;
     /// # impl MessageHandler for Chat {
     /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
     /// # }
     /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
     /// async fn announce(service: &Service<Chat>) -> Result<(), realtime::service::PublishError> {
@@ -353,7 +372,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// ```
     pub async fn publish(&self, topic: &str, event: &H::ServerEvent) -> Result<(), PublishError> {
         let frame = protocol::event_frame(topic, event)?;
-        self.inner.broker.publish(topic, frame.into()).await?;
+        self.inner.broker.publish(topic, frame).await?;
         Ok(())
     }
 
@@ -456,24 +475,27 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         }
     }
 
-    /// Registers a connection on `topic` before its upgrade, subscribing the
-    /// instance at the broker if it is the topic's first local subscriber.
-    /// Events published from now on are queued for it, so a client that saw
+    /// Subscribes a new connection to `topic` before its upgrade (and the
+    /// instance at the broker if it is the topic's first local subscriber).
+    /// Events published from now on are kept for it, so a client that saw
     /// the upgrade succeed misses nothing.
-    pub(crate) async fn join(
+    pub(crate) async fn accept(
         &self,
         topic: &str,
         user: H::UserId,
         admission: Admission,
-    ) -> Result<Member<H, B>, BrokerError> {
+    ) -> Result<Accepted<H, B>, BrokerError> {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (outbox, queue) = connection::queue(
+        let (outbox, queue) = Outbox::new(
             self.inner.config.outbound_queue,
             Arc::clone(&self.inner.counters),
         );
-        let (_, membership) = Inner::follow(&self.inner, topic, id, &outbox).await?;
-        Ok(Member {
-            membership,
+        let (topic, subscription, ring) = Inner::subscribe(&self.inner, topic).await?;
+        Ok(Accepted {
+            id,
+            topic,
+            subscription,
+            ring,
             user,
             outbox,
             queue,
@@ -482,58 +504,59 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     }
 
     /// Serves an upgraded socket to the end.
-    pub(crate) async fn serve(self, socket: WebSocket, member: Member<H, B>) {
-        let Member {
-            membership,
+    pub(crate) async fn serve(self, socket: WebSocket, accepted: Accepted<H, B>) {
+        let Accepted {
+            id,
+            topic,
+            subscription,
+            ring,
             user,
             outbox,
             queue,
             admission,
-        } = member;
-        let inner = &*self.inner;
+        } = accepted;
+        let inner = &self.inner;
         let ctx = Context {
-            conn_id: membership.id,
+            conn_id: id,
             user_id: user,
-            topic: Arc::clone(&membership.topic),
+            topic,
             state: Arc::clone(&inner.state),
             outbox,
         };
         let session = Session {
             handler: &inner.handler,
-            publisher: &self.inner,
+            topics: inner,
             config: &inner.config,
             ctx,
             queue,
+            home: (subscription, ring),
             shutdown: &inner.shutdown,
         };
-        connection::run(socket, session, move || drop(membership)).await;
+        connection::run(socket, session).await;
         drop(admission);
     }
 }
 
 impl<H: MessageHandler, B: Broker> Inner<H, B> {
-    /// Adds connection `id` to `topic`'s local subscribers, subscribing the
-    /// instance at the broker first if it is the topic's first local
-    /// subscriber. From the return on, events of the topic are queued for it.
-    async fn follow(
+    /// Subscribes one connection to `topic`, and the instance at the broker
+    /// first if it is the topic's first local subscriber. From the return
+    /// on, the topic's events are kept in the returned ring.
+    async fn subscribe(
         inner: &Arc<Self>,
         topic: &str,
-        id: ConnectionId,
-        outbox: &Outbox,
-    ) -> Result<(Arc<str>, Membership<H, B>), BrokerError> {
+    ) -> Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError> {
         let mut subscribed = inner.subscribed.lock().await;
         if !subscribed.contains(topic) {
             inner.broker.subscribe(topic).await?;
             subscribed.insert(topic.into());
         }
-        let topic = inner.registry.add(topic, id, outbox.clone());
+        let (topic, ring) = inner.registry.add(topic);
         drop(subscribed);
-        let membership = Membership {
+        let subscription = Subscription {
             inner: Arc::clone(inner),
-            id,
             topic: Arc::clone(&topic),
         };
-        Ok((topic, membership))
+        Ok((topic, subscription, ring))
     }
 
     /// Unsubscribes the instance from `topic` at the broker, unless a new
@@ -556,24 +579,22 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 }
 
-impl<H: MessageHandler, B: Broker> Publisher for Arc<Inner<H, B>> {
-    type Membership = Membership<H, B>;
+impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
+    type Subscription = Subscription<H, B>;
 
     fn publish(
         &self,
         topic: &str,
-        frame: Bytes,
+        frame: Frame,
     ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send {
         self.broker.publish(topic, frame)
     }
 
-    fn follow(
+    fn subscribe(
         &self,
         topic: &str,
-        id: ConnectionId,
-        outbox: &Outbox,
-    ) -> impl std::future::Future<Output = Result<(Arc<str>, Membership<H, B>), BrokerError>> + Send
-    {
-        Inner::follow(self, topic, id, outbox)
+    ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError>>
+    + Send {
+        Inner::subscribe(self, topic)
     }
 }

@@ -128,9 +128,15 @@ impl Closed {
 }
 
 /// A WebSocket client that speaks protocol v1, for tests.
+///
+/// Frames it read while looking for another kind (an event that arrived
+/// before the answer [`request`](Self::request) waits for) are kept, in
+/// order, for the next [`recv`](Self::recv), [`recv_event`](Self::recv_event)
+/// or [`recv_reply`](Self::recv_reply): a test never loses one.
 #[derive(Debug)]
 pub struct TestClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    held: std::collections::VecDeque<Value>,
 }
 
 impl TestClient {
@@ -158,7 +164,10 @@ impl TestClient {
         let connecting = tokio_tungstenite::connect_async(request);
         match tokio::time::timeout(DEADLINE, connecting).await {
             Err(_) => Err(ConnectError::Timeout),
-            Ok(Ok((socket, _))) => Ok(Self { socket }),
+            Ok(Ok((socket, _))) => Ok(Self {
+                socket,
+                held: std::collections::VecDeque::new(),
+            }),
             Ok(Err(tungstenite::Error::Http(response))) => {
                 Err(ConnectError::Refused(response.status()))
             }
@@ -197,8 +206,8 @@ impl TestClient {
     }
 
     /// Sends `{"type": kind, "data": data, "id": id}` and returns the frame
-    /// that answers it (the first with `reply_to == id`); event frames that
-    /// arrive first are skipped.
+    /// that answers it (the first with `reply_to == id`); frames that arrive
+    /// first are kept for the next `recv`.
     ///
     /// # Panics
     ///
@@ -206,16 +215,48 @@ impl TestClient {
     pub async fn request(&mut self, kind: &str, data: Value, id: u64) -> Value {
         self.send(serde_json::json!({"type": kind, "data": data, "id": id}))
             .await;
+        let id = Value::from(id);
+        self.recv_where(|frame| frame.get("reply_to") == Some(&id))
+            .await
+    }
+
+    /// The next event frame (`{"topic": ..., "event": ...}`); other frames
+    /// that arrive first are kept for the next `recv`.
+    ///
+    /// # Panics
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn recv_event(&mut self) -> Value {
+        self.recv_where(|frame| frame.get("topic").is_some()).await
+    }
+
+    /// The next answer (`{"reply_to": ..., "ok": ...}` or an error frame);
+    /// event frames that arrive first are kept for the next `recv`.
+    ///
+    /// # Panics
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn recv_reply(&mut self) -> Value {
+        self.recv_where(|frame| frame.get("topic").is_none()).await
+    }
+
+    /// The first frame, held or new, that `wanted` accepts; the others stay
+    /// held, in order.
+    async fn recv_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        if let Some(at) = self.held.iter().position(&wanted) {
+            return self.held.remove(at).expect("the position is in range");
+        }
         loop {
-            let frame = self.recv().await;
-            if frame.get("reply_to") == Some(&Value::from(id)) {
+            let frame = self.recv_new().await;
+            if wanted(&frame) {
                 return frame;
             }
+            self.held.push_back(frame);
         }
     }
 
-    /// Follows one more topic: sends `$join` with `id` and returns the answer
-    /// (`{"reply_to": id, "ok": null}` once joined).
+    /// Subscribes to one more topic: sends `$join` with `id` and returns the
+    /// answer (`{"reply_to": id, "ok": null}` once subscribed).
     ///
     /// # Panics
     ///
@@ -225,8 +266,8 @@ impl TestClient {
             .await
     }
 
-    /// Stops following a joined topic: sends `$leave` with `id` and returns
-    /// the answer.
+    /// Unsubscribes from a `$join`ed topic: sends `$leave` with `id` and
+    /// returns the answer.
     ///
     /// # Panics
     ///
@@ -243,6 +284,14 @@ impl TestClient {
     /// When nothing arrives within [`DEADLINE`], the connection closes, or
     /// the frame is not JSON text.
     pub async fn recv(&mut self) -> Value {
+        match self.held.pop_front() {
+            Some(frame) => frame,
+            None => self.recv_new().await,
+        }
+    }
+
+    /// The next text frame from the socket.
+    async fn recv_new(&mut self) -> Value {
         match self.next_message().await {
             Ok(Message::Text(text)) => serde_json::from_str(&text).expect("a JSON text frame"),
             other => panic!("expected a JSON text frame, got {other:?}"),
@@ -277,6 +326,9 @@ impl TestClient {
     /// Whether no text frame arrives within `window`. Only for asserting a
     /// negative after a positive has been waited for.
     pub async fn is_silent_for(&mut self, window: Duration) -> bool {
+        if !self.held.is_empty() {
+            return false;
+        }
         let deadline = tokio::time::Instant::now() + window;
         loop {
             match tokio::time::timeout_at(deadline, self.socket.next()).await {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use realtime::auth::validate_with;
-use realtime::handler::Reply;
+use realtime::handler::Outcome;
 use realtime::testing::TestServer;
 use realtime::{AuthError, Config, Context, HandlerError, MemoryBroker, MessageHandler, Service};
 use serde::{Deserialize, Serialize};
@@ -76,43 +76,33 @@ impl MessageHandler for Room {
         topic != "forbidden" || user == "admin"
     }
 
-    async fn handle_direct_message(
-        &self,
-        msg: &RoomMessage,
-        ctx: &Context<Hooks, String>,
-    ) -> Result<Option<Reply>, HandlerError> {
-        match msg {
-            RoomMessage::Echo { text } => Ok(Some(Reply::json(text)?)),
-            RoomMessage::Slow { ms } => {
-                ctx.state().slow_started.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(*ms)).await;
-                Ok(Some(Reply::json("done")?))
-            }
-            RoomMessage::Fail { code, message } => Err(HandlerError::new(*code, message.clone())),
-            RoomMessage::Whoami {} => Ok(Some(Reply::json(ctx.user_id())?)),
-            RoomMessage::Here {} => Ok(Some(Reply::json(ctx.topic())?)),
-            RoomMessage::Whisper { text } => {
-                ctx.send(&Said {
-                    from: "server".to_owned(),
-                    text: text.clone(),
-                })?;
-                Ok(Some(Reply::json("sent")?))
-            }
-            RoomMessage::Say { .. } | RoomMessage::Quiet {} => Ok(None),
-        }
-    }
-
-    async fn handle_broadcast_message(
+    async fn handle(
         &self,
         msg: RoomMessage,
         ctx: &Context<Hooks, String>,
-    ) -> Result<Option<Said>, HandlerError> {
+    ) -> Result<Outcome<Said>, HandlerError> {
         match msg {
-            RoomMessage::Say { text } => Ok(Some(Said {
+            RoomMessage::Echo { text } => Outcome::reply(&text),
+            RoomMessage::Slow { ms } => {
+                ctx.state().slow_started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Outcome::reply("done")
+            }
+            RoomMessage::Fail { code, message } => Err(HandlerError::new(code, message)),
+            RoomMessage::Whoami {} => Outcome::reply(ctx.user_id()),
+            RoomMessage::Here {} => Outcome::reply(ctx.topic()),
+            RoomMessage::Whisper { text } => {
+                ctx.send(&Said {
+                    from: "server".to_owned(),
+                    text,
+                })?;
+                Outcome::reply("sent")
+            }
+            RoomMessage::Say { text } => Ok(Outcome::Broadcast(Said {
                 from: ctx.user_id().clone(),
                 text,
             })),
-            _ => Ok(None),
+            RoomMessage::Quiet {} => Ok(Outcome::Handled),
         }
     }
 }

@@ -3,18 +3,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use bytes::Bytes;
-
 use super::{Broker, BrokerError, Incoming};
+use crate::protocol::Frame;
 
 /// The embedded broker: delivers frames to every service in this process that
 /// shares it. The default of [`Service`](crate::Service).
 ///
 /// Clones share one hub, and each clone is a node of its own: two services
 /// built with clones of one `MemoryBroker` behave like two instances on one
-/// Redis. Publishing delivers
-/// synchronously into the subscribers' queues: a publish has reached every
-/// local queue when it returns.
+/// Redis. Publishing delivers synchronously into the subscribed services:
+/// a publish has reached every one when it returns. One topic's publishes
+/// reach every node in one order: each holds the topic's lock while it
+/// delivers, so two publishers cannot interleave differently per node.
 ///
 /// # Examples
 ///
@@ -41,8 +41,9 @@ struct Hub {
     /// Every attached service, by member index.
     members: Mutex<Vec<Incoming>>,
     /// Topic -> members subscribed to it. Read on every publish, written on
-    /// the first and last subscriber of a topic per member.
-    topics: RwLock<HashMap<Box<str>, Members>>,
+    /// the first and last subscriber of a topic per member. Each topic's
+    /// lock is held while a publish delivers, which gives the topic one order.
+    topics: RwLock<HashMap<Box<str>, Mutex<Members>>>,
 }
 
 impl MemoryBroker {
@@ -87,10 +88,13 @@ impl Broker for MemoryBroker {
         let _ = self.member.set(index);
     }
 
-    async fn publish(&self, topic: &str, frame: Bytes) -> Result<(), BrokerError> {
+    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
         let topics = self.hub.topics.read().expect("memory broker lock poisoned");
         if let Some(members) = topics.get(topic) {
-            for (_, incoming) in members {
+            // Delivery only puts the frame in each node's ring: short, and
+            // never waits, so holding the topic's lock across it is cheap.
+            let members = members.lock().expect("memory broker lock poisoned");
+            for (_, incoming) in members.iter() {
                 incoming.deliver(topic, frame.clone());
             }
         }
@@ -104,7 +108,11 @@ impl Broker for MemoryBroker {
             .topics
             .write()
             .expect("memory broker lock poisoned");
-        let members = topics.entry(topic.into()).or_default();
+        let members = topics
+            .entry(topic.into())
+            .or_default()
+            .get_mut()
+            .expect("memory broker lock poisoned");
         if !members.iter().any(|(member, _)| *member == index) {
             members.push((index, incoming));
         }
@@ -119,6 +127,7 @@ impl Broker for MemoryBroker {
             .write()
             .expect("memory broker lock poisoned");
         if let Some(members) = topics.get_mut(topic) {
+            let members = members.get_mut().expect("memory broker lock poisoned");
             members.retain(|(member, _)| *member != index);
             if members.is_empty() {
                 topics.remove(topic);
@@ -138,7 +147,13 @@ impl MemoryBroker {
         let topics = self.hub.topics.read().expect("memory broker lock poisoned");
         let mut names: Vec<String> = topics
             .iter()
-            .filter(|(_, members)| members.iter().any(|(member, _)| member == index))
+            .filter(|(_, members)| {
+                members
+                    .lock()
+                    .expect("memory broker lock poisoned")
+                    .iter()
+                    .any(|(member, _)| member == index)
+            })
             .map(|(topic, _)| topic.to_string())
             .collect();
         names.sort();
@@ -171,11 +186,11 @@ mod tests {
         a.attach(incoming_a);
         b.attach(incoming_b);
         a.subscribe("t").await.unwrap();
-        b.publish("t", Bytes::from_static(b"x")).await.unwrap();
+        b.publish("t", Frame::from("x".to_owned())).await.unwrap();
         assert_eq!(count_a.load(Ordering::Relaxed), 1);
         assert_eq!(count_b.load(Ordering::Relaxed), 0);
         a.unsubscribe("t").await.unwrap();
-        b.publish("t", Bytes::from_static(b"x")).await.unwrap();
+        b.publish("t", Frame::from("x".to_owned())).await.unwrap();
         assert_eq!(count_a.load(Ordering::Relaxed), 1);
         assert!(a.subscribed_topics().is_empty());
     }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use crate::protocol::Frame;
 
 mod memory;
 pub mod redis;
@@ -24,8 +24,8 @@ pub use redis::{RedisBroker, RedisConfig, RedisConfigError};
 /// Moves serialized event frames between the instances of one application.
 ///
 /// Frames are the exact text that clients receive; a broker never looks
-/// inside them. Implementations keep the order of one publisher's frames on
-/// one topic.
+/// inside them. Implementations deliver one topic's frames to every
+/// instance in one and the same order, which keeps each publisher's order.
 ///
 /// # Examples
 ///
@@ -52,7 +52,7 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(
         &self,
         topic: &str,
-        frame: Bytes,
+        frame: Frame,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Starts delivering `topic`'s frames to this instance.
@@ -64,30 +64,31 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Where a broker hands the frames it receives: the service's local fan-out.
 ///
-/// Cloning is cheap. [`deliver`](Self::deliver) never blocks: it copies
-/// the frame handle into each local subscriber's queue.
+/// Cloning is cheap. [`deliver`](Self::deliver) never blocks: it puts the
+/// frame in the topic's ring, which every local subscriber reads.
 ///
 /// # Examples
 ///
 /// ```
 /// use realtime::broker::Incoming;
+/// use realtime::protocol::Frame;
 ///
-/// let incoming = Incoming::new(|topic, frame| println!("{topic}: {} bytes", frame.len()));
-/// incoming.deliver("room:1", bytes::Bytes::from_static(b"{}"));
+/// let incoming = Incoming::new(|topic, frame| println!("{topic}: {}", frame.as_str()));
+/// incoming.deliver("room:1", Frame::from("{}".to_owned()));
 /// ```
 #[derive(Clone)]
 pub struct Incoming(Arc<Deliver>);
 
-type Deliver = dyn Fn(&str, Bytes) + Send + Sync;
+type Deliver = dyn Fn(&str, Frame) + Send + Sync;
 
 impl Incoming {
     /// Wraps the function that receives `(topic, frame)`.
-    pub fn new(deliver: impl Fn(&str, Bytes) + Send + Sync + 'static) -> Self {
+    pub fn new(deliver: impl Fn(&str, Frame) + Send + Sync + 'static) -> Self {
         Self(Arc::new(deliver))
     }
 
     /// Hands one frame of `topic` to the local subscribers.
-    pub fn deliver(&self, topic: &str, frame: Bytes) {
+    pub fn deliver(&self, topic: &str, frame: Frame) {
         (self.0)(topic, frame);
     }
 }

@@ -1,153 +1,104 @@
-//! The read loop: one client's frames, handled in the order they arrived.
+//! The read loop: one client's frames, handled in the order they arrived,
+//! and their answers, sent in that order.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use futures_util::stream::{FuturesOrdered, SplitStream};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Outbound, Outbox, Publisher, Signal, writer};
+use super::outbox::{Counters, Outbox, Signal, bump};
+use super::{Subscriptions, Topics};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
-use crate::protocol::{self, Control, RESERVED_PREFIX, close_code, error_code};
-
-/// Everything one connection needs besides its socket.
-pub(crate) struct Session<'a, H: MessageHandler, P> {
-    pub(crate) handler: &'a H,
-    pub(crate) publisher: &'a P,
-    pub(crate) config: &'a Config,
-    pub(crate) ctx: Context<H::AppState, H::UserId>,
-    pub(crate) queue: mpsc::Receiver<Outbound>,
-    /// Fired when the service shuts down.
-    pub(crate) shutdown: &'a Signal,
-}
+use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// The peer closed, or the TCP connection dropped: nothing to send.
     PeerGone,
     /// The write task ended or the connection was aborted; it sends its own
     /// close frame.
     Aborted,
-    /// The server closes with this code, after everything already queued.
+    /// The server closes with this code, after every answer and everything
+    /// already queued.
     Close(u16),
 }
 
-/// Serves one upgraded socket until it closes: runs `on_connect`, the read
-/// loop and `on_disconnect` (exactly once each), and calls `leave` as soon
-/// as the loop ends so that no more events are queued for this client.
-pub(crate) async fn run<H, P>(socket: WebSocket, session: Session<'_, H, P>, leave: impl FnOnce())
-where
-    H: MessageHandler,
-    P: Publisher,
-{
-    let Session {
-        handler,
-        publisher,
-        config,
-        mut ctx,
-        queue,
-        shutdown,
-    } = session;
-    let outbox = ctx.outbox.clone();
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(writer::write(
-        sink,
-        queue,
-        Arc::clone(&outbox.shared),
-        config.write_batch,
-        config.close_timeout,
-    ));
-
-    handler.on_connect(&ctx).await;
-    let home = Arc::clone(&ctx.topic);
-    let mut reader = Reader {
-        handler,
-        publisher,
-        ctx: &mut ctx,
-        outbox: &outbox,
-        limiter: RateLimiter::new(config.max_messages_per_sec, config.rate_burst),
-        home,
-        joined: Vec::new(),
-        max_topics: config.max_topics_per_connection,
-    };
-    let end = reader.read_loop(&mut stream, config, shutdown).await;
-    // No more events are queued for this client from here on: dropping the
-    // reader drops the memberships of the joined topics.
-    leave();
-    drop(reader);
-
-    let mut writer = writer;
-    match end {
-        End::PeerGone => outbox.shared.abort(0),
-        End::Aborted => {}
-        End::Close(code) => {
-            let queued =
-                tokio::time::timeout(config.close_timeout, outbox.tx.send(Outbound::Close(code)));
-            if !matches!(queued.await, Ok(Ok(()))) {
-                outbox.shared.abort(code);
-            }
-        }
-    }
-    if end != End::PeerGone {
-        // Read until the peer answers our close frame (or the deadline), so
-        // the socket is not dropped with unread input, which would reset the
-        // connection before the client could read the close frame.
-        let _ = tokio::time::timeout(config.close_timeout, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    // The write task ends by itself after a close frame; bound the wait for
-    // a client that stopped reading.
-    if tokio::time::timeout(config.close_timeout, &mut writer)
-        .await
-        .is_err()
-    {
-        outbox.shared.abort(0);
-        let _ = writer.await;
-    }
-    drop(stream);
-    handler.on_disconnect(&ctx).await;
-}
-
-struct Reader<'a, H: MessageHandler, P: Publisher> {
+/// One connection's read side: the handler, where events go, the
+/// subscriptions, the rate limit and the answers still waiting.
+pub(super) struct Reader<'a, H: MessageHandler, T: Topics> {
     handler: &'a H,
-    publisher: &'a P,
-    /// `ctx.topic` is the topic of the message being handled: `home`, or the
-    /// joined topic the frame named.
+    topics: &'a T,
+    /// `ctx.topic` is the topic of the message being handled: the URL's, or
+    /// the `$join`ed topic the frame named.
     ctx: &'a mut Context<H::AppState, H::UserId>,
     outbox: &'a Outbox,
+    subscriptions: Subscriptions<T::Subscription>,
     limiter: RateLimiter,
-    /// The topic of the URL, which the connection follows to its end.
-    home: Arc<str>,
-    /// Topics followed through `$join`; few, so a list beats a map.
-    joined: Vec<(Arc<str>, P::Membership)>,
-    max_topics: usize,
+    answers: Answers<'a>,
+    config: &'a Config,
 }
 
-impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
-    async fn read_loop(
-        &mut self,
-        stream: &mut SplitStream<WebSocket>,
-        config: &Config,
-        shutdown: &Signal,
-    ) -> End {
-        let outbox = self.outbox;
-        let abort = &outbox.shared.abort;
+impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
+    pub(super) fn new(
+        handler: &'a H,
+        topics: &'a T,
+        ctx: &'a mut Context<H::AppState, H::UserId>,
+        outbox: &'a Outbox,
+        subscriptions: Subscriptions<T::Subscription>,
+        config: &'a Config,
+    ) -> Self {
+        Self {
+            handler,
+            topics,
+            ctx,
+            outbox,
+            subscriptions,
+            limiter: RateLimiter::new(config.max_messages_per_sec, config.rate_burst),
+            answers: Answers::default(),
+            config,
+        }
+    }
+}
+
+/// Reads and handles frames until the connection ends. On a close by the
+/// server, the answers still waiting are sent first (within the close
+/// timeout). Dropping the reader on return ends its subscriptions.
+pub(super) async fn read<H: MessageHandler, T: Topics>(
+    mut reader: Reader<'_, H, T>,
+    stream: &mut SplitStream<WebSocket>,
+    shutdown: &Signal,
+) -> End {
+    let end = reader.read_loop(stream, shutdown).await;
+    if let End::Close(_) = end {
+        let outbox = reader.outbox;
+        let finish = async {
+            while let Some(answer) = reader.answers.waiting.next().await {
+                if let Some(frame) = answer {
+                    outbox.push(frame);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(reader.config.close_timeout, finish).await;
+    }
+    end
+}
+
+impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, shutdown: &Signal) -> End {
+        let config = self.config;
+        let status = self.outbox.status();
         // Made once: each poll of one of these takes a lock, so they are only
         // polled when no frame is waiting, and the flags are checked instead.
-        let aborted = abort.fired();
+        let aborted = status.aborted();
         let stopping = shutdown.fired();
         tokio::pin!(aborted, stopping);
         let mut heartbeat =
@@ -157,24 +108,33 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
         loop {
             // Between frames only: a frame being handled finishes, and its
             // answer is queued, before shutdown or a heartbeat is looked at.
-            if abort.is_fired() {
+            if status.is_aborted() {
                 return End::Aborted;
             }
             if shutdown.is_fired() {
                 return End::Close(close_code::GOING_AWAY);
             }
+            let waiting = self.answers.waiting.len();
             let next = tokio::select! {
                 biased;
-                next = stream.next() => next,
+                Some(answer) = self.answers.waiting.next(), if waiting > 0 => {
+                    if let Some(frame) = answer {
+                        self.outbox.push(frame);
+                    }
+                    continue;
+                }
+                // Past the bound of publishes in flight, the client's next
+                // frame waits in the socket until the oldest is answered.
+                next = stream.next(), if waiting < config.max_publishes_in_flight => next,
                 () = &mut aborted => return End::Aborted,
                 () = &mut stopping => return End::Close(close_code::GOING_AWAY),
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
-                        self.outbox.shared.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                        bump(&self.outbox.counters().idle_closes);
                         return End::Close(close_code::POLICY);
                     }
-                    let _ = self.outbox.tx.try_send(Outbound::Ping);
+                    self.outbox.ping();
                     continue;
                 }
             };
@@ -202,11 +162,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
     /// Answers a frame past the rate limit with a 429 error frame, and ends
     /// the connection with 1008 once the client keeps flooding.
     fn reject(&mut self, text: &str) -> Option<End> {
-        self.outbox
-            .shared
-            .counters
-            .rate_limited
-            .fetch_add(1, Ordering::Relaxed);
+        bump(&self.outbox.counters().rate_limited);
         if self.limiter.strikes > self.limiter.burst {
             tracing::debug!(conn = %self.ctx.conn_id, "client kept flooding past the rate limit");
             return Some(End::Close(close_code::POLICY));
@@ -219,11 +175,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             "rate limit exceeded: at most {} messages per second; this message was not handled",
             self.limiter.per_sec
         );
-        self.outbox.push(protocol::error_frame(
-            id,
-            error_code::TOO_MANY_REQUESTS,
-            &message,
-        ));
+        self.fail(id, error_code::TOO_MANY_REQUESTS, &message);
         None
     }
 
@@ -231,10 +183,7 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
     async fn handle(&mut self, text: &str) {
         let request = match protocol::read_envelope(text) {
             Ok(request) => request,
-            Err(error) => {
-                self.fail(error.id, error_code::BAD_REQUEST, &error.message);
-                return;
-            }
+            Err(error) => return self.fail(error.id, error_code::BAD_REQUEST, &error.message),
         };
         let id = request.id;
         if request.kind.starts_with(RESERVED_PREFIX) {
@@ -242,82 +191,59 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
         }
         let message = match request.decode::<H::ClientMessage>() {
             Ok(message) => message,
-            Err(error) => {
-                self.fail(id, error_code::BAD_REQUEST, &error.message);
-                return;
-            }
+            Err(error) => return self.fail(id, error_code::BAD_REQUEST, &error.message),
         };
-        match request.topic.as_deref() {
-            None => self.dispatch(id, message).await,
-            Some(topic) if topic == &*self.home => self.dispatch(id, message).await,
-            Some(topic) => {
-                let Some(at) = self.joined_at(topic) else {
-                    let message = format!(
-                        "not following topic `{topic}`; send {{\"type\": \"$join\", \"data\": {{\"topic\": \"{topic}\"}}}} first"
-                    );
-                    return self.fail(id, error_code::BAD_REQUEST, &message);
-                };
-                // The handler sees the topic the frame is about, then the
-                // connection's own again.
-                self.ctx.topic = Arc::clone(&self.joined[at].0);
-                self.dispatch(id, message).await;
-                self.ctx.topic = Arc::clone(&self.home);
-            }
-        }
+        let Some(topic) = request.topic.as_deref() else {
+            return self.dispatch(id, message).await;
+        };
+        let Some(topic) = self.subscriptions.find(topic).cloned() else {
+            let message = format!(
+                "not subscribed to topic `{topic}`; send {{\"type\": \"{}\", \"data\": {{\"topic\": \"{topic}\"}}}} first",
+                Control::JOIN
+            );
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        };
+        // The handler sees the topic the frame is about, then the URL's again.
+        self.ctx.topic = topic;
+        self.dispatch(id, message).await;
+        self.ctx.topic = Arc::clone(self.subscriptions.home());
     }
 
-    /// Runs the handler on a decoded message and queues what it produced.
-    async fn dispatch(&self, id: Option<&RawValue>, message: H::ClientMessage) {
-        match self.handler.dispatch(message, &*self.ctx).await {
-            Ok(Outcome::Reply(reply)) => {
-                self.outbox.push(protocol::reply_frame(id, reply.raw()));
-            }
+    /// Runs the handler on a decoded message and answers what it produced.
+    async fn dispatch(&mut self, id: Option<&RawValue>, message: H::ClientMessage) {
+        match self.handler.handle(message, &*self.ctx).await {
+            Ok(Outcome::Reply(reply)) => self.answer(protocol::reply_frame(id, reply.raw())),
             Ok(Outcome::Broadcast(event)) => self.broadcast(id, &event).await,
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
         }
     }
 
-    /// Where `topic` is among the joined topics.
-    fn joined_at(&self, topic: &str) -> Option<usize> {
-        self.joined.iter().position(|(name, _)| &**name == topic)
-    }
-
     /// A built-in control message: `$join` or `$leave`.
     async fn control(&mut self, request: &protocol::Request<'_>) {
         let id = request.id;
-        if !matches!(&*request.kind, "$join" | "$leave") {
-            let message = format!(
-                "unknown control message `{}`; known: {}; type names starting with `$` are reserved",
-                request.kind,
-                Control::NAMES
-            );
-            return self.fail(id, error_code::BAD_REQUEST, &message);
-        }
-        match request.decode::<Control>() {
+        match Control::decode(request) {
             Ok(Control::Join { topic }) => self.join(id, &topic).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic),
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
         }
     }
 
-    /// Follows one more topic, once the handler authorizes it. Events of the
-    /// topic are queued from just before the acknowledgement on.
+    /// Subscribes to one more topic, once the handler authorizes it. The
+    /// topic's events are written from just before the acknowledgement on.
     async fn join(&mut self, id: Option<&RawValue>, topic: &str) {
         if topic.is_empty() {
-            return self.fail(
-                id,
-                error_code::BAD_REQUEST,
-                "`data.topic` must not be empty",
-            );
+            let message = "`data.topic` must not be empty";
+            return self.fail(id, error_code::BAD_REQUEST, message);
         }
-        if topic == &*self.home || self.joined_at(topic).is_some() {
+        if self.subscriptions.find(topic).is_some() {
             return self.acknowledge(id);
         }
-        if self.joined.len() + 1 >= self.max_topics {
+        if self.subscriptions.is_full() {
             let message = format!(
-                "at most {} topics per connection; `$leave` one first",
-                self.max_topics
+                "at most {} topics per connection; `{}` one first",
+                self.subscriptions.max(),
+                Control::LEAVE
             );
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
@@ -329,13 +255,10 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
             let message = format!("forbidden topic `{topic}`");
             return self.fail(id, error_code::FORBIDDEN, &message);
         }
-        match self
-            .publisher
-            .follow(topic, self.ctx.conn_id, self.outbox)
-            .await
-        {
-            Ok(joined) => {
-                self.joined.push(joined);
+        match self.topics.subscribe(topic).await {
+            Ok((name, subscription, ring)) => {
+                self.outbox.subscribe(Arc::clone(&name), ring);
+                self.subscriptions.add(name, subscription);
                 self.acknowledge(id);
             }
             Err(BrokerError::InvalidTopic(_)) => {
@@ -343,77 +266,146 @@ impl<H: MessageHandler, P: Publisher> Reader<'_, H, P> {
                 self.fail(id, error_code::BAD_REQUEST, &message);
             }
             Err(error) => {
-                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "join failed");
-                let message = format!("cannot join `{topic}` now: {error}");
+                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "subscribe failed");
+                let message = format!("cannot subscribe to `{topic}` now: {error}");
                 self.fail(id, error_code::UNAVAILABLE, &message);
             }
         }
     }
 
-    /// Stops following a joined topic; no event of it is queued after the
-    /// acknowledgement.
+    /// Unsubscribes from a `$join`ed topic; no event of it is written after
+    /// the acknowledgement.
     fn leave(&mut self, id: Option<&RawValue>, topic: &str) {
-        if topic == &*self.home {
+        if &**self.subscriptions.home() == topic {
             let message = format!(
                 "cannot leave `{topic}`, the topic of this connection's URL; close the socket instead"
             );
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
-        match self.joined_at(topic) {
-            Some(at) => {
-                // Dropping the membership removes the connection from the
-                // topic's subscribers.
-                self.joined.swap_remove(at);
+        match self.subscriptions.remove(topic) {
+            Some((name, subscription)) => {
+                drop(subscription);
+                self.outbox.unsubscribe(name);
                 self.acknowledge(id);
             }
             None => {
-                let message = format!("not following topic `{topic}`");
+                let message = format!("not subscribed to topic `{topic}`");
                 self.fail(id, error_code::BAD_REQUEST, &message);
             }
         }
     }
 
-    async fn broadcast(&self, id: Option<&RawValue>, event: &H::ServerEvent) {
+    /// Publishes the event and answers once the broker has taken it. The
+    /// read loop goes on meanwhile: later frames are handled, and their
+    /// answers wait behind this one.
+    async fn broadcast(&mut self, id: Option<&RawValue>, event: &H::ServerEvent) {
         let frame = match protocol::event_frame(self.ctx.topic(), event) {
             Ok(frame) => frame,
             Err(error) => return self.handler_failed(id, &HandlerError::from(error)),
         };
-        match self.publisher.publish(self.ctx.topic(), frame.into()).await {
-            Ok(()) => self.acknowledge(id),
-            Err(error) => {
-                self.outbox
-                    .shared
-                    .counters
-                    .publish_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(conn = %self.ctx.conn_id, topic = self.ctx.topic(), error = %error, "publish failed");
-                // A timed-out PUBLISH may still reach Redis; only say what is known.
-                let message = match error {
-                    BrokerError::Timeout(_) => {
-                        format!("{error}; the event may not have been delivered")
-                    }
-                    _ => format!("{error}; the event was not delivered"),
-                };
-                self.fail(id, error_code::UNAVAILABLE, &message);
+        let topics = self.topics;
+        let counters: &'a Counters = self.outbox.counters();
+        let topic = Arc::clone(&self.ctx.topic);
+        let conn = self.ctx.conn_id;
+        // Owned: the frame the id borrows from is gone before the answer.
+        let id = id.map(ToOwned::to_owned);
+        let published = async move {
+            match topics.publish(&topic, frame).await {
+                Ok(()) => id.map(|id| protocol::ack_frame(&id)),
+                Err(error) => {
+                    bump(&counters.publish_errors);
+                    tracing::warn!(%conn, topic = &*topic, error = %error, "publish failed");
+                    // A timed-out PUBLISH may still reach Redis; only say
+                    // what is known.
+                    let message = match error {
+                        BrokerError::Timeout(_) => {
+                            format!("{error}; the event may not have been delivered")
+                        }
+                        _ => format!("{error}; the event was not delivered"),
+                    };
+                    Some(protocol::error_frame(
+                        id.as_deref(),
+                        error_code::UNAVAILABLE,
+                        &message,
+                    ))
+                }
             }
-        }
+        };
+        self.answers.publish(self.outbox, Box::pin(published)).await;
     }
 
-    fn acknowledge(&self, id: Option<&RawValue>) {
+    fn acknowledge(&mut self, id: Option<&RawValue>) {
         if let Some(id) = id {
-            self.outbox.push(protocol::ack_frame(id));
+            self.answer(protocol::ack_frame(id));
         }
     }
 
-    fn handler_failed(&self, id: Option<&RawValue>, error: &HandlerError) {
+    fn handler_failed(&mut self, id: Option<&RawValue>, error: &HandlerError) {
         if error.code() >= 500 {
             tracing::error!(conn = %self.ctx.conn_id, error = %error, source = ?std::error::Error::source(error), "handler failed");
         }
         self.fail(id, error.code(), error.message());
     }
 
-    fn fail(&self, id: Option<&RawValue>, code: u16, message: &str) {
-        self.outbox.push(protocol::error_frame(id, code, message));
+    fn fail(&mut self, id: Option<&RawValue>, code: u16, message: &str) {
+        self.answer(protocol::error_frame(id, code, message));
+    }
+
+    fn answer(&mut self, frame: Frame) {
+        self.answers.ready(self.outbox, Some(frame));
+    }
+}
+
+/// A broadcast's answer: its publish, then the ack or the error frame.
+type Publish<'a> = Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>>;
+
+/// A client's answers, in the order of its frames. A broadcast's answer
+/// waits for its publish; while one waits, the answers after it wait behind
+/// it, so the client reads them in the order it sent the frames.
+#[derive(Default)]
+struct Answers<'a> {
+    waiting: FuturesOrdered<Answer<'a>>,
+}
+
+impl<'a> Answers<'a> {
+    /// An answer known now: sent at once unless others wait before it.
+    fn ready(&mut self, outbox: &Outbox, answer: Option<Frame>) {
+        if self.waiting.is_empty() {
+            if let Some(frame) = answer {
+                outbox.push(frame);
+            }
+        } else {
+            self.waiting.push_back(Answer::Ready(answer));
+        }
+    }
+
+    /// A publish and the answer it leads to.
+    async fn publish(&mut self, outbox: &Outbox, mut publish: Publish<'a>) {
+        // Polled once now, before the next frame is read, so that the broker
+        // has queued this publish before the next one: a Redis connection
+        // keeps its commands in order, so events keep the order of frames.
+        let first = poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(answer) => self.ready(outbox, answer),
+            Poll::Pending => self.waiting.push_back(Answer::Publish(publish)),
+        }
+    }
+}
+
+/// One answer in [`Answers`].
+enum Answer<'a> {
+    Ready(Option<Frame>),
+    Publish(Publish<'a>),
+}
+
+impl Future for Answer<'_> {
+    type Output = Option<Frame>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Frame>> {
+        match self.get_mut() {
+            Answer::Ready(answer) => Poll::Ready(answer.take()),
+            Answer::Publish(publish) => publish.as_mut().poll(cx),
+        }
     }
 }
 

@@ -1,85 +1,152 @@
-//! The write task: drains the outbound queue into the socket in batches.
+//! The write task: writes the connection's own queue and its topics' rings
+//! into the socket in batches.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::{Outbound, Shared};
-use crate::protocol::close_reason;
+use super::outbox::{Outbound, Ring, Status};
+use crate::protocol::{Frame, close_reason};
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Runs until a close frame is sent, the queue closes, a write fails or the
-/// connection is aborted. On its way out it aborts the connection, so the
-/// read loop stops too.
+/// How often a writer that waits for a full socket looks whether its client
+/// fell a whole ring behind. A ring never waits for its slowest reader, so
+/// the writer finds out itself; the check costs a lock per ring and runs
+/// only while the socket makes it wait.
+const LAG_CHECK: Duration = Duration::from_millis(100);
+
+/// What the write task reads from: the connection's queue and the ring of
+/// each topic it is subscribed to.
+pub(super) struct Sources {
+    pub(super) queue: mpsc::Receiver<Outbound>,
+    /// Few (at most `Config::max_topics_per_connection`): a list beats a map.
+    pub(super) rings: Vec<(Arc<str>, Ring)>,
+    /// The ring to look at first in the next batch, so that a busy topic
+    /// cannot starve the others.
+    next_ring: usize,
+    /// Frames a ring may hold unread before this client counts as lagging
+    /// (`Config::topic_backlog`).
+    backlog: usize,
+}
+
+impl Sources {
+    pub(super) fn new(
+        queue: mpsc::Receiver<Outbound>,
+        home: (Arc<str>, Ring),
+        backlog: usize,
+    ) -> Self {
+        Self {
+            queue,
+            rings: vec![home],
+            next_ring: 0,
+            backlog,
+        }
+    }
+
+    /// Whether some ring holds more unread events than the backlog: the
+    /// client is being, or has been, overtaken.
+    fn lagging(&self) -> bool {
+        self.rings.iter().any(|(_, ring)| ring.len() > self.backlog)
+    }
+}
+
+/// One thing to write, or a reason to stop.
+enum Item {
+    Queued(Outbound),
+    Event(Frame),
+    /// A ring overwrote events this client had not read yet.
+    Lagged,
+    /// The queue closed: nothing more will come.
+    End,
+}
+
+/// Runs until a close frame is sent, a write fails or the connection is
+/// aborted. On its way out it aborts the connection, so the read loop stops
+/// too.
 pub(super) async fn write(
     mut sink: Sink,
-    mut queue: mpsc::Receiver<Outbound>,
-    shared: Arc<Shared>,
+    mut sources: Sources,
+    status: Arc<Status>,
     batch: usize,
     close_timeout: Duration,
 ) {
-    let closed = drain(&mut sink, &mut queue, &shared, batch).await;
+    let closed = drain(&mut sink, &mut sources, &status, batch).await;
     if !closed {
-        let code = shared.abort_code.load(Ordering::Acquire);
+        let code = status.abort_code();
         if code != 0 {
             // Best effort: a client that stopped reading may never take it.
             let _ = tokio::time::timeout(close_timeout, send_close(&mut sink, code)).await;
         }
     }
     let _ = tokio::time::timeout(close_timeout, sink.close()).await;
-    shared.abort(0);
+    status.abort(0);
 }
 
-/// Writes queued frames until the end; returns whether a close frame was sent.
-async fn drain(
-    sink: &mut Sink,
-    queue: &mut mpsc::Receiver<Outbound>,
-    shared: &Shared,
-    batch: usize,
-) -> bool {
-    // Made once and polled only when the queue or the socket makes us wait:
+/// Writes until the end; returns whether a close frame was sent.
+async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: usize) -> bool {
+    // Made once and polled only when the sources or the socket make us wait:
     // each poll takes a lock. Between frames the flag is checked instead.
-    let aborted = shared.abort.fired();
+    let aborted = status.aborted();
     tokio::pin!(aborted);
     loop {
-        if shared.abort.is_fired() {
+        if status.is_aborted() {
             return false;
         }
         let first = tokio::select! {
             biased;
-            next = queue.recv() => next,
+            next = sources.queue.recv() => next.map_or(Item::End, Item::Queued),
+            item = next_event(&mut sources.rings) => item,
             () = &mut aborted => return false,
         };
-        let Some(first) = first else { return false };
         let mut next = Some(first);
         let mut fed = 0;
         // Feed up to `batch` frames that are already waiting, then flush once.
         while let Some(item) = next.take() {
             let message = match item {
-                Outbound::Frame(text) => Message::Text(text),
-                Outbound::Ping => Message::Ping(bytes::Bytes::new()),
-                Outbound::Close(code) => {
+                Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
+                    Message::Text(frame.into_text())
+                }
+                Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
+                Item::Queued(Outbound::Subscribe(topic, ring)) => {
+                    sources.rings.push((topic, ring));
+                    next = try_next(sources);
+                    continue;
+                }
+                Item::Queued(Outbound::Unsubscribe(topic)) => {
+                    sources.rings.retain(|(each, _)| *each != topic);
+                    next = try_next(sources);
+                    continue;
+                }
+                Item::Queued(Outbound::Close(code)) => {
                     return tokio::select! {
                         biased;
                         () = &mut aborted => false,
                         sent = send_close(sink, code) => sent,
                     };
                 }
+                Item::Lagged => {
+                    status.abort_slow();
+                    return false;
+                }
+                Item::End => return false,
             };
             // The socket takes a frame at once unless its buffer is full; an
-            // abort (the client's queue filled up meanwhile) must still end
-            // a wait for a client that does not read.
-            if !unless_aborted(aborted.as_mut(), |cx| sink.poll_ready_unpin(cx)).await {
+            // abort (the client's queue filled up meanwhile) or a lag must
+            // still end a wait for a client that does not read.
+            let ready = unless_stuck(aborted.as_mut(), sources, status, |cx| {
+                sink.poll_ready_unpin(cx)
+            });
+            if !ready.await {
                 return false;
             }
             if sink.start_send_unpin(message).is_err() {
@@ -87,27 +154,95 @@ async fn drain(
             }
             fed += 1;
             if fed < batch {
-                next = queue.try_recv().ok();
+                next = try_next(sources);
             }
         }
-        if !unless_aborted(aborted.as_mut(), |cx| sink.poll_flush_unpin(cx)).await {
+        let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
+            sink.poll_flush_unpin(cx)
+        });
+        if !flushed.await {
             return false;
         }
     }
 }
 
-/// Drives a sink operation to its end; false if it failed or the connection
-/// was aborted first. The abort is polled only while the sink is not ready.
-async fn unless_aborted<E>(
+/// Whatever is waiting now: the connection's own queue first (answers are
+/// few and the client waits for them), then the rings in turn.
+fn try_next(sources: &mut Sources) -> Option<Item> {
+    if let Ok(item) = sources.queue.try_recv() {
+        return Some(Item::Queued(item));
+    }
+    let count = sources.rings.len();
+    for step in 0..count {
+        let at = (sources.next_ring + step) % count;
+        match sources.rings[at].1.try_recv() {
+            Ok(frame) => {
+                sources.next_ring = (at + 1) % count;
+                return Some(Item::Event(frame));
+            }
+            Err(TryRecvError::Lagged(_)) => return Some(Item::Lagged),
+            // Closed: the topic has no local subscriber left, so this
+            // connection has left it already; the unsubscription that comes
+            // through the queue removes the ring.
+            Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+        }
+    }
+    None
+}
+
+/// Waits for the next event of any ring. With one ring (the usual case) it
+/// waits on it directly; with several it waits on all at once.
+async fn next_event(rings: &mut Vec<(Arc<str>, Ring)>) -> Item {
+    loop {
+        let (received, at) = match rings.as_mut_slice() {
+            [] => return std::future::pending().await,
+            [(_, ring)] => (ring.recv().await, 0),
+            _ => {
+                let waits = rings.iter_mut().map(|(_, ring)| Box::pin(ring.recv()));
+                let (received, at, _) = futures_util::future::select_all(waits).await;
+                (received, at)
+            }
+        };
+        match received {
+            Ok(frame) => return Item::Event(frame),
+            Err(RecvError::Lagged(_)) => return Item::Lagged,
+            // The topic has no local subscriber left, so this connection has
+            // left it already: nothing more comes from that ring.
+            Err(RecvError::Closed) => {
+                rings.swap_remove(at);
+            }
+        }
+    }
+}
+
+/// Drives a sink operation to its end; false if it failed, the connection
+/// was aborted first, or the client fell a whole ring behind while it
+/// waited (then it is closed with 1013). The abort and the lag are looked
+/// at only while the sink is not ready.
+async fn unless_stuck<E>(
     mut aborted: Pin<&mut WaitForCancellationFuture<'_>>,
+    sources: &Sources,
+    status: &Status,
     mut operation: impl FnMut(&mut Context<'_>) -> Poll<Result<(), E>>,
 ) -> bool {
+    // Made only when the socket makes us wait, which a client that reads
+    // never does.
+    let mut check: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         if let Poll::Ready(result) = operation(cx) {
             return Poll::Ready(result.is_ok());
         }
         if aborted.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
+        }
+        let timer = check.get_or_insert_with(|| Box::pin(tokio::time::sleep(LAG_CHECK)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if sources.lagging() {
+                status.abort_slow();
+                return Poll::Ready(false);
+            }
+            let next = tokio::time::Instant::now() + LAG_CHECK;
+            timer.as_mut().reset(next);
         }
         Poll::Pending
     })

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Broker, BrokerError, Incoming};
+use crate::protocol::Frame;
 use metrics::{Counters, bump};
 use supervisor::{Command, Supervisor};
 
@@ -42,8 +43,8 @@ const COMMAND_QUEUE: usize = 32;
 /// # struct Chat;
 /// # impl MessageHandler for Chat {
 /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle_broadcast_message(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<Option<String>, HandlerError> { Ok(None) }
+/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
 /// # }
 /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
 ///
@@ -255,7 +256,7 @@ impl Broker for RedisBroker {
         let _ = self.shared.incoming.set(incoming);
     }
 
-    async fn publish(&self, topic: &str, frame: Bytes) -> Result<(), BrokerError> {
+    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
         let Some(mut publisher) = self.shared.publisher() else {
             bump(&self.shared.counters.publish_errors);
             // The loss itself was logged once, at warn; one line per refused
@@ -264,7 +265,7 @@ impl Broker for RedisBroker {
             return Err(Unavailable::NotConnected.into());
         };
         let channel = self.shared.channel(topic);
-        match publisher.publish(&channel, &frame).await {
+        match publisher.publish(&channel, frame.as_bytes()).await {
             Ok(()) => Ok(()),
             Err(error) => {
                 bump(&self.shared.counters.publish_errors);
@@ -355,8 +356,14 @@ impl Shared {
             return;
         };
         bump(&self.counters.received);
+        // Checked once per event and instance, where it comes in from the
+        // network; then shared by every local subscriber.
+        let Ok(frame) = Frame::from_utf8(Bytes::from(payload)) else {
+            tracing::warn!(topic, "dropped a message from Redis that is not UTF-8");
+            return;
+        };
         if let Some(incoming) = self.incoming.get() {
-            incoming.deliver(topic, Bytes::from(payload));
+            incoming.deliver(topic, frame);
         }
     }
 }
@@ -455,9 +462,11 @@ mod tests {
         let shared = shared("p:");
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
-        let _ = shared.incoming.set(Incoming::new(move |topic, frame| {
-            sink.lock().unwrap().push((topic.to_owned(), frame));
-        }));
+        let _ = shared
+            .incoming
+            .set(Incoming::new(move |topic, frame: Frame| {
+                sink.lock().unwrap().push((topic.to_owned(), frame));
+            }));
         let frame = br#"{"topic":"t","event":{ "kept" :  "as is" }}"#.to_vec();
         shared.deliver(vec![
             Value::BulkString(b"p:t".to_vec()),
@@ -470,7 +479,7 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].0, "t");
-        assert_eq!(&seen[0].1[..], &frame[..]);
+        assert_eq!(seen[0].1.as_bytes(), &frame[..]);
         assert_eq!(shared.counters.snapshot().received, 1);
     }
 }

@@ -1,0 +1,274 @@
+//! A connection as the rest of the instance reaches it: the bounded queue
+//! of its write task, the switch that ends it, and the counters it moves.
+//!
+//! A leaf: it knows frames and close codes, nothing of handlers, services or
+//! the read loop, so that [`Context`](crate::Context) can hold an [`Outbox`]
+//! without depending on the connection's machinery.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::protocol::{Frame, close_code};
+
+/// Identifies one connection within one service instance.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::{ConnectionId, Context};
+///
+/// fn log_line(ctx: &Context<(), String>) -> String {
+///     let id: ConnectionId = ctx.conn_id();
+///     format!("{id} ({})", ctx.user_id()) // "conn-7 (alice)"
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// One topic's events as a connection's writer reads them: the receiving
+/// end of the topic's ring, shared by every local subscriber.
+pub(crate) type Ring = broadcast::Receiver<Frame>;
+
+/// What the write task does next, besides the events it reads from its
+/// topics' rings.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A text frame for this client alone: an answer, an error, or an event
+    /// sent with `Context::send`.
+    Frame(Frame),
+    /// A heartbeat ping.
+    Ping,
+    /// Start writing the events of one more topic.
+    Subscribe(Arc<str>, Ring),
+    /// Stop writing a topic's events.
+    Unsubscribe(Arc<str>),
+    /// The last frame: a close frame with this code, after everything queued
+    /// before it.
+    Close(u16),
+}
+
+/// Counters shared by every connection of one service.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) slow_closes: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) idle_closes: AtomicU64,
+}
+
+/// Adds one to a counter; the counts are statistics, ordered with nothing.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A one-way switch that is cheap to look at: an atomic flag for the loops
+/// to check per frame, and a token to wake a task that waits for it.
+/// (`CancellationToken::is_cancelled` takes a lock, shared by every clone:
+/// too dear per frame.)
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Signal {
+    /// Flips the switch and wakes the waiters; later calls do nothing more.
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether [`fire`](Self::fire) was called.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the switch is flipped. Create it once per loop and poll
+    /// it only when there is nothing else to do.
+    pub(crate) fn fired(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+}
+
+/// How a connection stands, shared by its read loop, its write task and
+/// every holder of its [`Outbox`]: whether it must end at once, with which
+/// close code, and the service's counters.
+#[derive(Debug)]
+pub(crate) struct Status {
+    /// Fires when the connection must end at once, without waiting for its
+    /// queue: a slow reader, a failed write, or the write task ending.
+    abort: Signal,
+    /// The close code to send on abort; 0 when no close frame should be sent.
+    abort_code: AtomicU16,
+    counters: Arc<Counters>,
+}
+
+impl Status {
+    /// Ends the connection now with `code` (0: no close frame). The first
+    /// reason wins.
+    pub(crate) fn abort(&self, code: u16) {
+        let _ = self
+            .abort_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.abort.fire();
+    }
+
+    /// Ends the connection with 1013 because it fell behind, counted once.
+    pub(crate) fn abort_slow(&self) {
+        if !self.abort.is_fired() {
+            bump(&self.counters.slow_closes);
+            tracing::debug!("client fell behind its outbound bound; closing it with 1013");
+        }
+        self.abort(close_code::TRY_AGAIN_LATER);
+    }
+
+    /// Whether the connection was aborted.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.abort.is_fired()
+    }
+
+    /// Resolves once the connection is aborted; see [`Signal::fired`].
+    pub(crate) fn aborted(&self) -> WaitForCancellationFuture<'_> {
+        self.abort.fired()
+    }
+
+    /// The close code an abort asked for; 0 for none.
+    pub(crate) fn abort_code(&self) -> u16 {
+        self.abort_code.load(Ordering::Acquire)
+    }
+
+    /// The service's counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// The sending side of one connection: its outbound queue and its
+/// [`Status`].
+///
+/// Held by the connection's read loop and its [`Context`](crate::Context)
+/// (for `send`); the write task holds the receiving end.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Outbound>,
+    status: Arc<Status>,
+}
+
+impl Outbox {
+    /// A new connection's queue of `capacity` frames, and the receiving end
+    /// for its write task.
+    pub(crate) fn new(
+        capacity: usize,
+        counters: Arc<Counters>,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let status = Arc::new(Status {
+            abort: Signal::default(),
+            abort_code: AtomicU16::new(0),
+            counters,
+        });
+        (Self { tx, status }, rx)
+    }
+
+    /// Queues `frame` without waiting. A full queue means the client reads
+    /// too slowly: it is closed with 1013 and the frame is dropped, so that
+    /// no one else waits for it. Returns whether the frame was queued.
+    pub(crate) fn push(&self, frame: Frame) -> bool {
+        self.queue(Outbound::Frame(frame))
+    }
+
+    /// Queues a heartbeat ping, unless the queue is full: a client that far
+    /// behind is being closed anyway.
+    pub(crate) fn ping(&self) {
+        let _ = self.tx.try_send(Outbound::Ping);
+    }
+
+    /// Hands the write task one more topic's ring; the topic's events are
+    /// written from the ring's next event on.
+    pub(crate) fn subscribe(&self, topic: Arc<str>, ring: Ring) -> bool {
+        self.queue(Outbound::Subscribe(topic, ring))
+    }
+
+    /// Tells the write task to stop writing `topic`'s events.
+    pub(crate) fn unsubscribe(&self, topic: Arc<str>) -> bool {
+        self.queue(Outbound::Unsubscribe(topic))
+    }
+
+    /// Queues the close frame with `code` behind everything already queued,
+    /// waiting at most `timeout` for room; aborts with `code` if there is
+    /// none by then.
+    pub(crate) async fn close(&self, code: u16, timeout: std::time::Duration) {
+        let queued = tokio::time::timeout(timeout, self.tx.send(Outbound::Close(code))).await;
+        if !matches!(queued, Ok(Ok(()))) {
+            self.abort(code);
+        }
+    }
+
+    /// Ends the connection now; see [`Status::abort`].
+    pub(crate) fn abort(&self, code: u16) {
+        self.status.abort(code);
+    }
+
+    /// The connection's status, for the write task and the read loop.
+    pub(crate) fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// The service's counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        self.status.counters()
+    }
+
+    fn queue(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.status.abort_slow();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        Frame::from(text.to_owned())
+    }
+
+    #[test]
+    fn a_full_queue_refuses_the_frame_and_aborts_with_1013() {
+        let (outbox, mut rx) = Outbox::new(2, Arc::default());
+        assert!(outbox.push(frame("a")));
+        assert!(outbox.push(frame("b")));
+        assert!(!outbox.status().is_aborted());
+
+        assert!(!outbox.push(frame("c")));
+        assert!(outbox.status().is_aborted());
+        assert_eq!(outbox.status().abort_code(), 1013);
+        assert_eq!(outbox.counters().slow_closes.load(Ordering::Relaxed), 1);
+        // What was queued before stays, in order.
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(text)) if text.as_str() == "a"));
+    }
+
+    #[test]
+    fn a_push_after_the_writer_ended_is_refused_without_an_abort() {
+        let (outbox, rx) = Outbox::new(2, Arc::default());
+        drop(rx);
+        assert!(!outbox.push(frame("a")));
+        assert!(!outbox.status().is_aborted());
+    }
+}
