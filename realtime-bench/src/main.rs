@@ -3,12 +3,13 @@
 //! It speaks protocol v1 over real WebSockets to 127.0.0.1 only, with bounded
 //! counts and deadlines. Workloads:
 //!
-//! - `fanout --url ws://127.0.0.1:3000/ws [--url ...] --subs S --pubs P --messages M [--rate R]`:
-//!   delivered messages/s, latency p50/p99/max, lost and reordered messages;
+//! - `fanout --url ws://127.0.0.1:3000/ws [--url ...] --subs S --pubs P --messages M [--rate R] [--apart]`:
+//!   delivered messages/s, latency p50/p99/max, lost and reordered messages
+//!   (`--apart`: subscribers on the first node, publishers on the last);
 //! - `rpc --url ... --conns C --requests N`: direct round trips;
 //! - `idle --url ... --conns C --pid PID [--pid PID]`: the servers' memory per
 //!   idle connection, read from /proc;
-//! - `matrix [--repeats 3] [--messages 2000] [--idle 5000] [--held 10000]`: builds
+//! - `matrix [--repeats 3] [--messages 2000] [--idle 5000] [--held 10000] [--only NAME]`: builds
 //!   `examples/bench_server` and the floor server, runs every case against
 //!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md).
 
@@ -70,6 +71,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 publishers: flags.number("--pubs", 1)?,
                 messages: flags.number("--messages", 2000)?,
                 rate: (rate > 0).then_some(rate),
+                apart: rest.iter().any(|flag| flag == "--apart"),
             })
             .await?;
             println!("{report:#?}");
@@ -99,6 +101,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 messages: flags.number("--messages", 2000)?,
                 idle_connections: flags.number("--idle", 5000)?,
                 held_connections: flags.number("--held", 10_000)?,
+                only: flags.all("--only").pop(),
             })
             .await?;
         }

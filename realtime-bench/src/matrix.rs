@@ -55,6 +55,8 @@ enum Case {
         subscribers: usize,
         rate: Option<u64>,
         redis: bool,
+        /// Subscribers on one node, the publisher on the other.
+        apart: bool,
     },
     Rpc {
         connections: usize,
@@ -71,9 +73,15 @@ impl Case {
                 subscribers,
                 rate,
                 redis,
+                apart,
             } => format!(
-                "fan-out S={subscribers} {} {}",
+                "fan-out S={subscribers} {}{} {}",
                 if *redis { "redis/2 nodes" } else { "memory" },
+                if *apart {
+                    ", publisher on the other"
+                } else {
+                    ""
+                },
                 rate.map_or("max rate".to_owned(), |r| format!("{r} msg/s")),
             ),
             Self::Rpc { connections } => format!("rpc C={connections}"),
@@ -100,6 +108,8 @@ pub(crate) struct Options {
     pub(crate) messages: usize,
     pub(crate) idle_connections: usize,
     pub(crate) held_connections: usize,
+    /// Run only the cases whose name contains this.
+    pub(crate) only: Option<String>,
 }
 
 struct Running {
@@ -215,6 +225,7 @@ async fn measure(
             subscribers,
             rate,
             redis: through_redis,
+            apart,
         } => {
             let (nodes, url) = if *through_redis {
                 (2, Some(redis.url.as_str()))
@@ -228,6 +239,7 @@ async fn measure(
                 publishers: 1,
                 messages: messages_for(*subscribers, *rate, options.messages),
                 rate: *rate,
+                apart: *apart,
             })
             .await?;
             Ok(Sample {
@@ -315,10 +327,26 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
                     subscribers,
                     rate,
                     redis,
+                    apart: false,
                 });
             }
         }
     }
+    // One publisher and one subscriber: what a client that sends a burst
+    // gets, bounded by how the server waits for each publish.
+    cases.push(Case::Fanout {
+        subscribers: 1,
+        rate: None,
+        redis: true,
+        apart: false,
+    });
+    // Every event crosses Redis.
+    cases.push(Case::Fanout {
+        subscribers: 100,
+        rate: None,
+        redis: true,
+        apart: true,
+    });
     cases.push(Case::Rpc { connections: 50 });
     // The second idle row is the "10 000 connections held" target: its
     // `lost` column counts connections that stopped answering.
@@ -335,7 +363,13 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         "| case | realtime | floor | realtime ÷ floor | p50 µs (rt / floor) | p99 µs (rt / floor) | p99 ÷ floor | lost (rt / floor) | reordered (rt / floor) |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for case in &cases {
+    let wanted = |case: &&Case| {
+        options
+            .only
+            .as_deref()
+            .is_none_or(|only| case.name().contains(only))
+    };
+    for case in cases.iter().filter(wanted) {
         let mut project = Vec::new();
         let mut floor = Vec::new();
         for _ in 0..options.repeats {

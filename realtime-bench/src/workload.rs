@@ -67,6 +67,10 @@ pub(crate) struct Fanout {
     pub(crate) messages: usize,
     /// Messages per second over all publishers; `None`: as fast as possible.
     pub(crate) rate: Option<u64>,
+    /// Subscribers on the first node only and publishers on the last, so
+    /// that every event crosses the broker; otherwise subscribers go round
+    /// the nodes and publishers sit on the first.
+    pub(crate) apart: bool,
 }
 
 /// What a fan-out run measured.
@@ -183,8 +187,13 @@ pub(crate) async fn fanout(spec: &Fanout) -> Result<FanoutReport, String> {
 
 async fn fanout_inner(spec: &Fanout) -> Result<FanoutReport, String> {
     let topic = format!("bench{}", clock());
-    let subscribers = connect_many(&spec.bases, &topic, spec.subscribers, "sub").await?;
-    let publishers = connect_many(&spec.bases[..1], &topic, spec.publishers, "pub").await?;
+    let (sub_bases, pub_bases) = if spec.apart {
+        (&spec.bases[..1], &spec.bases[spec.bases.len() - 1..])
+    } else {
+        (&spec.bases[..], &spec.bases[..1])
+    };
+    let subscribers = connect_many(sub_bases, &topic, spec.subscribers, "sub").await?;
+    let publishers = connect_many(pub_bases, &topic, spec.publishers, "pub").await?;
     let per_publisher = spec.messages / spec.publishers;
     let expected = per_publisher * spec.publishers;
 

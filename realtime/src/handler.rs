@@ -4,6 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -11,7 +12,18 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::connection::{ConnectionId, Outbox};
-use crate::protocol::{self, error_code};
+use crate::protocol::{self, Frame, error_code};
+
+/// Where [`Context::publish`] sends an event: the service, as a handler
+/// reaches it without naming it (the service implements this).
+pub(crate) trait Publish: Send + Sync {
+    /// Publishes `frame` on `topic`; an error is what the handler answers.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        frame: Frame,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+}
 
 /// What a handler sees of the connection a message came from.
 ///
@@ -37,6 +49,7 @@ pub struct Context<S, U> {
     pub(crate) topic: Arc<str>,
     pub(crate) state: Arc<S>,
     pub(crate) outbox: Outbox,
+    pub(crate) publisher: Arc<dyn Publish>,
 }
 
 impl<S, U> Context<S, U> {
@@ -88,6 +101,60 @@ impl<S, U> Context<S, U> {
                 "the connection is closing",
             ))
         }
+    }
+}
+
+impl<S, U> Context<S, U> {
+    /// Publishes `event` on `topic` to every subscriber, on every instance,
+    /// and returns once the broker took it, as [`Service::publish`] does.
+    ///
+    /// It lets a handler change shared state and publish the result as one
+    /// step: hold the application's async lock across both, and the events
+    /// reach every subscriber in the order of the changes. A `#[broadcast]`
+    /// method that publishes this way returns `Ok(None)`.
+    ///
+    /// [`Service::publish`]: crate::Service::publish
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 500 when `event` does not serialize, and
+    /// with code 503 when the broker did not take it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::prelude::*;
+    /// use serde::Serialize;
+    ///
+    /// #[derive(Default)]
+    /// struct Board { count: tokio::sync::Mutex<u64> }
+    ///
+    /// #[derive(Serialize)]
+    /// struct Count { value: u64 }
+    ///
+    /// struct Counter;
+    ///
+    /// #[realtime_handler]
+    /// impl Counter {
+    ///     /// Adds `by`; every subscriber sees the totals in order.
+    ///     #[broadcast]
+    ///     async fn increment(&self, ctx: &Context<Board, String>, by: u64)
+    ///         -> Result<Option<Count>, HandlerError>
+    ///     {
+    ///         let mut count = ctx.state().count.lock().await;
+    ///         *count += by;
+    ///         ctx.publish(ctx.topic(), &Count { value: *count }).await?;
+    ///         Ok(None)
+    ///     }
+    /// }
+    /// ```
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        event: &T,
+    ) -> Result<(), HandlerError> {
+        let frame = protocol::event_frame(topic, event)?;
+        self.publisher.publish(topic, frame).await
     }
 }
 

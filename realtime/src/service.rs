@@ -13,9 +13,9 @@ use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    self, ConnectionId, Counters, Outbound, Outbox, Ring, Session, Signal, Topics,
+    self, ConnectionId, Counters, Outbound, Outbox, Ring, Session, Signal, Topics, bump,
 };
-use crate::handler::{Context, MessageHandler};
+use crate::handler::{Context, HandlerError, MessageHandler, Publish};
 use crate::protocol::{self, Frame};
 
 /// One server instance of a realtime application: its connections, the topics
@@ -522,6 +522,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             topic,
             state: Arc::clone(&inner.state),
             outbox,
+            publisher: Arc::clone(inner) as Arc<dyn Publish>,
         };
         let session = Session {
             handler: &inner.handler,
@@ -596,5 +597,25 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
     ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError>>
     + Send {
         Inner::subscribe(self, topic)
+    }
+}
+
+impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        frame: Frame,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            self.broker.publish(topic, frame).await.map_err(|error| {
+                bump(&self.counters.publish_errors);
+                HandlerError::new(
+                    protocol::error_code::UNAVAILABLE,
+                    format!("could not publish on `{topic}`: {error}"),
+                )
+                .with_source(error)
+            })
+        })
     }
 }

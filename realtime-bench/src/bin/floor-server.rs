@@ -120,13 +120,15 @@ async fn publisher(
             next = queue.recv() => {
                 let Some((channel, frame)) = next else { break };
                 let mut conn = conn.clone();
-                let mut sent = Box::pin(async move {
+                // Unconstrained, so that Tokio's cooperative budget cannot
+                // make the first poll return before the command is queued.
+                let mut sent = Box::pin(tokio::task::unconstrained(async move {
                     redis::cmd("PUBLISH")
                         .arg(channel)
                         .arg(frame.as_bytes())
                         .exec_async(&mut conn)
                         .await
-                });
+                }));
                 // Polled once now, so the command is queued on the
                 // connection in the order the frames came.
                 let pending =

@@ -27,7 +27,7 @@ mod subscriptions;
 mod writer;
 
 pub use outbox::ConnectionId;
-pub(crate) use outbox::{Counters, Outbound, Outbox, Ring, Signal};
+pub(crate) use outbox::{Counters, Outbound, Outbox, Ring, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler

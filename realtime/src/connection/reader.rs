@@ -331,6 +331,10 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
                 }
             }
         };
+        // Unconstrained: Tokio's cooperative budget could otherwise make the
+        // first poll return early without queueing the command, and a later
+        // publish, polled with a fresh budget, would overtake it.
+        let published = tokio::task::unconstrained(published);
         self.answers.publish(self.outbox, Box::pin(published)).await;
     }
 
