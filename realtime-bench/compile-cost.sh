@@ -73,7 +73,7 @@ EOF
 } >"$work/cost-macro/src/lib.rs"
 
 { # The same handler by hand.
-  echo 'use realtime::handler::Reply;'
+  echo 'use realtime::handler::Outcome;'
   echo 'use realtime::{Context, HandlerError, MessageHandler};'
   echo "$event"
   echo '#[derive(Debug, serde::Deserialize)]'
@@ -111,33 +111,18 @@ impl MessageHandler for H {
     type AppState = ();
     type UserId = String;
 
-    async fn handle_direct_message(
-        &self,
-        msg: &HClientMessage,
-        _ctx: &Context<(), String>,
-    ) -> Result<Option<Reply>, HandlerError> {
-        match msg {
-EOF
-  for ((i = 0; i < half; i++)); do
-    echo "            HClientMessage::D$i { text, n } => Ok(Some(Reply::json(&self.d$i(text.clone(), *n).await?)?)),"
-  done
-  cat <<'EOF'
-            _ => Ok(None),
-        }
-    }
-
-    async fn handle_broadcast_message(
+    async fn handle(
         &self,
         msg: HClientMessage,
         _ctx: &Context<(), String>,
-    ) -> Result<Option<Ev>, HandlerError> {
+    ) -> Result<Outcome<Ev>, HandlerError> {
         match msg {
 EOF
   for ((i = 0; i < half; i++)); do
-    echo "            HClientMessage::B$i { text, n } => Ok(Some(self.b$i(text, n).await?)),"
+    echo "            HClientMessage::D$i { text, n } => Outcome::reply(&self.d$i(text, n).await?),"
+    echo "            HClientMessage::B$i { text, n } => Ok(Outcome::Broadcast(self.b$i(text, n).await?)),"
   done
   cat <<'EOF'
-            _ => Ok(None),
         }
     }
 }
