@@ -32,6 +32,15 @@ pub struct Config {
     /// When a client reads too slowly and its queue is full, the connection is
     /// closed with 1013 (try again later); nobody else waits for it.
     pub outbound_queue: usize,
+    /// Bytes of text that may wait in one connection's own queue. Default:
+    /// 1 MiB.
+    ///
+    /// The bound that holds when frames are large: 1024 frames of a 1 MiB
+    /// reply would otherwise be a gigabyte held for one client that does not
+    /// read. Past it the connection is closed with 1013, as past
+    /// `outbound_queue`. The queue's own buffer is freed once it is empty
+    /// again, so a burst leaves no memory behind.
+    pub outbound_queue_bytes: usize,
     /// Events of one topic kept for its slowest local subscriber. Default: 1024.
     ///
     /// Each topic with local subscribers has one ring of this many frames,
@@ -96,6 +105,7 @@ impl Default for Config {
         Self {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             topic_backlog: 1024,
             max_publishes_in_flight: 64,
             write_batch: 64,
@@ -135,6 +145,7 @@ impl Config {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes),
             ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
             ("topic_backlog", self.topic_backlog),
             ("max_publishes_in_flight", self.max_publishes_in_flight),
             ("write_batch", self.write_batch),

@@ -88,8 +88,11 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         ws = ws.protocols([BEARER_PROTOCOL]);
     }
     // If the upgrade fails, `accepted` is dropped with the closure: the
-    // connection unsubscribes from its topic and frees its place.
-    Ok(ws.on_upgrade(move |socket| service.serve(socket, accepted)))
+    // connection unsubscribes from its topic and frees its place. Boxed,
+    // because the task keeps the closure's room for the connection's whole
+    // life, and a pointer is smaller.
+    let accepted = Box::new(accepted);
+    Ok(ws.on_upgrade(move |socket| service.serve(socket, *accepted)))
 }
 
 /// A service as router state gives [`HttpAuth`](crate::auth::HttpAuth) its

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::WebSocket;
-use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    self, ConnectionId, Counters, Outbound, Outbox, Ring, Session, Signal, Topics, bump,
+    self, ConnectionId, Counters, Outbox, Ring, Session, Signal, Topics, bump,
 };
 use crate::handler::{Context, HandlerError, MessageHandler, Publish};
 use crate::protocol::{self, Frame};
@@ -327,7 +327,6 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
     ring: Ring,
     user: H::UserId,
     outbox: Outbox,
-    queue: mpsc::Receiver<Outbound>,
     admission: Admission,
 }
 
@@ -486,8 +485,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         admission: Admission,
     ) -> Result<Accepted<H, B>, BrokerError> {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (outbox, queue) = Outbox::new(
-            self.inner.config.outbound_queue,
+        let config = &self.inner.config;
+        let outbox = Outbox::new(
+            config.outbound_queue,
+            config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
         let (topic, subscription, ring) = Inner::subscribe(&self.inner, topic).await?;
@@ -498,13 +499,18 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             ring,
             user,
             outbox,
-            queue,
             admission,
         })
     }
 
-    /// Serves an upgraded socket to the end.
-    pub(crate) async fn serve(self, socket: WebSocket, accepted: Accepted<H, B>) {
+    /// Serves an upgraded socket to the end. The write task starts now; the
+    /// returned future runs the rest (see [`connection::start`] for why the
+    /// socket is not moved into it).
+    pub(crate) fn serve(
+        self,
+        socket: WebSocket,
+        accepted: Accepted<H, B>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let Accepted {
             id,
             topic,
@@ -512,29 +518,36 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             ring,
             user,
             outbox,
-            queue,
             admission,
         } = accepted;
-        let inner = &self.inner;
-        let ctx = Context {
+        let mut started = connection::start(
+            socket,
+            &outbox,
+            (Arc::clone(&topic), ring),
+            &self.inner.config,
+        );
+        let mut ctx = Context {
             conn_id: id,
             user_id: user,
             topic,
-            state: Arc::clone(&inner.state),
+            state: Arc::clone(&self.inner.state),
             outbox,
-            publisher: Arc::clone(inner) as Arc<dyn Publish>,
+            publisher: Arc::clone(&self.inner) as Arc<dyn Publish>,
         };
-        let session = Session {
-            handler: &inner.handler,
-            topics: inner,
-            config: &inner.config,
-            ctx,
-            queue,
-            home: (subscription, ring),
-            shutdown: &inner.shutdown,
-        };
-        connection::run(socket, session).await;
-        drop(admission);
+        async move {
+            let inner = &self.inner;
+            let session = Session {
+                handler: &inner.handler,
+                topics: inner,
+                config: &inner.config,
+                shutdown: &inner.shutdown,
+            };
+            connection::run(&mut started, session, &mut ctx, subscription).await;
+            // The socket closes before `on_disconnect` runs.
+            drop(started);
+            inner.handler.on_disconnect(&ctx).await;
+            drop(admission);
+        }
     }
 }
 
@@ -582,6 +595,10 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
 
 impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
     type Subscription = Subscription<H, B>;
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
 
     fn publish(
         &self,

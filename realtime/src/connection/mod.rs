@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use futures_util::stream::SplitStream;
+use tokio::task::JoinHandle;
 
 use crate::broker::BrokerError;
 use crate::config::Config;
@@ -22,12 +23,13 @@ use crate::handler::{Context, MessageHandler};
 use crate::protocol::Frame;
 
 mod outbox;
+mod queue;
 mod reader;
 mod subscriptions;
 mod writer;
 
 pub use outbox::ConnectionId;
-pub(crate) use outbox::{Counters, Outbound, Outbox, Ring, Signal, bump};
+pub(crate) use outbox::{Counters, Outbox, Ring, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler
@@ -36,6 +38,9 @@ pub(crate) trait Topics: Send + Sync {
     /// A connection's place among a topic's local subscribers; dropping it
     /// unsubscribes.
     type Subscription: Send;
+
+    /// The service's counters, which a publish moves.
+    fn counters(&self) -> &Counters;
 
     /// Publishes one event frame on `topic`.
     fn publish(
@@ -54,90 +59,123 @@ pub(crate) trait Topics: Send + Sync {
     ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Ring), BrokerError>> + Send;
 }
 
-/// Everything one connection needs besides its socket.
+/// What every connection of one service shares.
 pub(crate) struct Session<'a, H: MessageHandler, T: Topics> {
     pub(crate) handler: &'a H,
     pub(crate) topics: &'a T,
     pub(crate) config: &'a Config,
-    pub(crate) ctx: Context<H::AppState, H::UserId>,
-    /// The receiving end of `ctx`'s outbox.
-    pub(crate) queue: mpsc::Receiver<Outbound>,
-    /// The topic of the URL, subscribed before the upgrade.
-    pub(crate) home: (T::Subscription, Ring),
     /// Fired when the service shuts down.
     pub(crate) shutdown: &'a Signal,
 }
 
-/// Serves one upgraded socket until it closes: runs `on_connect`, the read
-/// loop and `on_disconnect` (exactly once each). The subscriptions end as
-/// soon as the read loop does, so that no more events are written after the
-/// connection's close.
-pub(crate) async fn run<H, T>(socket: WebSocket, session: Session<'_, H, T>)
-where
-    H: MessageHandler,
-    T: Topics,
-{
-    let Session {
-        handler,
-        topics,
-        config,
-        mut ctx,
-        queue,
-        home: (home, ring),
-        shutdown,
-    } = session;
-    let outbox = ctx.outbox.clone();
-    let (sink, mut stream) = socket.split();
-    let sources = writer::Sources::new(queue, (Arc::clone(&ctx.topic), ring), config.topic_backlog);
+// By hand: a derive would ask `H` and `T` to be `Copy`, and only references
+// are copied.
+impl<H: MessageHandler, T: Topics> Clone for Session<'_, H, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H: MessageHandler, T: Topics> Copy for Session<'_, H, T> {}
+
+/// A socket whose write task runs: what the read loop still needs of it.
+pub(crate) struct Started {
+    stream: SplitStream<WebSocket>,
+    writer: JoinHandle<()>,
+}
+
+/// Splits an upgraded socket and starts its write task, which writes
+/// `outbox`'s queue and the events of `home` (the URL's topic and its ring).
+///
+/// Not async, and called before the connection's future is made: an
+/// `async fn` keeps the space of each argument it was given for as long as
+/// it runs, and the socket (368 bytes, moved into the split's shared half)
+/// would cost every idle connection that much again.
+pub(crate) fn start(
+    socket: WebSocket,
+    outbox: &Outbox,
+    home: (Arc<str>, Ring),
+    config: &Config,
+) -> Started {
+    let (sink, stream) = socket.split();
     let writer = tokio::spawn(writer::write(
         sink,
-        sources,
+        writer::Sources::new(home, config.topic_backlog),
         Arc::clone(outbox.status()),
         config.write_batch,
         config.close_timeout,
     ));
+    Started { stream, writer }
+}
 
-    handler.on_connect(&ctx).await;
-    let subscriptions = Subscriptions::new(
-        Arc::clone(&ctx.topic),
-        home,
-        config.max_topics_per_connection,
-    );
-    let end = reader::read(
-        reader::Reader::new(handler, topics, &mut ctx, &outbox, subscriptions, config),
-        &mut stream,
-        shutdown,
-    )
-    .await;
+/// Serves a started socket until it closes: runs `on_connect` (once) and
+/// the read loop, then the close. `home` is the subscription to the URL's
+/// topic, made before the upgrade. The subscriptions end as soon as the read
+/// loop does, so that no more events are written after the connection's
+/// close. The caller drops `started`, which closes the socket, then runs
+/// `on_disconnect`.
+///
+/// Its arguments are references or small, and it is a block, not an `async
+/// fn` (which keeps its arguments twice, as given and as bound): every byte
+/// of this future is held by every idle connection (see [`start`]).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice; see above"
+)]
+pub(crate) fn run<'a, H, T>(
+    started: &'a mut Started,
+    session: Session<'a, H, T>,
+    ctx: &'a mut Context<H::AppState, H::UserId>,
+    home: T::Subscription,
+) -> impl Future<Output = ()> + 'a
+where
+    H: MessageHandler,
+    T: Topics + 'a,
+{
+    async move {
+        // Fields are used in place, not bound to locals: a binding would be a
+        // second copy in this future.
+        let config = session.config;
 
-    let mut writer = writer;
-    match end {
-        reader::End::PeerGone => outbox.abort(0),
-        reader::End::Aborted => {}
-        reader::End::Close(code) => outbox.close(code, config.close_timeout).await,
-    }
-    if end != reader::End::PeerGone {
-        // Read until the peer answers our close frame (or the deadline), so
-        // the socket is not dropped with unread input, which would reset the
-        // connection before the client could read the close frame.
-        let _ = tokio::time::timeout(config.close_timeout, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, axum::extract::ws::Message::Close(_)) {
-                    break;
+        session.handler.on_connect(ctx).await;
+        let subscriptions = Subscriptions::new(
+            Arc::clone(&ctx.topic),
+            home,
+            config.max_topics_per_connection,
+        );
+        let mut reader =
+            reader::Reader::new(session.handler, session.topics, ctx, subscriptions, config);
+        let end = reader::read(&mut reader, &mut started.stream, session.shutdown).await;
+        // Dropping the reader ends the subscriptions.
+        drop(reader);
+        let outbox = &ctx.outbox;
+
+        match end {
+            reader::End::PeerGone => outbox.abort(0),
+            reader::End::Aborted => {}
+            reader::End::Close(code) => outbox.close(code),
+        }
+        if end != reader::End::PeerGone {
+            // Read until the peer answers our close frame (or the deadline), so
+            // the socket is not dropped with unread input, which would reset the
+            // connection before the client could read the close frame.
+            let _ = tokio::time::timeout(config.close_timeout, async {
+                while let Some(Ok(message)) = started.stream.next().await {
+                    if matches!(message, axum::extract::ws::Message::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
+        // The write task ends by itself after a close frame; bound the wait for
+        // a client that stopped reading.
+        if tokio::time::timeout(config.close_timeout, &mut started.writer)
+            .await
+            .is_err()
+        {
+            outbox.abort(0);
+            let _ = (&mut started.writer).await;
+        }
     }
-    // The write task ends by itself after a close frame; bound the wait for
-    // a client that stopped reading.
-    if tokio::time::timeout(config.close_timeout, &mut writer)
-        .await
-        .is_err()
-    {
-        outbox.abort(0);
-        let _ = writer.await;
-    }
-    drop(stream);
-    handler.on_disconnect(&ctx).await;
 }

@@ -9,9 +9,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio::sync::Notify;
+use tokio::sync::broadcast;
 
+use super::queue::{Queue, Refused};
 use crate::protocol::{Frame, close_code};
 
 /// Identifies one connection within one service instance.
@@ -57,6 +58,16 @@ pub(crate) enum Outbound {
     Close(u16),
 }
 
+impl Outbound {
+    /// The bytes it holds, as the queue's byte bound counts them.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Self::Frame(frame) => frame.as_str().len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Counters shared by every connection of one service.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -72,20 +83,20 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 /// A one-way switch that is cheap to look at: an atomic flag for the loops
-/// to check per frame, and a token to wake a task that waits for it.
-/// (`CancellationToken::is_cancelled` takes a lock, shared by every clone:
-/// too dear per frame.)
+/// to check per frame, and a `Notify` to wake a task that waits for it.
+/// (Not a `CancellationToken`: its `is_cancelled` takes a lock, and it
+/// allocates its own node, which every connection would hold.)
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     fired: AtomicBool,
-    token: CancellationToken,
+    notify: Notify,
 }
 
 impl Signal {
     /// Flips the switch and wakes the waiters; later calls do nothing more.
     pub(crate) fn fire(&self) {
         self.fired.store(true, Ordering::Release);
-        self.token.cancel();
+        self.notify.notify_waiters();
     }
 
     /// Whether [`fire`](Self::fire) was called.
@@ -93,18 +104,27 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// Resolves once the switch is flipped. Create it once per loop and poll
-    /// it only when there is nothing else to do.
-    pub(crate) fn fired(&self) -> WaitForCancellationFuture<'_> {
-        self.token.cancelled()
+    /// Resolves once the switch is flipped. Create it once per loop, poll
+    /// it only when there is nothing else to do, and not again once it has
+    /// resolved.
+    pub(crate) async fn fired(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Waiting from here on: a `fire` after the look below wakes it, one
+        // before is seen by the look.
+        notified.as_mut().enable();
+        if !self.is_fired() {
+            notified.await;
+        }
     }
 }
 
 /// How a connection stands, shared by its read loop, its write task and
-/// every holder of its [`Outbox`]: whether it must end at once, with which
-/// close code, and the service's counters.
+/// every holder of its [`Outbox`]: what waits to be written, whether it must
+/// end at once, with which close code, and the service's counters.
 #[derive(Debug)]
 pub(crate) struct Status {
+    queue: Queue,
     /// Fires when the connection must end at once, without waiting for its
     /// queue: a slow reader, a failed write, or the write task ending.
     abort: Signal,
@@ -138,7 +158,7 @@ impl Status {
     }
 
     /// Resolves once the connection is aborted; see [`Signal::fired`].
-    pub(crate) fn aborted(&self) -> WaitForCancellationFuture<'_> {
+    pub(crate) fn aborted(&self) -> impl Future<Output = ()> + Send + '_ {
         self.abort.fired()
     }
 
@@ -151,33 +171,36 @@ impl Status {
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
+
+    /// The connection's own queue, which the write task reads.
+    pub(crate) fn queue(&self) -> &Queue {
+        &self.queue
+    }
 }
 
-/// The sending side of one connection: its outbound queue and its
-/// [`Status`].
+/// The sending side of one connection: what queues frames for its write
+/// task, and ends it.
 ///
 /// Held by the connection's read loop and its [`Context`](crate::Context)
-/// (for `send`); the write task holds the receiving end.
+/// (for `send`); the write task reads the queue through the same
+/// [`Status`].
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Outbound>,
     status: Arc<Status>,
 }
 
 impl Outbox {
-    /// A new connection's queue of `capacity` frames, and the receiving end
-    /// for its write task.
-    pub(crate) fn new(
-        capacity: usize,
-        counters: Arc<Counters>,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// A new connection's queue of at most `max_frames` frames and
+    /// `max_bytes` bytes; the write task reads it through
+    /// [`status`](Self::status).
+    pub(crate) fn new(max_frames: usize, max_bytes: usize, counters: Arc<Counters>) -> Self {
         let status = Arc::new(Status {
+            queue: Queue::new(max_frames, max_bytes),
             abort: Signal::default(),
             abort_code: AtomicU16::new(0),
             counters,
         });
-        (Self { tx, status }, rx)
+        Self { status }
     }
 
     /// Queues `frame` without waiting. A full queue means the client reads
@@ -190,7 +213,7 @@ impl Outbox {
     /// Queues a heartbeat ping, unless the queue is full: a client that far
     /// behind is being closed anyway.
     pub(crate) fn ping(&self) {
-        let _ = self.tx.try_send(Outbound::Ping);
+        let _ = self.status.queue.push(Outbound::Ping);
     }
 
     /// Hands the write task one more topic's ring; the topic's events are
@@ -205,11 +228,9 @@ impl Outbox {
     }
 
     /// Queues the close frame with `code` behind everything already queued,
-    /// waiting at most `timeout` for room; aborts with `code` if there is
-    /// none by then.
-    pub(crate) async fn close(&self, code: u16, timeout: std::time::Duration) {
-        let queued = tokio::time::timeout(timeout, self.tx.send(Outbound::Close(code))).await;
-        if !matches!(queued, Ok(Ok(()))) {
+    /// past the queue's bounds: it is the last frame.
+    pub(crate) fn close(&self, code: u16) {
+        if self.status.queue.push_last(Outbound::Close(code)).is_err() {
             self.abort(code);
         }
     }
@@ -230,13 +251,13 @@ impl Outbox {
     }
 
     fn queue(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        match self.status.queue.push(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.status.abort_slow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 }
@@ -251,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_the_frame_and_aborts_with_1013() {
-        let (outbox, mut rx) = Outbox::new(2, Arc::default());
+        let outbox = Outbox::new(2, 1024, Arc::default());
         assert!(outbox.push(frame("a")));
         assert!(outbox.push(frame("b")));
         assert!(!outbox.status().is_aborted());
@@ -261,13 +282,14 @@ mod tests {
         assert_eq!(outbox.status().abort_code(), 1013);
         assert_eq!(outbox.counters().slow_closes.load(Ordering::Relaxed), 1);
         // What was queued before stays, in order.
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(text)) if text.as_str() == "a"));
+        let queue = outbox.status().queue();
+        assert!(matches!(queue.try_pop(), Some(Outbound::Frame(text)) if text.as_str() == "a"));
     }
 
     #[test]
     fn a_push_after_the_writer_ended_is_refused_without_an_abort() {
-        let (outbox, rx) = Outbox::new(2, Arc::default());
-        drop(rx);
+        let outbox = Outbox::new(2, 1024, Arc::default());
+        outbox.status().queue().close();
         assert!(!outbox.push(frame("a")));
         assert!(!outbox.status().is_aborted());
     }

@@ -40,7 +40,6 @@ pub(super) struct Reader<'a, H: MessageHandler, T: Topics> {
     /// `ctx.topic` is the topic of the message being handled: the URL's, or
     /// the `$join`ed topic the frame named.
     ctx: &'a mut Context<H::AppState, H::UserId>,
-    outbox: &'a Outbox,
     subscriptions: Subscriptions<T::Subscription>,
     limiter: RateLimiter,
     answers: Answers<'a>,
@@ -52,7 +51,6 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         handler: &'a H,
         topics: &'a T,
         ctx: &'a mut Context<H::AppState, H::UserId>,
-        outbox: &'a Outbox,
         subscriptions: Subscriptions<T::Subscription>,
         config: &'a Config,
     ) -> Self {
@@ -60,9 +58,8 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             handler,
             topics,
             ctx,
-            outbox,
             subscriptions,
-            limiter: RateLimiter::new(config.max_messages_per_sec, config.rate_burst),
+            limiter: RateLimiter::new(config.rate_burst),
             answers: Answers::default(),
             config,
         }
@@ -71,23 +68,24 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
 
 /// Reads and handles frames until the connection ends. On a close by the
 /// server, the answers still waiting are sent first (within the close
-/// timeout). Dropping the reader on return ends its subscriptions.
+/// timeout). Dropping the reader afterwards ends its subscriptions.
 pub(super) async fn read<H: MessageHandler, T: Topics>(
-    mut reader: Reader<'_, H, T>,
+    reader: &mut Reader<'_, H, T>,
     stream: &mut SplitStream<WebSocket>,
     shutdown: &Signal,
 ) -> End {
     let end = reader.read_loop(stream, shutdown).await;
     if let End::Close(_) = end {
-        let outbox = reader.outbox;
         let finish = async {
-            while let Some(answer) = reader.answers.waiting.next().await {
+            while let Some(answer) = reader.answers.next().await {
                 if let Some(frame) = answer {
-                    outbox.push(frame);
+                    reader.ctx.outbox.push(frame);
                 }
             }
         };
-        let _ = tokio::time::timeout(reader.config.close_timeout, finish).await;
+        // Boxed: a connection spends its life in the read loop, and this
+        // timer would otherwise take room in every idle connection's future.
+        let _ = Box::pin(tokio::time::timeout(reader.config.close_timeout, finish)).await;
     }
     end
 }
@@ -95,7 +93,7 @@ pub(super) async fn read<H: MessageHandler, T: Topics>(
 impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, shutdown: &Signal) -> End {
         let config = self.config;
-        let status = self.outbox.status();
+        let status = Arc::clone(self.ctx.outbox.status());
         // Made once: each poll of one of these takes a lock, so they are only
         // polled when no frame is waiting, and the flags are checked instead.
         let aborted = status.aborted();
@@ -114,12 +112,12 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             if shutdown.is_fired() {
                 return End::Close(close_code::GOING_AWAY);
             }
-            let waiting = self.answers.waiting.len();
+            let waiting = self.answers.len();
             let next = tokio::select! {
                 biased;
-                Some(answer) = self.answers.waiting.next(), if waiting > 0 => {
+                Some(answer) = self.answers.next(), if waiting > 0 => {
                     if let Some(frame) = answer {
-                        self.outbox.push(frame);
+                        self.ctx.outbox.push(frame);
                     }
                     continue;
                 }
@@ -131,10 +129,10 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
-                        bump(&self.outbox.counters().idle_closes);
+                        bump(&self.ctx.outbox.counters().idle_closes);
                         return End::Close(close_code::POLICY);
                     }
-                    self.outbox.ping();
+                    self.ctx.outbox.ping();
                     continue;
                 }
             };
@@ -146,7 +144,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             last_seen = Instant::now();
             match message {
                 Message::Text(text) => {
-                    if self.limiter.admit(last_seen) {
+                    if self.limiter.admit(last_seen, config) {
                         self.handle(&text).await;
                     } else if let Some(end) = self.reject(&text) {
                         return end;
@@ -162,8 +160,8 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     /// Answers a frame past the rate limit with a 429 error frame, and ends
     /// the connection with 1008 once the client keeps flooding.
     fn reject(&mut self, text: &str) -> Option<End> {
-        bump(&self.outbox.counters().rate_limited);
-        if self.limiter.strikes > self.limiter.burst {
+        bump(&self.ctx.outbox.counters().rate_limited);
+        if self.limiter.strikes > self.config.rate_burst {
             tracing::debug!(conn = %self.ctx.conn_id, "client kept flooding past the rate limit");
             return Some(End::Close(close_code::POLICY));
         }
@@ -173,7 +171,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         };
         let message = format!(
             "rate limit exceeded: at most {} messages per second; this message was not handled",
-            self.limiter.per_sec
+            self.config.max_messages_per_sec
         );
         self.fail(id, error_code::TOO_MANY_REQUESTS, &message);
         None
@@ -187,7 +185,10 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         };
         let id = request.id;
         if request.kind.starts_with(RESERVED_PREFIX) {
-            return self.control(&request).await;
+            // Boxed: subscribing (a broker round trip) is the largest thing
+            // the read loop awaits, and rare; inline, its room would be taken
+            // in every idle connection's future.
+            return Box::pin(self.control(&request)).await;
         }
         let message = match request.decode::<H::ClientMessage>() {
             Ok(message) => message,
@@ -257,7 +258,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         }
         match self.topics.subscribe(topic).await {
             Ok((name, subscription, ring)) => {
-                self.outbox.subscribe(Arc::clone(&name), ring);
+                self.ctx.outbox.subscribe(Arc::clone(&name), ring);
                 self.subscriptions.add(name, subscription);
                 self.acknowledge(id);
             }
@@ -285,7 +286,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         match self.subscriptions.remove(topic) {
             Some((name, subscription)) => {
                 drop(subscription);
-                self.outbox.unsubscribe(name);
+                self.ctx.outbox.unsubscribe(name);
                 self.acknowledge(id);
             }
             None => {
@@ -304,7 +305,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             Err(error) => return self.handler_failed(id, &HandlerError::from(error)),
         };
         let topics = self.topics;
-        let counters: &'a Counters = self.outbox.counters();
+        let counters: &'a Counters = topics.counters();
         let topic = Arc::clone(&self.ctx.topic);
         let conn = self.ctx.conn_id;
         // Owned: the frame the id borrows from is gone before the answer.
@@ -335,7 +336,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         // first poll return early without queueing the command, and a later
         // publish, polled with a fresh budget, would overtake it.
         let published = tokio::task::unconstrained(published);
-        self.answers.publish(self.outbox, Box::pin(published)).await;
+        self.answers
+            .publish(&self.ctx.outbox, Box::pin(published))
+            .await;
     }
 
     fn acknowledge(&mut self, id: Option<&RawValue>) {
@@ -356,7 +359,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     }
 
     fn answer(&mut self, frame: Frame) {
-        self.answers.ready(self.outbox, Some(frame));
+        self.answers.ready(&self.ctx.outbox, Some(frame));
     }
 }
 
@@ -368,18 +371,40 @@ type Publish<'a> = Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>>;
 /// it, so the client reads them in the order it sent the frames.
 #[derive(Default)]
 struct Answers<'a> {
-    waiting: FuturesOrdered<Answer<'a>>,
+    /// Made at the first publish that has to wait: the list allocates when it
+    /// is made, and a connection that never publishes needs none. Boxed, so
+    /// that until then it takes a pointer's room in the read loop's future.
+    waiting: Option<Box<FuturesOrdered<Answer<'a>>>>,
 }
 
 impl<'a> Answers<'a> {
+    /// How many answers wait.
+    fn len(&self) -> usize {
+        self.waiting.as_ref().map_or(0, |waiting| waiting.len())
+    }
+
+    /// The next answer in order, once it is known; `None` if none waits.
+    async fn next(&mut self) -> Option<Option<Frame>> {
+        match &mut self.waiting {
+            Some(waiting) => waiting.next().await,
+            None => None,
+        }
+    }
+
+    fn push(&mut self, answer: Answer<'a>) {
+        self.waiting
+            .get_or_insert_with(Box::default)
+            .push_back(answer);
+    }
+
     /// An answer known now: sent at once unless others wait before it.
     fn ready(&mut self, outbox: &Outbox, answer: Option<Frame>) {
-        if self.waiting.is_empty() {
+        if self.len() == 0 {
             if let Some(frame) = answer {
                 outbox.push(frame);
             }
         } else {
-            self.waiting.push_back(Answer::Ready(answer));
+            self.push(Answer::Ready(answer));
         }
     }
 
@@ -391,7 +416,7 @@ impl<'a> Answers<'a> {
         let first = poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
         match first {
             Poll::Ready(answer) => self.ready(outbox, answer),
-            Poll::Pending => self.waiting.push_back(Answer::Publish(publish)),
+            Poll::Pending => self.push(Answer::Publish(publish)),
         }
     }
 }
@@ -428,11 +453,12 @@ fn read_error(error: axum::Error) -> End {
     }
 }
 
-/// A token bucket: `burst` messages at once, refilled at `per_sec`.
+/// A token bucket: `Config::rate_burst` messages at once, refilled at
+/// `Config::max_messages_per_sec`. (The two limits are read from the config
+/// and not copied here: every byte of the read loop is held by every idle
+/// connection.)
 #[derive(Debug)]
 struct RateLimiter {
-    per_sec: u32,
-    burst: u32,
     tokens: f64,
     last: Instant,
     /// Messages rejected since the last one admitted.
@@ -440,21 +466,19 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn new(per_sec: u32, burst: u32) -> Self {
+    fn new(burst: u32) -> Self {
         Self {
-            per_sec,
-            burst,
             tokens: f64::from(burst),
             last: Instant::now(),
             strikes: 0,
         }
     }
 
-    fn admit(&mut self, now: Instant) -> bool {
-        let refill =
-            now.saturating_duration_since(self.last).as_secs_f64() * f64::from(self.per_sec);
+    fn admit(&mut self, now: Instant, config: &Config) -> bool {
+        let per_sec = f64::from(config.max_messages_per_sec);
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * per_sec;
         self.last = now;
-        self.tokens = (self.tokens + refill).min(f64::from(self.burst));
+        self.tokens = (self.tokens + refill).min(f64::from(config.rate_burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.strikes = 0;
@@ -474,12 +498,17 @@ mod tests {
     #[test]
     fn limiter_admits_a_burst_then_refills() {
         let start = Instant::now();
-        let mut limiter = RateLimiter::new(10, 3);
+        let config = Config {
+            max_messages_per_sec: 10,
+            rate_burst: 3,
+            ..Config::default()
+        };
+        let mut limiter = RateLimiter::new(config.rate_burst);
         limiter.last = start;
-        assert!((0..3).all(|_| limiter.admit(start)));
-        assert!(!limiter.admit(start));
+        assert!((0..3).all(|_| limiter.admit(start, &config)));
+        assert!(!limiter.admit(start, &config));
         assert_eq!(limiter.strikes, 1);
-        assert!(limiter.admit(start + Duration::from_millis(100)));
+        assert!(limiter.admit(start + Duration::from_millis(100), &config));
         assert_eq!(limiter.strikes, 0);
     }
 }

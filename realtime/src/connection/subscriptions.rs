@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-/// A connection's subscriptions: the topic of its URL first, then those
-/// added with `$join`, each with the guard whose drop unsubscribes it.
+/// A connection's subscriptions: the topic of its URL, then those added
+/// with `$join`, each with the guard whose drop unsubscribes it.
 ///
 /// Few (at most `Config::max_topics_per_connection`), so a list beats a map.
+/// The URL's topic is kept apart: most connections join nothing more, and
+/// an empty list allocates nothing.
 #[derive(Debug)]
 pub(crate) struct Subscriptions<S> {
-    list: Vec<(Arc<str>, S)>,
+    home: (Arc<str>, S),
+    joined: Vec<(Arc<str>, S)>,
     max: usize,
 }
 
@@ -16,27 +19,28 @@ impl<S> Subscriptions<S> {
     /// Starts with the URL's topic, which stays to the end.
     pub(crate) fn new(home: Arc<str>, subscription: S, max: usize) -> Self {
         Self {
-            list: vec![(home, subscription)],
+            home: (home, subscription),
+            joined: Vec::new(),
             max,
         }
     }
 
     /// The topic of the connection's URL.
     pub(crate) fn home(&self) -> &Arc<str> {
-        &self.list[0].0
+        &self.home.0
     }
 
     /// The shared name of `topic`, if the connection is subscribed to it.
     pub(crate) fn find(&self, topic: &str) -> Option<&Arc<str>> {
-        self.list
-            .iter()
+        std::iter::once(&self.home)
+            .chain(&self.joined)
             .map(|(name, _)| name)
             .find(|name| &***name == topic)
     }
 
     /// Whether another subscription would pass the limit.
     pub(crate) fn is_full(&self) -> bool {
-        self.list.len() >= self.max
+        1 + self.joined.len() >= self.max
     }
 
     /// The limit, for the error that refuses one more.
@@ -45,18 +49,14 @@ impl<S> Subscriptions<S> {
     }
 
     pub(crate) fn add(&mut self, topic: Arc<str>, subscription: S) {
-        self.list.push((topic, subscription));
+        self.joined.push((topic, subscription));
     }
 
     /// Takes a `$join`ed topic out; `None` if the connection is not
     /// subscribed to it or it is the URL's topic, which cannot be left.
     pub(crate) fn remove(&mut self, topic: &str) -> Option<(Arc<str>, S)> {
-        let at = self
-            .list
-            .iter()
-            .skip(1)
-            .position(|(name, _)| &**name == topic)?;
-        Some(self.list.swap_remove(at + 1))
+        let at = self.joined.iter().position(|(name, _)| &**name == topic)?;
+        Some(self.joined.swap_remove(at))
     }
 }
 

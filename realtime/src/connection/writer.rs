@@ -11,8 +11,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::mpsc;
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::outbox::{Outbound, Ring, Status};
 use crate::protocol::{Frame, close_reason};
@@ -25,10 +23,9 @@ type Sink = SplitSink<WebSocket, Message>;
 /// only while the socket makes it wait.
 const LAG_CHECK: Duration = Duration::from_millis(100);
 
-/// What the write task reads from: the connection's queue and the ring of
-/// each topic it is subscribed to.
+/// The rings the write task reads from, one per topic the connection is
+/// subscribed to. (The connection's own queue is in its [`Status`].)
 pub(super) struct Sources {
-    pub(super) queue: mpsc::Receiver<Outbound>,
     /// Few (at most `Config::max_topics_per_connection`): a list beats a map.
     pub(super) rings: Vec<(Arc<str>, Ring)>,
     /// The ring to look at first in the next batch, so that a busy topic
@@ -40,13 +37,8 @@ pub(super) struct Sources {
 }
 
 impl Sources {
-    pub(super) fn new(
-        queue: mpsc::Receiver<Outbound>,
-        home: (Arc<str>, Ring),
-        backlog: usize,
-    ) -> Self {
+    pub(super) fn new(home: (Arc<str>, Ring), backlog: usize) -> Self {
         Self {
-            queue,
             rings: vec![home],
             next_ring: 0,
             backlog,
@@ -66,30 +58,43 @@ enum Item {
     Event(Frame),
     /// A ring overwrote events this client had not read yet.
     Lagged,
-    /// The queue closed: nothing more will come.
-    End,
 }
 
 /// Runs until a close frame is sent, a write fails or the connection is
 /// aborted. On its way out it aborts the connection, so the read loop stops
 /// too.
-pub(super) async fn write(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice; see the body"
+)]
+pub(super) fn write(
     mut sink: Sink,
     mut sources: Sources,
     status: Arc<Status>,
     batch: usize,
     close_timeout: Duration,
-) {
-    let closed = drain(&mut sink, &mut sources, &status, batch).await;
-    if !closed {
-        let code = status.abort_code();
-        if code != 0 {
-            // Best effort: a client that stopped reading may never take it.
-            let _ = tokio::time::timeout(close_timeout, send_close(&mut sink, code)).await;
-        }
+) -> impl Future<Output = ()> + Send + 'static {
+    // A block, not an `async fn`: an `async fn` keeps its arguments twice
+    // (as given and as bound), and every idle connection's task would hold
+    // the copy.
+    async move {
+        let closed = drain(&mut sink, &mut sources, &status, batch).await;
+        // Boxed: the task spends its life in `drain`, and the timers of its
+        // end would otherwise take room in every idle connection's task.
+        Box::pin(async {
+            if !closed {
+                let code = status.abort_code();
+                if code != 0 {
+                    // Best effort: a client that stopped reading may never take it.
+                    let _ = tokio::time::timeout(close_timeout, send_close(&mut sink, code)).await;
+                }
+            }
+            let _ = tokio::time::timeout(close_timeout, sink.close()).await;
+        })
+        .await;
+        status.queue().close();
+        status.abort(0);
     }
-    let _ = tokio::time::timeout(close_timeout, sink.close()).await;
-    status.abort(0);
 }
 
 /// Writes until the end; returns whether a close frame was sent.
@@ -104,7 +109,7 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
         }
         let first = tokio::select! {
             biased;
-            next = sources.queue.recv() => next.map_or(Item::End, Item::Queued),
+            item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
             item = next_event(&mut sources.rings) => item,
             () = &mut aborted => return false,
         };
@@ -119,12 +124,12 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
                 Item::Queued(Outbound::Subscribe(topic, ring)) => {
                     sources.rings.push((topic, ring));
-                    next = try_next(sources);
+                    next = try_next(sources, status);
                     continue;
                 }
                 Item::Queued(Outbound::Unsubscribe(topic)) => {
                     sources.rings.retain(|(each, _)| *each != topic);
-                    next = try_next(sources);
+                    next = try_next(sources, status);
                     continue;
                 }
                 Item::Queued(Outbound::Close(code)) => {
@@ -138,7 +143,6 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
                     status.abort_slow();
                     return false;
                 }
-                Item::End => return false,
             };
             // The socket takes a frame at once unless its buffer is full; an
             // abort (the client's queue filled up meanwhile) or a lag must
@@ -154,7 +158,7 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
             }
             fed += 1;
             if fed < batch {
-                next = try_next(sources);
+                next = try_next(sources, status);
             }
         }
         let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
@@ -168,8 +172,8 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
 
 /// Whatever is waiting now: the connection's own queue first (answers are
 /// few and the client waits for them), then the rings in turn.
-fn try_next(sources: &mut Sources) -> Option<Item> {
-    if let Ok(item) = sources.queue.try_recv() {
+fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
+    if let Some(item) = status.queue().try_pop() {
         return Some(Item::Queued(item));
     }
     let count = sources.rings.len();
@@ -220,7 +224,7 @@ async fn next_event(rings: &mut Vec<(Arc<str>, Ring)>) -> Item {
 /// waited (then it is closed with 1013). The abort and the lag are looked
 /// at only while the sink is not ready.
 async fn unless_stuck<E>(
-    mut aborted: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut aborted: Pin<&mut impl Future<Output = ()>>,
     sources: &Sources,
     status: &Status,
     mut operation: impl FnMut(&mut Context<'_>) -> Poll<Result<(), E>>,
