@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -34,6 +35,10 @@ pub(crate) enum Refused {
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
+    /// How many items `state` holds, readable without the lock: the write
+    /// task looks at the queue before every topic event it writes, and
+    /// nearly always finds it empty.
+    len: AtomicUsize,
     reader: AtomicWaker,
     max_items: usize,
     max_bytes: usize,
@@ -53,6 +58,7 @@ impl Queue {
     pub(crate) fn new(max_items: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::default(),
+            len: AtomicUsize::new(0),
             reader: AtomicWaker::new(),
             max_items,
             max_bytes,
@@ -83,6 +89,7 @@ impl Queue {
             }
             state.bytes += size;
             state.items.push_back(item);
+            self.len.fetch_add(1, Ordering::Release);
         }
         self.reader.wake();
         Ok(())
@@ -90,8 +97,12 @@ impl Queue {
 
     /// The oldest item, if any.
     pub(crate) fn try_pop(&self) -> Option<Outbound> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut state = self.lock();
         let item = state.items.pop_front()?;
+        self.len.fetch_sub(1, Ordering::Release);
         state.bytes -= item.size();
         if state.items.is_empty() && state.items.capacity() > KEEP {
             state.items = VecDeque::new();
@@ -119,6 +130,7 @@ impl Queue {
             let mut state = self.lock();
             state.closed = true;
             state.bytes = 0;
+            self.len.store(0, Ordering::Release);
             std::mem::take(&mut state.items)
         };
         drop(dropped);

@@ -177,6 +177,14 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
         return Some(Item::Queued(item));
     }
     let count = sources.rings.len();
+    if count == 1 {
+        // The usual case: the URL's topic alone, no turn to take.
+        return match sources.rings[0].1.try_recv() {
+            Ok(frame) => Some(Item::Event(frame)),
+            Err(TryRecvError::Lagged(_)) => Some(Item::Lagged),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+        };
+    }
     for step in 0..count {
         let at = (sources.next_ring + step) % count;
         match sources.rings[at].1.try_recv() {

@@ -74,6 +74,11 @@ impl Publisher {
     }
 }
 
+/// Commands that may wait for the publisher connection (the redis crate's
+/// pipeline buffer). Events stay in each connection's order as long as
+/// fewer publishes than this are in flight on one instance at once.
+const PUBLISH_QUEUE: usize = 1 << 16;
+
 /// Opens both connections. Each attempt is bounded by the connect timeout;
 /// every command on them by the command timeout.
 pub(super) async fn open(
@@ -93,9 +98,16 @@ pub(super) async fn open(
         config,
     )
     .await?;
+    // The queue in front of the connection must not fill up: a PUBLISH that
+    // waits for room there is not yet in order, and a later one that finds
+    // room (freed meanwhile) would reach Redis first, which reorders one
+    // connection's events. The queue allocates as it fills, so a deep bound
+    // costs nothing until used; the default (50) is below one connection's
+    // `Config::max_publishes_in_flight`.
     let publisher = connect(
         client,
-        base.set_push_sender(publisher_pushes(Arc::clone(&lost))),
+        base.set_push_sender(publisher_pushes(Arc::clone(&lost)))
+            .set_pipeline_buffer_size(PUBLISH_QUEUE),
         config,
     )
     .await?;
