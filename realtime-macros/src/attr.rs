@@ -98,15 +98,19 @@ pub(crate) enum Marker {
     Broadcast,
     OnConnect,
     OnDisconnect,
+    OnJoin,
+    OnLeave,
     AuthorizeTopic,
 }
 
 impl Marker {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::Direct,
         Self::Broadcast,
         Self::OnConnect,
         Self::OnDisconnect,
+        Self::OnJoin,
+        Self::OnLeave,
         Self::AuthorizeTopic,
     ];
 
@@ -117,6 +121,8 @@ impl Marker {
             Self::Broadcast => "broadcast",
             Self::OnConnect => "on_connect",
             Self::OnDisconnect => "on_disconnect",
+            Self::OnJoin => "on_join",
+            Self::OnLeave => "on_leave",
             Self::AuthorizeTopic => "authorize_topic",
         }
     }

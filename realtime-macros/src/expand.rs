@@ -434,22 +434,33 @@ fn hooks(handler: &Handler, locals: &Locals) -> TokenStream {
     let Locals { ctx, .. } = locals;
     let ctx_type = context_type();
     let mut out = TokenStream::new();
-    for marker in [Marker::OnConnect, Marker::OnDisconnect] {
+    let lifecycle = [
+        Marker::OnConnect,
+        Marker::OnDisconnect,
+        Marker::OnJoin,
+        Marker::OnLeave,
+    ];
+    for marker in lifecycle {
         let Some(hook) = handler.hook(marker) else {
             continue;
         };
         let name = format_ident!("{}", marker.name());
         let ident = &hook.ident;
+        // `on_join` and `on_leave` also take the topic.
+        let topic = matches!(marker, Marker::OnJoin | Marker::OnLeave)
+            .then(|| Ident::new("topic", Span::mixed_site()));
+        let param = topic.as_ref().map(|topic| quote!(, #topic: &str));
+        let arg = topic.as_ref().map(|topic| quote!(, #topic));
         let call = if hook.takes_context {
-            quote!(Self::#ident(self, #ctx).await)
+            quote!(Self::#ident(self, #ctx #arg).await)
         } else {
             quote!({
                 let _ = #ctx;
-                Self::#ident(self).await
+                Self::#ident(self #arg).await
             })
         };
         out.extend(quote! {
-            async fn #name(&self, #ctx: #ctx_type) {
+            async fn #name(&self, #ctx: #ctx_type #param) {
                 #call
             }
         });

@@ -48,6 +48,18 @@ pub fn on_disconnect(_args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// Implemented in `realtime-macros`; documented where `realtime` re-exports it.
 #[proc_macro_attribute]
+pub fn on_join(_args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::stray_marker("on_join", &input.into()).into()
+}
+
+/// Implemented in `realtime-macros`; documented where `realtime` re-exports it.
+#[proc_macro_attribute]
+pub fn on_leave(_args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::stray_marker("on_leave", &input.into()).into()
+}
+
+/// Implemented in `realtime-macros`; documented where `realtime` re-exports it.
+#[proc_macro_attribute]
 pub fn authorize_topic(_args: TokenStream, input: TokenStream) -> TokenStream {
     expand::stray_marker("authorize_topic", &input.into()).into()
 }

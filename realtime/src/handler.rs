@@ -413,6 +413,32 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
         async { true }
     }
 
+    /// Runs once the connection is subscribed to `topic` with `$join`,
+    /// before the client's acknowledgement. The URL's topic has
+    /// [`on_connect`](Self::on_connect) instead. The default does nothing.
+    fn on_join(
+        &self,
+        ctx: &Context<Self::AppState, Self::UserId>,
+        topic: &str,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, topic);
+        async {}
+    }
+
+    /// Runs once for each [`on_join`](Self::on_join), when the connection
+    /// is no longer subscribed to that topic: after a `$leave` (before its
+    /// acknowledgement), or when the connection ended while still subscribed
+    /// (before [`on_disconnect`](Self::on_disconnect)). The default does
+    /// nothing.
+    fn on_leave(
+        &self,
+        ctx: &Context<Self::AppState, Self::UserId>,
+        topic: &str,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, topic);
+        async {}
+    }
+
     /// Handles one message: answer the sender ([`Outcome::Reply`]), publish
     /// an event to every subscriber of the message's topic, on every
     /// instance ([`Outcome::Broadcast`]), or nothing ([`Outcome::Handled`]).

@@ -100,6 +100,43 @@ pub use realtime_macros::on_connect;
 /// meaningful inside a [`#[realtime_handler]`](realtime_handler) block.
 pub use realtime_macros::on_disconnect;
 
+/// Marks the hook run once a connection has subscribed to a topic with
+/// `$join`, before the client's acknowledgement: `async fn joined(&self,
+/// ctx: &Context<S, U>, topic: &str)`, the context optional. Only
+/// meaningful inside a [`#[realtime_handler]`](realtime_handler) block.
+///
+/// ```
+/// use realtime::prelude::*;
+///
+/// struct Board;
+///
+/// #[realtime_handler(state = (), user = String)]
+/// impl Board {
+///     #[direct]
+///     async fn ping(&self) -> Result<&'static str, HandlerError> {
+///         Ok("pong")
+///     }
+///
+///     #[on_join]
+///     async fn joined(&self, ctx: &Context<(), String>, topic: &str) {
+///         tracing::info!(user = ctx.user_id(), topic, "joined");
+///     }
+///
+///     #[on_leave]
+///     async fn left(&self, topic: &str) {
+///         tracing::info!(topic, "a member left");
+///     }
+/// }
+/// ```
+pub use realtime_macros::on_join;
+
+/// Marks the hook run once for each [`on_join`], when the connection left
+/// the topic with `$leave` (before the acknowledgement) or ended while
+/// subscribed (before `on_disconnect`); the same parameters as `on_join`.
+/// Only meaningful inside a [`#[realtime_handler]`](realtime_handler)
+/// block.
+pub use realtime_macros::on_leave;
+
 /// Marks the hook that decides whether a user may subscribe to a topic
 /// (`false` answers the upgrade with HTTP 403). Only meaningful inside a
 /// [`#[realtime_handler]`](realtime_handler) block.
@@ -117,7 +154,7 @@ pub use realtime_macros::authorize_topic;
 pub mod prelude {
     pub use crate::{
         Context, HandlerError, authorize_topic, broadcast, direct, on_connect, on_disconnect,
-        realtime_handler,
+        on_join, on_leave, realtime_handler,
     };
 }
 

@@ -165,6 +165,12 @@ impl Registry {
         self.topics.read().expect("registry lock poisoned").len()
     }
 
+    /// The names of the topics with local subscribers.
+    fn names(&self) -> Vec<Arc<str>> {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        topics.keys().cloned().collect()
+    }
+
     fn has_subscribers(&self, topic: &str) -> bool {
         self.topics
             .read()
@@ -390,6 +396,33 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// Whether [`shutdown`](Self::shutdown) was called.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_fired()
+    }
+
+    /// The topics that have at least one subscriber on this instance (the
+    /// URL's topic or a `$join`ed one), in no particular order: for
+    /// server-side code that publishes to the topics someone listens to,
+    /// such as a ticker. Other instances have their own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Board;
+    /// # impl MessageHandler for Board {
+    /// #     type ClientMessage = Msg; type ServerEvent = u64; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<u64>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// async fn tick(service: &Service<Board>, now: u64) {
+    ///     for topic in service.topics() {
+    ///         // One failed publish (the broker is down) does not stop the others.
+    ///         let _ = service.publish(&topic, &now).await;
+    ///     }
+    /// }
+    /// ```
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        self.inner.registry.names()
     }
 
     /// Connections open now.

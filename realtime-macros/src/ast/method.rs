@@ -322,6 +322,20 @@ pub(super) fn lower_hook(
             }
         }
     } else {
+        let mut inputs = inputs.as_slice();
+        if matches!(marker, Marker::OnJoin | Marker::OnLeave) {
+            // The topic comes last: `(&self, [ctx,] topic: &str)`.
+            match inputs.split_last() {
+                Some((topic, rest)) if is_str_ref(&topic.ty) => inputs = rest,
+                _ => diag.at(
+                    sig.paren_token.span.join(),
+                    format!(
+                        "{what} take `(&self, ctx: &Context<S, U>, topic: &str)` (the context \
+                         may be left out); write the `topic: &str` parameter last"
+                    ),
+                ),
+            }
+        }
         for (index, input) in inputs.iter().enumerate() {
             match classify(&input.ty) {
                 ContextArg::Context(_) if index == 0 => takes_context = true,
@@ -354,6 +368,16 @@ pub(super) fn lower_hook(
         takes_context,
         authorize,
     })
+}
+
+/// Whether `ty` is `&str`.
+fn is_str_ref(ty: &Type) -> bool {
+    matches!(
+        ty,
+        Type::Reference(reference)
+            if reference.mutability.is_none()
+                && matches!(&*reference.elem, Type::Path(p) if p.path.is_ident("str"))
+    )
 }
 
 fn by_reference(diag: &mut Diagnostics, ty: &Type, what: &str) -> Option<Type> {

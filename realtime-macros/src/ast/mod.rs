@@ -134,12 +134,12 @@ pub(crate) struct ContextType {
 
 /// A lifecycle or authorization hook.
 pub(crate) struct Hook {
-    /// `OnConnect`, `OnDisconnect` or `AuthorizeTopic`.
+    /// `OnConnect`, `OnDisconnect`, `OnJoin`, `OnLeave` or `AuthorizeTopic`.
     pub(crate) marker: Marker,
     pub(crate) ident: Ident,
     /// The marker attribute, for spans.
     pub(crate) attr: Attribute,
-    /// Whether an `on_connect`/`on_disconnect` hook takes the context.
+    /// Whether a hook other than `authorize_topic` takes the context.
     pub(crate) takes_context: bool,
     /// The state and user types an `authorize_topic` hook takes by reference.
     pub(crate) authorize: Option<ContextType>,

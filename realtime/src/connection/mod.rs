@@ -112,7 +112,8 @@ pub(crate) fn start(
 /// the read loop, then the close. `home` is the subscription to the URL's
 /// topic, made before the upgrade. The subscriptions end as soon as the read
 /// loop does, so that no more events are written after the connection's
-/// close. The caller drops `started`, which closes the socket, then runs
+/// close; then the `on_leave` hook runs for each topic still `$join`ed. The
+/// caller drops `started`, which closes the socket, then runs
 /// `on_disconnect`.
 ///
 /// Its arguments are references or small, and it is a block, not an `async
@@ -146,8 +147,7 @@ where
         let mut reader =
             reader::Reader::new(session.handler, session.topics, ctx, subscriptions, config);
         let end = reader::read(&mut reader, &mut started.stream, session.shutdown).await;
-        // Dropping the reader ends the subscriptions.
-        drop(reader);
+        let joined = reader.into_joined();
         let outbox = &ctx.outbox;
 
         match end {
@@ -176,6 +176,16 @@ where
         {
             outbox.abort(0);
             let _ = (&mut started.writer).await;
+        }
+        if !joined.is_empty() {
+            // Boxed: rare, and the hooks' futures would otherwise take room
+            // in every idle connection's future.
+            Box::pin(async {
+                for topic in &joined {
+                    session.handler.on_leave(ctx, topic).await;
+                }
+            })
+            .await;
         }
     }
 }

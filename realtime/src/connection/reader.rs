@@ -64,6 +64,12 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             config,
         }
     }
+
+    /// Ends the subscriptions; returns the `$join`ed topics among them, for
+    /// their `on_leave` hooks.
+    pub(super) fn into_joined(self) -> Vec<Arc<str>> {
+        self.subscriptions.into_joined()
+    }
 }
 
 /// Reads and handles frames until the connection ends. On a close by the
@@ -225,7 +231,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         let id = request.id;
         match Control::decode(request) {
             Ok(Control::Join { topic }) => self.join(id, &topic).await,
-            Ok(Control::Leave { topic }) => self.leave(id, &topic),
+            Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
         }
     }
@@ -259,7 +265,8 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         match self.topics.subscribe(topic).await {
             Ok((name, subscription, ring)) => {
                 self.ctx.outbox.subscribe(Arc::clone(&name), ring);
-                self.subscriptions.add(name, subscription);
+                self.subscriptions.add(Arc::clone(&name), subscription);
+                self.handler.on_join(self.ctx, &name).await;
                 self.acknowledge(id);
             }
             Err(BrokerError::InvalidTopic(_)) => {
@@ -276,7 +283,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
 
     /// Unsubscribes from a `$join`ed topic; no event of it is written after
     /// the acknowledgement.
-    fn leave(&mut self, id: Option<&RawValue>, topic: &str) {
+    async fn leave(&mut self, id: Option<&RawValue>, topic: &str) {
         if &**self.subscriptions.home() == topic {
             let message = format!(
                 "cannot leave `{topic}`, the topic of this connection's URL; close the socket instead"
@@ -286,7 +293,8 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         match self.subscriptions.remove(topic) {
             Some((name, subscription)) => {
                 drop(subscription);
-                self.ctx.outbox.unsubscribe(name);
+                self.ctx.outbox.unsubscribe(Arc::clone(&name));
+                self.handler.on_leave(self.ctx, &name).await;
                 self.acknowledge(id);
             }
             None => {

@@ -52,6 +52,11 @@ impl<S> Subscriptions<S> {
         self.joined.push((topic, subscription));
     }
 
+    /// Ends every subscription; returns the names of the `$join`ed ones.
+    pub(crate) fn into_joined(self) -> Vec<Arc<str>> {
+        self.joined.into_iter().map(|(name, _)| name).collect()
+    }
+
     /// Takes a `$join`ed topic out; `None` if the connection is not
     /// subscribed to it or it is the URL's topic, which cannot be left.
     pub(crate) fn remove(&mut self, topic: &str) -> Option<(Arc<str>, S)> {
