@@ -1,7 +1,7 @@
 //! What `#[realtime_handler]` generates, over real sockets: wire names and
 //! renames, serde attributes on arguments, the hooks, topic authorization,
-//! the `path` option, `route()` for manual wiring, and handlers that name
-//! their types in the attribute.
+//! the `path` and `serialize` options, `route()` for manual wiring, and
+//! handlers that name their types in the attribute.
 
 use std::sync::{Arc, Mutex};
 
@@ -58,7 +58,7 @@ struct Posted {
 
 struct Chat;
 
-#[realtime_handler(path = "/live/{topic}")]
+#[realtime_handler(path = "/live/{topic}", serialize)]
 impl Chat {
     /// Renamed on the wire.
     #[direct(name = "get-history")]
@@ -127,6 +127,39 @@ async fn chat_server() -> (TestServer, Arc<Journal>) {
     .build()
     .expect("the default config is valid");
     (TestServer::start(Chat::router(service)).await, journal)
+}
+
+/// With `serialize`, the generated enum writes the frames the server reads,
+/// renames included: a test builds them with the compiler's help.
+#[tokio::test]
+async fn typed_frames_from_the_generated_enum() {
+    let (server, _) = chat_server().await;
+    let mut client = TestClient::connect(&server.ws_url("/live/lobby"), "alice")
+        .await
+        .expect("connect");
+    let _welcome = client.recv().await;
+
+    let post = ChatClientMessage::Say {
+        body: "ab".into(),
+        times: 2,
+    };
+    assert_eq!(
+        serde_json::to_value(&post).expect("serializes"),
+        json!({"type": "post", "data": {"text": "ab", "times": 2}})
+    );
+    assert_eq!(
+        client.call(&post, 1).await,
+        json!({"reply_to": 1, "ok": null})
+    );
+    assert_eq!(
+        client.recv_event().await,
+        json!({"topic": "lobby", "event": {"by": "alice", "body": "abab"}})
+    );
+    let history = ChatClientMessage::History { limit: 1 };
+    assert_eq!(
+        client.call(&history, 2).await,
+        json!({"reply_to": 2, "ok": ["authorize alice lobby"]})
+    );
 }
 
 #[tokio::test]

@@ -2,14 +2,17 @@
 //! subscribers: an application that counts the members of each board sees
 //! every subscription come and go, however it ends.
 
+#[path = "common/room.rs"]
+mod room;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use realtime::auth::validate_with;
 use realtime::prelude::*;
-use realtime::testing::{DEADLINE, TestClient, TestServer};
+use realtime::testing::{TestClient, TestServer};
 use realtime::{MemoryBroker, Service};
+use room::wait_until;
 use serde_json::{Value, json};
 
 /// Members per `$join`ed topic, as the hooks count them.
@@ -71,14 +74,6 @@ fn ack(id: u64) -> Value {
     json!({"reply_to": id, "ok": null})
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn sorted(mut topics: Vec<Arc<str>>) -> Vec<String> {
     topics.sort();
     topics.iter().map(|topic| topic.to_string()).collect()
@@ -120,7 +115,7 @@ async fn a_connection_that_ends_while_joined_runs_on_leave() {
     // One closes properly, the other's TCP connection just goes away.
     alice.close().await;
     drop(bob);
-    eventually("every on_leave ran", || {
+    wait_until("every on_leave ran", || {
         service.state().of("board:1") == 0 && service.state().of("board:2") == 0
     })
     .await;
@@ -139,7 +134,7 @@ async fn the_service_lists_the_topics_with_local_subscribers() {
     assert_eq!(sorted(service.topics()), ["home"]);
 
     alice.close().await;
-    eventually("the last subscriber's topics are gone", || {
+    wait_until("the last subscriber's topics are gone", || {
         service.topics().is_empty()
     })
     .await;

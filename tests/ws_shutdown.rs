@@ -41,6 +41,26 @@ async fn shutdown_writes_answers_in_flight_then_closes_with_1001() {
     assert_eq!(server.service.connections(), 0);
 }
 
+/// What a test relies on to see every `on_disconnect` before it returns.
+#[tokio::test]
+async fn shutdown_returns_after_every_on_disconnect() {
+    let server = RoomServer::start().await;
+    let mut clients = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        clients.push(server.connect("lobby", user).await);
+    }
+    wait_until("three connects", || {
+        server.hooks.connects.load(Ordering::SeqCst) == 3
+    })
+    .await;
+
+    tokio::time::timeout(DEADLINE, server.service.shutdown())
+        .await
+        .expect("shutdown within the deadline");
+    assert_eq!(server.hooks.disconnects.load(Ordering::SeqCst), 3);
+    drop(clients);
+}
+
 #[tokio::test]
 async fn new_connections_are_refused_with_503_after_shutdown() {
     let server = RoomServer::start().await;

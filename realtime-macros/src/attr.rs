@@ -23,9 +23,13 @@ pub(crate) struct HandlerOptions {
     pub(crate) state: Option<Type>,
     /// `user = UserId`: the user type, likewise.
     pub(crate) user: Option<Type>,
+    /// `serialize`: the client-message enum also derives `Serialize`, so
+    /// that tests and Rust clients build frames from it. Opt-in, because it
+    /// asks every argument type to be `Serialize` too.
+    pub(crate) serialize: bool,
 }
 
-const HANDLER_OPTIONS: &str = "`path = \"...\"`, `state = Type` and `user = Type`";
+const HANDLER_OPTIONS: &str = "`path = \"...\"`, `state = Type`, `user = Type` and `serialize`";
 
 impl HandlerOptions {
     /// Parses the arguments of `#[realtime_handler(...)]`, recording every
@@ -51,6 +55,19 @@ impl HandlerOptions {
                         &mut options.user
                     };
                     set_once(diag, &meta, slot, ty);
+                }
+                "serialize" => {
+                    if options.serialize {
+                        diag.on(&meta.path, "duplicate `serialize` option");
+                    }
+                    options.serialize = true;
+                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                        diag.on(
+                            &meta.path,
+                            "`serialize` takes no value; write `serialize` alone",
+                        );
+                        skip_value(meta.input)?;
+                    }
                 }
                 _ => {
                     diag.on(
@@ -378,13 +395,28 @@ mod tests {
     }
 
     #[test]
+    fn serialize_is_a_flag() {
+        let (flagged, errors) = options(quote!(serialize, user = u64));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(flagged.serialize);
+        assert!(!options(quote!(user = u64)).0.serialize);
+
+        let (valued, errors) = options(quote!(serialize = true, user = u64));
+        assert_eq!(
+            errors,
+            ["`serialize` takes no value; write `serialize` alone"]
+        );
+        assert_eq!(names::render(&valued.user.unwrap()), "u64");
+    }
+
+    #[test]
     fn unknown_handler_option_lists_the_known_ones_and_reading_goes_on() {
         let (options, errors) = options(quote!(stat = AppState, user = u64));
         assert_eq!(
             errors,
             [
                 "unknown option `stat` in `#[realtime_handler(...)]`; the options are \
-              `path = \"...\"`, `state = Type` and `user = Type`"
+              `path = \"...\"`, `state = Type`, `user = Type` and `serialize`"
             ]
         );
         assert!(options.user.is_some());

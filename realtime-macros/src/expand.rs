@@ -154,9 +154,11 @@ pub(crate) fn client_message_enum(handler: &Handler, stand_in: bool) -> TokenStr
             #variant { #(#fields,)* }
         }
     });
+    let serialize =
+        (handler.options.serialize && !stand_in).then(|| quote!(, #p::serde::Serialize));
     quote! {
         #[doc = #doc]
-        #[derive(#p::serde::Deserialize)]
+        #[derive(#p::serde::Deserialize #serialize)]
         #[serde(crate = #serde_crate #protocol)]
         pub enum #ident {
             #(#variants,)*

@@ -35,6 +35,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// An axum app served on `127.0.0.1:0` until dropped.
+///
+/// Dropping it stops accepting, but does not end the connections already
+/// open: their `on_disconnect` hooks run when they end, which may be after
+/// the test has returned (then never). A test that checks what
+/// `on_disconnect` did closes its clients first
+/// ([`TestClient::close`]), or calls [`Service::shutdown`](crate::Service::shutdown),
+/// which closes every connection and returns once each one's
+/// `on_disconnect` has run.
 #[derive(Debug)]
 pub struct TestServer {
     addr: SocketAddr,
@@ -215,6 +223,51 @@ impl TestClient {
     pub async fn request(&mut self, kind: &str, data: Value, id: u64) -> Value {
         self.send(serde_json::json!({"type": kind, "data": data, "id": id}))
             .await;
+        self.answer_to(id).await
+    }
+
+    /// Sends `message` with `id` and returns the frame that answers it, as
+    /// [`request`](Self::request) does. `message` is a value of the
+    /// client-message enum that `#[realtime_handler(..., serialize)]`
+    /// generates, so that a renamed method or argument fails to compile
+    /// instead of failing the test.
+    ///
+    /// ```
+    /// use realtime::prelude::*;
+    /// use realtime::testing::TestClient;
+    ///
+    /// struct Chat;
+    ///
+    /// #[realtime_handler(state = (), user = String, serialize)]
+    /// impl Chat {
+    ///     #[direct]
+    ///     async fn echo(&self, text: String) -> Result<String, HandlerError> {
+    ///         Ok(text)
+    ///     }
+    /// }
+    ///
+    /// async fn echo_hi(client: &mut TestClient) -> serde_json::Value {
+    ///     let message = ChatClientMessage::Echo { text: "hi".into() };
+    ///     client.call(&message, 1).await // {"reply_to": 1, "ok": "hi"}
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `message` does not serialize to a JSON object, and as
+    /// [`recv`](Self::recv).
+    pub async fn call<M: serde::Serialize>(&mut self, message: &M, id: u64) -> Value {
+        let mut frame = serde_json::to_value(message).expect("the message serializes");
+        let Some(fields) = frame.as_object_mut() else {
+            panic!("a client message serializes to an object, got {frame}");
+        };
+        fields.insert("id".to_owned(), Value::from(id));
+        self.send(frame).await;
+        self.answer_to(id).await
+    }
+
+    /// The frame with `reply_to == id`; frames that arrive first are kept.
+    async fn answer_to(&mut self, id: u64) -> Value {
         let id = Value::from(id);
         self.recv_where(|frame| frame.get("reply_to") == Some(&id))
             .await
