@@ -72,7 +72,10 @@ pub mod service;
 pub mod testing;
 
 pub use auth::{AuthError, TokenValidator};
-pub use broker::{Broker, BrokerError, MemoryBroker, RedisBroker, RedisConfig, RedisConfigError};
+pub use broker::{Broker, BrokerError, MemoryBroker};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use broker::{RedisBroker, RedisConfig, RedisConfigError};
 pub use config::{Config, ConfigError};
 pub use connection::ConnectionId;
 pub use handler::{Context, HandlerError, MessageHandler};

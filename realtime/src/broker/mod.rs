@@ -16,9 +16,13 @@ use std::sync::Arc;
 use crate::protocol::Frame;
 
 mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 pub use memory::MemoryBroker;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBroker, RedisConfig, RedisConfigError};
 
 /// Moves serialized event frames between the instances of one application.
