@@ -143,6 +143,7 @@ pub(crate) fn client_message_enum(handler: &Handler, stand_in: bool) -> TokenStr
                 );
                 attrs.insert(0, syn::parse_quote!(#[doc = #line]));
             }
+            attrs.extend(argument_deserializer(ty, &attrs));
             quote! {
                 #(#attrs)*
                 #name: #ty
@@ -164,6 +165,50 @@ pub(crate) fn client_message_enum(handler: &Handler, stand_in: bool) -> TokenStr
             #(#variants,)*
         }
     }
+}
+
+/// The serde attributes that make an argument type without `Deserialize`
+/// one error, on that type.
+///
+/// serde's derive asks for `Deserialize` twice per field: where it reads
+/// the value, and where it handles the field being absent (an `Option` is
+/// `None` then). The second is reported on the attribute, so one mistake
+/// was two errors and fifty lines. Read through a function of ours, whose
+/// path is spanned on the type, the field is asked for `Deserialize` once,
+/// there; an `Option` then needs `default` to stay optional. An argument
+/// that names its own deserializer (`with`, `deserialize_with`) or is
+/// `flatten`ed keeps serde's handling.
+fn argument_deserializer(ty: &syn::Type, attrs: &[Attribute]) -> Vec<Attribute> {
+    let keys = serde_keys(attrs);
+    let has = |key: &str| keys.iter().any(|each| each == key);
+    if has("with") || has("deserialize_with") || has("flatten") {
+        return Vec::new();
+    }
+    let path = syn::LitStr::new(private::DESERIALIZE_ARG, ty.span());
+    let mut extra: Vec<Attribute> = vec![syn::parse_quote!(#[serde(deserialize_with = #path)])];
+    if crate::ast::is_option(ty) && !has("default") {
+        extra.push(syn::parse_quote!(#[serde(default)]));
+    }
+    extra
+}
+
+/// The keys of the `#[serde(...)]` attributes among `attrs`.
+fn serde_keys(attrs: &[Attribute]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident("serde")) {
+        // A malformed attribute is serde's to report; its keys up to the
+        // fault are enough here.
+        let _ = attr.parse_nested_meta(|meta| {
+            keys.push(names::render(&meta.path));
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                meta.input.parse::<proc_macro2::Group>()?;
+            }
+            Ok(())
+        });
+    }
+    keys
 }
 
 /// `Debug` without requiring `Debug` of the arguments: the variant only.

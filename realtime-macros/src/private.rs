@@ -12,3 +12,8 @@ pub(crate) fn path() -> TokenStream {
 
 /// The same path as a string, for `#[serde(crate = "...")]`.
 pub(crate) const SERDE_CRATE: &str = "::realtime::__private::serde";
+
+/// The function that reads each message argument (see
+/// `expand::argument_deserializer`), as a path string for
+/// `#[serde(deserialize_with = "...")]`.
+pub(crate) const DESERIALIZE_ARG: &str = "::realtime::__private::deserialize_arg";

@@ -168,6 +168,21 @@ pub mod prelude {
 pub mod __private {
     pub use axum;
     pub use serde;
+
+    /// Reads one message argument. The macro routes every argument through
+    /// it so that an argument type without `Deserialize` is one error, on
+    /// that type.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `T`'s own `Deserialize` returns.
+    pub fn deserialize_arg<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: serde::Deserialize<'de>,
+    {
+        T::deserialize(deserializer)
+    }
 }
 
 // The README's examples compile as doc tests.

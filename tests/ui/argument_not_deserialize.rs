@@ -1,7 +1,6 @@
-// An argument type that does not implement `Deserialize` is reported by
-// rustc on that type. serde's derive reports the bound a second time on the
-// derive, which is the attribute here: serde does the same for a plain
-// `#[derive(Deserialize)]`, and no span we give moves it.
+// An argument type that does not implement `Deserialize` is reported once,
+// on that type (the macro reads each argument through a function whose
+// path is spanned there, so serde's derive asks for the bound nowhere else).
 use realtime::prelude::*;
 
 struct Chat;

@@ -21,6 +21,12 @@ use crate::names;
 use method::{lower_hook, lower_message};
 use types::{event_of, first_context, result_ok, type_ident};
 
+/// Whether `ty` is written `Option<T>` (serde treats such a field as
+/// optional).
+pub(crate) fn is_option(ty: &Type) -> bool {
+    types::generic_args(ty, "Option").is_some_and(|args| args.len() == 1)
+}
+
 /// One `#[realtime_handler]` impl block.
 pub(crate) struct Handler {
     /// The block as it is emitted again: markers removed, argument
