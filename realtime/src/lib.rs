@@ -48,6 +48,17 @@
 //!
 //! [`realtime_handler`] documents the attribute: the rules for message
 //! methods, the hooks, the options, and what it expands to.
+//!
+//! # Beyond the handler
+//!
+//! - Server-side code publishes with [`Service::publish`] (an HTTP handler,
+//!   a ticker over [`Service::topics`]); a handler that changes state and
+//!   publishes as one step uses [`Context::publish`].
+//! - With the `testing` feature, `realtime::testing` serves a router on
+//!   127.0.0.1 and speaks the protocol over a real socket, so an
+//!   application's tests need no mock.
+//! - Features: `redis` (default: [`RedisBroker`]), `testing`, `coalesce`.
+//!   Without `redis` the redis crate is not built.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
