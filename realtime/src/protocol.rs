@@ -17,8 +17,13 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down (or restarting).
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol: an unmasked frame, a
+    /// reserved opcode or bit.
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// The client sent a binary frame; this protocol speaks JSON text only.
     pub const UNSUPPORTED: u16 = 1003;
+    /// The client sent a text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// The client broke a policy: it flooded past the rate limit or stayed
     /// silent past the idle timeout.
     pub const POLICY: u16 = 1008;
@@ -37,7 +42,9 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
     match code {
         close_code::NORMAL => "bye",
         close_code::GOING_AWAY => "server shutting down",
+        close_code::PROTOCOL_ERROR => "websocket protocol error",
         close_code::UNSUPPORTED => "binary frames are not supported; send JSON text",
+        close_code::INVALID_DATA => "text frame is not valid UTF-8",
         close_code::POLICY => "policy violation: rate limit or idle timeout",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: outbound queue full",
@@ -302,9 +309,11 @@ fn describe(error: &serde_path_to_error::Error<serde_json::Error>, prefix: &str)
         inner.push_str(", expected an object");
     }
     if let Some(rest) = inner.strip_prefix("unknown variant ") {
-        // serde says "unknown variant `x`, expected one of `a`, `b`".
+        // serde says "unknown variant `x`, expected one of `a`, `b`, `c`",
+        // "expected `a` or `b`" for two: one list, the same for every count.
         let (name, known) = rest.split_once(", expected ").unwrap_or((rest, ""));
         let known = known.strip_prefix("one of ").unwrap_or(known);
+        let known = known.replace("` or `", "`, `");
         return if known.is_empty() {
             format!("unknown type {name}")
         } else {
@@ -489,6 +498,24 @@ mod tests {
         assert_eq!(
             decode(r#"{"type":"sya","data":{}}"#),
             Err("unknown type `sya`; known types: `say`, `history`, `ping`, `opt`".into())
+        );
+    }
+
+    #[test]
+    fn two_known_types_are_listed_as_any_other_count() {
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+        enum Two {
+            Say {},
+            History {},
+        }
+        let error = read_envelope(r#"{"type":"sya"}"#)
+            .expect("a request")
+            .decode::<Two>()
+            .expect_err("unknown");
+        assert_eq!(
+            error.message,
+            "unknown type `sya`; known types: `say`, `history`"
         );
     }
 

@@ -446,18 +446,28 @@ impl Future for Answer<'_> {
     }
 }
 
-/// A failed read: a frame over the size limit gets 1009; anything else means
-/// the peer is gone.
+/// A failed read: a frame over the size limit gets 1009, text that is not
+/// UTF-8 gets 1007 and a broken frame (unmasked, a reserved opcode or bit)
+/// 1002, as RFC 6455 asks; anything else means the peer is gone.
 fn read_error(error: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
     let error = error.into_inner();
-    let too_big = error
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
-    if too_big {
-        End::Close(close_code::TOO_BIG)
-    } else {
-        tracing::debug!(error = %error, "read failed; dropping the connection");
-        End::PeerGone
+    let code = match error.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(close_code::TOO_BIG),
+        Some(tungstenite::Error::Utf8(_)) => Some(close_code::INVALID_DATA),
+        Some(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
+        Some(tungstenite::Error::Protocol(_)) => Some(close_code::PROTOCOL_ERROR),
+        _ => None,
+    };
+    match code {
+        Some(code) => {
+            tracing::debug!(error = %error, code, "client broke the protocol; closing");
+            End::Close(code)
+        }
+        None => {
+            tracing::debug!(error = %error, "read failed; dropping the connection");
+            End::PeerGone
+        }
     }
 }
 
