@@ -183,3 +183,80 @@ async fn flood_gets_429_then_closes_with_1008() {
     assert!(server.service.metrics().rate_limited >= 6);
     bystander_receives(&mut other, &mut bystander).await;
 }
+
+/// What a flooding client read back before the server closed it.
+#[derive(Debug, Default)]
+struct FloodOutcome {
+    rate_limited: usize,
+    pongs: usize,
+    close: Option<u16>,
+}
+
+/// Sends `frame` in batches of 50 every 10 ms (5000 frames/s), without
+/// reading, until the server stops taking them or 3 s have passed; then
+/// reads what came back up to the close.
+async fn flood(server: &RoomServer, frame: Message) -> FloodOutcome {
+    use futures_util::{SinkExt, StreamExt};
+    let client = server.connect("flood", "mallory").await;
+    let mut socket = client.into_inner();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    'sending: while tokio::time::Instant::now() < until {
+        for _ in 0..50 {
+            if socket.feed(frame.clone()).await.is_err() {
+                break 'sending;
+            }
+        }
+        if socket.flush().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut outcome = FloodOutcome::default();
+    let read = async {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Text(text) if text.contains("\"code\":429") => outcome.rate_limited += 1,
+                Message::Pong(_) => outcome.pongs += 1,
+                Message::Close(close) => {
+                    outcome.close = close.map(|close| u16::from(close.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(realtime::testing::DEADLINE, read).await;
+    outcome
+}
+
+fn flood_config() -> Config {
+    let mut config = Config::default();
+    config.max_messages_per_sec = 100;
+    config.rate_burst = 20;
+    config
+}
+
+#[tokio::test]
+async fn a_steady_flood_is_closed_with_1008_after_a_bounded_number_of_429s() {
+    // A token refills every 10 ms, so this flood is admitted a little all
+    // along; it must still be closed, after at most a burst's worth of 429s.
+    let server = RoomServer::with_config(flood_config()).await;
+    let mut bystander = server.connect("flood", "bob").await;
+    let mut other = server.connect("flood", "carol").await;
+    let echo = Message::text(r#"{"type":"echo","data":{"text":"x"},"id":1}"#);
+    let outcome = flood(&server, echo).await;
+    assert_eq!(outcome.close, Some(1008), "{outcome:?}");
+    assert!(outcome.rate_limited <= 20, "{outcome:?}");
+    bystander_receives(&mut other, &mut bystander).await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_closed_with_1008() {
+    let server = RoomServer::with_config(flood_config()).await;
+    let outcome = flood(&server, Message::Ping(Default::default())).await;
+    assert_eq!(outcome.close, Some(1008), "{outcome:?}");
+    // A burst of pings is answered, then the refused ones until the close
+    // (a burst and one), then at most a burst read while the server waits
+    // for the client's close: each ping read costs a pong.
+    assert!(outcome.pongs <= 3 * 20 + 1, "{outcome:?}");
+}

@@ -158,10 +158,14 @@ where
         if end != reader::End::PeerGone {
             // Read until the peer answers our close frame (or the deadline), so
             // the socket is not dropped with unread input, which would reset the
-            // connection before the client could read the close frame.
+            // connection before the client could read the close frame. At most
+            // a burst's worth of frames: each ping read here is still answered
+            // with a pong, and a flooding client gets no more than that.
             let _ = tokio::time::timeout(config.close_timeout, async {
+                let mut budget = config.rate_burst;
                 while let Some(Ok(message)) = started.stream.next().await {
-                    if matches!(message, axum::extract::ws::Message::Close(_)) {
+                    budget = budget.saturating_sub(1);
+                    if budget == 0 || matches!(message, axum::extract::ws::Message::Close(_)) {
                         break;
                     }
                 }

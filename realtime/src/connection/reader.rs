@@ -152,12 +152,21 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
                 Message::Text(text) => {
                     if self.limiter.admit(last_seen, config) {
                         self.handle(&text).await;
-                    } else if let Some(end) = self.reject(&text) {
+                    } else if let Some(end) = self.reject(&text, last_seen) {
                         return end;
                     }
                 }
                 Message::Binary(_) => return End::Close(close_code::UNSUPPORTED),
-                Message::Ping(_) | Message::Pong(_) => {}
+                // Control frames count against the limit too: each ping
+                // costs a pong. Past it they get no error frame (they have no
+                // id, and an answer would double the flood).
+                Message::Ping(_) | Message::Pong(_) => {
+                    if !self.limiter.admit(last_seen, config)
+                        && let Some(end) = self.flooding(last_seen)
+                    {
+                        return end;
+                    }
+                }
                 Message::Close(_) => return End::PeerGone,
             }
         }
@@ -165,11 +174,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
 
     /// Answers a frame past the rate limit with a 429 error frame, and ends
     /// the connection with 1008 once the client keeps flooding.
-    fn reject(&mut self, text: &str) -> Option<End> {
-        bump(&self.ctx.outbox.counters().rate_limited);
-        if self.limiter.strikes > self.config.rate_burst {
-            tracing::debug!(conn = %self.ctx.conn_id, "client kept flooding past the rate limit");
-            return Some(End::Close(close_code::POLICY));
+    fn reject(&mut self, text: &str, now: Instant) -> Option<End> {
+        if let Some(end) = self.flooding(now) {
+            return Some(end);
         }
         let id = match protocol::read_envelope(text) {
             Ok(request) => request.id,
@@ -180,6 +187,17 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             self.config.max_messages_per_sec
         );
         self.fail(id, error_code::TOO_MANY_REQUESTS, &message);
+        None
+    }
+
+    /// Counts a frame refused by the rate limit; the 1008 close once the
+    /// client has kept flooding (see [`RateLimiter::flooding`]).
+    fn flooding(&mut self, now: Instant) -> Option<End> {
+        bump(&self.ctx.outbox.counters().rate_limited);
+        if self.limiter.flooding(now, self.config) {
+            tracing::debug!(conn = %self.ctx.conn_id, "client kept flooding past the rate limit");
+            return Some(End::Close(close_code::POLICY));
+        }
         None
     }
 
@@ -471,27 +489,34 @@ fn read_error(error: axum::Error) -> End {
     }
 }
 
-/// A token bucket: `Config::rate_burst` messages at once, refilled at
-/// `Config::max_messages_per_sec`. (The two limits are read from the config
-/// and not copied here: every byte of the read loop is held by every idle
-/// connection.)
+/// A token bucket: `Config::rate_burst` frames at once, refilled at
+/// `Config::max_messages_per_sec`, and the count of frames it refused.
+/// (The two limits are read from the config and not copied here: every
+/// byte of the read loop is held by every idle connection.)
 #[derive(Debug)]
 struct RateLimiter {
     tokens: f64,
     last: Instant,
-    /// Messages rejected since the last one admitted.
+    /// Frames refused in the current streak.
     strikes: u32,
+    /// When the current streak of refusals began, and the last refusal.
+    streak_start: Instant,
+    last_strike: Instant,
 }
 
 impl RateLimiter {
     fn new(burst: u32) -> Self {
+        let now = Instant::now();
         Self {
             tokens: f64::from(burst),
-            last: Instant::now(),
+            last: now,
             strikes: 0,
+            streak_start: now,
+            last_strike: now,
         }
     }
 
+    /// Takes a token for one frame; `false` (and a strike) when there is none.
     fn admit(&mut self, now: Instant, config: &Config) -> bool {
         let per_sec = f64::from(config.max_messages_per_sec);
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * per_sec;
@@ -499,13 +524,37 @@ impl RateLimiter {
         self.tokens = (self.tokens + refill).min(f64::from(config.rate_burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
+            return true;
         }
+        // A refusal long after the last one (a whole burst's refill time)
+        // starts a new streak: a client that calmed down starts over. An
+        // admitted frame does not: at a steady flood a token refills every
+        // few milliseconds, and forgiving on each would never close it.
+        if self.strikes == 0
+            || now.saturating_duration_since(self.last_strike) > burst_refill(config)
+        {
+            self.strikes = 0;
+            self.streak_start = now;
+        }
+        self.strikes += 1;
+        self.last_strike = now;
+        false
     }
+
+    /// Whether the client has kept flooding: more refusals in one streak
+    /// than a burst, or a streak that has lasted two bursts' refill time,
+    /// so that a client barely over the limit is closed in bounded time too.
+    fn flooding(&self, now: Instant, config: &Config) -> bool {
+        self.strikes > config.rate_burst
+            || now.saturating_duration_since(self.streak_start) >= 2 * burst_refill(config)
+    }
+}
+
+/// How long the rate limit takes to refill a whole burst.
+fn burst_refill(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(
+        f64::from(config.rate_burst) / f64::from(config.max_messages_per_sec),
+    )
 }
 
 #[cfg(test)]
@@ -513,20 +562,84 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn config(per_sec: u32, burst: u32) -> Config {
+        Config {
+            max_messages_per_sec: per_sec,
+            rate_burst: burst,
+            ..Config::default()
+        }
+    }
+
+    /// Sends frames every `gap` from `start` until the limiter calls it a
+    /// flood; returns how many were sent and when, or `None` by `until`.
+    fn flood(config: &Config, gap: Duration, until: Duration) -> Option<(u32, Duration)> {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(config.rate_burst);
+        limiter.last = start;
+        let mut sent = 0;
+        let mut at = Duration::ZERO;
+        while at < until {
+            sent += 1;
+            if !limiter.admit(start + at, config) && limiter.flooding(start + at, config) {
+                return Some((sent, at));
+            }
+            at += gap;
+        }
+        None
+    }
+
     #[test]
     fn limiter_admits_a_burst_then_refills() {
         let start = Instant::now();
-        let config = Config {
-            max_messages_per_sec: 10,
-            rate_burst: 3,
-            ..Config::default()
-        };
+        let config = config(10, 3);
         let mut limiter = RateLimiter::new(config.rate_burst);
         limiter.last = start;
         assert!((0..3).all(|_| limiter.admit(start, &config)));
         assert!(!limiter.admit(start, &config));
         assert_eq!(limiter.strikes, 1);
         assert!(limiter.admit(start + Duration::from_millis(100), &config));
-        assert_eq!(limiter.strikes, 0);
+        // An admitted frame does not forgive the streak.
+        assert_eq!(limiter.strikes, 1);
+    }
+
+    #[test]
+    fn a_steady_flood_is_closed_after_a_burst_of_refusals() {
+        // 5000 frames/s against 100/s: the old rule forgave the client at
+        // every refilled token, and never closed it.
+        let config = config(100, 200);
+        let (sent, at) =
+            flood(&config, Duration::from_micros(200), Duration::from_secs(10)).expect("closed");
+        assert!(sent <= 200 + 201 + 10, "{sent} frames");
+        assert!(at < Duration::from_millis(200), "{at:?}");
+    }
+
+    #[test]
+    fn a_client_barely_over_the_limit_is_closed_in_bounded_time() {
+        // 110 frames/s against 100/s: about ten refusals a second, never a
+        // burst's worth in one go; closed after two bursts' refill time
+        // (4 s) of refusals.
+        let config = config(100, 200);
+        let (_, at) = flood(
+            &config,
+            Duration::from_micros(9_090),
+            Duration::from_secs(60),
+        )
+        .expect("closed");
+        assert!(at < Duration::from_secs(30), "{at:?}");
+    }
+
+    #[test]
+    fn a_client_that_calms_down_starts_over() {
+        let config = config(10, 2); // a burst refills in 200 ms
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(config.rate_burst);
+        limiter.last = start;
+        assert!(limiter.admit(start, &config) && limiter.admit(start, &config));
+        assert!(!limiter.admit(start, &config));
+        let later = start + Duration::from_secs(1);
+        assert!((0..2).all(|_| limiter.admit(later, &config)));
+        assert!(!limiter.admit(later, &config));
+        assert_eq!(limiter.strikes, 1);
+        assert!(!limiter.flooding(later, &config));
     }
 }
