@@ -189,3 +189,45 @@ async fn a_closed_connection_leaves_every_topic() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn topics_longer_than_the_limit_are_refused_and_never_stored() {
+    let server = RoomServer::start().await;
+    let long = "t".repeat(300);
+
+    // In the URL: 400 before the upgrade.
+    let refused = TestClient::connect(&server.url(&long), "alice")
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.status(), Some(400));
+
+    // In `$join` and in a frame's `topic`: an error frame that does not
+    // repeat the name.
+    let mut clients = Vec::new();
+    for n in 0..10 {
+        let mut client = server.connect("lobby", &format!("user{n}")).await;
+        for id in 0..15 {
+            let name = format!("{id}{}", "x".repeat(65_000));
+            assert_eq!(
+                client.join(&name, id).await,
+                error(
+                    id,
+                    400,
+                    &format!("topic longer than 256 bytes ({} bytes)", name.len())
+                )
+            );
+        }
+        clients.push(client);
+    }
+    let mut alice = clients.pop().expect("a client");
+    alice
+        .send(json!({"type": "here", "topic": long, "id": 99}))
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        error(99, 400, "topic longer than 256 bytes (300 bytes)")
+    );
+    // None of the 150 long names is held: the instance follows one topic.
+    assert_eq!(server.service.metrics().topics, 1);
+    assert_eq!(server.service.topics().len(), 1);
+}

@@ -41,6 +41,14 @@ pub struct Config {
     /// `outbound_queue`. The queue's own buffer is freed once it is empty
     /// again, so a burst leaves no memory behind.
     pub outbound_queue_bytes: usize,
+    /// Longest topic name, in bytes. Default: 256.
+    ///
+    /// A longer topic in the URL is refused with HTTP 400 before the
+    /// upgrade, and a longer one in `$join` or in a frame's `topic` key gets
+    /// an error frame with code 400. Every subscribed topic's name is kept
+    /// by the instance (and by Redis as a channel), so without a bound a
+    /// client could make the server hold megabytes of names.
+    pub max_topic_bytes: usize,
     /// Events of one topic kept for its slowest local subscriber. Default: 1024.
     ///
     /// Each topic with local subscribers has one ring of this many frames,
@@ -106,6 +114,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             outbound_queue_bytes: 1024 * 1024,
+            max_topic_bytes: 256,
             topic_backlog: 1024,
             max_publishes_in_flight: 64,
             write_batch: 64,
@@ -146,6 +155,7 @@ impl Config {
             ("max_frame_bytes", self.max_frame_bytes),
             ("outbound_queue", self.outbound_queue),
             ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("max_topic_bytes", self.max_topic_bytes),
             ("topic_backlog", self.topic_backlog),
             ("max_publishes_in_flight", self.max_publishes_in_flight),
             ("write_batch", self.write_batch),

@@ -1,8 +1,8 @@
 //! The axum side: the upgrade handler and the router that
 //! `#[realtime_handler]`'s `router()` returns.
 //!
-//! An upgrade request goes through, in order: the token (401), the topic
-//! authorization (403), the upgrade headers (axum's 400 or 426), the
+//! An upgrade request goes through, in order: the topic's length (400),
+//! the token (401), the topic authorization (403), the upgrade headers (axum's 400 or 426), the
 //! connection limit (503), and the subscription of the instance to the topic
 //! (503 if the broker is down). Only then is the socket upgraded, so a
 //! refused client never holds a WebSocket.
@@ -62,6 +62,10 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, UpgradeError> {
+    let max = service.config().max_topic_bytes;
+    if topic.len() > max {
+        return Err(UpgradeError::TopicTooLong { max });
+    }
     let (token, source) = auth::extract_token(&headers, query.as_deref())?;
     let user = service.authenticate(&token).await?;
     service.authorize(&user, &topic).await?;
@@ -110,6 +114,12 @@ pub enum UpgradeError {
     /// Missing or invalid token (401), or a forbidden topic (403).
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The topic is longer than `Config::max_topic_bytes` (400).
+    #[error("topic longer than {max} bytes")]
+    TopicTooLong {
+        /// The limit.
+        max: usize,
+    },
     /// The instance holds `Config::max_connections` already (503).
     #[error("too many connections on this instance; try again later")]
     AtCapacity,
@@ -125,6 +135,9 @@ impl IntoResponse for UpgradeError {
     fn into_response(self) -> Response {
         match self {
             Self::Auth(error) => error.into_response(),
+            Self::TopicTooLong { .. } => {
+                (StatusCode::BAD_REQUEST, self.to_string()).into_response()
+            }
             other => {
                 if let Self::Broker(error) = &other {
                     tracing::warn!(%error, "refused an upgrade: broker unavailable");

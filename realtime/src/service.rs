@@ -593,11 +593,15 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         topic: &str,
     ) -> Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError> {
         let mut subscribed = inner.subscribed.lock().await;
-        if !subscribed.contains(topic) {
+        let first = !subscribed.contains(topic);
+        if first {
             inner.broker.subscribe(topic).await?;
-            subscribed.insert(topic.into());
         }
         let (topic, ring) = inner.registry.add(topic);
+        if first {
+            // The registry's name, shared: one copy of it per instance.
+            subscribed.insert(Arc::clone(&topic));
+        }
         drop(subscribed);
         let subscription = Subscription {
             inner: Arc::clone(inner),

@@ -201,6 +201,19 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         None
     }
 
+    /// Refuses a topic longer than `Config::max_topic_bytes`; the message
+    /// does not repeat the topic, which may be as long as a frame.
+    fn check_topic_length(&self, topic: &str) -> Result<(), String> {
+        let max = self.config.max_topic_bytes;
+        if topic.len() > max {
+            return Err(format!(
+                "topic longer than {max} bytes ({} bytes)",
+                topic.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Handles one text frame and queues its answer, if any.
     async fn handle(&mut self, text: &str) {
         let request = match protocol::read_envelope(text) {
@@ -221,6 +234,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         let Some(topic) = request.topic.as_deref() else {
             return self.dispatch(id, message).await;
         };
+        if let Err(message) = self.check_topic_length(topic) {
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
         let Some(topic) = self.subscriptions.find(topic).cloned() else {
             let message = format!(
                 "not subscribed to topic `{topic}`; send {{\"type\": \"{}\", \"data\": {{\"topic\": \"{topic}\"}}}} first",
@@ -260,6 +276,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         if topic.is_empty() {
             let message = "`data.topic` must not be empty";
             return self.fail(id, error_code::BAD_REQUEST, message);
+        }
+        if let Err(message) = self.check_topic_length(topic) {
+            return self.fail(id, error_code::BAD_REQUEST, &message);
         }
         if self.subscriptions.find(topic).is_some() {
             return self.acknowledge(id);
