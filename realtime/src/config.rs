@@ -41,6 +41,15 @@ pub struct Config {
     /// `outbound_queue`. The queue's own buffer is freed once it is empty
     /// again, so a burst leaves no memory behind.
     pub outbound_queue_bytes: usize,
+    /// Largest answer or event a handler may produce, in bytes of frame
+    /// text. Default: 256 KiB.
+    ///
+    /// A larger reply is not sent: the sender gets an error frame with code
+    /// 500 instead (and a larger event is not published), and the
+    /// connection stays open. A frame that size is a handler's mistake (a
+    /// history without a limit, say), and many clients refuse frames past
+    /// 1 MiB anyway.
+    pub max_reply_bytes: usize,
     /// Longest topic name, in bytes. Default: 256.
     ///
     /// A longer topic in the URL is refused with HTTP 400 before the
@@ -115,6 +124,7 @@ impl Default for Config {
             outbound_queue: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_topic_bytes: 256,
+            max_reply_bytes: 256 * 1024,
             topic_backlog: 1024,
             max_publishes_in_flight: 64,
             write_batch: 64,
@@ -156,6 +166,7 @@ impl Config {
             ("outbound_queue", self.outbound_queue),
             ("outbound_queue_bytes", self.outbound_queue_bytes),
             ("max_topic_bytes", self.max_topic_bytes),
+            ("max_reply_bytes", self.max_reply_bytes),
             ("topic_backlog", self.topic_backlog),
             ("max_publishes_in_flight", self.max_publishes_in_flight),
             ("write_batch", self.write_batch),

@@ -201,6 +201,17 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         None
     }
 
+    /// Refuses a reply or event larger than `Config::max_reply_bytes`: the
+    /// handler's mistake, logged, and answered with a 500.
+    fn check_size(&self, what: &str, size: usize) -> Result<(), String> {
+        let max = self.config.max_reply_bytes;
+        if size > max {
+            tracing::warn!(conn = %self.ctx.conn_id, size, max, "{what} too large; not sent");
+            return Err(format!("{what} too large: {size} bytes, at most {max}"));
+        }
+        Ok(())
+    }
+
     /// Refuses a topic longer than `Config::max_topic_bytes`; the message
     /// does not repeat the topic, which may be as long as a frame.
     fn check_topic_length(&self, topic: &str) -> Result<(), String> {
@@ -253,7 +264,10 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     /// Runs the handler on a decoded message and answers what it produced.
     async fn dispatch(&mut self, id: Option<&RawValue>, message: H::ClientMessage) {
         match self.handler.handle(message, &*self.ctx).await {
-            Ok(Outcome::Reply(reply)) => self.answer(protocol::reply_frame(id, reply.raw())),
+            Ok(Outcome::Reply(reply)) => match self.check_size("reply", reply.raw().get().len()) {
+                Ok(()) => self.answer(protocol::reply_frame(id, reply.raw())),
+                Err(message) => self.fail(id, error_code::INTERNAL, &message),
+            },
             Ok(Outcome::Broadcast(event)) => self.broadcast(id, &event).await,
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
@@ -349,6 +363,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             Ok(frame) => frame,
             Err(error) => return self.handler_failed(id, &HandlerError::from(error)),
         };
+        if let Err(message) = self.check_size("event", frame.as_str().len()) {
+            return self.fail(id, error_code::INTERNAL, &message);
+        }
         let topics = self.topics;
         let counters: &'a Counters = topics.counters();
         let topic = Arc::clone(&self.ctx.topic);
