@@ -165,17 +165,16 @@ async fn serve<B: Broker>(
         .route("/", get(|| async { Html(include_str!("index.html")) }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("open http://{addr}/");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    // `realtime::serve` rather than `axum::serve`: a deadline for request
+    // heads, a bound on connections not yet upgraded, and one deadline for
+    // the whole shutdown (every socket closed with 1001 within 10 s).
+    realtime::serve(listener, app)
+        .with_graceful_shutdown(async {
             stop_signal().await;
             tracing::info!("shutting down: closing every socket with 1001");
-            if tokio::time::timeout(Duration::from_secs(10), service.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("some connections did not close within 10 s");
-            }
         })
+        .with_service(service)
+        .shutdown_timeout(Duration::from_secs(10))
         .await?;
     Ok(())
 }

@@ -77,6 +77,7 @@ mod connection;
 pub mod handler;
 pub mod protocol;
 pub mod route;
+pub mod serve;
 pub mod service;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -91,6 +92,7 @@ pub use config::{Config, ConfigError};
 pub use connection::ConnectionId;
 pub use handler::{Context, HandlerError, MessageHandler};
 pub use route::UpgradeError;
+pub use serve::serve;
 pub use service::{Metrics, PublishError, Service};
 
 #[doc = include_str!("../docs/macro.md")]
