@@ -6,11 +6,14 @@
 //! without depending on the connection's machinery.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
-use tokio::sync::broadcast;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, broadcast};
 
 use super::queue::{Queue, Refused};
 use crate::protocol::{Frame, close_code};
@@ -104,18 +107,41 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// Resolves once the switch is flipped. Create it once per loop, poll
-    /// it only when there is nothing else to do, and not again once it has
-    /// resolved.
-    pub(crate) async fn fired(&self) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        // Waiting from here on: a `fire` after the look below wakes it, one
-        // before is seen by the look.
-        notified.as_mut().enable();
-        if !self.is_fired() {
-            notified.await;
+    /// Resolves once the switch is flipped. Create it once per loop and poll
+    /// it only when there is nothing else to do: each poll takes the
+    /// `Notify`'s lock.
+    pub(crate) fn fired(&self) -> Fired<'_> {
+        Fired {
+            signal: self,
+            notified: self.notify.notified(),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Resolves once a [`Signal`] is fired, and again if polled after.
+    ///
+    /// A struct, not an `async fn`: every idle connection's read loop and
+    /// write task hold one, and the `async fn` was a third larger.
+    pub(crate) struct Fired<'a> {
+        signal: &'a Signal,
+        #[pin]
+        notified: Notified<'a>,
+    }
+}
+
+impl Future for Fired<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // Waiting from here on: a `fire` after the look below wakes this
+        // future, one before is seen by the look.
+        this.notified.as_mut().enable();
+        if this.signal.is_fired() {
+            return Poll::Ready(());
+        }
+        this.notified.poll(cx)
     }
 }
 
@@ -158,7 +184,7 @@ impl Status {
     }
 
     /// Resolves once the connection is aborted; see [`Signal::fired`].
-    pub(crate) fn aborted(&self) -> impl Future<Output = ()> + Send + '_ {
+    pub(crate) fn aborted(&self) -> Fired<'_> {
         self.abort.fired()
     }
 

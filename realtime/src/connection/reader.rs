@@ -59,7 +59,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             topics,
             ctx,
             subscriptions,
-            limiter: RateLimiter::new(config.rate_burst),
+            limiter: RateLimiter::new(config.rate_burst, Instant::now()),
             answers: Answers::default(),
             config,
         }
@@ -527,24 +527,37 @@ fn read_error(error: axum::Error) -> End {
 
 /// A token bucket: `Config::rate_burst` frames at once, refilled at
 /// `Config::max_messages_per_sec`, and the count of frames it refused.
-/// (The two limits are read from the config and not copied here: every
-/// byte of the read loop is held by every idle connection.)
+///
+/// Small on purpose, since every idle connection holds one: the limits are
+/// read from the config, not copied, and times are milliseconds since a
+/// process-wide epoch (`u32`, compared by wrapping differences, so they
+/// stay right across the wrap after 49 days) rather than 16-byte
+/// `Instant`s.
 #[derive(Debug)]
 struct RateLimiter {
-    tokens: f64,
-    last: Instant,
+    tokens: f32,
+    /// When the last frame was counted.
+    last: u32,
     /// Frames refused in the current streak.
     strikes: u32,
     /// When the current streak of refusals began, and the last refusal.
-    streak_start: Instant,
-    last_strike: Instant,
+    streak_start: u32,
+    last_strike: u32,
+}
+
+/// `now` in milliseconds since the first time any limiter asked.
+fn millis(now: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncated on purpose: differences of these wrap correctly.
+    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 impl RateLimiter {
-    fn new(burst: u32) -> Self {
-        let now = Instant::now();
+    fn new(burst: u32, now: Instant) -> Self {
+        let now = millis(now);
         Self {
-            tokens: f64::from(burst),
+            tokens: burst as f32,
             last: now,
             strikes: 0,
             streak_start: now,
@@ -554,10 +567,11 @@ impl RateLimiter {
 
     /// Takes a token for one frame; `false` (and a strike) when there is none.
     fn admit(&mut self, now: Instant, config: &Config) -> bool {
-        let per_sec = f64::from(config.max_messages_per_sec);
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * per_sec;
+        let now = millis(now);
+        let elapsed = now.wrapping_sub(self.last);
         self.last = now;
-        self.tokens = (self.tokens + refill).min(f64::from(config.rate_burst));
+        let refill = elapsed as f32 / 1000.0 * config.max_messages_per_sec as f32;
+        self.tokens = (self.tokens + refill).min(config.rate_burst as f32);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return true;
@@ -566,9 +580,7 @@ impl RateLimiter {
         // starts a new streak: a client that calmed down starts over. An
         // admitted frame does not: at a steady flood a token refills every
         // few milliseconds, and forgiving on each would never close it.
-        if self.strikes == 0
-            || now.saturating_duration_since(self.last_strike) > burst_refill(config)
-        {
+        if self.strikes == 0 || now.wrapping_sub(self.last_strike) > burst_refill_ms(config) {
             self.strikes = 0;
             self.streak_start = now;
         }
@@ -581,16 +593,15 @@ impl RateLimiter {
     /// than a burst, or a streak that has lasted two bursts' refill time,
     /// so that a client barely over the limit is closed in bounded time too.
     fn flooding(&self, now: Instant, config: &Config) -> bool {
-        self.strikes > config.rate_burst
-            || now.saturating_duration_since(self.streak_start) >= 2 * burst_refill(config)
+        let streak = millis(now).wrapping_sub(self.streak_start);
+        self.strikes > config.rate_burst || streak >= 2 * burst_refill_ms(config)
     }
 }
 
-/// How long the rate limit takes to refill a whole burst.
-fn burst_refill(config: &Config) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(
-        f64::from(config.rate_burst) / f64::from(config.max_messages_per_sec),
-    )
+/// How long the rate limit takes to refill a whole burst, in milliseconds.
+fn burst_refill_ms(config: &Config) -> u32 {
+    let ms = u64::from(config.rate_burst) * 1000 / u64::from(config.max_messages_per_sec);
+    u32::try_from(ms).unwrap_or(u32::MAX / 4)
 }
 
 #[cfg(test)]
@@ -610,8 +621,7 @@ mod tests {
     /// flood; returns how many were sent and when, or `None` by `until`.
     fn flood(config: &Config, gap: Duration, until: Duration) -> Option<(u32, Duration)> {
         let start = Instant::now();
-        let mut limiter = RateLimiter::new(config.rate_burst);
-        limiter.last = start;
+        let mut limiter = RateLimiter::new(config.rate_burst, start);
         let mut sent = 0;
         let mut at = Duration::ZERO;
         while at < until {
@@ -628,8 +638,7 @@ mod tests {
     fn limiter_admits_a_burst_then_refills() {
         let start = Instant::now();
         let config = config(10, 3);
-        let mut limiter = RateLimiter::new(config.rate_burst);
-        limiter.last = start;
+        let mut limiter = RateLimiter::new(config.rate_burst, start);
         assert!((0..3).all(|_| limiter.admit(start, &config)));
         assert!(!limiter.admit(start, &config));
         assert_eq!(limiter.strikes, 1);
@@ -668,8 +677,7 @@ mod tests {
     fn a_client_that_calms_down_starts_over() {
         let config = config(10, 2); // a burst refills in 200 ms
         let start = Instant::now();
-        let mut limiter = RateLimiter::new(config.rate_burst);
-        limiter.last = start;
+        let mut limiter = RateLimiter::new(config.rate_burst, start);
         assert!(limiter.admit(start, &config) && limiter.admit(start, &config));
         assert!(!limiter.admit(start, &config));
         let later = start + Duration::from_secs(1);
