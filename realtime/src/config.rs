@@ -41,12 +41,14 @@ pub struct Config {
     /// `outbound_queue`. The queue's own buffer is freed once it is empty
     /// again, so a burst leaves no memory behind.
     pub outbound_queue_bytes: usize,
-    /// Largest answer or event a handler may produce, in bytes of frame
-    /// text. Default: 256 KiB.
+    /// Largest answer or event a message method may produce, in bytes of
+    /// frame text. Default: 256 KiB; at most `outbound_queue_bytes`.
     ///
-    /// A larger reply is not sent: the sender gets an error frame with code
-    /// 500 instead (and a larger event is not published), and the
-    /// connection stays open. A frame that size is a handler's mistake (a
+    /// A larger reply is not sent and a larger broadcast event is not
+    /// published: the sender gets an error frame with code 500 instead, and
+    /// the connection stays open. (What server code sends itself, with
+    /// `Context::send` or `publish`, is not checked: only the queue's byte
+    /// bound applies to it.) A frame that size is a handler's mistake (a
     /// history without a limit, say), and many clients refuse frames past
     /// 1 MiB anyway.
     pub max_reply_bytes: usize,
@@ -81,10 +83,13 @@ pub struct Config {
     pub write_batch: usize,
     /// Messages one connection may send per second, on average. Default: 100.
     ///
-    /// Up to `rate_burst` messages may arrive at once. A message past the limit
-    /// is not handled: it gets an error frame with code 429. A client that
-    /// keeps sending while limited (another `rate_burst` rejected messages
-    /// before its budget refills) is closed with 1008 (policy violation).
+    /// Up to `rate_burst` messages may arrive at once; pings and pongs count
+    /// too. A message past the limit is not handled: it gets an error frame
+    /// with code 429 (a ping gets nothing). A client that keeps sending while
+    /// limited is closed with 1008 (policy violation): once one streak of
+    /// refusals holds more than `rate_burst`, or has lasted two bursts'
+    /// refill time. A pause as long as one burst's refill time ends a
+    /// streak.
     pub max_messages_per_sec: u32,
     /// Messages that may arrive at once before the rate limit applies. Default: 200.
     pub rate_burst: u32,
@@ -152,6 +157,15 @@ pub enum ConfigError {
     /// could be closed before it had a chance to answer a ping.
     #[error("`idle_timeout` must be longer than `ping_interval`")]
     IdleNotAfterPing,
+    /// `max_reply_bytes` is larger than `outbound_queue_bytes`, so a reply
+    /// within the cap could never be queued and would close its client with
+    /// 1013.
+    #[error("`max_reply_bytes` must not exceed `outbound_queue_bytes`")]
+    ReplyOverQueue,
+    /// `rate_burst` is above 16 777 216 (2^24), past which the limiter's
+    /// token count loses whole tokens.
+    #[error("`rate_burst` must be at most 16777216")]
+    BurstTooLarge,
 }
 
 impl Config {
@@ -192,6 +206,12 @@ impl Config {
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleNotAfterPing);
         }
+        if self.max_reply_bytes > self.outbound_queue_bytes {
+            return Err(ConfigError::ReplyOverQueue);
+        }
+        if self.rate_burst > 1 << 24 {
+            return Err(ConfigError::BurstTooLarge);
+        }
         Ok(())
     }
 }
@@ -222,5 +242,19 @@ mod tests {
             ..defaults
         };
         assert_eq!(config.validate(), Err(ConfigError::IdleNotAfterPing));
+    }
+
+    #[test]
+    fn a_reply_must_fit_the_queue_and_a_burst_the_token_count() {
+        let config = Config {
+            max_reply_bytes: 2 << 20,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ReplyOverQueue));
+        let config = Config {
+            rate_burst: (1 << 24) + 1,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::BurstTooLarge));
     }
 }

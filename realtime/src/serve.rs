@@ -120,8 +120,11 @@ impl Serve {
     }
 
     /// The one deadline of a shutdown, from the signal to the return:
-    /// requests in flight, half-sent request heads and WebSockets that do
-    /// not close in time are dropped at it. Default: 10 s.
+    /// requests in flight and half-sent request heads are dropped at it,
+    /// and the wait for [`with_service`](Self::with_service)'s 1001 closes
+    /// ends there. Default: 10 s. WebSockets run in tasks of their own: one
+    /// still open at the deadline ends when the runtime does (when `main`
+    /// returns).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -151,18 +154,23 @@ impl Serve {
                     permit.expect("the semaphore is never closed")
                 }
             };
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
                 () = &mut signal => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        backoff.reset();
-                        stream
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(error) => {
+                    // The pause gives way to the signal: a shutdown starts
+                    // when asked, not after the pause.
+                    tokio::select! {
+                        () = &mut signal => break,
+                        () = backoff.pause(&error) => continue,
                     }
-                    Err(error) => {
-                        backoff.pause(&error).await;
-                        continue;
-                    }
-                },
+                }
             };
             // Finished connections are reaped as we go, so the set stays
             // the size of what is open.

@@ -84,6 +84,16 @@ pub(crate) struct Started {
     writer: JoinHandle<()>,
 }
 
+impl Drop for Started {
+    /// Ends the write task with the connection. On the way out of [`run`]
+    /// it has ended already; but if the connection's future is dropped
+    /// early (a handler panicked), the write task would otherwise wait for
+    /// its queue forever and keep the socket open.
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
 /// Splits an upgraded socket and starts its write task, which writes
 /// `outbox`'s queue and the events of `home` (the URL's topic and its ring).
 ///

@@ -237,7 +237,8 @@ impl Outbox {
     }
 
     /// Queues a heartbeat ping, unless the queue is full: a client that far
-    /// behind is being closed anyway.
+    /// behind gets no ping, and the next frame that finds the queue full
+    /// closes it with 1013.
     pub(crate) fn ping(&self) {
         let _ = self.status.queue.push(Outbound::Ping);
     }

@@ -264,10 +264,13 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     /// Runs the handler on a decoded message and answers what it produced.
     async fn dispatch(&mut self, id: Option<&RawValue>, message: H::ClientMessage) {
         match self.handler.handle(message, &*self.ctx).await {
-            Ok(Outcome::Reply(reply)) => match self.check_size("reply", reply.raw().get().len()) {
-                Ok(()) => self.answer(protocol::reply_frame(id, reply.raw())),
-                Err(message) => self.fail(id, error_code::INTERNAL, &message),
-            },
+            Ok(Outcome::Reply(reply)) => {
+                let frame = protocol::reply_frame(id, reply.raw());
+                match self.check_size("reply", frame.as_str().len()) {
+                    Ok(()) => self.answer(frame),
+                    Err(message) => self.fail(id, error_code::INTERNAL, &message),
+                }
+            }
             Ok(Outcome::Broadcast(event)) => self.broadcast(id, &event).await,
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
@@ -335,6 +338,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     /// Unsubscribes from a `$join`ed topic; no event of it is written after
     /// the acknowledgement.
     async fn leave(&mut self, id: Option<&RawValue>, topic: &str) {
+        if let Err(message) = self.check_topic_length(topic) {
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
         if &**self.subscriptions.home() == topic {
             let message = format!(
                 "cannot leave `{topic}`, the topic of this connection's URL; close the socket instead"
@@ -594,14 +600,16 @@ impl RateLimiter {
     /// so that a client barely over the limit is closed in bounded time too.
     fn flooding(&self, now: Instant, config: &Config) -> bool {
         let streak = millis(now).wrapping_sub(self.streak_start);
-        self.strikes > config.rate_burst || streak >= 2 * burst_refill_ms(config)
+        self.strikes > config.rate_burst || streak >= burst_refill_ms(config).saturating_mul(2)
     }
 }
 
-/// How long the rate limit takes to refill a whole burst, in milliseconds.
+/// How long the rate limit takes to refill a whole burst, in milliseconds:
+/// at least 1, so that a streak has some length to last, and at most a
+/// quarter of the clock's wrap.
 fn burst_refill_ms(config: &Config) -> u32 {
     let ms = u64::from(config.rate_burst) * 1000 / u64::from(config.max_messages_per_sec);
-    u32::try_from(ms).unwrap_or(u32::MAX / 4)
+    u32::try_from(ms).unwrap_or(u32::MAX).clamp(1, u32::MAX / 4)
 }
 
 #[cfg(test)]
