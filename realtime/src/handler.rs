@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::connection::{ConnectionId, Outbox};
+use crate::history::{History, HistoryError};
 use crate::protocol::{self, Frame, error_code};
 
 /// Where [`Context::publish`] sends an event: the service, as a handler
@@ -23,6 +24,14 @@ pub(crate) trait Publish: Send + Sync {
         topic: &'a str,
         frame: Frame,
     ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+    /// Reads a topic's history, as `Service::history`.
+    fn history<'a>(
+        &'a self,
+        topic: &'a str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<History, HistoryError>> + Send + 'a>>;
 }
 
 /// What a handler sees of the connection a message came from.
@@ -155,6 +164,58 @@ impl<S, U> Context<S, U> {
     ) -> Result<(), HandlerError> {
         let frame = protocol::event_frame(topic, event)?;
         self.publisher.publish(topic, frame).await
+    }
+
+    /// Reads `topic`'s history, as [`Service::history`] does: the events
+    /// after offset `since`, or with `since` `None` the last `limit` ones,
+    /// oldest first, with the topic's position.
+    ///
+    /// [`Service::history`]: crate::Service::history
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 400 when the service keeps no history for
+    /// `topic`, and with code 503 when the broker could not be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::prelude::*;
+    ///
+    /// struct Chat;
+    ///
+    /// #[realtime_handler]
+    /// impl Chat {
+    ///     /// The last `limit` lines of this room.
+    ///     #[direct]
+    ///     async fn history(&self, ctx: &Context<(), String>, limit: usize)
+    ///         -> Result<Vec<String>, HandlerError>
+    ///     {
+    ///         let history = ctx.history(ctx.topic(), None, limit).await?;
+    ///         Ok(history.events.iter().filter_map(|line| line.event().ok()).collect())
+    ///     }
+    /// }
+    /// ```
+    pub async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, HandlerError> {
+        self.publisher
+            .history(topic, since, limit)
+            .await
+            .map_err(|error| {
+                let code = match error {
+                    HistoryError::NotKept(_) => error_code::BAD_REQUEST,
+                    _ => error_code::UNAVAILABLE,
+                };
+                HandlerError::new(
+                    code,
+                    format!("cannot read the history of `{topic}`: {error}"),
+                )
+                .with_source(error)
+            })
     }
 }
 

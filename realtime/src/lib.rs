@@ -75,6 +75,7 @@ pub mod coalesce;
 pub mod config;
 mod connection;
 pub mod handler;
+pub mod history;
 pub mod protocol;
 pub mod route;
 pub mod serve;

@@ -10,6 +10,8 @@ use serde::de::{DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::history::Position;
+
 /// WebSocket close codes the server sends (RFC 6455, section 7.4.1).
 pub mod close_code {
     /// A normal close. The server does not start one; it answers a client's
@@ -136,8 +138,12 @@ impl std::fmt::Debug for Frame {
 /// than the one of its URL with `$join`, and unsubscribes with `$leave`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Control {
-    /// `{"type": "$join", "data": {"topic": "room:2"}}`
-    Join { topic: String },
+    /// `{"type": "$join", "data": {"topic": "room:2"}}`, with
+    /// `"since": {"offset": 42, "epoch": "x7Fq"}` to resume.
+    Join {
+        topic: String,
+        since: Option<crate::history::Position>,
+    },
     /// `{"type": "$leave", "data": {"topic": "room:2"}}`
     Leave { topic: String },
 }
@@ -146,6 +152,8 @@ pub(crate) enum Control {
 #[derive(Deserialize)]
 struct TopicData {
     topic: String,
+    #[serde(default)]
+    since: Option<crate::history::Position>,
 }
 
 impl Control {
@@ -167,9 +175,20 @@ impl Control {
                 ),
             });
         }
-        let TopicData { topic } = request.decode_data()?;
+        let TopicData { topic, since } = request.decode_data()?;
+        if let Some(since) = &since
+            && !crate::history::is_epoch(&since.epoch)
+        {
+            return Err(FrameError {
+                id: request.id,
+                message: format!(
+                    "invalid `data.since.epoch` `{}`: 1 to 32 letters and digits",
+                    since.epoch
+                ),
+            });
+        }
         Ok(if kind == Self::JOIN {
-            Self::Join { topic }
+            Self::Join { topic, since }
         } else {
             Self::Leave { topic }
         })
@@ -405,6 +424,40 @@ pub(crate) fn event_frame<E: Serialize + ?Sized>(
     Ok(utf8(buffer))
 }
 
+/// `{"topic": <topic>, "subscribed": {"offset": .., "epoch": .., "recovered": ..}}`:
+/// a subscription to a topic with history is live. `recovered` is there
+/// when the client asked to resume.
+pub(crate) fn subscribed_frame(topic: &str, position: &Position, recovered: Option<bool>) -> Frame {
+    let mut text = position_frame(topic, "subscribed", position);
+    text.pop();
+    text.pop();
+    if let Some(recovered) = recovered {
+        let _ = write!(text, ",\"recovered\":{recovered}");
+    }
+    text.push_str("}}");
+    Frame::from(text)
+}
+
+/// `{"topic": <topic>, "reset": {"offset": .., "epoch": ..}}`: events of a
+/// live subscription were lost; the client reloads its state.
+pub(crate) fn reset_frame(topic: &str, position: &Position) -> Frame {
+    Frame::from(position_frame(topic, "reset", position))
+}
+
+/// `{"topic": <topic>, "<name>": {"offset": .., "epoch": ..}}`.
+fn position_frame(topic: &str, name: &str, position: &Position) -> String {
+    let mut text = String::with_capacity(64 + topic.len());
+    text.push_str("{\"topic\":");
+    text.push_str(&serde_json::to_string(topic).expect("a string always serializes"));
+    // An epoch is letters and digits: nothing to escape.
+    let _ = write!(
+        text,
+        ",\"{name}\":{{\"offset\":{},\"epoch\":\"{}\"}}}}",
+        position.offset, position.epoch
+    );
+    text
+}
+
 /// `{"reply_to": <id>, "ok": <value>}`: a direct method's answer.
 pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Frame {
     let mut text = String::with_capacity(24 + value.get().len());
@@ -610,7 +663,10 @@ mod control_tests {
     fn reads_join_and_leave() {
         assert_eq!(
             control(r#"{"type":"$join","data":{"topic":"a"}}"#),
-            Ok(Control::Join { topic: "a".into() })
+            Ok(Control::Join {
+                topic: "a".into(),
+                since: None
+            })
         );
         assert_eq!(
             control(r#"{"type":"$leave","data":{"topic":"a"}}"#),

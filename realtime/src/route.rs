@@ -22,6 +22,7 @@ use axum::routing::get;
 use crate::auth::{self, AuthError, Authenticator, BEARER_PROTOCOL, TokenSource};
 use crate::broker::{Broker, BrokerError};
 use crate::handler::MessageHandler;
+use crate::history::Position;
 use crate::service::{Full, Service};
 
 /// The router with one route, `path`, that upgrades to `service`.
@@ -66,6 +67,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     if topic.len() > max {
         return Err(UpgradeError::TopicTooLong { max });
     }
+    let since = since(query.as_deref())?;
     let (token, source) = auth::extract_token(&headers, query.as_deref())?;
     let user = service.authenticate(&token).await?;
     service.authorize(&user, &topic).await?;
@@ -78,7 +80,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         Full::ShuttingDown => UpgradeError::ShuttingDown,
     })?;
     let accepted = service
-        .accept(&topic, user, admission)
+        .accept(&topic, since.as_ref(), user, admission)
         .await
         .map_err(UpgradeError::Broker)?;
 
@@ -97,6 +99,19 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     // life, and a pointer is smaller.
     let accepted = Box::new(accepted);
     Ok(ws.on_upgrade(move |socket| service.serve(socket, *accepted)))
+}
+
+/// The `since` of the query string (`?since=42.x7Fq`): where a client
+/// resumes the URL's topic.
+fn since(query: Option<&str>) -> Result<Option<Position>, UpgradeError> {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix("since="))
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| UpgradeError::BadSince)
 }
 
 /// A service as router state gives [`HttpAuth`](crate::auth::HttpAuth) its
@@ -120,6 +135,9 @@ pub enum UpgradeError {
         /// The limit.
         max: usize,
     },
+    /// The `since` of the query string is not `<offset>.<epoch>` (400).
+    #[error("`since` must read `<offset>.<epoch>`, as in `since=42.x7Fq`")]
+    BadSince,
     /// The instance holds `Config::max_connections` already (503).
     #[error("too many connections on this instance; try again later")]
     AtCapacity,
@@ -135,7 +153,7 @@ impl IntoResponse for UpgradeError {
     fn into_response(self) -> Response {
         match self {
             Self::Auth(error) => error.into_response(),
-            Self::TopicTooLong { .. } => {
+            Self::TopicTooLong { .. } | Self::BadSince => {
                 (StatusCode::BAD_REQUEST, self.to_string()).into_response()
             }
             other => {

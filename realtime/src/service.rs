@@ -1,22 +1,32 @@
 //! [`Service`]: one instance's connections, its topic subscriptions, local
 //! fan-out, the server-side publish API and graceful shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex as StdMutex, RwLock, Weak};
+use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::auth::{AuthError, Authenticator, TokenValidator};
-use crate::broker::{Broker, BrokerError, Incoming, MemoryBroker};
+use crate::broker::{Broker, BrokerError, Fanout, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    self, ConnectionId, Counters, Outbox, Ring, Session, Signal, Topics, bump,
+    self, CatchUp, ConnectionId, Counters, Event, Feed, Outbox, Ring, Session, Signal, Topics, bump,
 };
 use crate::handler::{Context, HandlerError, MessageHandler, Publish};
+use crate::history::{History, HistoryError, HistoryPolicy, Position};
 use crate::protocol::{self, Frame};
+
+/// Reads of a subscriber's history that may find the topic's ring restarted
+/// meanwhile (a `reset`) before the subscribe gives up with an error.
+const SUBSCRIBE_ATTEMPTS: u32 = 3;
+
+/// The longest pause between two attempts to read a topic's history to
+/// fill its ring, while the broker fails.
+const FILL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// One server instance of a realtime application: its connections, the topics
 /// they follow, and the broker that links it to the other instances.
@@ -70,6 +80,7 @@ struct Inner<H: MessageHandler, B> {
     broker: B,
     validator: Authenticator<H::UserId>,
     config: Config,
+    history: HistoryPolicy,
     registry: Arc<Registry>,
     /// Topics this instance is subscribed to at the broker. The lock is held
     /// across the broker call, so that subscribes and unsubscribes of one
@@ -96,10 +107,146 @@ struct Registry {
 struct Topic {
     /// Every event of the topic goes in once; each subscriber's writer reads
     /// it from there.
-    ring: broadcast::Sender<Frame>,
+    ring: broadcast::Sender<Event>,
     /// Local subscriptions. The writers' ring receivers may outlive theirs
     /// for a moment, so the ring's own receiver count is not this.
     subscribers: usize,
+    /// For a topic with history: where its ring stands. A std lock, taken
+    /// per event of the topic and never across an `.await`.
+    track: Option<StdMutex<Track>>,
+}
+
+/// Where the ring of a topic with history stands. The ring gets every
+/// offset once, in order: a live event that does not follow the last one
+/// (a gap, or a new epoch) is held, and the missing ones are read from the
+/// history first.
+#[derive(Debug, Default)]
+struct Track {
+    /// The epoch of the ring's events; `None` until the first read.
+    epoch: Option<String>,
+    /// The offset of the last event put in the ring.
+    last: u64,
+    /// Bumped when the ring restarts from a new position (a `reset`), so a
+    /// subscriber can tell whether its read of the history still fits.
+    generation: u64,
+    /// `Some` while a read of the history runs: the live events that came
+    /// meanwhile, with their epochs.
+    held: Option<Vec<(u64, String, Frame)>>,
+    /// Set when events were dropped from `held` (it was full) or the link
+    /// was lost while a read ran: read again before going live.
+    again: bool,
+}
+
+impl Track {
+    /// Puts a live event in the ring if it is the next one. Otherwise holds
+    /// it; returns whether a read of the history must start.
+    fn live(
+        &mut self,
+        ring: &broadcast::Sender<Event>,
+        offset: u64,
+        epoch: &str,
+        frame: Frame,
+        backlog: usize,
+    ) -> bool {
+        if let Some(held) = &mut self.held {
+            if held.len() < backlog {
+                held.push((offset, epoch.to_owned(), frame));
+            } else {
+                // Read again instead: the history has it.
+                self.again = true;
+            }
+            return false;
+        }
+        if self.epoch.as_deref() == Some(epoch) {
+            if offset <= self.last {
+                // Already in the ring (read from the history).
+                return false;
+            }
+            if offset == self.last + 1 {
+                self.last = offset;
+                let _ = ring.send(Event { offset, frame });
+                return false;
+            }
+        }
+        self.held = Some(vec![(offset, epoch.to_owned(), frame)]);
+        true
+    }
+
+    /// Starts holding live events for a read of the history; returns
+    /// whether a read must start (none runs yet).
+    fn hold(&mut self) -> bool {
+        if self.held.is_some() {
+            self.again = true;
+            return false;
+        }
+        self.held = Some(Vec::new());
+        true
+    }
+
+    /// Applies a read of the history made from `since` (`None`: the
+    /// position alone, for a ring that has none yet), then the held events
+    /// that follow. Returns whether the ring is live again.
+    fn fill(
+        &mut self,
+        ring: &broadcast::Sender<Event>,
+        topic: &str,
+        since: Option<u64>,
+        read: History,
+    ) -> bool {
+        match (&self.epoch, since) {
+            (None, _) => {
+                self.epoch = Some(read.position.epoch.clone());
+                self.last = read.position.offset;
+            }
+            (Some(epoch), Some(since))
+                if *epoch == read.position.epoch && since == self.last && read.continues(since) =>
+            {
+                for event in read.events {
+                    if event.offset == self.last + 1 {
+                        self.last = event.offset;
+                        let _ = ring.send(Event {
+                            offset: event.offset,
+                            frame: event.frame,
+                        });
+                    }
+                }
+            }
+            _ => {
+                // The history cannot fill the gap: it was lost (a new
+                // epoch) or trimmed past it. Subscribers reload.
+                self.epoch = Some(read.position.epoch.clone());
+                self.last = read.position.offset;
+                self.generation += 1;
+                let _ = ring.send(Event {
+                    offset: Event::RESET,
+                    frame: protocol::reset_frame(topic, &read.position),
+                });
+            }
+        }
+        let behind = self.epoch.as_deref() == Some(&*read.position.epoch)
+            && self.last < read.position.offset;
+        let mut held = self.held.take().unwrap_or_default();
+        held.sort_by_key(|(offset, _, _)| *offset);
+        let mut rest = Vec::new();
+        for (offset, epoch, frame) in held {
+            let next = self.epoch.as_deref() == Some(&*epoch) && rest.is_empty();
+            if next && offset <= self.last {
+                continue;
+            }
+            if next && offset == self.last + 1 {
+                self.last = offset;
+                let _ = ring.send(Event { offset, frame });
+                continue;
+            }
+            rest.push((offset, epoch, frame));
+        }
+        if rest.is_empty() && !behind && !self.again {
+            return true;
+        }
+        self.again = false;
+        self.held = Some(rest);
+        false
+    }
 }
 
 impl Registry {
@@ -118,13 +265,96 @@ impl Registry {
         let topics = self.topics.read().expect("registry lock poisoned");
         if let Some(entry) = topics.get(topic) {
             // No receiver left: every subscriber is leaving; nothing to do.
-            let _ = entry.ring.send(frame);
+            let _ = entry.ring.send(Event {
+                offset: Event::PLAIN,
+                frame,
+            });
         }
     }
 
-    /// Adds a subscriber; returns the shared topic name and a receiver of
-    /// every event from now on.
-    fn add(&self, topic: &str) -> (Arc<str>, Ring) {
+    /// Puts an event of a topic with history in its ring, in offset order;
+    /// returns whether a read of the history must start to fill a gap.
+    fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) -> bool {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        let Some(entry) = topics.get(topic) else {
+            return false;
+        };
+        match &entry.track {
+            Some(track) => track.lock().expect("track lock poisoned").live(
+                &entry.ring,
+                offset,
+                epoch,
+                frame,
+                self.backlog,
+            ),
+            None => {
+                // The policy keeps no history for it here: a plain event.
+                let _ = entry.ring.send(Event {
+                    offset: Event::PLAIN,
+                    frame,
+                });
+                false
+            }
+        }
+    }
+
+    /// Holds live events of every topic with history, whose rings missed
+    /// what was published while the broker's link was down; returns the
+    /// topics whose read must start.
+    fn hold_all(&self) -> Vec<Arc<str>> {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        topics
+            .iter()
+            .filter(|(_, entry)| {
+                entry
+                    .track
+                    .as_ref()
+                    .is_some_and(|track| track.lock().expect("track lock poisoned").hold())
+            })
+            .map(|(name, _)| Arc::clone(name))
+            .collect()
+    }
+
+    /// Where a read of `topic`'s history should start: `Some(None)` for a
+    /// ring without a position yet, `Some(Some(last))` otherwise; `None` if
+    /// the topic has no local subscriber or history any more.
+    fn fill_from(&self, topic: &str) -> Option<Option<u64>> {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        let track = topics.get(topic)?.track.as_ref()?;
+        let track = track.lock().expect("track lock poisoned");
+        Some(track.epoch.as_ref().map(|_| track.last))
+    }
+
+    /// Applies a read of the history; whether the ring is live again (or
+    /// the topic gone).
+    fn fill(&self, topic: &str, since: Option<u64>, read: History) -> bool {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        let Some((entry, track)) = topics
+            .get(topic)
+            .and_then(|entry| Some((entry, entry.track.as_ref()?)))
+        else {
+            return true;
+        };
+        let mut track = track.lock().expect("track lock poisoned");
+        track.fill(&entry.ring, topic, since, read)
+    }
+
+    /// A new receiver of `topic`'s ring and the ring's generation and epoch,
+    /// taken together.
+    fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        let entry = topics.get(topic)?;
+        let (generation, epoch) = entry.track.as_ref().map_or((0, None), |track| {
+            let track = track.lock().expect("track lock poisoned");
+            (track.generation, track.epoch.clone())
+        });
+        Some((entry.ring.subscribe(), generation, epoch))
+    }
+
+    /// Adds a subscriber; returns the shared topic name, a receiver of
+    /// every event from now on, and whether the topic is new here (its
+    /// ring, if it keeps history, has no position yet).
+    fn add(&self, topic: &str, history: bool) -> (Arc<str>, Ring, bool) {
         let mut topics = self.topics.write().expect("registry lock poisoned");
         if let Some(name) = topics
             .get_key_value(topic)
@@ -132,18 +362,27 @@ impl Registry {
         {
             let entry = topics.get_mut(topic).expect("present: just found");
             entry.subscribers += 1;
-            return (name, entry.ring.subscribe());
+            return (name, entry.ring.subscribe(), false);
         }
         let name: Arc<str> = topic.into();
         let (ring, receiver) = broadcast::channel(self.backlog);
+        // Live events are held until the first read gives the ring a
+        // position.
+        let track = history.then(|| {
+            StdMutex::new(Track {
+                held: Some(Vec::new()),
+                ..Track::default()
+            })
+        });
         topics.insert(
             Arc::clone(&name),
             Topic {
                 ring,
                 subscribers: 1,
+                track,
             },
         );
-        (name, receiver)
+        (name, receiver, true)
     }
 
     /// Removes a subscriber; returns whether the topic has none left here.
@@ -192,6 +431,7 @@ pub struct ServiceBuilder<H: MessageHandler, B> {
     validator: Authenticator<H::UserId>,
     broker: B,
     config: Config,
+    history: HistoryPolicy,
 }
 
 impl<H: MessageHandler, B: fmt::Debug> fmt::Debug for ServiceBuilder<H, B> {
@@ -221,6 +461,7 @@ impl<H: MessageHandler> Service<H, MemoryBroker> {
             validator: Authenticator::new(validator),
             broker: MemoryBroker::new(),
             config: Config::default(),
+            history: HistoryPolicy::none(),
         }
     }
 }
@@ -234,12 +475,42 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
             validator: self.validator,
             broker,
             config: self.config,
+            history: self.history,
         }
     }
 
     /// Sets the limits and timeouts.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Keeps history for the topics `policy` names: their events get
+    /// positions, and a client that comes back resumes where it stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// use std::time::Duration;
+    /// use realtime::auth::validate_with;
+    /// use realtime::history::{HistoryPolicy, Retention};
+    ///
+    /// let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+    ///     .history(HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(600))))
+    ///     .build()
+    ///     .expect("the default config is valid");
+    /// # let _ = service;
+    /// ```
+    pub fn history(mut self, policy: HistoryPolicy) -> Self {
+        self.history = policy;
         self
     }
 
@@ -251,26 +522,70 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     pub fn build(self) -> Result<Service<H, B>, ConfigError> {
         self.config.validate()?;
         let registry = Arc::new(Registry::new(self.config.topic_backlog));
-        let fanout = Arc::clone(&registry);
-        self.broker.attach(Incoming::new(move |topic, frame| {
-            fanout.deliver(topic, frame)
-        }));
         let (open, _) = watch::channel(0);
-        Ok(Service {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|inner: &Weak<Inner<H, B>>| {
+            self.broker.attach(Incoming::with_fanout(Fan {
+                registry: Arc::clone(&registry),
+                inner: inner.clone(),
+            }));
+            Inner {
                 handler: self.handler,
                 state: self.state,
                 broker: self.broker,
                 validator: self.validator,
                 config: self.config,
+                history: self.history,
                 registry,
                 subscribed: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 open,
                 shutdown: Signal::default(),
                 counters: Arc::default(),
-            }),
-        })
+            }
+        });
+        Ok(Service { inner })
+    }
+}
+
+/// The service's side of its broker: frames go to the registry's rings,
+/// and gaps start reads of the history.
+struct Fan<H: MessageHandler, B> {
+    registry: Arc<Registry>,
+    /// Weak: the broker that holds this lives in the service.
+    inner: Weak<Inner<H, B>>,
+}
+
+impl<H: MessageHandler, B: Broker> Fan<H, B> {
+    fn fill(&self, topic: Arc<str>) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Inner::fill(inner, topic));
+        }
+    }
+}
+
+impl<H: MessageHandler, B: Broker> Fanout for Fan<H, B> {
+    fn deliver(&self, topic: &str, frame: Frame) {
+        self.registry.deliver(topic, frame);
+    }
+
+    fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) {
+        if self.registry.deliver_at(topic, offset, epoch, frame) {
+            tracing::debug!(
+                topic,
+                offset,
+                "gap in a topic's offsets; reading its history"
+            );
+            self.fill(topic.into());
+        }
+    }
+
+    fn reconnected(&self) {
+        for topic in self.registry.hold_all() {
+            self.fill(topic);
+        }
     }
 }
 
@@ -330,7 +645,7 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
     id: ConnectionId,
     topic: Arc<str>,
     subscription: Subscription<H, B>,
-    ring: Ring,
+    feed: Feed,
     user: H::UserId,
     outbox: Outbox,
     admission: Admission,
@@ -377,8 +692,55 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// ```
     pub async fn publish(&self, topic: &str, event: &H::ServerEvent) -> Result<(), PublishError> {
         let frame = protocol::event_frame(topic, event)?;
-        self.inner.broker.publish(topic, frame).await?;
+        self.inner.publish(topic, frame).await?;
         Ok(())
+    }
+
+    /// Reads `topic`'s history: the events after offset `since`, or with
+    /// `since` `None` the last `limit` ones; at most `limit` (and at most
+    /// the topic's history size), oldest first; with the topic's current
+    /// position.
+    ///
+    /// # Errors
+    ///
+    /// [`HistoryError::NotKept`] when the service's [`HistoryPolicy`] keeps
+    /// no history for `topic`; [`HistoryError::Broker`] when the broker
+    /// could not be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// async fn last_lines(service: &Service<Chat>) -> Vec<String> {
+    ///     match service.history("room:1", None, 50).await {
+    ///         Ok(history) => history.events.iter().filter_map(|line| line.event().ok()).collect(),
+    ///         Err(_) => Vec::new(),
+    ///     }
+    /// }
+    /// ```
+    pub async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, HistoryError> {
+        self.inner.history(topic, since, limit).await
+    }
+
+    /// Where `topic` stands: its last event's offset and its epoch.
+    ///
+    /// # Errors
+    ///
+    /// As [`history`](Self::history).
+    pub async fn position(&self, topic: &str) -> Result<Position, HistoryError> {
+        Ok(self.inner.history(topic, None, 0).await?.position)
     }
 
     /// Closes every connection with 1001 once the answers already in flight
@@ -514,6 +876,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     pub(crate) async fn accept(
         &self,
         topic: &str,
+        since: Option<&Position>,
         user: H::UserId,
         admission: Admission,
     ) -> Result<Accepted<H, B>, BrokerError> {
@@ -524,12 +887,12 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
-        let (topic, subscription, ring) = Inner::subscribe(&self.inner, topic).await?;
+        let (topic, subscription, feed) = Inner::subscribe(&self.inner, topic, since).await?;
         Ok(Accepted {
             id,
             topic,
             subscription,
-            ring,
+            feed,
             user,
             outbox,
             admission,
@@ -548,17 +911,12 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             id,
             topic,
             subscription,
-            ring,
+            feed,
             user,
             outbox,
             admission,
         } = accepted;
-        let mut started = connection::start(
-            socket,
-            &outbox,
-            (Arc::clone(&topic), ring),
-            &self.inner.config,
-        );
+        let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
         let mut ctx = Context {
             conn_id: id,
             user_id: user,
@@ -585,29 +943,154 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
 }
 
 impl<H: MessageHandler, B: Broker> Inner<H, B> {
-    /// Subscribes one connection to `topic`, and the instance at the broker
-    /// first if it is the topic's first local subscriber. From the return
-    /// on, the topic's events are kept in the returned ring.
+    /// Publishes an event frame: with its position and into the history if
+    /// the policy keeps `topic`'s, as it is otherwise.
+    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
+        match self.history.retention(topic) {
+            Some(retention) => self.broker.append(topic, frame, &retention).await.map(drop),
+            None => self.broker.publish(topic, frame).await,
+        }
+    }
+
+    async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<History, HistoryError> {
+        let retention = self
+            .history
+            .retention(topic)
+            .ok_or_else(|| HistoryError::NotKept(topic.to_owned()))?;
+        let limit = limit.min(retention.size());
+        Ok(self.broker.history(topic, since, limit, &retention).await?)
+    }
+
+    /// Subscribes one connection to `topic`: the instance at the broker
+    /// first if it is the topic's first local subscriber, then the
+    /// connection to the topic's ring. For a topic with history, the feed
+    /// starts with what the client missed since `since` and the
+    /// `subscribed` frame.
     async fn subscribe(
         inner: &Arc<Self>,
         topic: &str,
-    ) -> Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError> {
+        since: Option<&Position>,
+    ) -> Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError> {
+        let history = inner.history.retention(topic);
         let mut subscribed = inner.subscribed.lock().await;
         let first = !subscribed.contains(topic);
         if first {
             inner.broker.subscribe(topic).await?;
         }
-        let (topic, ring) = inner.registry.add(topic);
+        let (topic, ring, new) = inner.registry.add(topic, history.is_some());
         if first {
             // The registry's name, shared: one copy of it per instance.
             subscribed.insert(Arc::clone(&topic));
         }
-        drop(subscribed);
         let subscription = Subscription {
             inner: Arc::clone(inner),
             topic: Arc::clone(&topic),
         };
-        Ok((topic, subscription, ring))
+        if new && history.is_some() {
+            // The ring's position, read after the broker subscribed and
+            // before the lock is let go: any later subscriber reads the
+            // history after this, so the ring holds what it will miss.
+            Inner::fill_once(inner, &topic).await?;
+        }
+        drop(subscribed);
+        let feed = match history {
+            None => Feed {
+                topic: Arc::clone(&topic),
+                ring,
+                catch_up: None,
+            },
+            Some(_) => Inner::resume(inner, &topic, ring, since).await?,
+        };
+        Ok((topic, subscription, feed))
+    }
+
+    /// A subscriber's start on a topic with history: reads what it missed
+    /// (or only the position), and checks that the ring did not restart
+    /// meanwhile, so that history then ring give every offset once.
+    async fn resume(
+        inner: &Arc<Self>,
+        topic: &Arc<str>,
+        ring: Ring,
+        since: Option<&Position>,
+    ) -> Result<Feed, BrokerError> {
+        let retention = inner
+            .history
+            .retention(topic)
+            .expect("called for topics with history");
+        let (mut ring, mut generation) = match inner.registry.ring(topic) {
+            Some((_, generation, _)) => (ring, generation),
+            None => (ring, 0),
+        };
+        for attempt in 0..SUBSCRIBE_ATTEMPTS {
+            let (from, limit) = match since {
+                Some(since) => (Some(since.offset), retention.size()),
+                None => (None, 0),
+            };
+            let read = inner.broker.history(topic, from, limit, &retention).await?;
+            match inner.registry.ring(topic) {
+                Some((_, now, Some(epoch)))
+                    if now == generation && epoch == read.position.epoch =>
+                {
+                    return Ok(catch_up(topic, ring, since, read));
+                }
+                Some((fresh, now, _)) => {
+                    (ring, generation) = (fresh, now);
+                }
+                None => break,
+            }
+            tracing::debug!(
+                topic = &**topic,
+                attempt,
+                "the topic's ring restarted while its history was read; again"
+            );
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        Err(BrokerError::Unavailable(
+            format!("the history of `{topic}` is being read again; try later").into(),
+        ))
+    }
+
+    /// Fills the ring of a topic with history from its history until it is
+    /// live again, retrying while the broker fails; ends early if the topic
+    /// loses its last local subscriber.
+    async fn fill(inner: Arc<Self>, topic: Arc<str>) {
+        let mut attempt = 0u32;
+        loop {
+            match Inner::fill_once(&inner, &topic).await {
+                Ok(true) => return,
+                Ok(false) => attempt = 0,
+                Err(error) => {
+                    tracing::debug!(topic = &*topic, %error, "reading history to fill a gap failed; retrying");
+                    let wait = Duration::from_millis(50)
+                        .saturating_mul(1 << attempt.min(6))
+                        .min(FILL_BACKOFF_MAX);
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One read of the history into the ring; whether the ring is live
+    /// again (or the topic gone).
+    async fn fill_once(inner: &Arc<Self>, topic: &str) -> Result<bool, BrokerError> {
+        let Some(retention) = inner.history.retention(topic) else {
+            return Ok(true);
+        };
+        let Some(since) = inner.registry.fill_from(topic) else {
+            return Ok(true);
+        };
+        let limit = if since.is_some() { retention.size() } else { 0 };
+        let read = inner
+            .broker
+            .history(topic, since, limit, &retention)
+            .await?;
+        Ok(inner.registry.fill(topic, since, read))
     }
 
     /// Unsubscribes the instance from `topic` at the broker, unless a new
@@ -642,15 +1125,16 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         topic: &str,
         frame: Frame,
     ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send {
-        self.broker.publish(topic, frame)
+        Inner::publish(self, topic, frame)
     }
 
     fn subscribe(
         &self,
         topic: &str,
-    ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Ring), BrokerError>>
+        since: Option<&Position>,
+    ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError>>
     + Send {
-        Inner::subscribe(self, topic)
+        Inner::subscribe(self, topic, since)
     }
 }
 
@@ -662,7 +1146,7 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
     {
         Box::pin(async move {
-            self.broker.publish(topic, frame).await.map_err(|error| {
+            Inner::publish(self, topic, frame).await.map_err(|error| {
                 bump(&self.counters.publish_errors);
                 HandlerError::new(
                     protocol::error_code::UNAVAILABLE,
@@ -671,5 +1155,40 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
                 .with_source(error)
             })
         })
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<History, HistoryError>> + Send + 'a>,
+    > {
+        Box::pin(Inner::history(self, topic, since, limit))
+    }
+}
+
+/// The feed of a subscriber that read `read` (from `since`): the events it missed if they are all there, then the
+/// `subscribed` frame, then the ring past them.
+fn catch_up(topic: &Arc<str>, ring: Ring, since: Option<&Position>, read: History) -> Feed {
+    let recovered = since.map(|since| {
+        since.epoch == read.position.epoch
+            && read.continues(since.offset)
+            // A read cut short by its limit (the retention shrank) is not all.
+            && read.events.last().is_none_or(|last| last.offset == read.position.offset)
+    });
+    let mut frames = VecDeque::new();
+    if recovered == Some(true) {
+        frames.extend(read.events.into_iter().map(|event| event.frame));
+    }
+    frames.push_back(protocol::subscribed_frame(topic, &read.position, recovered));
+    Feed {
+        topic: Arc::clone(topic),
+        ring,
+        catch_up: Some(Box::new(CatchUp {
+            frames,
+            through: read.position.offset,
+        })),
     }
 }

@@ -1,10 +1,16 @@
 //! [`MemoryBroker`]: fan-out between the services of one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
 use super::{Broker, BrokerError, Incoming};
+use crate::history::{self, History, Position, Retention, Sequenced};
 use crate::protocol::Frame;
+
+/// Appends between two sweeps of expired histories: often enough that
+/// abandoned topics do not pile up, rare enough to cost nothing per event.
+const SWEEP_EVERY: u64 = 1024;
 
 /// The embedded broker: delivers frames to every service in this process that
 /// shares it. The default of [`Service`](crate::Service).
@@ -15,6 +21,10 @@ use crate::protocol::Frame;
 /// a publish has reached every one when it returns. One topic's publishes
 /// reach every node in one order: each holds the topic's lock while it
 /// delivers, so two publishers cannot interleave differently per node.
+///
+/// Topics with history keep their last events in a ring per topic, with an
+/// offset and an epoch, as Redis keeps them in a stream; a history expires
+/// `ttl` after its last event, and the next event starts a new epoch.
 ///
 /// # Examples
 ///
@@ -44,6 +54,66 @@ struct Hub {
     /// the first and last subscriber of a topic per member. Each topic's
     /// lock is held while a publish delivers, which gives the topic one order.
     topics: RwLock<HashMap<Box<str>, Mutex<Members>>>,
+    /// Topic -> its history. Held while an event with history is delivered,
+    /// so offsets and delivery have one order.
+    histories: Mutex<Histories>,
+}
+
+#[derive(Debug, Default)]
+struct Histories {
+    topics: HashMap<Box<str>, Kept>,
+    appends: u64,
+}
+
+/// One topic's history.
+#[derive(Debug)]
+struct Kept {
+    epoch: String,
+    offset: u64,
+    events: VecDeque<Sequenced>,
+    expires: Instant,
+}
+
+impl Histories {
+    /// `topic`'s history, new (offset 0, a new epoch) if it had none or it
+    /// expired; its expiry moves to `ttl` from now.
+    fn get(&mut self, topic: &str, retention: &Retention) -> &mut Kept {
+        let now = Instant::now();
+        let expires = now + retention.ttl();
+        let kept = self.topics.entry(topic.into()).or_insert_with(|| Kept {
+            epoch: String::new(),
+            offset: 0,
+            events: VecDeque::new(),
+            expires,
+        });
+        if kept.epoch.is_empty() || kept.expires <= now {
+            *kept = Kept {
+                epoch: history::new_epoch(),
+                offset: 0,
+                events: VecDeque::new(),
+                expires,
+            };
+        }
+        kept.expires = expires;
+        kept
+    }
+
+    fn sweep(&mut self) {
+        self.appends += 1;
+        if self.appends.is_multiple_of(SWEEP_EVERY) {
+            let now = Instant::now();
+            self.topics.retain(|_, kept| kept.expires > now);
+        }
+    }
+}
+
+impl Kept {
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
 }
 
 impl MemoryBroker {
@@ -99,6 +169,66 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        frame: Frame,
+        retention: &Retention,
+    ) -> Result<Position, BrokerError> {
+        let mut histories = self
+            .hub
+            .histories
+            .lock()
+            .expect("memory broker lock poisoned");
+        histories.sweep();
+        let kept = histories.get(topic, retention);
+        let offset = kept.offset + 1;
+        let frame = history::with_offset(&frame, offset)
+            .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
+        kept.offset = offset;
+        kept.events.push_back(Sequenced {
+            offset,
+            frame: frame.clone(),
+        });
+        while kept.events.len() > retention.size() {
+            kept.events.pop_front();
+        }
+        let position = kept.position();
+        // Delivered under the histories' lock: offsets reach every node in
+        // their order.
+        let topics = self.hub.topics.read().expect("memory broker lock poisoned");
+        if let Some(members) = topics.get(topic) {
+            let members = members.lock().expect("memory broker lock poisoned");
+            for (_, incoming) in members.iter() {
+                incoming.deliver_at(topic, offset, &position.epoch, frame.clone());
+            }
+        }
+        Ok(position)
+    }
+
+    async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<History, BrokerError> {
+        let mut histories = self
+            .hub
+            .histories
+            .lock()
+            .expect("memory broker lock poisoned");
+        let kept = histories.get(topic, retention);
+        let skip = match since {
+            Some(since) => kept.events.partition_point(|event| event.offset <= since),
+            None => kept.events.len().saturating_sub(limit),
+        };
+        Ok(History {
+            position: kept.position(),
+            events: kept.events.iter().skip(skip).take(limit).cloned().collect(),
+        })
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {

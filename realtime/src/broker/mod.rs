@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::history::{History, Position, Retention};
 use crate::protocol::Frame;
 
 mod memory;
@@ -64,36 +65,116 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops delivering `topic`'s frames to this instance.
     fn unsubscribe(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes an event of a topic with history, in one atomic step:
+    /// gives it the topic's next offset, appends it to the history (kept as
+    /// `retention` says) and delivers it with its position
+    /// ([`Incoming::deliver_at`]). `frame` is an event frame without an
+    /// offset; the broker puts the offset in (see [`History`] for the shape).
+    ///
+    /// An error means the event was neither kept nor delivered; an `Ok`
+    /// means both, and gives the event's position.
+    ///
+    /// The default refuses: a broker without history support.
+    fn append(
+        &self,
+        topic: &str,
+        frame: Frame,
+        retention: &Retention,
+    ) -> impl Future<Output = Result<Position, BrokerError>> + Send {
+        let _ = (topic, frame, retention);
+        std::future::ready(Err(BrokerError::Unsupported("history")))
+    }
+
+    /// Reads `topic`'s history: the events after offset `since`, or with
+    /// `since` `None` the last `limit` ones; at most `limit`, oldest first;
+    /// and the current position. A topic without history yet gets one now
+    /// (offset 0 and a new epoch), kept as `retention` says, so that a
+    /// client can resume from it.
+    ///
+    /// The default refuses: a broker without history support.
+    fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+        retention: &Retention,
+    ) -> impl Future<Output = Result<History, BrokerError>> + Send {
+        let _ = (topic, since, limit, retention);
+        std::future::ready(Err(BrokerError::Unsupported("history")))
+    }
 }
 
 /// Where a broker hands the frames it receives: the service's local fan-out.
 ///
-/// Cloning is cheap. [`deliver`](Self::deliver) never blocks: it puts the
-/// frame in the topic's ring, which every local subscriber reads.
+/// Cloning is cheap. Its methods never block: a frame goes in the topic's
+/// ring, which every local subscriber reads.
 ///
 /// # Examples
+///
+/// A function of `(topic, frame)` is enough for a test of a broker:
 ///
 /// ```
 /// use realtime::broker::Incoming;
 /// use realtime::protocol::Frame;
 ///
-/// let incoming = Incoming::new(|topic, frame| println!("{topic}: {}", frame.as_str()));
+/// let incoming = Incoming::new(|topic: &str, frame: Frame| println!("{topic}: {}", frame.as_str()));
 /// incoming.deliver("room:1", Frame::from("{}".to_owned()));
 /// ```
 #[derive(Clone)]
-pub struct Incoming(Arc<Deliver>);
+pub struct Incoming(Arc<dyn Fanout>);
 
-type Deliver = dyn Fn(&str, Frame) + Send + Sync;
+/// What an [`Incoming`] hands frames to: the service's fan-out.
+pub trait Fanout: Send + Sync + 'static {
+    /// One frame of a topic without positions.
+    fn deliver(&self, topic: &str, frame: Frame);
+
+    /// One event of a topic with history, at `offset` in `epoch`. The
+    /// receiver fills gaps in the offsets itself.
+    fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) {
+        let _ = (offset, epoch);
+        self.deliver(topic, frame);
+    }
+
+    /// The broker's link came back after a loss: frames published meanwhile
+    /// never came, and topics with history should be read from where they
+    /// stopped.
+    fn reconnected(&self) {}
+}
+
+/// A function of `(topic, frame)` as a [`Fanout`].
+struct DeliverFn<F>(F);
+
+impl<F: Fn(&str, Frame) + Send + Sync + 'static> Fanout for DeliverFn<F> {
+    fn deliver(&self, topic: &str, frame: Frame) {
+        (self.0)(topic, frame);
+    }
+}
 
 impl Incoming {
-    /// Wraps the function that receives `(topic, frame)`.
+    /// Hands every frame to `deliver(topic, frame)`, positions or not.
     pub fn new(deliver: impl Fn(&str, Frame) + Send + Sync + 'static) -> Self {
-        Self(Arc::new(deliver))
+        Self(Arc::new(DeliverFn(deliver)))
+    }
+
+    /// Hands frames to `fanout`.
+    pub fn with_fanout(fanout: impl Fanout) -> Self {
+        Self(Arc::new(fanout))
     }
 
     /// Hands one frame of `topic` to the local subscribers.
     pub fn deliver(&self, topic: &str, frame: Frame) {
-        (self.0)(topic, frame);
+        self.0.deliver(topic, frame);
+    }
+
+    /// Hands one event of a topic with history, at `offset` in `epoch`.
+    pub fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) {
+        self.0.deliver_at(topic, offset, epoch, frame);
+    }
+
+    /// Says that the broker's link came back after a loss.
+    pub fn reconnected(&self) {
+        self.0.reconnected();
     }
 }
 
@@ -123,4 +204,7 @@ pub enum BrokerError {
     /// The topic cannot be used as a channel name.
     #[error("invalid topic `{0}`")]
     InvalidTopic(String),
+    /// The broker does not offer this feature (named).
+    #[error("the broker does not support {0}")]
+    Unsupported(&'static str),
 }

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, MessageHandler};
+use crate::history::Position;
 use crate::protocol::Frame;
 
 mod outbox;
@@ -29,7 +30,7 @@ mod subscriptions;
 mod writer;
 
 pub use outbox::ConnectionId;
-pub(crate) use outbox::{Counters, Outbox, Ring, Signal, bump};
+pub(crate) use outbox::{CatchUp, Counters, Event, Feed, Outbox, Ring, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler
@@ -51,12 +52,14 @@ pub(crate) trait Topics: Send + Sync {
 
     /// Subscribes a connection to `topic` (and the instance at the broker if
     /// it is the topic's first local subscriber). Returns the shared topic
-    /// name, the subscription and the topic's ring, which holds every event
-    /// published from now on.
+    /// name, the subscription and the feed for the write task: the topic's
+    /// ring, which holds every event published from now on, and for a topic
+    /// with history what the client missed since `since`.
     fn subscribe(
         &self,
         topic: &str,
-    ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Ring), BrokerError>> + Send;
+        since: Option<&Position>,
+    ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Feed), BrokerError>> + Send;
 }
 
 /// What every connection of one service shares.
@@ -95,18 +98,13 @@ impl Drop for Started {
 }
 
 /// Splits an upgraded socket and starts its write task, which writes
-/// `outbox`'s queue and the events of `home` (the URL's topic and its ring).
+/// `outbox`'s queue and the events of `home` (the URL's topic's feed).
 ///
 /// Not async, and called before the connection's future is made: an
 /// `async fn` keeps the space of each argument it was given for as long as
 /// it runs, and the socket (368 bytes, moved into the split's shared half)
 /// would cost every idle connection that much again.
-pub(crate) fn start(
-    socket: WebSocket,
-    outbox: &Outbox,
-    home: (Arc<str>, Ring),
-    config: &Config,
-) -> Started {
+pub(crate) fn start(socket: WebSocket, outbox: &Outbox, home: Feed, config: &Config) -> Started {
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(writer::write(
         sink,

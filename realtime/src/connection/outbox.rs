@@ -41,7 +41,46 @@ impl fmt::Display for ConnectionId {
 
 /// One topic's events as a connection's writer reads them: the receiving
 /// end of the topic's ring, shared by every local subscriber.
-pub(crate) type Ring = broadcast::Receiver<Frame>;
+pub(crate) type Ring = broadcast::Receiver<Event>;
+
+/// One item of a topic's ring: a frame, and its offset when the topic keeps
+/// history.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    /// The event's offset; [`Event::PLAIN`] for a topic without history,
+    /// [`Event::RESET`] for a `reset` frame.
+    pub(crate) offset: u64,
+    pub(crate) frame: Frame,
+}
+
+impl Event {
+    /// The offset of every event of a topic without history.
+    pub(crate) const PLAIN: u64 = 0;
+    /// The offset of a `reset` frame: never skipped, and what follows it
+    /// counts from a new epoch.
+    pub(crate) const RESET: u64 = u64::MAX;
+}
+
+/// A topic as a connection's writer follows it: its ring, and, for a
+/// subscription that resumed, what to write before the ring.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    pub(crate) topic: Arc<str>,
+    pub(crate) ring: Ring,
+    /// `None` once caught up (always, for a topic without history).
+    pub(crate) catch_up: Option<Box<CatchUp>>,
+}
+
+/// The start of a subscription to a topic with history: the events the
+/// client missed and the `subscribed` frame, then the ring's events after
+/// the last of them. The ring was subscribed before the missed events were
+/// read, so it may hold some of them again; those are skipped.
+#[derive(Debug)]
+pub(crate) struct CatchUp {
+    pub(crate) frames: std::collections::VecDeque<Frame>,
+    /// Ring events up to this offset were written from `frames` already.
+    pub(crate) through: u64,
+}
 
 /// What the write task does next, besides the events it reads from its
 /// topics' rings.
@@ -53,7 +92,7 @@ pub(crate) enum Outbound {
     /// A heartbeat ping.
     Ping,
     /// Start writing the events of one more topic.
-    Subscribe(Arc<str>, Ring),
+    Subscribe(Box<Feed>),
     /// Stop writing a topic's events.
     Unsubscribe(Arc<str>),
     /// The last frame: a close frame with this code, after everything queued
@@ -245,8 +284,8 @@ impl Outbox {
 
     /// Hands the write task one more topic's ring; the topic's events are
     /// written from the ring's next event on.
-    pub(crate) fn subscribe(&self, topic: Arc<str>, ring: Ring) -> bool {
-        self.queue(Outbound::Subscribe(topic, ring))
+    pub(crate) fn subscribe(&self, feed: Feed) -> bool {
+        self.queue(Outbound::Subscribe(Box::new(feed)))
     }
 
     /// Tells the write task to stop writing `topic`'s events.

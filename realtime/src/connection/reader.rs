@@ -17,6 +17,7 @@ use super::{Subscriptions, Topics};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
+use crate::history::Position;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 
 /// How the read loop ended.
@@ -281,7 +282,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
     async fn control(&mut self, request: &protocol::Request<'_>) {
         let id = request.id;
         match Control::decode(request) {
-            Ok(Control::Join { topic }) => self.join(id, &topic).await,
+            Ok(Control::Join { topic, since }) => self.join(id, &topic, since.as_ref()).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
         }
@@ -289,7 +290,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
 
     /// Subscribes to one more topic, once the handler authorizes it. The
     /// topic's events are written from just before the acknowledgement on.
-    async fn join(&mut self, id: Option<&RawValue>, topic: &str) {
+    async fn join(&mut self, id: Option<&RawValue>, topic: &str, since: Option<&Position>) {
         if topic.is_empty() {
             let message = "`data.topic` must not be empty";
             return self.fail(id, error_code::BAD_REQUEST, message);
@@ -316,9 +317,9 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             let message = format!("forbidden topic `{topic}`");
             return self.fail(id, error_code::FORBIDDEN, &message);
         }
-        match self.topics.subscribe(topic).await {
-            Ok((name, subscription, ring)) => {
-                self.ctx.outbox.subscribe(Arc::clone(&name), ring);
+        match self.topics.subscribe(topic, since).await {
+            Ok((name, subscription, feed)) => {
+                self.ctx.outbox.subscribe(feed);
                 self.subscriptions.add(Arc::clone(&name), subscription);
                 self.handler.on_join(self.ctx, &name).await;
                 self.acknowledge(id);

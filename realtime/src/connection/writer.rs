@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::outbox::{Outbound, Ring, Status};
+use super::outbox::{Event, Feed, Outbound, Status};
 use crate::protocol::{Frame, close_reason};
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -27,7 +27,7 @@ const LAG_CHECK: Duration = Duration::from_millis(100);
 /// subscribed to. (The connection's own queue is in its [`Status`].)
 pub(super) struct Sources {
     /// Few (at most `Config::max_topics_per_connection`): a list beats a map.
-    pub(super) rings: Vec<(Arc<str>, Ring)>,
+    pub(super) rings: Vec<Feed>,
     /// The ring to look at first in the next batch, so that a busy topic
     /// cannot starve the others.
     next_ring: usize,
@@ -37,7 +37,7 @@ pub(super) struct Sources {
 }
 
 impl Sources {
-    pub(super) fn new(home: (Arc<str>, Ring), backlog: usize) -> Self {
+    pub(super) fn new(home: Feed, backlog: usize) -> Self {
         Self {
             rings: vec![home],
             next_ring: 0,
@@ -48,7 +48,7 @@ impl Sources {
     /// Whether some ring holds more unread events than the backlog: the
     /// client is being, or has been, overtaken.
     fn lagging(&self) -> bool {
-        self.rings.iter().any(|(_, ring)| ring.len() > self.backlog)
+        self.rings.iter().any(|feed| feed.ring.len() > self.backlog)
     }
 }
 
@@ -122,13 +122,13 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
                     Message::Text(frame.into_text())
                 }
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
-                Item::Queued(Outbound::Subscribe(topic, ring)) => {
-                    sources.rings.push((topic, ring));
+                Item::Queued(Outbound::Subscribe(feed)) => {
+                    sources.rings.push(*feed);
                     next = try_next(sources, status);
                     continue;
                 }
                 Item::Queued(Outbound::Unsubscribe(topic)) => {
-                    sources.rings.retain(|(each, _)| *each != topic);
+                    sources.rings.retain(|feed| feed.topic != topic);
                     next = try_next(sources, status);
                     continue;
                 }
@@ -179,44 +179,83 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
     let count = sources.rings.len();
     if count == 1 {
         // The usual case: the URL's topic alone, no turn to take.
-        return match sources.rings[0].1.try_recv() {
-            Ok(frame) => Some(Item::Event(frame)),
-            Err(TryRecvError::Lagged(_)) => Some(Item::Lagged),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => None,
-        };
+        return try_feed(&mut sources.rings[0]);
     }
     for step in 0..count {
         let at = (sources.next_ring + step) % count;
-        match sources.rings[at].1.try_recv() {
-            Ok(frame) => {
-                sources.next_ring = (at + 1) % count;
-                return Some(Item::Event(frame));
-            }
-            Err(TryRecvError::Lagged(_)) => return Some(Item::Lagged),
-            // Closed: the topic has no local subscriber left, so this
-            // connection has left it already; the unsubscription that comes
-            // through the queue removes the ring.
-            Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+        if let Some(item) = try_feed(&mut sources.rings[at]) {
+            sources.next_ring = (at + 1) % count;
+            return Some(item);
         }
     }
     None
 }
 
+/// The next item of one topic, if one is waiting.
+fn try_feed(feed: &mut Feed) -> Option<Item> {
+    if let Some(frame) = caught_up_frame(feed) {
+        return Some(Item::Event(frame));
+    }
+    loop {
+        match feed.ring.try_recv() {
+            Ok(event) => {
+                if let Some(frame) = pass(feed, event) {
+                    return Some(Item::Event(frame));
+                }
+            }
+            Err(TryRecvError::Lagged(_)) => return Some(Item::Lagged),
+            // Closed: the topic has no local subscriber left, so this
+            // connection has left it already; the unsubscription that comes
+            // through the queue removes the ring.
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+        }
+    }
+}
+
+/// The next frame a resumed subscription missed, if any are left.
+fn caught_up_frame(feed: &mut Feed) -> Option<Frame> {
+    feed.catch_up.as_mut()?.frames.pop_front()
+}
+
+/// What of a ring event to write: nothing if a resumed subscription wrote
+/// it already from its catch-up. The ring's offsets rise one by one, so the
+/// first event past the catch-up ends the skipping, as does a `reset`
+/// (offsets count from a new epoch after it).
+fn pass(feed: &mut Feed, event: Event) -> Option<Frame> {
+    if let Some(catch_up) = &feed.catch_up {
+        if event.offset != Event::PLAIN
+            && event.offset != Event::RESET
+            && event.offset <= catch_up.through
+        {
+            return None;
+        }
+        feed.catch_up = None;
+    }
+    Some(event.frame)
+}
+
 /// Waits for the next event of any ring. With one ring (the usual case) it
 /// waits on it directly; with several it waits on all at once.
-async fn next_event(rings: &mut Vec<(Arc<str>, Ring)>) -> Item {
+async fn next_event(rings: &mut Vec<Feed>) -> Item {
     loop {
+        if let Some(frame) = rings.iter_mut().find_map(caught_up_frame) {
+            return Item::Event(frame);
+        }
         let (received, at) = match rings.as_mut_slice() {
             [] => return std::future::pending().await,
-            [(_, ring)] => (ring.recv().await, 0),
+            [feed] => (feed.ring.recv().await, 0),
             _ => {
-                let waits = rings.iter_mut().map(|(_, ring)| Box::pin(ring.recv()));
+                let waits = rings.iter_mut().map(|feed| Box::pin(feed.ring.recv()));
                 let (received, at, _) = futures_util::future::select_all(waits).await;
                 (received, at)
             }
         };
         match received {
-            Ok(frame) => return Item::Event(frame),
+            Ok(event) => {
+                if let Some(frame) = pass(&mut rings[at], event) {
+                    return Item::Event(frame);
+                }
+            }
             Err(RecvError::Lagged(_)) => return Item::Lagged,
             // The topic has no local subscriber left, so this connection has
             // left it already: nothing more comes from that ring.

@@ -208,6 +208,9 @@ impl ClusterSupervisor {
             topics = channels.len(),
             "resubscribed every topic to Redis Cluster"
         );
+        if let Some(incoming) = self.shared.incoming.get() {
+            incoming.reconnected();
+        }
         None
     }
 

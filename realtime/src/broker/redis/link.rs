@@ -74,6 +74,38 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Publishes and appends one event of a topic with history (see
+    /// [`script`](super::script)).
+    pub(super) async fn append(
+        &mut self,
+        append: super::script::Append<'_>,
+    ) -> Result<crate::history::Position, RedisError> {
+        match &mut self.conn {
+            PublishConn::Single(conn) => super::script::append(conn, append).await,
+            PublishConn::Cluster(conn) => super::script::append(conn, append).await,
+        }
+    }
+
+    /// Reads a topic's history.
+    pub(super) async fn read(
+        &mut self,
+        keys: super::script::Keys,
+        since: Option<u64>,
+        limit: usize,
+        retention: &crate::history::Retention,
+    ) -> Result<crate::history::History, RedisError> {
+        match &mut self.conn {
+            PublishConn::Single(conn) => {
+                super::script::read(conn, keys, since, limit, retention).await
+            }
+            PublishConn::Cluster(conn) => {
+                super::script::read(conn, keys, since, limit, retention).await
+            }
+        }
+    }
+}
+
 /// Commands that may wait for the publisher connection (the redis crate's
 /// pipeline buffer). Events stay in each connection's order as long as
 /// fewer publishes than this are in flight on one instance at once.
@@ -104,13 +136,17 @@ pub(super) async fn open(
     // connection's events. The queue allocates as it fills, so a deep bound
     // costs nothing until used; the default (50) is below one connection's
     // `Config::max_publishes_in_flight`.
-    let publisher = connect(
+    let mut publisher = connect(
         client,
         base.set_push_sender(publisher_pushes(Arc::clone(&lost)))
             .set_pipeline_buffer_size(PUBLISH_QUEUE),
         config,
     )
     .await?;
+    // Loaded with every new connection: a Redis that restarted has none.
+    super::script::load(&mut publisher)
+        .await
+        .map_err(OpenError::Failed)?;
     Ok(Link {
         subscriber,
         publisher: Publisher {

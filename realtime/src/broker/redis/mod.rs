@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Broker, BrokerError, Incoming};
+use crate::history::{self, History, Position, Retention};
 use crate::protocol::Frame;
 use metrics::{Counters, bump};
 use supervisor::{Command, Supervisor};
@@ -17,6 +18,7 @@ mod cluster;
 mod config;
 mod link;
 mod metrics;
+mod script;
 mod supervisor;
 
 pub use config::{RedisConfig, RedisConfigError};
@@ -116,7 +118,7 @@ impl RedisBroker {
         let info = resp3(url)?;
         let server = info.addr().to_string();
         let client = Client::open(info).map_err(Unavailable::InvalidUrl)?;
-        let shared = Shared::new(&config);
+        let shared = Shared::new(&config, false);
         let link = link::open(&client, &config, &shared)
             .await
             .map_err(|source| connect_failed(&shared, &server, source))?;
@@ -183,7 +185,7 @@ impl RedisBroker {
         if nodes.is_empty() {
             return Err(Unavailable::NoNodes.into());
         }
-        let shared = Shared::new(&config);
+        let shared = Shared::new(&config, true);
         let link = cluster::open(&nodes, &config, &shared)
             .await
             .map_err(|source| connect_failed(&shared, &server, source))?;
@@ -222,6 +224,34 @@ impl RedisBroker {
         &self.config
     }
 
+    /// The publishing connection, or the error a publish answers while
+    /// there is none.
+    fn publisher(&self, topic: &str) -> Result<link::Publisher, BrokerError> {
+        self.shared.publisher().ok_or_else(|| {
+            bump(&self.shared.counters.publish_errors);
+            // The loss itself was logged once, at warn; one line per refused
+            // publish would flood the log during an outage.
+            tracing::debug!(topic, "publish refused: not connected to Redis");
+            Unavailable::NotConnected.into()
+        })
+    }
+
+    /// Counts, logs and converts a failed publish.
+    fn publish_failed(
+        &self,
+        topic: &str,
+        publisher: &link::Publisher,
+        error: RedisError,
+    ) -> BrokerError {
+        bump(&self.shared.counters.publish_errors);
+        tracing::warn!(topic, %error, "publish to Redis failed");
+        if error.is_unrecoverable_error() {
+            // Tell the supervisor now rather than at its next ping.
+            publisher.lost.notify_one();
+        }
+        broker_error(error, self.config.command_timeout)
+    }
+
     /// Sends a subscriber command to the supervisor and waits for its answer.
     async fn request(
         &self,
@@ -257,26 +287,52 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
-        let Some(mut publisher) = self.shared.publisher() else {
-            bump(&self.shared.counters.publish_errors);
-            // The loss itself was logged once, at warn; one line per refused
-            // publish would flood the log during an outage.
-            tracing::debug!(topic, "publish refused: not connected to Redis");
-            return Err(Unavailable::NotConnected.into());
-        };
+        let mut publisher = self.publisher(topic)?;
         let channel = self.shared.channel(topic);
-        match publisher.publish(&channel, frame.as_bytes()).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                bump(&self.shared.counters.publish_errors);
-                tracing::warn!(topic, %error, "publish to Redis failed");
-                if error.is_unrecoverable_error() {
-                    // Tell the supervisor now rather than at its next ping.
-                    publisher.lost.notify_one();
-                }
-                Err(broker_error(error, self.config.command_timeout))
+        let published = publisher.publish(&channel, frame.as_bytes()).await;
+        published.map_err(|error| self.publish_failed(topic, &publisher, error))
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        frame: Frame,
+        retention: &Retention,
+    ) -> Result<Position, BrokerError> {
+        let mut publisher = self.publisher(topic)?;
+        let (head, tail) = history::split_event(&frame)
+            .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
+        let channel = self.shared.channel(topic);
+        let append = script::Append {
+            keys: self.shared.keys(topic),
+            channel: &channel,
+            head,
+            tail,
+            retention,
+            timeout: self.config.command_timeout,
+            sharded: self.shared.sharded,
+        };
+        let appended = publisher.append(append).await;
+        appended.map_err(|error| self.publish_failed(topic, &publisher, error))
+    }
+
+    async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<History, BrokerError> {
+        let mut publisher = self.publisher(topic)?;
+        let keys = self.shared.keys(topic);
+        let read = publisher.read(keys, since, limit, retention).await;
+        read.map_err(|error| {
+            tracing::debug!(topic, %error, "reading history from Redis failed");
+            if error.is_unrecoverable_error() {
+                publisher.lost.notify_one();
             }
-        }
+            broker_error(error, self.config.command_timeout)
+        })
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
@@ -295,6 +351,9 @@ impl Broker for RedisBroker {
 struct Shared {
     /// `RedisConfig::channel_prefix`, as bytes.
     prefix: Box<[u8]>,
+    /// Cluster mode: sharded Pub/Sub, and channels named with the topic as
+    /// a hash tag (`<prefix>{<topic>}`), in the slot of the topic's keys.
+    sharded: bool,
     /// The service's fan-out, set by `attach`.
     incoming: OnceLock<Incoming>,
     counters: Counters,
@@ -305,26 +364,42 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: &RedisConfig) -> Arc<Self> {
+    fn new(config: &RedisConfig, sharded: bool) -> Arc<Self> {
         Arc::new(Self {
             prefix: config.channel_prefix.as_bytes().into(),
+            sharded,
             incoming: OnceLock::new(),
             counters: Counters::default(),
             publisher: RwLock::new(None),
         })
     }
 
-    /// `prefix + topic`.
+    /// `prefix + topic`, or in cluster mode `prefix + {topic}`.
     fn channel(&self, topic: &str) -> Vec<u8> {
-        let mut channel = Vec::with_capacity(self.prefix.len() + topic.len());
+        let mut channel = Vec::with_capacity(self.prefix.len() + topic.len() + 2);
         channel.extend_from_slice(&self.prefix);
+        if self.sharded {
+            channel.push(b'{');
+        }
         channel.extend_from_slice(topic.as_bytes());
+        if self.sharded {
+            channel.push(b'}');
+        }
         channel
     }
 
     /// The topic of `channel`, if it is one of ours.
     fn topic<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
-        std::str::from_utf8(channel.strip_prefix(&*self.prefix)?).ok()
+        let mut topic = channel.strip_prefix(&*self.prefix)?;
+        if self.sharded {
+            topic = topic.strip_prefix(b"{")?.strip_suffix(b"}")?;
+        }
+        std::str::from_utf8(topic).ok()
+    }
+
+    /// The keys of `topic`'s history.
+    fn keys(&self, topic: &str) -> script::Keys {
+        script::Keys::new(&self.prefix, topic)
     }
 
     fn publisher(&self) -> Option<link::Publisher> {
@@ -356,14 +431,27 @@ impl Shared {
             return;
         };
         bump(&self.counters.received);
+        let Some(incoming) = self.incoming.get() else {
+            return;
+        };
+        let mut payload = Bytes::from(payload);
+        // An event of a topic with history comes as `<offset>:<epoch>:<frame>`.
+        let position =
+            script::sequenced(&payload).map(|(offset, epoch, at)| (offset, epoch.len(), at));
+        let head = position.map(|(_, _, at)| payload.split_to(at));
         // Checked once per event and instance, where it comes in from the
         // network; then shared by every local subscriber.
-        let Ok(frame) = Frame::from_utf8(Bytes::from(payload)) else {
+        let Ok(frame) = Frame::from_utf8(payload) else {
             tracing::warn!(topic, "dropped a message from Redis that is not UTF-8");
             return;
         };
-        if let Some(incoming) = self.incoming.get() {
-            incoming.deliver(topic, frame);
+        match (position, &head) {
+            (Some((offset, length, at)), Some(head)) => {
+                // Checked as UTF-8 by `sequenced`.
+                let epoch = std::str::from_utf8(&head[at - 1 - length..at - 1]).unwrap_or_default();
+                incoming.deliver_at(topic, offset, epoch, frame);
+            }
+            _ => incoming.deliver(topic, frame),
         }
     }
 }
@@ -443,6 +531,7 @@ mod tests {
     fn shared(prefix: &str) -> Shared {
         Shared {
             prefix: prefix.as_bytes().into(),
+            sharded: false,
             incoming: OnceLock::new(),
             counters: Counters::default(),
             publisher: RwLock::new(None),

@@ -230,6 +230,11 @@ impl Supervisor {
                 .resubscribes
                 .fetch_add(channels.len() as u64, Ordering::Relaxed);
             self.shared.set_publisher(Some(link.publisher.clone()));
+            // Events published while the link was down never came: topics
+            // with history are read from where they stopped.
+            if let Some(incoming) = self.shared.incoming.get() {
+                incoming.reconnected();
+            }
             return Some(link);
         }
     }

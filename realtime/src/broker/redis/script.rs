@@ -1,0 +1,240 @@
+//! The two Lua scripts behind history: one publishes and appends in one
+//! atomic step, one reads. Both are loaded when a connection opens and run
+//! by their SHA (`EVALSHA`); the redis crate loads them again on `NOSCRIPT`
+//! (a `SCRIPT FLUSH`, or a Redis that restarted under the connection).
+//!
+//! A topic's keys are `<prefix>{<topic>}:history` (a stream whose entry ids
+//! are the offsets, `<offset>-0`) and `<prefix>{<topic>}:meta` (a hash of
+//! `epoch` and `offset`). The braces are a hash tag: in a cluster both keys,
+//! and the topic's channel, live in one slot, so each script touches one
+//! master.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::redis::{Script, Value};
+use bytes::Bytes;
+
+use crate::history::{self, History, Position, Retention, Sequenced};
+use crate::protocol::Frame;
+
+/// Gives the event the topic's next offset, appends it to the stream
+/// (trimmed to the history size), moves both keys' expiry, then publishes
+/// `<offset>:<epoch>:<frame>` on the channel. A topic whose meta is gone
+/// (expired, or Redis lost it) starts a new epoch with an empty stream.
+///
+/// It first compares Redis's own clock with the deadline the node gave: a
+/// call that waited past it (Redis frozen, then thawed) does nothing, so a
+/// publish the node already answered with an error never happens later.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran the publish')
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+end
+local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'offset', 1))
+local frame = ARGV[2] .. '"offset":' .. offset .. ',' .. ARGV[3]
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
+return {tonumber(offset), epoch}
+"#,
+    )
+});
+
+/// Reads the position and up to a limit of events: after an offset
+/// (`XRANGE`), or the last ones (`XREVRANGE`, reversed by the caller). A
+/// topic without meta gets one (offset 0, a new epoch), so that a client
+/// has a position to resume from.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'offset')
+if not meta[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', ARGV[4], 'offset', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return {0, ARGV[4], {}}
+end
+local limit = tonumber(ARGV[2])
+local entries = {}
+if limit > 0 then
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit)
+  end
+end
+return {tonumber(meta[2]), meta[1], entries}
+"#,
+    )
+});
+
+/// Loads both scripts on a new connection, so that the first publish does
+/// not pay for a `NOSCRIPT` round trip.
+pub(super) async fn load(conn: &mut impl ::redis::aio::ConnectionLike) -> ::redis::RedisResult<()> {
+    APPEND.prepare_invoke().load_async(conn).await?;
+    READ.prepare_invoke().load_async(conn).await?;
+    Ok(())
+}
+
+/// A topic's two keys.
+pub(super) struct Keys {
+    pub(super) stream: Vec<u8>,
+    pub(super) meta: Vec<u8>,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &[u8], topic: &str) -> Self {
+        let key = |suffix: &[u8]| {
+            let mut key = Vec::with_capacity(prefix.len() + topic.len() + 12);
+            key.extend_from_slice(prefix);
+            key.push(b'{');
+            key.extend_from_slice(topic.as_bytes());
+            key.extend_from_slice(b"}:");
+            key.extend_from_slice(suffix);
+            key
+        };
+        Self {
+            stream: key(b"history"),
+            meta: key(b"meta"),
+        }
+    }
+}
+
+/// One append: where, what, how long to keep it, and by when.
+pub(super) struct Append<'a> {
+    pub(super) keys: Keys,
+    pub(super) channel: &'a [u8],
+    /// `{"topic":...,` and `"event":...}`.
+    pub(super) head: &'a str,
+    pub(super) tail: &'a str,
+    pub(super) retention: &'a Retention,
+    pub(super) timeout: Duration,
+    pub(super) sharded: bool,
+}
+
+pub(super) async fn append(
+    conn: &mut impl ::redis::aio::ConnectionLike,
+    append: Append<'_>,
+) -> ::redis::RedisResult<Position> {
+    let deadline = unix_millis() + append.timeout.as_millis() as u64;
+    let (offset, epoch): (u64, String) = APPEND
+        .key(append.keys.stream)
+        .key(append.keys.meta)
+        .arg(append.channel)
+        .arg(append.head)
+        .arg(append.tail)
+        .arg(append.retention.size())
+        .arg(append.retention.ttl().as_millis() as u64)
+        .arg(history::new_epoch())
+        .arg(deadline)
+        .arg(if append.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        })
+        .invoke_async(conn)
+        .await?;
+    Ok(Position { offset, epoch })
+}
+
+pub(super) async fn read(
+    conn: &mut impl ::redis::aio::ConnectionLike,
+    keys: Keys,
+    since: Option<u64>,
+    limit: usize,
+    retention: &Retention,
+) -> ::redis::RedisResult<History> {
+    let (offset, epoch, entries): (u64, String, Vec<Value>) = READ
+        .key(keys.stream)
+        .key(keys.meta)
+        .arg(since.map(|since| since.to_string()).unwrap_or_default())
+        .arg(limit)
+        .arg(retention.ttl().as_millis() as u64)
+        .arg(history::new_epoch())
+        .invoke_async(conn)
+        .await?;
+    let mut events = entries
+        .into_iter()
+        .filter_map(entry)
+        .collect::<Vec<Sequenced>>();
+    if since.is_none() {
+        events.reverse();
+    }
+    Ok(History {
+        position: Position { offset, epoch },
+        events,
+    })
+}
+
+/// One stream entry, `[id, [field, frame]]`, as an event; `None` (skipped)
+/// if it is not one of ours.
+fn entry(value: Value) -> Option<Sequenced> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let offset = std::str::from_utf8(&id)
+        .ok()?
+        .strip_suffix("-0")?
+        .parse()
+        .ok()?;
+    let Some(Value::BulkString(frame)) = fields.into_iter().nth(1) else {
+        return None;
+    };
+    let frame = Frame::from_utf8(Bytes::from(frame)).ok()?;
+    Some(Sequenced { offset, frame })
+}
+
+/// Splits a published message of a topic with history,
+/// `<offset>:<epoch>:<frame>`; `None` for a plain frame (which starts with
+/// `{`).
+pub(super) fn sequenced(payload: &[u8]) -> Option<(u64, &str, usize)> {
+    let digits = payload.iter().position(|&b| b == b':')?;
+    let offset = std::str::from_utf8(&payload[..digits]).ok()?.parse().ok()?;
+    let rest = &payload[digits + 1..];
+    let length = rest.iter().position(|&b| b == b':')?;
+    let epoch = std::str::from_utf8(&rest[..length]).ok()?;
+    Some((offset, epoch, digits + 1 + length + 1))
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let keys = Keys::new(b"app:", "room:1");
+        assert_eq!(keys.stream, b"app:{room:1}:history");
+        assert_eq!(keys.meta, b"app:{room:1}:meta");
+    }
+
+    #[test]
+    fn reads_a_sequenced_message() {
+        let payload = br#"42:x7Fq:{"topic":"t","offset":42,"event":1}"#;
+        let (offset, epoch, at) = sequenced(payload).unwrap();
+        assert_eq!((offset, epoch), (42, "x7Fq"));
+        assert_eq!(&payload[at..at + 1], b"{");
+        assert!(sequenced(br#"{"topic":"t","event":1}"#).is_none());
+    }
+}

@@ -1,0 +1,358 @@
+//! History and recovery on subscribe: a client that comes back with the
+//! last position it saw gets exactly what it missed, in order, then live
+//! events, then `subscribed` with `recovered`; or `recovered: false` when
+//! the history cannot give it all. The same cases run on the memory broker
+//! and on a real Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Hooks, RedisServer, Room, Said, redis_config};
+use realtime::auth::validate_with;
+use realtime::broker::Broker;
+use realtime::history::{HistoryPolicy, Position, Retention};
+use realtime::testing::{TestClient, TestServer};
+use realtime::{MemoryBroker, RedisBroker, Service};
+use serde_json::{Value, json};
+
+/// Events published while the client is away.
+const MISSED: u64 = 1000;
+/// History kept per topic in these tests.
+const SIZE: usize = 2000;
+
+fn policy(ttl: Duration) -> HistoryPolicy {
+    HistoryPolicy::none().keep("room:*", Retention::new(SIZE, ttl))
+}
+
+struct Node<B: Broker> {
+    service: Service<Room, B>,
+    server: TestServer,
+}
+
+impl<B: Broker> Node<B> {
+    async fn start(broker: B, policy: HistoryPolicy) -> Self {
+        let service = Service::builder(
+            Room,
+            Arc::new(Hooks::default()),
+            validate_with(|t: &str| Ok(t.to_owned())),
+        )
+        .with_broker(broker)
+        .history(policy)
+        .build()
+        .expect("the default config is valid");
+        let server =
+            TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
+        Self { service, server }
+    }
+
+    async fn connect(&self, path: &str, user: &str) -> TestClient {
+        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
+            .await
+            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
+    }
+
+    async fn publish(&self, topic: &str, text: String) {
+        let said = Said {
+            from: "server".to_owned(),
+            text,
+        };
+        self.service.publish(topic, &said).await.expect("publish");
+    }
+}
+
+/// The position in a `subscribed` frame.
+fn position(subscribed: &Value) -> Position {
+    serde_json::from_value(subscribed["subscribed"].clone()).expect("a position")
+}
+
+/// Receives the `subscribed` frame, which comes before any live event.
+async fn subscribed(client: &mut TestClient) -> Value {
+    let frame = client.recv().await;
+    assert!(
+        frame.get("subscribed").is_some(),
+        "expected `subscribed`, got {frame}"
+    );
+    frame
+}
+
+/// The two nodes of one case, on one broker.
+async fn memory_nodes(policy: HistoryPolicy) -> (Node<MemoryBroker>, Node<MemoryBroker>) {
+    let hub = MemoryBroker::new();
+    (
+        Node::start(hub.clone(), policy.clone()).await,
+        Node::start(hub, policy).await,
+    )
+}
+
+async fn redis_nodes(
+    redis: &RedisServer,
+    prefix: &str,
+    policy: HistoryPolicy,
+) -> (Node<RedisBroker>, Node<RedisBroker>) {
+    let broker = || async {
+        RedisBroker::connect(&redis.url(), redis_config(prefix))
+            .await
+            .expect("connect to the test Redis")
+    };
+    (
+        Node::start(broker().await, policy.clone()).await,
+        Node::start(broker().await, policy).await,
+    )
+}
+
+/// (a) A client away while 1,000 events are published on another node comes
+/// back with `since` and gets exactly those, in order, then `subscribed`
+/// with `recovered: true`, then live events.
+async fn recovers_what_it_missed<B: Broker>(a: &Node<B>, b: &Node<B>) {
+    let mut client = a.connect("room:a", "alice").await;
+    let first = subscribed(&mut client).await;
+    assert_eq!(
+        first["subscribed"].get("recovered"),
+        None,
+        "no `since`, no `recovered`"
+    );
+    b.publish("room:a", "before".to_owned()).await;
+    let event = client.recv_event().await;
+    assert_eq!(event["event"]["text"], "before");
+    let seen = Position {
+        offset: event["offset"].as_u64().expect("an offset"),
+        epoch: position(&first).epoch,
+    };
+    client.close().await;
+
+    for n in 0..MISSED {
+        b.publish("room:a", format!("missed {n}")).await;
+    }
+    let mut back = a.connect(&format!("room:a?since={seen}"), "alice").await;
+    for n in 0..MISSED {
+        let event = back.recv().await;
+        assert_eq!(
+            event["offset"].as_u64(),
+            Some(seen.offset + 1 + n),
+            "{event}"
+        );
+        assert_eq!(event["event"]["text"], format!("missed {n}"));
+    }
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], true);
+    assert_eq!(
+        done["subscribed"]["offset"].as_u64(),
+        Some(seen.offset + MISSED)
+    );
+    b.publish("room:a", "live".to_owned()).await;
+    let live = back.recv().await;
+    assert_eq!(live["event"]["text"], "live");
+    assert_eq!(live["offset"].as_u64(), Some(seen.offset + MISSED + 1));
+}
+
+/// `$join` with `since` resumes a topic like the URL's `?since=`.
+async fn join_resumes<B: Broker>(a: &Node<B>, b: &Node<B>) {
+    let mut client = a.connect("lobby", "alice").await;
+    client
+        .send(json!({"type": "$join", "data": {"topic": "room:j"}, "id": 1}))
+        .await;
+    let answer = client.recv_reply().await;
+    assert_eq!(answer["ok"], Value::Null, "{answer}");
+    let since = position(&subscribed(&mut client).await);
+    client.close().await;
+    for n in 0..20 {
+        b.publish("room:j", format!("j {n}")).await;
+    }
+    let mut back = a.connect("lobby", "alice").await;
+    back.send(json!({"type": "$join", "data": {"topic": "room:j", "since": since}, "id": 2}))
+        .await;
+    let mut texts = Vec::new();
+    let done = loop {
+        let frame = back.recv().await;
+        if frame.get("subscribed").is_some() {
+            break frame;
+        }
+        if frame.get("event").is_some() {
+            texts.push(frame["event"]["text"].as_str().expect("text").to_owned());
+        }
+    };
+    assert_eq!(done["subscribed"]["recovered"], true);
+    assert_eq!(texts, (0..20).map(|n| format!("j {n}")).collect::<Vec<_>>());
+}
+
+/// (c) A gap older than the history: `recovered: false`, nothing replayed.
+async fn gap_past_the_history<B: Broker>(a: &Node<B>, b: &Node<B>) {
+    let mut client = a.connect("room:c", "alice").await;
+    let since = position(&subscribed(&mut client).await);
+    client.close().await;
+    for n in 0..SIZE + 5 {
+        b.publish("room:c", format!("c {n}")).await;
+    }
+    let mut back = a.connect(&format!("room:c?since={since}"), "alice").await;
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], false, "{done}");
+    assert_eq!(done["subscribed"]["epoch"].as_str(), Some(&*since.epoch));
+    assert_eq!(
+        done["subscribed"]["offset"].as_u64(),
+        Some(since.offset + SIZE as u64 + 5)
+    );
+    b.publish("room:c", "live".to_owned()).await;
+    assert_eq!(back.recv().await["event"]["text"], "live");
+}
+
+/// A `since` from another epoch, or from the future: `recovered: false`.
+async fn foreign_positions<B: Broker>(a: &Node<B>) {
+    a.publish("room:f", "one".to_owned()).await;
+    let mut back = a.connect("room:f?since=0.other", "alice").await;
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], false);
+    let epoch = done["subscribed"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let mut ahead = a
+        .connect(&format!("room:f?since=99.{epoch}"), "alice")
+        .await;
+    assert_eq!(
+        subscribed(&mut ahead).await["subscribed"]["recovered"],
+        false
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_broker_recovers() {
+    let (a, b) = memory_nodes(policy(Duration::from_secs(600))).await;
+    recovers_what_it_missed(&a, &b).await;
+    join_resumes(&a, &b).await;
+    gap_past_the_history(&a, &b).await;
+    foreign_positions(&a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_broker_recovers() {
+    let redis = RedisServer::start().await;
+    let (a, b) = redis_nodes(&redis, "recover:", policy(Duration::from_secs(600))).await;
+    recovers_what_it_missed(&a, &b).await;
+    join_resumes(&a, &b).await;
+    gap_past_the_history(&a, &b).await;
+    foreign_positions(&a).await;
+}
+
+/// (b) History lost (expired on the memory broker): a new epoch,
+/// `recovered: false`, and none of the old events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_history_expires() {
+    let (a, b) = memory_nodes(policy(Duration::from_secs(1))).await;
+    let mut client = a.connect("room:x", "alice").await;
+    let old = position(&subscribed(&mut client).await);
+    client.close().await;
+    b.publish("room:x", "old".to_owned()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut back = a.connect(&format!("room:x?since={old}"), "alice").await;
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], false);
+    assert_ne!(done["subscribed"]["epoch"].as_str(), Some(&*old.epoch));
+    b.publish("room:x", "new".to_owned()).await;
+    let event = back.recv().await;
+    assert_eq!(event["event"]["text"], "new", "no stale event: {event}");
+    assert_eq!(event["offset"], 1);
+}
+
+/// (b) Redis restarted empty, and the meta key deleted: a new epoch,
+/// `recovered: false`, and no stale events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_history_lost() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = redis_nodes(&redis, "lost:", policy(Duration::from_secs(600))).await;
+    let mut client = a.connect("room:l", "alice").await;
+    let old = position(&subscribed(&mut client).await);
+    client.close().await;
+    b.publish("room:l", "old".to_owned()).await;
+
+    // The meta key deleted: the history restarts with a new epoch.
+    let mut admin = redis.admin().await;
+    let _: () = redis::cmd("DEL")
+        .arg("lost:{room:l}:meta")
+        .query_async(&mut admin)
+        .await
+        .expect("DEL");
+    b.publish("room:l", "after delete".to_owned()).await;
+    let mut back = a.connect(&format!("room:l?since={old}"), "alice").await;
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], false);
+    let deleted = position(&done);
+    assert_ne!(deleted.epoch, old.epoch);
+    assert_eq!(deleted.offset, 1);
+    back.close().await;
+
+    // Redis restarted empty.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while !(a.service.broker().metrics().connected && b.service.broker().metrics().connected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the brokers reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut back = a.connect(&format!("room:l?since={deleted}"), "alice").await;
+    let done = subscribed(&mut back).await;
+    assert_eq!(done["subscribed"]["recovered"], false);
+    assert_ne!(position(&done).epoch, deleted.epoch);
+    b.publish("room:l", "fresh".to_owned()).await;
+    let event = back.recv().await;
+    assert_eq!(event["event"]["text"], "fresh", "no stale event: {event}");
+}
+
+/// The server API reads the history and the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reads_history() {
+    let (a, _b) = memory_nodes(policy(Duration::from_secs(600))).await;
+    for n in 0..10 {
+        a.publish("room:s", format!("s {n}")).await;
+    }
+    let position = a.service.position("room:s").await.expect("position");
+    assert_eq!(position.offset, 10);
+    let last = a.service.history("room:s", None, 3).await.expect("history");
+    let texts: Vec<String> = last
+        .events
+        .iter()
+        .map(|event| {
+            event.event::<Value>().expect("event")["text"]
+                .as_str()
+                .expect("text")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["s 7", "s 8", "s 9"]);
+    let since = a
+        .service
+        .history("room:s", Some(8), 100)
+        .await
+        .expect("history");
+    assert_eq!(
+        since.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        [9, 10]
+    );
+    assert!(matches!(
+        a.service.history("lobby", None, 1).await,
+        Err(realtime::history::HistoryError::NotKept(_))
+    ));
+}
+
+/// A malformed `since` is refused: 400 on the URL, an error frame on `$join`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_positions_are_refused() {
+    let (a, _b) = memory_nodes(policy(Duration::from_secs(600))).await;
+    let refused = TestClient::connect(&a.server.ws_url("/ws/room:b?since=banana"), "alice")
+        .await
+        .expect_err("a bad since is refused");
+    assert_eq!(refused.status(), Some(400));
+    let mut client = a.connect("lobby", "alice").await;
+    client
+        .send(json!({"type": "$join", "data": {"topic": "room:b", "since": {"offset": 1, "epoch": "no such"}}, "id": 1}))
+        .await;
+    let answer = client.recv_reply().await;
+    assert_eq!(answer["error"]["code"], 400, "{answer}");
+    client
+        .send(json!({"type": "$join", "data": {"topic": "room:b", "since": {"offset": -1, "epoch": "x"}}, "id": 2}))
+        .await;
+    assert_eq!(client.recv_reply().await["error"]["code"], 400);
+}
