@@ -76,13 +76,20 @@ async fn sharded_broadcast_reaches_both_nodes_on_every_shard() {
     let b = cluster_node(&cluster, "sharded:").await;
     let mut clients = subscribe_everywhere(&a, &b).await;
     for topic in 0..TOPICS {
-        assert_eq!(cluster.shardnumsub(&format!("sharded:t{topic}")).await, 2);
+        assert_eq!(
+            cluster.shardnumsub(&format!("sharded:{{t{topic}}}")).await,
+            2
+        );
     }
     // The channels spread over the masters.
     let mut owners = std::collections::HashSet::new();
     for topic in 0..TOPICS {
         for (index, node) in cluster.nodes.iter().enumerate() {
-            if node.shardnumsub_here(&format!("sharded:t{topic}")).await > 0 {
+            if node
+                .shardnumsub_here(&format!("sharded:{{t{topic}}}"))
+                .await
+                > 0
+            {
                 owners.insert(index);
             }
         }
@@ -93,7 +100,7 @@ async fn sharded_broadcast_reaches_both_nodes_on_every_shard() {
 
     // The last client of a topic leaving unsubscribes its node.
     let (on_a, on_b) = clients.pop().expect("one client pair per topic");
-    let last = format!("sharded:t{}", TOPICS - 1);
+    let last = format!("sharded:{{t{}}}", TOPICS - 1);
     on_b.close().await;
     cluster.wait_shardnumsub(&last, 1).await;
     on_a.close().await;
@@ -143,7 +150,7 @@ async fn every_topic_is_back_after_a_master_restarts() {
     let back = Instant::now();
     for topic in 0..TOPICS {
         cluster
-            .wait_shardnumsub(&format!("restart:t{topic}"), 2)
+            .wait_shardnumsub(&format!("restart:{{t{topic}}}"), 2)
             .await;
     }
     for node in [&a, &b] {

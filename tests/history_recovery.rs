@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Hooks, RedisServer, Room, Said, redis_config};
-use realtime::auth::validate_with;
+use common::{HistoryNode as Node, RedisServer, redis_config};
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Position, Retention};
-use realtime::testing::{TestClient, TestServer};
-use realtime::{MemoryBroker, RedisBroker, Service};
+use realtime::testing::TestClient;
+use realtime::{MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
 
 /// Events published while the client is away.
@@ -24,42 +22,6 @@ const SIZE: usize = 2000;
 
 fn policy(ttl: Duration) -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(SIZE, ttl))
-}
-
-struct Node<B: Broker> {
-    service: Service<Room, B>,
-    server: TestServer,
-}
-
-impl<B: Broker> Node<B> {
-    async fn start(broker: B, policy: HistoryPolicy) -> Self {
-        let service = Service::builder(
-            Room,
-            Arc::new(Hooks::default()),
-            validate_with(|t: &str| Ok(t.to_owned())),
-        )
-        .with_broker(broker)
-        .history(policy)
-        .build()
-        .expect("the default config is valid");
-        let server =
-            TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
-        Self { service, server }
-    }
-
-    async fn connect(&self, path: &str, user: &str) -> TestClient {
-        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
-            .await
-            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
-    }
-
-    async fn publish(&self, topic: &str, text: String) {
-        let said = Said {
-            from: "server".to_owned(),
-            text,
-        };
-        self.service.publish(topic, &said).await.expect("publish");
-    }
 }
 
 /// The position in a `subscribed` frame.
@@ -141,6 +103,7 @@ async fn recovers_what_it_missed<B: Broker>(a: &Node<B>, b: &Node<B>) {
         done["subscribed"]["offset"].as_u64(),
         Some(seen.offset + MISSED)
     );
+    assert!(a.service.metrics().recovered >= 1);
     b.publish("room:a", "live".to_owned()).await;
     let live = back.recv().await;
     assert_eq!(live["event"]["text"], "live");
@@ -188,6 +151,7 @@ async fn gap_past_the_history<B: Broker>(a: &Node<B>, b: &Node<B>) {
     let mut back = a.connect(&format!("room:c?since={since}"), "alice").await;
     let done = subscribed(&mut back).await;
     assert_eq!(done["subscribed"]["recovered"], false, "{done}");
+    assert!(a.service.metrics().not_recovered >= 1);
     assert_eq!(done["subscribed"]["epoch"].as_str(), Some(&*since.epoch));
     assert_eq!(
         done["subscribed"]["offset"].as_u64(),

@@ -100,6 +100,7 @@ struct Registry {
     topics: RwLock<HashMap<Arc<str>, Topic>>,
     /// Frames per ring (`Config::topic_backlog`).
     backlog: usize,
+    counters: Arc<Counters>,
 }
 
 /// One topic on this instance.
@@ -211,16 +212,27 @@ impl Track {
                     }
                 }
             }
-            _ => {
+            (Some(epoch), _) => {
                 // The history cannot fill the gap: it was lost (a new
-                // epoch) or trimmed past it. Subscribers reload.
-                self.epoch = Some(read.position.epoch.clone());
-                self.last = read.position.offset;
-                self.generation += 1;
+                // epoch) or trimmed past it. Subscribers reload. After a
+                // new epoch the ring starts from its beginning, which the
+                // next read fills: no event Redis accepted since is lost.
+                let position = match *epoch == read.position.epoch {
+                    true => read.position,
+                    false => Position {
+                        offset: 0,
+                        epoch: read.position.epoch,
+                    },
+                };
                 let _ = ring.send(Event {
                     offset: Event::RESET,
-                    frame: protocol::reset_frame(topic, &read.position),
+                    frame: protocol::reset_frame(topic, &position),
                 });
+                self.epoch = Some(position.epoch);
+                self.last = position.offset;
+                self.generation += 1;
+                // Held events stay held until the next read from there.
+                return false;
             }
         }
         let behind = self.epoch.as_deref() == Some(&*read.position.epoch)
@@ -250,10 +262,11 @@ impl Track {
 }
 
 impl Registry {
-    fn new(backlog: usize) -> Self {
+    fn new(backlog: usize, counters: Arc<Counters>) -> Self {
         Self {
             topics: RwLock::default(),
             backlog,
+            counters,
         }
     }
 
@@ -336,7 +349,12 @@ impl Registry {
             return true;
         };
         let mut track = track.lock().expect("track lock poisoned");
-        track.fill(&entry.ring, topic, since, read)
+        let generation = track.generation;
+        let live = track.fill(&entry.ring, topic, since, read);
+        if track.generation != generation {
+            bump(&self.counters.resets);
+        }
+        live
     }
 
     /// A new receiver of `topic`'s ring and the ring's generation and epoch,
@@ -521,7 +539,11 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     /// [`ConfigError`] when a limit in the config can never work.
     pub fn build(self) -> Result<Service<H, B>, ConfigError> {
         self.config.validate()?;
-        let registry = Arc::new(Registry::new(self.config.topic_backlog));
+        let counters = Arc::<Counters>::default();
+        let registry = Arc::new(Registry::new(
+            self.config.topic_backlog,
+            Arc::clone(&counters),
+        ));
         let (open, _) = watch::channel(0);
         let inner = Arc::new_cyclic(|inner: &Weak<Inner<H, B>>| {
             self.broker.attach(Incoming::with_fanout(Fan {
@@ -540,7 +562,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 next_id: AtomicU64::new(1),
                 open,
                 shutdown: Signal::default(),
-                counters: Arc::default(),
+                counters,
             }
         });
         Ok(Service { inner })
@@ -557,6 +579,7 @@ struct Fan<H: MessageHandler, B> {
 
 impl<H: MessageHandler, B: Broker> Fan<H, B> {
     fn fill(&self, topic: Arc<str>) {
+        bump(&self.registry.counters.gap_fills);
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
@@ -605,6 +628,17 @@ pub struct Metrics {
     pub publish_errors: u64,
     /// Clients closed with 1008 for staying silent past the idle timeout.
     pub idle_closes: u64,
+    /// Reads of a topic's history that this instance started to fill a gap
+    /// in its own delivery (an offset jump, a new epoch, a reconnect).
+    pub gap_fills: u64,
+    /// Times a topic's delivery restarted with a `reset` because the
+    /// history could not fill a gap.
+    pub resets: u64,
+    /// Subscriptions that resumed (`since`) and got every missed event.
+    pub recovered: u64,
+    /// Subscriptions that resumed but could not get every missed event
+    /// (`recovered: false`).
+    pub not_recovered: u64,
 }
 
 /// Why [`Service::publish`] failed.
@@ -802,6 +836,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             rate_limited: counters.rate_limited.load(Ordering::Relaxed),
             publish_errors: counters.publish_errors.load(Ordering::Relaxed),
             idle_closes: counters.idle_closes.load(Ordering::Relaxed),
+            gap_fills: counters.gap_fills.load(Ordering::Relaxed),
+            resets: counters.resets.load(Ordering::Relaxed),
+            recovered: counters.recovered.load(Ordering::Relaxed),
+            not_recovered: counters.not_recovered.load(Ordering::Relaxed),
         }
     }
 
@@ -1036,7 +1074,15 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
-                    return Ok(catch_up(topic, ring, since, read));
+                    let resumed = catch_up(topic, ring, since, read);
+                    if let Some(recovered) = resumed.recovered {
+                        let counter = match recovered {
+                            true => &inner.counters.recovered,
+                            false => &inner.counters.not_recovered,
+                        };
+                        bump(counter);
+                    }
+                    return Ok(resumed.feed);
                 }
                 Some((fresh, now, _)) => {
                     (ring, generation) = (fresh, now);
@@ -1171,7 +1217,7 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
 
 /// The feed of a subscriber that read `read` (from `since`): the events it missed if they are all there, then the
 /// `subscribed` frame, then the ring past them.
-fn catch_up(topic: &Arc<str>, ring: Ring, since: Option<&Position>, read: History) -> Feed {
+fn catch_up(topic: &Arc<str>, ring: Ring, since: Option<&Position>, read: History) -> Resumed {
     let recovered = since.map(|since| {
         since.epoch == read.position.epoch
             && read.continues(since.offset)
@@ -1183,12 +1229,20 @@ fn catch_up(topic: &Arc<str>, ring: Ring, since: Option<&Position>, read: Histor
         frames.extend(read.events.into_iter().map(|event| event.frame));
     }
     frames.push_back(protocol::subscribed_frame(topic, &read.position, recovered));
-    Feed {
+    let feed = Feed {
         topic: Arc::clone(topic),
         ring,
         catch_up: Some(Box::new(CatchUp {
             frames,
             through: read.position.offset,
         })),
-    }
+    };
+    Resumed { feed, recovered }
+}
+
+/// A subscriber's feed, and whether it resumed with every missed event
+/// (`None`: it did not ask to resume).
+struct Resumed {
+    feed: Feed,
+    recovered: Option<bool>,
 }

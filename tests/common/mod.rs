@@ -16,8 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use realtime::auth::validate_with;
+use realtime::broker::Broker;
 use realtime::broker::RedisConfig;
 use realtime::broker::redis::RedisMetrics;
+use realtime::history::HistoryPolicy;
 use realtime::testing::{TestClient, TestServer};
 use realtime::{Config, RedisBroker, Service};
 use serde_json::{Value, json};
@@ -289,6 +291,13 @@ impl RedisCluster {
     /// Starts three nodes, creates the cluster, and waits until every node
     /// reports `cluster_state:ok`.
     pub(crate) async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// As [`start`](Self::start); with `persistent`, every node writes each
+    /// command to its append-only file before answering (`appendfsync
+    /// always`), so a restarted master comes back with its data.
+    pub(crate) async fn start_with(persistent: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "realtime-cluster-{}-{}",
             std::process::id(),
@@ -303,7 +312,10 @@ impl RedisCluster {
             // The bus port defaults to port + 10000, which may not exist for
             // a high ephemeral port: pick a free one too.
             let bus = free_port().to_string();
-            let args = [
+            let node_dir = dir.join(format!("node-{port}"));
+            std::fs::create_dir_all(&node_dir).expect("create a node's directory");
+            let node_dir = node_dir.to_str().expect("a UTF-8 temp path").to_owned();
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -313,6 +325,16 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 "5000",
             ];
+            if persistent {
+                args.extend([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    &node_dir,
+                ]);
+            }
             if let Some(node) = RedisServer::try_start_on(port, &args).await {
                 nodes.push(node);
             }
@@ -475,5 +497,45 @@ pub(crate) async fn recv_reply(client: &mut TestClient, id: u64) -> Value {
         if frame.get("reply_to") == Some(&Value::from(id)) {
             return frame;
         }
+    }
+}
+
+/// A node running [`Room`] with a history policy, on any broker.
+pub(crate) struct HistoryNode<B: Broker> {
+    pub(crate) service: Service<Room, B>,
+    pub(crate) server: TestServer,
+}
+
+impl<B: Broker> HistoryNode<B> {
+    /// Serves a service on `broker` that keeps history as `policy` says.
+    pub(crate) async fn start(broker: B, policy: HistoryPolicy) -> Self {
+        let service = Service::builder(
+            Room,
+            std::sync::Arc::new(Hooks::default()),
+            validate_with(|t: &str| Ok(t.to_owned())),
+        )
+        .with_broker(broker)
+        .history(policy)
+        .build()
+        .expect("the default config is valid");
+        let server =
+            TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
+        Self { service, server }
+    }
+
+    /// A client of `user` on `path` (a topic, and a query string).
+    pub(crate) async fn connect(&self, path: &str, user: &str) -> TestClient {
+        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
+            .await
+            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
+    }
+
+    /// Publishes `text` from the server side; panics if it fails.
+    pub(crate) async fn publish(&self, topic: &str, text: String) {
+        let said = Said {
+            from: "server".to_owned(),
+            text,
+        };
+        self.service.publish(topic, &said).await.expect("publish");
     }
 }

@@ -117,6 +117,10 @@ pub(crate) struct Counters {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
     pub(crate) idle_closes: AtomicU64,
+    pub(crate) gap_fills: AtomicU64,
+    pub(crate) resets: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) not_recovered: AtomicU64,
 }
 
 /// Adds one to a counter; the counts are statistics, ordered with nothing.

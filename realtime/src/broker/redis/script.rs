@@ -126,7 +126,10 @@ pub(super) async fn append(
     conn: &mut impl ::redis::aio::ConnectionLike,
     append: Append<'_>,
 ) -> ::redis::RedisResult<Position> {
-    let deadline = unix_millis() + append.timeout.as_millis() as u64;
+    // A quarter of the timeout before the node gives up: a script that ran
+    // just in time still has that long for its answer to arrive, so an
+    // event the node answers with an error was not published.
+    let deadline = unix_millis() + (append.timeout - append.timeout / 4).as_millis() as u64;
     let (offset, epoch): (u64, String) = APPEND
         .key(append.keys.stream)
         .key(append.keys.meta)
