@@ -7,86 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chat::{Process, start_chat, start_chat_on, terminate, wait_for_port};
 use common::{RedisServer, free_port};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries.
-fn chat_binary() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    let binary = profile.join("examples").join("chat");
-    assert!(
-        binary.exists(),
-        "{} is missing: run through `cargo test`",
-        binary.display()
-    );
-    binary
-}
-
-fn start_chat(redis_url: &str) -> (Process, u16) {
-    let port = free_port();
-    (start_chat_on(redis_url, port), port)
-}
-
-fn start_chat_on(redis_url: &str, port: u16) -> Process {
-    let child = Command::new(chat_binary())
-        .env("PORT", port.to_string())
-        .env("REDIS_URL", redis_url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the chat example");
-    let process = Process(child);
-    wait_for_port(port, "the chat example");
-    process
-}
-
-/// Sends SIGTERM and waits for the process to exit by itself.
-fn terminate(mut process: Process) {
-    let status = Command::new("kill")
-        .args(["-TERM", &process.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = process.0.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "the chat exits cleanly on SIGTERM, got {status}"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the chat did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start_chromedriver() -> (Process, u16) {
     let port = free_port();
@@ -241,8 +169,13 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     );
     screenshot(&page_b, "chat-forbidden.png").await;
 
+    join(&page_b, port_b, "bob", "lobby").await;
+    wait_for(&page_b, "page B is back in the lobby", connected).await;
+
     // SIGTERM on node A: its page is told the server went away (1001) and
     // reconnects, with backoff, once a new instance listens on the port.
+    // Meanwhile B says 20 lines; A resumes where it stopped (`since`) and
+    // shows each of them once, in order.
     terminate(node_a);
     wait_for(
         &page_a,
@@ -250,10 +183,49 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
         "document.getElementById('status').dataset.state === 'reconnecting' && document.getElementById('error').textContent.includes('went away')",
     )
     .await;
+    for n in 1..=20 {
+        say(&page_b, &format!("offline {n}")).await;
+    }
+    wait_for(
+        &page_b,
+        "page B shows its 20 lines",
+        &shows("bob", "offline 20"),
+    )
+    .await;
     let _node_a = start_chat_on(&redis_url, port_a);
     wait_for(&page_a, "page A reconnects", connected).await;
-    join(&page_b, port_b, "bob", "lobby").await;
-    wait_for(&page_b, "page B is back in the lobby", connected).await;
+    wait_for(
+        &page_a,
+        "the reconnected page A shows what it missed",
+        &shows("bob", "offline 20"),
+    )
+    .await;
+    let shown = page_a
+        .execute(
+            "return [...document.querySelectorAll('#log li .text')].map(e => e.textContent).filter(t => t.startsWith('offline '));",
+            vec![],
+        )
+        .await
+        .expect("read page A's log");
+    // Resumed, not reloaded: the log was not rebuilt from the history.
+    let joined = page_a
+        .execute(
+            "return [...document.querySelectorAll('#log li.system')].filter(e => e.textContent === 'joined lobby').length;",
+            vec![],
+        )
+        .await
+        .expect("read page A's log");
+    assert_eq!(
+        joined,
+        serde_json::json!(1),
+        "page A resumed without reloading its log"
+    );
+    let expected: Vec<String> = (1..=20).map(|n| format!("offline {n}")).collect();
+    assert_eq!(
+        shown,
+        serde_json::json!(expected),
+        "each missed line once, in order"
+    );
     say(&page_b, "welcome back").await;
     let back = shows("bob", "welcome back");
     wait_for(

@@ -256,6 +256,15 @@ async fn redis_history_lost() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The application's own commands go through the broker's connection,
+    // which survived the restart.
+    let visits: i64 = a
+        .service
+        .broker()
+        .query(redis::cmd("INCR").arg("lost:visits"))
+        .await
+        .expect("the broker's connection works after the restart");
+    assert_eq!(visits, 1);
     let mut back = a.connect(&format!("room:l?since={deleted}"), "alice").await;
     let done = subscribed(&mut back).await;
     assert_eq!(done["subscribed"]["recovered"], false);

@@ -1,6 +1,11 @@
 //! A chat: rooms are topics, `say` broadcasts a line to the room on every
-//! instance, `history` answers the room's last lines to the sender. The page
-//! at `/` is a small JavaScript client (no framework) served from this binary.
+//! instance, `history` answers the room's last lines to the sender. Every
+//! room keeps its last 100 lines for 10 minutes in the framework's history
+//! (in this process, or in Redis beside the broker): the same lines feed
+//! `history` and let a page that lost its connection resume where it
+//! stopped. The chat keeps no storage, and no Redis connection, of its own.
+//! The page at `/` is a small JavaScript client (no framework) served from
+//! this binary.
 //!
 //! Run it:
 //!
@@ -20,33 +25,36 @@
 //! else), to show topic authorization. Ctrl-C or SIGTERM close every socket
 //! with 1001 before the process exits.
 
-mod history;
-
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::Html;
 use axum::routing::get;
 use realtime::auth::validate_with;
+use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
 use realtime::{AuthError, Broker, MemoryBroker, RedisBroker, Service};
-use serde::Serialize;
-
-use history::{History, Line};
-
-/// Shared by every connection of this instance.
-#[derive(Debug)]
-struct ChatState {
-    history: History,
-}
+use serde::{Deserialize, Serialize};
 
 /// What everyone in a room receives when someone speaks.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Said {
     from: String,
     text: String,
     at: u64,
 }
+
+/// A line of the room's history: what was said, and its offset in the
+/// room, which the page uses to merge the history with live lines.
+#[derive(Debug, Serialize)]
+struct Line {
+    offset: u64,
+    #[serde(flatten)]
+    said: Said,
+}
+
+/// Lines kept per room, and for how long after the room's last line.
+const KEPT: usize = 100;
+const KEPT_FOR: Duration = Duration::from_secs(600);
 
 /// Longest line, in characters.
 const MAX_TEXT: usize = 2000;
@@ -58,11 +66,7 @@ struct Chat;
 impl Chat {
     /// Posts a line to the room: every member, on every instance, gets it.
     #[broadcast]
-    async fn say(
-        &self,
-        ctx: &Context<ChatState, String>,
-        text: String,
-    ) -> Result<Said, HandlerError> {
+    async fn say(&self, ctx: &Context<(), String>, text: String) -> Result<Said, HandlerError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(HandlerError::bad_request("say something: `text` is empty"));
@@ -72,16 +76,12 @@ impl Chat {
                 "a line holds at most {MAX_TEXT} characters"
             )));
         }
-        let line = Line {
+        // Kept in the room's history and delivered in one step: a line is
+        // in the history exactly when the room received it.
+        Ok(Said {
             from: ctx.user_id().clone(),
             text: text.to_owned(),
             at: now_millis(),
-        };
-        ctx.state().history.push(ctx.topic(), &line).await?;
-        Ok(Said {
-            from: line.from,
-            text: line.text,
-            at: line.at,
         })
     }
 
@@ -89,15 +89,27 @@ impl Chat {
     #[direct]
     async fn history(
         &self,
-        ctx: &Context<ChatState, String>,
+        ctx: &Context<(), String>,
         limit: u32,
     ) -> Result<Vec<Line>, HandlerError> {
-        ctx.state().history.last(ctx.topic(), limit as usize).await
+        let history = ctx.history(ctx.topic(), None, limit as usize).await?;
+        // A line that does not parse was not written by this app; skip it.
+        Ok(history
+            .events
+            .iter()
+            .filter_map(|event| {
+                let said = event.event().ok()?;
+                Some(Line {
+                    offset: event.offset,
+                    said,
+                })
+            })
+            .collect())
     }
 
     /// Only the user `admin` may enter the room `admin`.
     #[authorize_topic]
-    async fn may_enter(&self, _state: &ChatState, user: &String, room: &str) -> bool {
+    async fn may_enter(&self, _state: &(), user: &String, room: &str) -> bool {
         room != "admin" || user == "admin"
     }
 }
@@ -139,15 +151,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::var("REDIS_URL") {
         Ok(url) => {
             let broker = RedisBroker::connect(&url, Default::default()).await?;
-            let client = redis::Client::open(url.as_str())?;
-            let history = History::Redis(client.get_multiplexed_async_connection().await?);
             tracing::info!(%addr, redis = %url, "chat with the Redis broker");
-            serve(addr, broker, history).await
+            serve(addr, broker).await
         }
         Err(_) => {
-            let history = History::Memory(Default::default());
             tracing::info!(%addr, "chat with the memory broker");
-            serve(addr, MemoryBroker::new(), history).await
+            serve(addr, MemoryBroker::new()).await
         }
     }
 }
@@ -155,11 +164,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve<B: Broker>(
     addr: std::net::SocketAddr,
     broker: B,
-    history: History,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let state = Arc::new(ChatState { history });
-    let service = Service::builder(Chat, state, demo_validator())
+    let service = Service::builder(Chat, (), demo_validator())
         .with_broker(broker)
+        .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
         .build()?;
     let app = Chat::router(service.clone())
         .route("/", get(|| async { Html(include_str!("index.html")) }));

@@ -7,6 +7,8 @@
 #[path = "room.rs"]
 mod room;
 
+pub(crate) mod chat;
+
 #[allow(unused_imports)] // Not every test file names every type.
 pub(crate) use room::{Hooks, Room, Said};
 

@@ -224,6 +224,51 @@ impl RedisBroker {
         &self.config
     }
 
+    /// Runs one command of the application's own on the broker's
+    /// publishing connection: a connection that survives Redis restarts,
+    /// because each call takes the one the broker holds now. While the
+    /// broker reconnects it fails at once; a command that Redis does not
+    /// answer fails after [`RedisConfig::command_timeout`].
+    ///
+    /// Commands share the connection with the broker's publishes, in one
+    /// pipeline: keep them short (a large `LRANGE` delays the events queued
+    /// behind it). For heavy use, open a `redis::aio::ConnectionManager`
+    /// of the application's own, with a response timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unavailable`] while the broker is not connected or
+    /// when Redis answers with an error; [`BrokerError::Timeout`] when it
+    /// does not answer in time.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use realtime::RedisBroker;
+    ///
+    /// async fn visits(broker: &RedisBroker) -> Result<u64, realtime::BrokerError> {
+    ///     broker.query(redis::cmd("INCR").arg("app:visits")).await
+    /// }
+    /// ```
+    pub async fn query<T: ::redis::FromRedisValue>(
+        &self,
+        command: &::redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        let Some(mut publisher) = self.shared.publisher() else {
+            return Err(Unavailable::NotConnected.into());
+        };
+        let answer = match &mut publisher.conn {
+            link::PublishConn::Single(conn) => command.query_async(conn).await,
+            link::PublishConn::Cluster(conn) => command.query_async(conn).await,
+        };
+        answer.map_err(|error| {
+            if error.is_unrecoverable_error() {
+                publisher.lost.notify_one();
+            }
+            broker_error(error, self.config.command_timeout)
+        })
+    }
+
     /// The publishing connection, or the error a publish answers while
     /// there is none.
     fn publisher(&self, topic: &str) -> Result<link::Publisher, BrokerError> {
