@@ -329,3 +329,34 @@ async fn bad_positions_are_refused() {
         .await;
     assert_eq!(client.recv_reply().await["error"]["code"], 400);
 }
+
+/// A resumption never makes the server hold more for a client than its
+/// outbound byte bound: past it, `recovered: false` and nothing replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_stays_within_the_outbound_byte_bound() {
+    let mut config = realtime::Config::default();
+    config.outbound_queue_bytes = 8 * 1024;
+    config.max_reply_bytes = 4 * 1024;
+    let hub = MemoryBroker::new();
+    let a = Node::start_with(hub, policy(Duration::from_secs(600)), config).await;
+    let mut client = a.connect("room:m", "alice").await;
+    let since = position(&subscribed(&mut client).await);
+    client.close().await;
+    // About 100 bytes a frame: 30 fit, 200 do not.
+    for n in 0..30 {
+        a.publish("room:m", format!("{n:0>40}")).await;
+    }
+    let mut back = a.connect(&format!("room:m?since={since}"), "alice").await;
+    for _ in 0..30 {
+        assert!(back.recv().await.get("event").is_some());
+    }
+    assert_eq!(subscribed(&mut back).await["subscribed"]["recovered"], true);
+    back.close().await;
+    for n in 0..200 {
+        a.publish("room:m", format!("{n:0>40}")).await;
+    }
+    let mut late = a.connect(&format!("room:m?since={since}"), "alice").await;
+    let done = subscribed(&mut late).await;
+    assert_eq!(done["subscribed"]["recovered"], false, "{done}");
+    assert_eq!(done["subscribed"]["offset"], 230);
+}

@@ -1033,7 +1033,10 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             // The ring's position, read after the broker subscribed and
             // before the lock is let go: any later subscriber reads the
             // history after this, so the ring holds what it will miss.
-            Inner::fill_once(inner, &topic).await?;
+            if !Inner::fill_once(inner, &topic).await? {
+                // Live events with a gap came meanwhile: read on.
+                tokio::spawn(Inner::fill(Arc::clone(inner), Arc::clone(&topic)));
+            }
         }
         drop(subscribed);
         let feed = match history {
@@ -1074,7 +1077,8 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
-                    let resumed = catch_up(topic, ring, since, read);
+                    let max_bytes = inner.config.outbound_queue_bytes;
+                    let resumed = catch_up(topic, ring, since, read, max_bytes);
                     if let Some(recovered) = resumed.recovered {
                         let counter = match recovered {
                             true => &inner.counters.recovered,
@@ -1215,14 +1219,29 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
     }
 }
 
-/// The feed of a subscriber that read `read` (from `since`): the events it missed if they are all there, then the
+/// The feed of a subscriber that read `read` (from `since`), given at most
+/// `max_bytes` of missed events (`Config::outbound_queue_bytes`): the events it missed if they are all there, then the
 /// `subscribed` frame, then the ring past them.
-fn catch_up(topic: &Arc<str>, ring: Ring, since: Option<&Position>, read: History) -> Resumed {
+fn catch_up(
+    topic: &Arc<str>,
+    ring: Ring,
+    since: Option<&Position>,
+    read: History,
+    max_bytes: usize,
+) -> Resumed {
+    let bytes: usize = read
+        .events
+        .iter()
+        .map(|event| event.frame.as_str().len())
+        .sum();
     let recovered = since.map(|since| {
         since.epoch == read.position.epoch
             && read.continues(since.offset)
             // A read cut short by its limit (the retention shrank) is not all.
             && read.events.last().is_none_or(|last| last.offset == read.position.offset)
+            // No more than a connection may have queued: a client cannot make
+            // the server hold more for it by resuming.
+            && bytes <= max_bytes
     });
     let mut frames = VecDeque::new();
     if recovered == Some(true) {

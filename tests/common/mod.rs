@@ -511,6 +511,11 @@ pub(crate) struct HistoryNode<B: Broker> {
 impl<B: Broker> HistoryNode<B> {
     /// Serves a service on `broker` that keeps history as `policy` says.
     pub(crate) async fn start(broker: B, policy: HistoryPolicy) -> Self {
+        Self::start_with(broker, policy, Config::default()).await
+    }
+
+    /// As [`start`](Self::start), with `config`.
+    pub(crate) async fn start_with(broker: B, policy: HistoryPolicy, config: Config) -> Self {
         let service = Service::builder(
             Room,
             std::sync::Arc::new(Hooks::default()),
@@ -518,8 +523,9 @@ impl<B: Broker> HistoryNode<B> {
         )
         .with_broker(broker)
         .history(policy)
+        .config(config)
         .build()
-        .expect("the default config is valid");
+        .expect("a valid config");
         let server =
             TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
         Self { service, server }
