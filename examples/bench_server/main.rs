@@ -2,13 +2,16 @@
 //! topic, `echo {text}` answers it. Any `?token=` is accepted.
 //!
 //! ```text
-//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] cargo run --release --example bench_server
+//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] [HISTORY=1] cargo run --release --example bench_server
 //! ```
 //!
 //! `realtime-bench matrix` builds and runs it side by side with the floor
 //! server (see docs/PERFORMANCE.md).
 
+use std::time::Duration;
+
 use realtime::auth::validate_with;
+use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
 use realtime::{Broker, Config, MemoryBroker, RedisBroker, Service};
 use serde::Serialize;
@@ -58,9 +61,16 @@ async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error
     config.rate_burst = 1_000_000;
     config.topic_backlog = 4096;
     config.max_connections = 20_000;
+    // `HISTORY=1`: every topic keeps its last 1000 events, to measure what
+    // history costs a publish.
+    let history = match std::env::var("HISTORY").as_deref() {
+        Ok("1") => HistoryPolicy::none().keep("*", Retention::new(1000, Duration::from_secs(60))),
+        _ => HistoryPolicy::none(),
+    };
     let service = Service::builder(Bench, (), validate_with(|token: &str| Ok(token.to_owned())))
         .with_broker(broker)
         .config(config)
+        .history(history)
         .build()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, Bench::router(service)).await?;
