@@ -360,3 +360,38 @@ async fn recovery_stays_within_the_outbound_byte_bound() {
     assert_eq!(done["subscribed"]["recovered"], false, "{done}");
     assert_eq!(done["subscribed"]["offset"], 230);
 }
+
+/// A broker without history: a service with a history policy refuses to
+/// build on it, instead of failing every publish at run time.
+#[test]
+fn a_broker_without_history_is_refused() {
+    struct Plain;
+    impl Broker for Plain {
+        fn attach(&self, _: realtime::broker::Incoming) {}
+        async fn publish(
+            &self,
+            _: &str,
+            _: realtime::protocol::Frame,
+        ) -> Result<(), realtime::BrokerError> {
+            Ok(())
+        }
+        async fn subscribe(&self, _: &str) -> Result<(), realtime::BrokerError> {
+            Ok(())
+        }
+        async fn unsubscribe(&self, _: &str) -> Result<(), realtime::BrokerError> {
+            Ok(())
+        }
+    }
+    let built = realtime::Service::builder(
+        common::Room,
+        std::sync::Arc::new(common::Hooks::default()),
+        realtime::auth::validate_with(|t: &str| Ok(t.to_owned())),
+    )
+    .with_broker(Plain)
+    .history(policy(Duration::from_secs(60)))
+    .build();
+    assert!(matches!(
+        built,
+        Err(realtime::ConfigError::HistoryUnsupported)
+    ));
+}

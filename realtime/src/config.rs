@@ -166,6 +166,10 @@ pub enum ConfigError {
     /// token count loses whole tokens.
     #[error("`rate_burst` must be at most 16777216")]
     BurstTooLarge,
+    /// The service keeps history for some topics (`ServiceBuilder::history`)
+    /// but its broker cannot (`Broker::supports_history` is false).
+    #[error("the history policy names topics, but the broker keeps no history")]
+    HistoryUnsupported,
 }
 
 impl Config {

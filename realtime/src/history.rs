@@ -118,6 +118,11 @@ impl HistoryPolicy {
         self
     }
 
+    /// Whether any topic may keep history under this policy.
+    pub fn keeps_any(&self) -> bool {
+        !self.rules.is_empty() || self.hook.is_some()
+    }
+
     /// How much of `topic`'s past to keep; `None`: nothing.
     pub fn retention(&self, topic: &str) -> Option<Retention> {
         let rule = self.rules.iter().find(|(pattern, _)| match pattern {

@@ -1,7 +1,7 @@
 //! [`Service`]: one instance's connections, its topic subscriptions, local
 //! fan-out, the server-side publish API and graceful shutdown.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock, Weak};
@@ -14,11 +14,16 @@ use crate::auth::{AuthError, Authenticator, TokenValidator};
 use crate::broker::{Broker, BrokerError, Fanout, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    self, CatchUp, ConnectionId, Counters, Event, Feed, Outbox, Ring, Session, Signal, Topics, bump,
+    self, ConnectionId, Counters, Event, Feed, Outbox, Ring, Session, Signal, Topics, bump,
 };
 use crate::handler::{Context, HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
 use crate::protocol::{self, Frame};
+use crate::track::{ReadFrom, Track};
+
+/// Reads of the history that fill gaps in rings, at most at once per
+/// instance.
+const MAX_CONCURRENT_READS: usize = 16;
 
 /// Reads of a subscriber's history that may find the topic's ring restarted
 /// meanwhile (a `reset`) before the subscribe gives up with an error.
@@ -101,6 +106,19 @@ struct Registry {
     /// Frames per ring (`Config::topic_backlog`).
     backlog: usize,
     counters: Arc<Counters>,
+    /// The id of the next topic's [`Track`].
+    next_track: AtomicU64,
+    /// Bounds the reads of the history that fill gaps at once: after a
+    /// reconnect every topic with history needs one.
+    reads: tokio::sync::Semaphore,
+}
+
+/// A subscriber's place in a topic's ring: see [`Registry::add`].
+struct Added {
+    name: Arc<str>,
+    ring: Ring,
+    generation: u64,
+    new: bool,
 }
 
 /// One topic on this instance.
@@ -117,156 +135,14 @@ struct Topic {
     track: Option<StdMutex<Track>>,
 }
 
-/// Where the ring of a topic with history stands. The ring gets every
-/// offset once, in order: a live event that does not follow the last one
-/// (a gap, or a new epoch) is held, and the missing ones are read from the
-/// history first.
-#[derive(Debug, Default)]
-struct Track {
-    /// The epoch of the ring's events; `None` until the first read.
-    epoch: Option<String>,
-    /// The offset of the last event put in the ring.
-    last: u64,
-    /// Bumped when the ring restarts from a new position (a `reset`), so a
-    /// subscriber can tell whether its read of the history still fits.
-    generation: u64,
-    /// `Some` while a read of the history runs: the live events that came
-    /// meanwhile, with their epochs.
-    held: Option<Vec<(u64, String, Frame)>>,
-    /// Set when events were dropped from `held` (it was full) or the link
-    /// was lost while a read ran: read again before going live.
-    again: bool,
-}
-
-impl Track {
-    /// Puts a live event in the ring if it is the next one. Otherwise holds
-    /// it; returns whether a read of the history must start.
-    fn live(
-        &mut self,
-        ring: &broadcast::Sender<Event>,
-        offset: u64,
-        epoch: &str,
-        frame: Frame,
-        backlog: usize,
-    ) -> bool {
-        if let Some(held) = &mut self.held {
-            if held.len() < backlog {
-                held.push((offset, epoch.to_owned(), frame));
-            } else {
-                // Read again instead: the history has it.
-                self.again = true;
-            }
-            return false;
-        }
-        if self.epoch.as_deref() == Some(epoch) {
-            if offset <= self.last {
-                // Already in the ring (read from the history).
-                return false;
-            }
-            if offset == self.last + 1 {
-                self.last = offset;
-                let _ = ring.send(Event { offset, frame });
-                return false;
-            }
-        }
-        self.held = Some(vec![(offset, epoch.to_owned(), frame)]);
-        true
-    }
-
-    /// Starts holding live events for a read of the history; returns
-    /// whether a read must start (none runs yet).
-    fn hold(&mut self) -> bool {
-        if self.held.is_some() {
-            self.again = true;
-            return false;
-        }
-        self.held = Some(Vec::new());
-        true
-    }
-
-    /// Applies a read of the history made from `since` (`None`: the
-    /// position alone, for a ring that has none yet), then the held events
-    /// that follow. Returns whether the ring is live again.
-    fn fill(
-        &mut self,
-        ring: &broadcast::Sender<Event>,
-        topic: &str,
-        since: Option<u64>,
-        read: History,
-    ) -> bool {
-        match (&self.epoch, since) {
-            (None, _) => {
-                self.epoch = Some(read.position.epoch.clone());
-                self.last = read.position.offset;
-            }
-            (Some(epoch), Some(since))
-                if *epoch == read.position.epoch && since == self.last && read.continues(since) =>
-            {
-                for event in read.events {
-                    if event.offset == self.last + 1 {
-                        self.last = event.offset;
-                        let _ = ring.send(Event {
-                            offset: event.offset,
-                            frame: event.frame,
-                        });
-                    }
-                }
-            }
-            (Some(epoch), _) => {
-                // The history cannot fill the gap: it was lost (a new
-                // epoch) or trimmed past it. Subscribers reload. After a
-                // new epoch the ring starts from its beginning, which the
-                // next read fills: no event Redis accepted since is lost.
-                let position = match *epoch == read.position.epoch {
-                    true => read.position,
-                    false => Position {
-                        offset: 0,
-                        epoch: read.position.epoch,
-                    },
-                };
-                let _ = ring.send(Event {
-                    offset: Event::RESET,
-                    frame: protocol::reset_frame(topic, &position),
-                });
-                self.epoch = Some(position.epoch);
-                self.last = position.offset;
-                self.generation += 1;
-                // Held events stay held until the next read from there.
-                return false;
-            }
-        }
-        let behind = self.epoch.as_deref() == Some(&*read.position.epoch)
-            && self.last < read.position.offset;
-        let mut held = self.held.take().unwrap_or_default();
-        held.sort_by_key(|(offset, _, _)| *offset);
-        let mut rest = Vec::new();
-        for (offset, epoch, frame) in held {
-            let next = self.epoch.as_deref() == Some(&*epoch) && rest.is_empty();
-            if next && offset <= self.last {
-                continue;
-            }
-            if next && offset == self.last + 1 {
-                self.last = offset;
-                let _ = ring.send(Event { offset, frame });
-                continue;
-            }
-            rest.push((offset, epoch, frame));
-        }
-        if rest.is_empty() && !behind && !self.again {
-            return true;
-        }
-        self.again = false;
-        self.held = Some(rest);
-        false
-    }
-}
-
 impl Registry {
     fn new(backlog: usize, counters: Arc<Counters>) -> Self {
         Self {
             topics: RwLock::default(),
             backlog,
             counters,
+            next_track: AtomicU64::new(1),
+            reads: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
         }
     }
 
@@ -328,19 +204,23 @@ impl Registry {
             .collect()
     }
 
-    /// Where a read of `topic`'s history should start: `Some(None)` for a
-    /// ring without a position yet, `Some(Some(last))` otherwise; `None` if
-    /// the topic has no local subscriber or history any more.
-    fn fill_from(&self, topic: &str) -> Option<Option<u64>> {
+    /// Where a read of `topic`'s history should start; `None` if the topic
+    /// has no local subscriber or history any more.
+    fn read_from(&self, topic: &str) -> Option<ReadFrom> {
         let topics = self.topics.read().expect("registry lock poisoned");
         let track = topics.get(topic)?.track.as_ref()?;
-        let track = track.lock().expect("track lock poisoned");
-        Some(track.epoch.as_ref().map(|_| track.last))
+        Some(track.lock().expect("track lock poisoned").read_from())
+    }
+
+    /// The most events a read may put in a ring at once: half of it, so
+    /// that subscribers still reading the rest are not overrun.
+    fn max_gap(&self) -> usize {
+        (self.backlog / 2).max(1)
     }
 
     /// Applies a read of the history; whether the ring is live again (or
     /// the topic gone).
-    fn fill(&self, topic: &str, since: Option<u64>, read: History) -> bool {
+    fn apply_read(&self, topic: &str, from: ReadFrom, read: History) -> bool {
         let topics = self.topics.read().expect("registry lock poisoned");
         let Some((entry, track)) = topics
             .get(topic)
@@ -349,30 +229,31 @@ impl Registry {
             return true;
         };
         let mut track = track.lock().expect("track lock poisoned");
-        let generation = track.generation;
-        let live = track.fill(&entry.ring, topic, since, read);
-        if track.generation != generation {
+        let generation = track.generation();
+        let live = track.apply(&entry.ring, topic, from, read, self.max_gap() as u64);
+        if track.generation() != generation {
             bump(&self.counters.resets);
         }
         live
     }
 
-    /// A new receiver of `topic`'s ring and the ring's generation and epoch,
-    /// taken together.
+    /// A new receiver of `topic`'s ring, and the ring's generation and
+    /// epoch, taken together.
     fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {
         let topics = self.topics.read().expect("registry lock poisoned");
         let entry = topics.get(topic)?;
         let (generation, epoch) = entry.track.as_ref().map_or((0, None), |track| {
             let track = track.lock().expect("track lock poisoned");
-            (track.generation, track.epoch.clone())
+            (track.generation(), track.epoch().map(str::to_owned))
         });
         Some((entry.ring.subscribe(), generation, epoch))
     }
 
     /// Adds a subscriber; returns the shared topic name, a receiver of
-    /// every event from now on, and whether the topic is new here (its
-    /// ring, if it keeps history, has no position yet).
-    fn add(&self, topic: &str, history: bool) -> (Arc<str>, Ring, bool) {
+    /// every event from now on with the ring's generation at that moment,
+    /// and whether the topic is new here (its ring, if it keeps history,
+    /// has no position yet).
+    fn add(&self, topic: &str, history: bool) -> Added {
         let mut topics = self.topics.write().expect("registry lock poisoned");
         if let Some(name) = topics
             .get_key_value(topic)
@@ -380,18 +261,20 @@ impl Registry {
         {
             let entry = topics.get_mut(topic).expect("present: just found");
             entry.subscribers += 1;
-            return (name, entry.ring.subscribe(), false);
+            let generation = entry.track.as_ref().map_or(0, |track| {
+                track.lock().expect("track lock poisoned").generation()
+            });
+            return Added {
+                name,
+                ring: entry.ring.subscribe(),
+                generation,
+                new: false,
+            };
         }
         let name: Arc<str> = topic.into();
         let (ring, receiver) = broadcast::channel(self.backlog);
-        // Live events are held until the first read gives the ring a
-        // position.
-        let track = history.then(|| {
-            StdMutex::new(Track {
-                held: Some(Vec::new()),
-                ..Track::default()
-            })
-        });
+        let id = self.next_track.fetch_add(1, Ordering::Relaxed);
+        let track = history.then(|| StdMutex::new(Track::new(id)));
         topics.insert(
             Arc::clone(&name),
             Topic {
@@ -400,7 +283,12 @@ impl Registry {
                 track,
             },
         );
-        (name, receiver, true)
+        Added {
+            name,
+            ring: receiver,
+            generation: 0,
+            new: true,
+        }
     }
 
     /// Removes a subscriber; returns whether the topic has none left here.
@@ -536,9 +424,13 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when a limit in the config can never work.
+    /// [`ConfigError`] when a limit in the config can never work, or when
+    /// the history policy names topics and the broker keeps no history.
     pub fn build(self) -> Result<Service<H, B>, ConfigError> {
         self.config.validate()?;
+        if self.history.keeps_any() && !self.broker.supports_history() {
+            return Err(ConfigError::HistoryUnsupported);
+        }
         let counters = Arc::<Counters>::default();
         let registry = Arc::new(Registry::new(
             self.config.topic_backlog,
@@ -578,13 +470,14 @@ struct Fan<H: MessageHandler, B> {
 }
 
 impl<H: MessageHandler, B: Broker> Fan<H, B> {
-    fn fill(&self, topic: Arc<str>) {
+    /// Starts the task that fills `topic`'s ring from its history.
+    fn spawn_gap_fill(&self, topic: Arc<str>) {
         bump(&self.registry.counters.gap_fills);
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(Inner::fill(inner, topic));
+            runtime.spawn(Inner::fill_gap(inner, topic));
         }
     }
 }
@@ -601,13 +494,13 @@ impl<H: MessageHandler, B: Broker> Fanout for Fan<H, B> {
                 offset,
                 "gap in a topic's offsets; reading its history"
             );
-            self.fill(topic.into());
+            self.spawn_gap_fill(topic.into());
         }
     }
 
     fn reconnected(&self) {
         for topic in self.registry.hold_all() {
-            self.fill(topic);
+            self.spawn_gap_fill(topic);
         }
     }
 }
@@ -773,6 +666,24 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # Errors
     ///
     /// As [`history`](Self::history).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// /// A link that resumes `room:1` from now: `/ws/room:1?since=<offset>.<epoch>`.
+    /// async fn resume_link(service: &Service<Chat>) -> Option<String> {
+    ///     let position = service.position("room:1").await.ok()?;
+    ///     Some(format!("/ws/room:1?since={position}"))
+    /// }
+    /// ```
     pub async fn position(&self, topic: &str) -> Result<Position, HistoryError> {
         Ok(self.inner.history(topic, None, 0).await?.position)
     }
@@ -954,6 +865,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             outbox,
             admission,
         } = accepted;
+        // The catch-up of a resumed URL topic goes first in the queue,
+        // which the write task empties before it reads any ring.
+        let mut feed = feed;
+        outbox.catch_up(&mut feed);
         let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
         let mut ctx = Context {
             conn_id: id,
@@ -1020,7 +935,12 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         if first {
             inner.broker.subscribe(topic).await?;
         }
-        let (topic, ring, new) = inner.registry.add(topic, history.is_some());
+        let Added {
+            name: topic,
+            ring,
+            generation,
+            new,
+        } = inner.registry.add(topic, history.is_some());
         if first {
             // The registry's name, shared: one copy of it per instance.
             subscribed.insert(Arc::clone(&topic));
@@ -1033,9 +953,9 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             // The ring's position, read after the broker subscribed and
             // before the lock is let go: any later subscriber reads the
             // history after this, so the ring holds what it will miss.
-            if !Inner::fill_once(inner, &topic).await? {
+            if !Inner::read_into_ring(inner, &topic).await? {
                 // Live events with a gap came meanwhile: read on.
-                tokio::spawn(Inner::fill(Arc::clone(inner), Arc::clone(&topic)));
+                tokio::spawn(Inner::fill_gap(Arc::clone(inner), Arc::clone(&topic)));
             }
         }
         drop(subscribed);
@@ -1043,9 +963,10 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             None => Feed {
                 topic: Arc::clone(&topic),
                 ring,
-                catch_up: None,
+                catch_up: Vec::new(),
+                sent_through: 0,
             },
-            Some(_) => Inner::resume(inner, &topic, ring, since).await?,
+            Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
         };
         Ok((topic, subscription, feed))
     }
@@ -1056,29 +977,33 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     async fn resume(
         inner: &Arc<Self>,
         topic: &Arc<str>,
-        ring: Ring,
+        (mut ring, mut generation): (Ring, u64),
         since: Option<&Position>,
     ) -> Result<Feed, BrokerError> {
         let retention = inner
             .history
             .retention(topic)
             .expect("called for topics with history");
-        let (mut ring, mut generation) = match inner.registry.ring(topic) {
-            Some((_, generation, _)) => (ring, generation),
-            None => (ring, 0),
-        };
+        let config = &inner.config;
+        // No more than the connection's queue holds, in frames: a longer
+        // gap is not recovered, so it is not read either.
+        let limit = retention.size().min(config.outbound_queue);
         for attempt in 0..SUBSCRIBE_ATTEMPTS {
-            let (from, limit) = match since {
-                Some(since) => (Some(since.offset), retention.size()),
-                None => (None, 0),
-            };
-            let read = inner.broker.history(topic, from, limit, &retention).await?;
+            let from = since.map(|since| since.offset);
+            let read = inner
+                .broker
+                .history(
+                    topic,
+                    from,
+                    if from.is_some() { limit } else { 0 },
+                    &retention,
+                )
+                .await?;
             match inner.registry.ring(topic) {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
-                    let max_bytes = inner.config.outbound_queue_bytes;
-                    let resumed = catch_up(topic, ring, since, read, max_bytes);
+                    let resumed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
                     if let Some(recovered) = resumed.recovered {
                         let counter = match recovered {
                             true => &inner.counters.recovered,
@@ -1108,39 +1033,55 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     /// Fills the ring of a topic with history from its history until it is
     /// live again, retrying while the broker fails; ends early if the topic
     /// loses its last local subscriber.
-    async fn fill(inner: Arc<Self>, topic: Arc<str>) {
+    async fn fill_gap(inner: Arc<Self>, topic: Arc<str>) {
         let mut attempt = 0u32;
         loop {
-            match Inner::fill_once(&inner, &topic).await {
+            let read = {
+                // At most a few reads at once per instance; after a
+                // reconnect every topic with history wants one.
+                let _permit = inner.registry.reads.acquire().await;
+                Inner::read_into_ring(&inner, &topic).await
+            };
+            let wait = match read {
                 Ok(true) => return,
-                Ok(false) => attempt = 0,
+                // Live events came past the read; read on, after a breath
+                // that keeps a busy topic from spinning.
+                Ok(false) => {
+                    attempt = 0;
+                    Duration::from_millis(5)
+                }
                 Err(error) => {
                     tracing::debug!(topic = &*topic, %error, "reading history to fill a gap failed; retrying");
-                    let wait = Duration::from_millis(50)
-                        .saturating_mul(1 << attempt.min(6))
-                        .min(FILL_BACKOFF_MAX);
                     attempt = attempt.saturating_add(1);
-                    tokio::time::sleep(wait).await;
+                    Duration::from_millis(50)
+                        .saturating_mul(1 << attempt.min(6))
+                        .min(FILL_BACKOFF_MAX)
                 }
-            }
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
     /// One read of the history into the ring; whether the ring is live
     /// again (or the topic gone).
-    async fn fill_once(inner: &Arc<Self>, topic: &str) -> Result<bool, BrokerError> {
+    async fn read_into_ring(inner: &Arc<Self>, topic: &str) -> Result<bool, BrokerError> {
         let Some(retention) = inner.history.retention(topic) else {
             return Ok(true);
         };
-        let Some(since) = inner.registry.fill_from(topic) else {
+        let Some(from) = inner.registry.read_from(topic) else {
             return Ok(true);
         };
-        let limit = if since.is_some() { retention.size() } else { 0 };
+        // One more than the ring may take at once: a longer gap shows as
+        // not continuing, and the ring restarts at the head.
+        let limit = match from.since {
+            Some(_) => retention.size().min(inner.registry.max_gap() + 1),
+            None => 0,
+        };
         let read = inner
             .broker
-            .history(topic, since, limit, &retention)
+            .history(topic, from.since, limit, &retention)
             .await?;
-        Ok(inner.registry.fill(topic, since, read))
+        Ok(inner.registry.apply_read(topic, from, read))
     }
 
     /// Unsubscribes the instance from `topic` at the broker, unless a new
@@ -1243,18 +1184,16 @@ fn catch_up(
             // the server hold more for it by resuming.
             && bytes <= max_bytes
     });
-    let mut frames = VecDeque::new();
+    let mut frames = Vec::new();
     if recovered == Some(true) {
         frames.extend(read.events.into_iter().map(|event| event.frame));
     }
-    frames.push_back(protocol::subscribed_frame(topic, &read.position, recovered));
+    frames.push(protocol::subscribed_frame(topic, &read.position, recovered));
     let feed = Feed {
         topic: Arc::clone(topic),
         ring,
-        catch_up: Some(Box::new(CatchUp {
-            frames,
-            through: read.position.offset,
-        })),
+        catch_up: frames,
+        sent_through: read.position.offset,
     };
     Resumed { feed, recovered }
 }

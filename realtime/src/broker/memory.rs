@@ -8,8 +8,9 @@ use super::{Broker, BrokerError, Incoming};
 use crate::history::{self, History, Position, Retention, Sequenced};
 use crate::protocol::Frame;
 
-/// Appends between two sweeps of expired histories: often enough that
-/// abandoned topics do not pile up, rare enough to cost nothing per event.
+/// Appends and reads between two sweeps of expired histories: often enough
+/// that abandoned topics do not pile up, rare enough to cost nothing per
+/// event.
 const SWEEP_EVERY: u64 = 1024;
 
 /// The embedded broker: delivers frames to every service in this process that
@@ -62,7 +63,8 @@ struct Hub {
 #[derive(Debug, Default)]
 struct Histories {
     topics: HashMap<Box<str>, Kept>,
-    appends: u64,
+    /// Appends and reads, to time the sweeps.
+    calls: u64,
 }
 
 /// One topic's history.
@@ -76,31 +78,30 @@ struct Kept {
 
 impl Histories {
     /// `topic`'s history, new (offset 0, a new epoch) if it had none or it
-    /// expired; its expiry moves to `ttl` from now.
-    fn get(&mut self, topic: &str, retention: &Retention) -> &mut Kept {
+    /// expired. An append (`touch`) moves its expiry to `ttl` from now; a
+    /// read leaves it, as in Redis.
+    fn get(&mut self, topic: &str, retention: &Retention, touch: bool) -> &mut Kept {
+        self.sweep();
         let now = Instant::now();
         let expires = now + retention.ttl();
-        let kept = self.topics.entry(topic.into()).or_insert_with(|| Kept {
-            epoch: String::new(),
-            offset: 0,
-            events: VecDeque::new(),
-            expires,
-        });
-        if kept.epoch.is_empty() || kept.expires <= now {
-            *kept = Kept {
-                epoch: history::new_epoch(),
-                offset: 0,
-                events: VecDeque::new(),
-                expires,
-            };
+        let kept = self
+            .topics
+            .entry(topic.into())
+            .or_insert_with(|| Kept::new(expires));
+        if kept.expires <= now {
+            *kept = Kept::new(expires);
         }
-        kept.expires = expires;
+        if touch {
+            kept.expires = expires;
+        }
         kept
     }
 
+    /// Drops expired histories, once every [`SWEEP_EVERY`] calls: reads
+    /// create histories too, so both count.
     fn sweep(&mut self) {
-        self.appends += 1;
-        if self.appends.is_multiple_of(SWEEP_EVERY) {
+        self.calls += 1;
+        if self.calls.is_multiple_of(SWEEP_EVERY) {
             let now = Instant::now();
             self.topics.retain(|_, kept| kept.expires > now);
         }
@@ -108,6 +109,15 @@ impl Histories {
 }
 
 impl Kept {
+    fn new(expires: Instant) -> Self {
+        Self {
+            epoch: history::new_epoch(),
+            offset: 0,
+            events: VecDeque::new(),
+            expires,
+        }
+    }
+
     fn position(&self) -> Position {
         Position {
             offset: self.offset,
@@ -171,6 +181,10 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    fn supports_history(&self) -> bool {
+        true
+    }
+
     async fn append(
         &self,
         topic: &str,
@@ -182,8 +196,7 @@ impl Broker for MemoryBroker {
             .histories
             .lock()
             .expect("memory broker lock poisoned");
-        histories.sweep();
-        let kept = histories.get(topic, retention);
+        let kept = histories.get(topic, retention, true);
         let offset = kept.offset + 1;
         let frame = history::with_offset(&frame, offset)
             .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
@@ -220,7 +233,7 @@ impl Broker for MemoryBroker {
             .histories
             .lock()
             .expect("memory broker lock poisoned");
-        let kept = histories.get(topic, retention);
+        let kept = histories.get(topic, retention, false);
         let skip = match since {
             Some(since) => kept.events.partition_point(|event| event.offset <= since),
             None => kept.events.len().saturating_sub(limit),

@@ -66,16 +66,49 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops delivering `topic`'s frames to this instance.
     fn unsubscribe(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Whether [`append`](Self::append) and [`history`](Self::history) work;
+    /// a service with a history policy refuses to build on a broker without
+    /// them. The default: false.
+    fn supports_history(&self) -> bool {
+        false
+    }
+
     /// Publishes an event of a topic with history, in one atomic step:
     /// gives it the topic's next offset, appends it to the history (kept as
     /// `retention` says) and delivers it with its position
     /// ([`Incoming::deliver_at`]). `frame` is an event frame without an
     /// offset; the broker puts the offset in (see [`History`] for the shape).
     ///
-    /// An error means the event was neither kept nor delivered; an `Ok`
-    /// means both, and gives the event's position.
+    /// An `Ok` means the event was kept and delivered, and gives its
+    /// position; an error means it was not, unless the broker's link broke
+    /// after the broker took it (then it cannot know).
     ///
     /// The default refuses: a broker without history support.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use realtime::{Broker, MemoryBroker};
+    /// use realtime::broker::Incoming;
+    /// use realtime::history::Retention;
+    /// use realtime::protocol::Frame;
+    ///
+    /// # block_on(async {
+    /// let broker = MemoryBroker::new();
+    /// broker.attach(Incoming::new(|_: &str, _: Frame| {}));
+    /// let keep = Retention::new(10, Duration::from_secs(60));
+    /// let frame = Frame::from(r#"{"topic":"t","event":"hi"}"#.to_owned());
+    /// let position = broker.append("t", frame, &keep).await?;
+    /// assert_eq!(position.offset, 1);
+    /// let history = broker.history("t", Some(0), 10, &keep).await?;
+    /// assert_eq!(history.events[0].frame.as_str(), r#"{"topic":"t","offset":1,"event":"hi"}"#);
+    /// # Ok::<(), realtime::BrokerError>(())
+    /// # }).unwrap();
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
     fn append(
         &self,
         topic: &str,
@@ -92,7 +125,8 @@ pub trait Broker: Send + Sync + 'static {
     /// (offset 0 and a new epoch), kept as `retention` says, so that a
     /// client can resume from it.
     ///
-    /// The default refuses: a broker without history support.
+    /// The default refuses: a broker without history support. See
+    /// [`append`](Self::append) for an example.
     fn history(
         &self,
         topic: &str,
@@ -124,7 +158,31 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Incoming(Arc<dyn Fanout>);
 
-/// What an [`Incoming`] hands frames to: the service's fan-out.
+/// What an [`Incoming`] hands frames to: the service's fan-out, or a
+/// recorder in a broker's tests.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Mutex;
+/// use realtime::broker::{Fanout, Incoming};
+/// use realtime::protocol::Frame;
+///
+/// /// Keeps the offsets it is given.
+/// #[derive(Default)]
+/// struct Offsets(Mutex<Vec<u64>>);
+///
+/// impl Fanout for Offsets {
+///     fn deliver(&self, _topic: &str, _frame: Frame) {}
+///     fn deliver_at(&self, _topic: &str, offset: u64, _epoch: &str, _frame: Frame) {
+///         self.0.lock().unwrap().push(offset);
+///     }
+/// }
+///
+/// let incoming = Incoming::with_fanout(Offsets::default());
+/// incoming.deliver_at("t", 7, "x7Fq", Frame::from("{}".to_owned()));
+/// incoming.reconnected(); // Offsets ignores it
+/// ```
 pub trait Fanout: Send + Sync + 'static {
     /// One frame of a topic without positions.
     fn deliver(&self, topic: &str, frame: Frame);
@@ -157,7 +215,7 @@ impl Incoming {
         Self(Arc::new(DeliverFn(deliver)))
     }
 
-    /// Hands frames to `fanout`.
+    /// Hands frames to `fanout`; see [`Fanout`] for an example.
     pub fn with_fanout(fanout: impl Fanout) -> Self {
         Self(Arc::new(fanout))
     }
@@ -167,12 +225,14 @@ impl Incoming {
         self.0.deliver(topic, frame);
     }
 
-    /// Hands one event of a topic with history, at `offset` in `epoch`.
+    /// Hands one event of a topic with history, at `offset` in `epoch`; see
+    /// [`Fanout`] for an example.
     pub fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) {
         self.0.deliver_at(topic, offset, epoch, frame);
     }
 
-    /// Says that the broker's link came back after a loss.
+    /// Says that the broker's link came back after a loss; see [`Fanout`]
+    /// for an example.
     pub fn reconnected(&self) {
         self.0.reconnected();
     }

@@ -30,7 +30,7 @@ mod subscriptions;
 mod writer;
 
 pub use outbox::ConnectionId;
-pub(crate) use outbox::{CatchUp, Counters, Event, Feed, Outbox, Ring, Signal, bump};
+pub(crate) use outbox::{Counters, Event, Feed, Outbox, Ring, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler

@@ -61,25 +61,21 @@ impl Event {
     pub(crate) const RESET: u64 = u64::MAX;
 }
 
-/// A topic as a connection's writer follows it: its ring, and, for a
-/// subscription that resumed, what to write before the ring.
+/// A topic as a connection's writer follows it: its ring, and for a
+/// subscription that resumed, where the ring's events start to be new.
 #[derive(Debug)]
 pub(crate) struct Feed {
     pub(crate) topic: Arc<str>,
     pub(crate) ring: Ring,
-    /// `None` once caught up (always, for a topic without history).
-    pub(crate) catch_up: Option<Box<CatchUp>>,
-}
-
-/// The start of a subscription to a topic with history: the events the
-/// client missed and the `subscribed` frame, then the ring's events after
-/// the last of them. The ring was subscribed before the missed events were
-/// read, so it may hold some of them again; those are skipped.
-#[derive(Debug)]
-pub(crate) struct CatchUp {
-    pub(crate) frames: std::collections::VecDeque<Frame>,
-    /// Ring events up to this offset were written from `frames` already.
-    pub(crate) through: u64,
+    /// The start of a subscription to a topic with history: the events the
+    /// client missed and the `subscribed` frame. They go in the
+    /// connection's queue ahead of the feed (so its bounds count them), and
+    /// are written before any of the ring's events.
+    pub(crate) catch_up: Vec<Frame>,
+    /// Ring events up to this offset were in the catch-up already (the ring
+    /// was subscribed before the history was read, so it may hold some of
+    /// them again); they are skipped. 0: nothing to skip.
+    pub(crate) sent_through: u64,
 }
 
 /// What the write task does next, besides the events it reads from its
@@ -286,10 +282,16 @@ impl Outbox {
         let _ = self.status.queue.push(Outbound::Ping);
     }
 
-    /// Hands the write task one more topic's ring; the topic's events are
-    /// written from the ring's next event on.
-    pub(crate) fn subscribe(&self, feed: Feed) -> bool {
-        self.queue(Outbound::Subscribe(Box::new(feed)))
+    /// Hands the write task one more topic's ring, after its catch-up; the
+    /// topic's events are written from the ring's next new event on.
+    pub(crate) fn subscribe(&self, mut feed: Feed) -> bool {
+        self.catch_up(&mut feed) && self.queue(Outbound::Subscribe(Box::new(feed)))
+    }
+
+    /// Queues a feed's catch-up frames, which come before any of its ring's
+    /// events.
+    pub(crate) fn catch_up(&self, feed: &mut Feed) -> bool {
+        feed.catch_up.drain(..).all(|frame| self.push(frame))
     }
 
     /// Tells the write task to stop writing `topic`'s events.

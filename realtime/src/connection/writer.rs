@@ -193,9 +193,6 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
 
 /// The next item of one topic, if one is waiting.
 fn try_feed(feed: &mut Feed) -> Option<Item> {
-    if let Some(frame) = caught_up_frame(feed) {
-        return Some(Item::Event(frame));
-    }
     loop {
         match feed.ring.try_recv() {
             Ok(event) => {
@@ -212,24 +209,19 @@ fn try_feed(feed: &mut Feed) -> Option<Item> {
     }
 }
 
-/// The next frame a resumed subscription missed, if any are left.
-fn caught_up_frame(feed: &mut Feed) -> Option<Frame> {
-    feed.catch_up.as_mut()?.frames.pop_front()
-}
-
-/// What of a ring event to write: nothing if a resumed subscription wrote
-/// it already from its catch-up. The ring's offsets rise one by one, so the
+/// What of a ring event to write: nothing if a resumed subscription's
+/// catch-up held it already. The ring's offsets rise one by one, so the
 /// first event past the catch-up ends the skipping, as does a `reset`
-/// (offsets count from a new epoch after it).
+/// (offsets count from a new epoch after it). A frame without an offset
+/// (published with no history) passes and changes nothing.
 fn pass(feed: &mut Feed, event: Event) -> Option<Frame> {
-    if let Some(catch_up) = &feed.catch_up {
-        if event.offset != Event::PLAIN
-            && event.offset != Event::RESET
-            && event.offset <= catch_up.through
-        {
-            return None;
+    if feed.sent_through != 0 {
+        match event.offset {
+            Event::PLAIN => {}
+            Event::RESET => feed.sent_through = 0,
+            offset if offset <= feed.sent_through => return None,
+            _ => feed.sent_through = 0,
         }
-        feed.catch_up = None;
     }
     Some(event.frame)
 }
@@ -238,9 +230,6 @@ fn pass(feed: &mut Feed, event: Event) -> Option<Frame> {
 /// waits on it directly; with several it waits on all at once.
 async fn next_event(rings: &mut Vec<Feed>) -> Item {
     loop {
-        if let Some(frame) = rings.iter_mut().find_map(caught_up_frame) {
-            return Item::Event(frame);
-        }
         let (received, at) = match rings.as_mut_slice() {
             [] => return std::future::pending().await,
             [feed] => (feed.ring.recv().await, 0),

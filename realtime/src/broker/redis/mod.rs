@@ -338,6 +338,10 @@ impl Broker for RedisBroker {
         published.map_err(|error| self.publish_failed(topic, &publisher, error))
     }
 
+    fn supports_history(&self) -> bool {
+        true
+    }
+
     async fn append(
         &self,
         topic: &str,

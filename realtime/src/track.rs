@@ -1,0 +1,336 @@
+//! [`Track`]: how an instance keeps the ring of a topic with history
+//! gapless. The ring gets every offset once, in order. A live event that
+//! does not follow the last one (a gap, or a new epoch), or a broker link
+//! that came back, makes the track hold live events while the missing ones
+//! are read from the history; the read is applied, then the held events.
+//! Only when the history cannot fill the gap does the ring get a `reset`.
+
+use tokio::sync::broadcast;
+
+use crate::connection::Event;
+use crate::history::{History, Position};
+use crate::protocol::{self, Frame};
+
+/// Where a topic's ring stands.
+#[derive(Debug)]
+pub(crate) struct Track {
+    /// Tells this track from a later one of the same topic (the topic lost
+    /// its last local subscriber and got a new one), so that a read made
+    /// for the old one is not applied to it.
+    id: u64,
+    /// The epoch of the ring's events; `None` until the first read.
+    epoch: Option<String>,
+    /// The offset of the last event put in the ring.
+    last: u64,
+    /// Bumped when the ring restarts from a new position (a `reset`), so
+    /// that a subscriber can tell whether its own read of the history still
+    /// fits the ring.
+    generation: u64,
+    /// `Some` while a read of the history is due or runs: the live events
+    /// that came meanwhile.
+    held: Option<Vec<Held>>,
+    /// Events were dropped from `held` (it was full), or the link was lost
+    /// while a read ran: read again before going live.
+    again: bool,
+}
+
+/// A live event held while the history is read.
+#[derive(Debug)]
+struct Held {
+    offset: u64,
+    epoch: String,
+    frame: Frame,
+}
+
+/// Where a read of the history for a track starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadFrom {
+    /// The track it is for.
+    pub(crate) track: u64,
+    /// The last offset in the ring; `None` for a ring without a position
+    /// yet, which reads the position alone.
+    pub(crate) since: Option<u64>,
+}
+
+impl Track {
+    /// A new topic's track: no position yet, live events held until the
+    /// first read.
+    pub(crate) fn new(id: u64) -> Self {
+        Self {
+            id,
+            epoch: None,
+            last: 0,
+            generation: 0,
+            held: Some(Vec::new()),
+            again: false,
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    pub(crate) fn read_from(&self) -> ReadFrom {
+        ReadFrom {
+            track: self.id,
+            since: self.epoch.as_ref().map(|_| self.last),
+        }
+    }
+
+    /// Puts a live event in the ring if it is the next one; drops one the
+    /// ring has. Otherwise holds it (at most `max_held`; past that, the
+    /// history has it); returns whether a read of the history must start.
+    pub(crate) fn live(
+        &mut self,
+        ring: &broadcast::Sender<Event>,
+        offset: u64,
+        epoch: &str,
+        frame: Frame,
+        max_held: usize,
+    ) -> bool {
+        if let Some(held) = &mut self.held {
+            if held.len() < max_held {
+                held.push(Held {
+                    offset,
+                    epoch: epoch.to_owned(),
+                    frame,
+                });
+            } else {
+                self.again = true;
+            }
+            return false;
+        }
+        if self.epoch.as_deref() == Some(epoch) {
+            if offset <= self.last {
+                return false;
+            }
+            if offset == self.last + 1 {
+                self.last = offset;
+                let _ = ring.send(Event { offset, frame });
+                return false;
+            }
+        }
+        self.held = Some(vec![Held {
+            offset,
+            epoch: epoch.to_owned(),
+            frame,
+        }]);
+        true
+    }
+
+    /// Holds live events for a read of the history (the broker's link came
+    /// back); returns whether a read must start (none is due yet).
+    pub(crate) fn hold(&mut self) -> bool {
+        if self.held.is_some() {
+            self.again = true;
+            return false;
+        }
+        self.held = Some(Vec::new());
+        true
+    }
+
+    /// Applies a read of the history made `from` here, then the held events
+    /// that follow it. A gap of more than `max_gap` events is not filled
+    /// (sent at once, it would overrun the ring's subscribers): the ring
+    /// restarts at the head. Returns whether the ring is live again; false:
+    /// read again from [`read_from`](Self::read_from).
+    pub(crate) fn apply(
+        &mut self,
+        ring: &broadcast::Sender<Event>,
+        topic: &str,
+        from: ReadFrom,
+        read: History,
+        max_gap: u64,
+    ) -> bool {
+        if from.track != self.id || from != self.read_from() {
+            // Made for an earlier track, or before this one moved: the read
+            // due for its present state is another.
+            return from.track != self.id;
+        }
+        match (&self.epoch, from.since) {
+            (None, _) => {
+                self.epoch = Some(read.position.epoch.clone());
+                self.last = read.position.offset;
+            }
+            (Some(epoch), Some(since))
+                if *epoch == read.position.epoch
+                    && read.continues(since)
+                    && read.position.offset - since <= max_gap =>
+            {
+                for event in read.events {
+                    if event.offset == self.last + 1 {
+                        self.last = event.offset;
+                        let _ = ring.send(Event {
+                            offset: event.offset,
+                            frame: event.frame,
+                        });
+                    }
+                }
+            }
+            (Some(epoch), _) => {
+                // The gap cannot be filled: the history was lost (a new
+                // epoch), trimmed past it, or it is too long. Subscribers
+                // reload. After a new epoch the ring restarts from its
+                // beginning, which the next read fills: nothing Redis
+                // accepted since is lost.
+                let position = match *epoch == read.position.epoch {
+                    true => read.position,
+                    false => Position {
+                        offset: 0,
+                        epoch: read.position.epoch,
+                    },
+                };
+                let _ = ring.send(Event {
+                    offset: Event::RESET,
+                    frame: protocol::reset_frame(topic, &position),
+                });
+                self.epoch = Some(position.epoch);
+                self.last = position.offset;
+                self.generation += 1;
+                // Held events stay held until the next read from here.
+                return false;
+            }
+        }
+        let synced = self.epoch.as_deref() == Some(&*read.position.epoch);
+        let behind = synced && self.last < read.position.offset;
+        let mut held = self.held.take().unwrap_or_default();
+        held.sort_by_key(|held| held.offset);
+        let mut rest = Vec::new();
+        for event in held {
+            if self.epoch.as_deref() != Some(&*event.epoch) {
+                if !synced {
+                    rest.push(event);
+                }
+                // Else an epoch the history no longer has: it is gone.
+                continue;
+            }
+            if rest.is_empty() && event.offset <= self.last {
+                continue;
+            }
+            if rest.is_empty() && event.offset == self.last + 1 {
+                self.last = event.offset;
+                let _ = ring.send(Event {
+                    offset: event.offset,
+                    frame: event.frame,
+                });
+                continue;
+            }
+            rest.push(event);
+        }
+        if rest.is_empty() && !behind && !self.again {
+            return true;
+        }
+        self.again = false;
+        self.held = Some(rest);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Sequenced;
+
+    fn frame(offset: u64) -> Frame {
+        Frame::from(format!(
+            r#"{{"topic":"t","offset":{offset},"event":{offset}}}"#
+        ))
+    }
+
+    fn read(epoch: &str, offset: u64, events: &[u64]) -> History {
+        History {
+            position: Position {
+                offset,
+                epoch: epoch.to_owned(),
+            },
+            events: events
+                .iter()
+                .map(|&offset| Sequenced {
+                    offset,
+                    frame: frame(offset),
+                })
+                .collect(),
+        }
+    }
+
+    fn drain(receiver: &mut broadcast::Receiver<Event>) -> Vec<u64> {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|event| event.offset)
+            .collect()
+    }
+
+    /// A track at offset `last` of epoch "e", live.
+    fn live_at(last: u64) -> (Track, broadcast::Sender<Event>, broadcast::Receiver<Event>) {
+        let (ring, receiver) = broadcast::channel(64);
+        let mut track = Track::new(1);
+        let from = track.read_from();
+        assert!(track.apply(&ring, "t", from, read("e", last, &[]), 8));
+        (track, ring, receiver)
+    }
+
+    #[test]
+    fn a_gap_is_read_before_newer_events() {
+        let (mut track, ring, mut receiver) = live_at(3);
+        assert!(!track.live(&ring, 4, "e", frame(4), 16));
+        assert!(
+            track.live(&ring, 7, "e", frame(7), 16),
+            "a gap starts a read"
+        );
+        assert!(
+            !track.live(&ring, 8, "e", frame(8), 16),
+            "held while reading"
+        );
+        let from = track.read_from();
+        assert_eq!(from.since, Some(4));
+        assert!(track.apply(&ring, "t", from, read("e", 7, &[5, 6, 7]), 8));
+        assert_eq!(drain(&mut receiver), [4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_stale_read_is_ignored() {
+        let (mut track, ring, mut receiver) = live_at(3);
+        assert!(track.live(&ring, 6, "e", frame(6), 16));
+        let stale = ReadFrom {
+            track: 0,
+            since: Some(3),
+        };
+        assert!(track.apply(&ring, "t", stale, read("e", 9, &[4, 5, 6, 7, 8, 9]), 8));
+        assert!(drain(&mut receiver).is_empty());
+    }
+
+    #[test]
+    fn a_new_epoch_resets_then_fills_from_its_start() {
+        let (mut track, ring, mut receiver) = live_at(3);
+        assert!(track.live(&ring, 2, "f", frame(2), 16));
+        // An event of the lost epoch, held too: dropped once the new one is read.
+        assert!(!track.live(&ring, 5, "e", frame(5), 16));
+        let from = track.read_from();
+        assert!(!track.apply(&ring, "t", from, read("f", 2, &[]), 8));
+        assert_eq!(track.generation(), 1);
+        let from = track.read_from();
+        assert_eq!(from.since, Some(0));
+        assert!(track.apply(&ring, "t", from, read("f", 2, &[1, 2]), 8));
+        assert_eq!(drain(&mut receiver), [Event::RESET, 1, 2]);
+    }
+
+    #[test]
+    fn a_gap_longer_than_allowed_resets_to_the_head() {
+        let (mut track, ring, mut receiver) = live_at(3);
+        assert!(track.live(&ring, 20, "e", frame(20), 16));
+        let from = track.read_from();
+        assert!(!track.apply(
+            &ring,
+            "t",
+            from,
+            read("e", 20, &[4, 5, 6, 7, 8, 9, 10, 11]),
+            8
+        ));
+        let from = track.read_from();
+        assert!(track.apply(&ring, "t", from, read("e", 20, &[]), 8));
+        assert_eq!(drain(&mut receiver), [Event::RESET]);
+    }
+}
