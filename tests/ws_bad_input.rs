@@ -97,7 +97,15 @@ async fn unknown_dollar_type_is_refused() {
     assert_eq!(
         answer_to(r#"{"type": "$subscribe", "data": {}, "id": 5}"#).await,
         json!({"reply_to": 5, "error": {"code": 400, "message":
-            "unknown control message `$subscribe`; known: `$join`, `$leave`; type names starting with `$` are reserved"}})
+            "unknown control message `$subscribe`; known: `$join`, `$leave`, `$ping`; type names starting with `$` are reserved"}})
+    );
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    assert_eq!(
+        answer_to(r#"{"type": "$ping", "id": 9}"#).await,
+        json!({"reply_to": 9, "ok": "pong"})
     );
 }
 

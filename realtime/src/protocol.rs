@@ -146,6 +146,11 @@ pub(crate) enum Control {
     },
     /// `{"type": "$leave", "data": {"topic": "room:2"}}`
     Leave { topic: String },
+    /// `{"type": "$ping", "id": 3}`, answered `{"reply_to": 3, "ok": "pong"}`:
+    /// a client's heartbeat. Browsers neither show the server's WebSocket
+    /// pings to a page nor let it send its own, so a client that wants to
+    /// know the connection is alive asks.
+    Ping,
 }
 
 /// The `data` of `$join` and `$leave`.
@@ -161,17 +166,23 @@ impl Control {
     pub(crate) const JOIN: &'static str = "$join";
     /// The wire name of the unsubscribe message.
     pub(crate) const LEAVE: &'static str = "$leave";
+    /// The wire name of the heartbeat request.
+    pub(crate) const PING: &'static str = "$ping";
 
     /// Reads a frame whose type starts with [`RESERVED_PREFIX`].
     pub(crate) fn decode<'a>(request: &Request<'a>) -> Result<Self, FrameError<'a>> {
         let kind = &*request.kind;
+        if kind == Self::PING {
+            return Ok(Self::Ping);
+        }
         if kind != Self::JOIN && kind != Self::LEAVE {
             return Err(FrameError {
                 id: request.id,
                 message: format!(
-                    "unknown control message `{kind}`; known: `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
+                    "unknown control message `{kind}`; known: `{}`, `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
                     Self::JOIN,
-                    Self::LEAVE
+                    Self::LEAVE,
+                    Self::PING
                 ),
             });
         }
@@ -690,7 +701,7 @@ mod control_tests {
     fn refuses_an_unknown_control_message() {
         assert_eq!(
             control(r#"{"type":"$subscribe"}"#),
-            Err("unknown control message `$subscribe`; known: `$join`, `$leave`; type names starting with `$` are reserved".into())
+            Err("unknown control message `$subscribe`; known: `$join`, `$leave`, `$ping`; type names starting with `$` are reserved".into())
         );
     }
 }

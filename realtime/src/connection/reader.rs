@@ -278,12 +278,19 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         }
     }
 
-    /// A built-in control message: `$join` or `$leave`.
+    /// A built-in control message: `$join`, `$leave` or `$ping`.
     async fn control(&mut self, request: &protocol::Request<'_>) {
         let id = request.id;
         match Control::decode(request) {
             Ok(Control::Join { topic, since }) => self.join(id, &topic, since.as_ref()).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
+            Ok(Control::Ping) => {
+                if let Some(id) = id {
+                    let pong = RawValue::from_string("\"pong\"".to_owned())
+                        .expect("a JSON string");
+                    self.answer(protocol::reply_frame(Some(id), &pong));
+                }
+            }
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
         }
     }
