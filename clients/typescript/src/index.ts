@@ -1,0 +1,589 @@
+// The client of the realtime protocol (version 1), for browsers and Node 20+:
+// calls answered by promises, subscriptions with `$join`, resumption with
+// `since`, reconnection with full-jitter backoff, the close-code rules, a
+// heartbeat watchdog and a bounded queue for calls made while offline.
+// No runtime dependencies.
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** Where a topic with history stands: the last offset seen, and its epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** An error answer of the server: `{"error": {"code": 400, "message": "..."}}`. */
+export class RealtimeError extends Error {
+  override readonly name = "RealtimeError";
+  constructor(
+    /** The code (400, 403, 429, 500, 503, or the handler's own). */
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A call that got no answer within its timeout. */
+export class TimeoutError extends Error {
+  override readonly name = "TimeoutError";
+}
+
+/**
+ * A call that cannot be answered: the client stopped, the connection was
+ * lost after the call was sent (it may or may not have run), or the client
+ * is offline and fails calls at once.
+ */
+export class ClosedError extends Error {
+  override readonly name = "ClosedError";
+}
+
+/** What the client does after the server closed the connection. */
+export type CloseAction = "reconnect" | "stop";
+
+/**
+ * The close-code rules, in one table. `reconnect`: the server went away or
+ * is overloaded, and trying again later works. `stop`: trying again would
+ * be refused the same way; the client stops and reports why.
+ *
+ * | code | meaning | action |
+ * | --- | --- | --- |
+ * | 1000 | normal close | stop |
+ * | 1001 | the server is shutting down | reconnect |
+ * | 1002 | protocol error | stop |
+ * | 1003 | binary frame | stop |
+ * | 1006 | connection lost, no close frame | reconnect |
+ * | 1007 | text that is not UTF-8 | stop |
+ * | 1008 | policy: flood, or silent past the idle timeout | stop |
+ * | 1009 | frame too large | stop |
+ * | 1011 | server error | reconnect |
+ * | 1012 | service restart | reconnect |
+ * | 1013 | try again later (a reader too slow) | reconnect |
+ * | HTTP 401, 403 on the upgrade | bad token, forbidden topic | stop |
+ * | any other | | reconnect |
+ */
+export const CLOSE_RULES: Readonly<Record<number, CloseAction>> = Object.freeze({
+  1000: "stop",
+  1001: "reconnect",
+  1002: "stop",
+  1003: "stop",
+  1006: "reconnect",
+  1007: "stop",
+  1008: "stop",
+  1009: "stop",
+  1011: "reconnect",
+  1012: "reconnect",
+  1013: "reconnect",
+});
+
+/** The action for a close code (see {@link CLOSE_RULES}). */
+export function closeAction(code: number): CloseAction {
+  return CLOSE_RULES[code] ?? "reconnect";
+}
+
+/**
+ * Full-jitter exponential backoff: a random wait between 0 and
+ * `min(max, min * 2^attempt)` milliseconds.
+ */
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number): number {
+  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return random() * ceiling;
+}
+
+/** The part of the WebSocket API the client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor: the browser's, Node's, or one for tests. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Timers, injectable so that tests control time. */
+export interface Clock {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+/** How a client connects and behaves. Only `url` is required. */
+export interface ClientOptions {
+  /** The topic's URL, as `ws://host:port/ws/lobby`. */
+  url: string;
+  /** The token, sent as the `bearer, <token>` subprotocol (browsers cannot set headers). */
+  token?: string;
+  /** The WebSocket constructor; default: the global one (Node 20 needs `--experimental-websocket`, or pass one). */
+  WebSocket?: WebSocketConstructor;
+  /** How long a call waits for its answer. Default 10 000 ms. */
+  callTimeoutMs?: number;
+  /** The backoff's bounds. Default 500 ms to 20 000 ms. */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** The random source of the backoff's jitter, in [0, 1). Default `Math.random`. */
+  random?: () => number;
+  /** Timers. Default: the system's. */
+  clock?: Clock;
+  /**
+   * After this long without a frame from the server, the client sends a
+   * `$ping`; after this long plus `silenceMarginMs` it gives the connection
+   * up and reconnects. Default 20 000 ms (the server's ping interval) and
+   * 10 000 ms.
+   */
+  heartbeatMs?: number;
+  silenceMarginMs?: number;
+  /** Calls made while disconnected: `queue` them (the default) or `fail` at once. */
+  offline?: "queue" | "fail";
+  /** The most calls queued while disconnected; past it, calls fail. Default 100. */
+  maxQueued?: number;
+  /**
+   * Asks why an upgrade failed before the socket opened (a browser's
+   * WebSocket hides the HTTP status). Default: a `fetch` of the same URL over
+   * HTTP with the token; 401 and 403 stop the client.
+   */
+  refusal?: (httpUrl: string, token: string | undefined) => Promise<number | undefined>;
+}
+
+/** What a call may say besides its type and data. */
+export interface CallOptions {
+  /** The topic the message is about (a `$join`ed one); default: the URL's. */
+  topic?: string;
+  /** Overrides `callTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** An event of a topic, as a subscription's handler receives it. */
+export interface EventMeta {
+  topic: string;
+  /** The event's offset, for a topic with history. */
+  offset?: number;
+}
+
+/** The connection's state. */
+export type State = "idle" | "connecting" | "open" | "reconnecting" | "stopped";
+
+/** What the client tells the application besides events. */
+export interface ClientEvents {
+  /** The state changed. */
+  state: { state: State };
+  /** A subscription is live; `recovered` when it resumed (`since`). */
+  subscribed: { topic: string; offset: number; epoch: string; recovered?: boolean };
+  /** Events of a topic were lost; reload its state. */
+  reset: { topic: string; offset: number; epoch: string };
+  /** An error frame that answered no call, or a failed resubscription. */
+  error: { error: Error; topic?: string };
+  /** The client stopped: `close()`, a close code that means "stop", or a refused upgrade. */
+  stopped: { code?: number; reason: string };
+}
+
+type Listener<K extends keyof ClientEvents> = (event: ClientEvents[K]) => void;
+type EventHandler = (event: Json, meta: EventMeta) => void;
+
+interface Pending {
+  resolve(value: Json): void;
+  reject(error: Error): void;
+  timer: unknown;
+}
+
+interface Queued {
+  frame: { type: string; data?: Json; topic?: string };
+  timeoutMs: number;
+  resolve(value: Json): void;
+  reject(error: Error): void;
+}
+
+/** One topic this client follows. */
+interface Followed {
+  handlers: Set<EventHandler>;
+  position?: Position;
+  /** The URL's topic, followed without `$join`. */
+  home: boolean;
+}
+
+/**
+ * A connection to one realtime endpoint that comes back by itself.
+ *
+ * ```ts
+ * const client = new Client({ url: "ws://127.0.0.1:3000/ws/lobby", token: "alice" });
+ * client.subscribe("lobby", (event) => console.log(event));
+ * client.connect();
+ * await client.call("say", { text: "hi" });
+ * ```
+ */
+export class Client {
+  private readonly options: Required<Omit<ClientOptions, "token" | "WebSocket" | "refusal">> & {
+    token: string | undefined;
+  };
+  private readonly WebSocketImpl: WebSocketConstructor;
+  private readonly refusal: (httpUrl: string, token: string | undefined) => Promise<number | undefined>;
+  private readonly clock: Clock;
+  private socket: WebSocketLike | null = null;
+  private current: State = "idle";
+  private attempt = 0;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly queued: Queued[] = [];
+  private readonly topics = new Map<string, Followed>();
+  private readonly listeners = new Map<keyof ClientEvents, Set<(event: never) => void>>();
+  private retryTimer: unknown = null;
+  private watchdogTimer: unknown = null;
+  private lastHeard = 0;
+  /** The topic of the URL. */
+  readonly topic: string;
+
+  constructor(options: ClientOptions) {
+    const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocketImpl) {
+      throw new Error("no WebSocket constructor: pass `WebSocket`, or run Node with --experimental-websocket");
+    }
+    this.WebSocketImpl = WebSocketImpl;
+    this.clock = options.clock ?? systemClock;
+    this.options = {
+      url: options.url,
+      token: options.token,
+      callTimeoutMs: options.callTimeoutMs ?? 10_000,
+      backoffMinMs: options.backoffMinMs ?? 500,
+      backoffMaxMs: options.backoffMaxMs ?? 20_000,
+      random: options.random ?? Math.random,
+      clock: this.clock,
+      heartbeatMs: options.heartbeatMs ?? 20_000,
+      silenceMarginMs: options.silenceMarginMs ?? 10_000,
+      offline: options.offline ?? "queue",
+      maxQueued: options.maxQueued ?? 100,
+    };
+    this.refusal = options.refusal ?? fetchStatus;
+    const path = new URL(options.url).pathname;
+    this.topic = decodeURIComponent(path.slice(path.lastIndexOf("/") + 1));
+    this.topics.set(this.topic, { handlers: new Set(), home: true });
+  }
+
+  /** The connection's state. */
+  get state(): State {
+    return this.current;
+  }
+
+  /** The last position seen on `topic` (topics with history). */
+  position(topic: string): Position | undefined {
+    const position = this.topics.get(topic)?.position;
+    return position && { ...position };
+  }
+
+  /** Listens to one kind of client event; returns the function that stops it. */
+  on<K extends keyof ClientEvents>(kind: K, listener: Listener<K>): () => void {
+    let set = this.listeners.get(kind);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(kind, set);
+    }
+    set.add(listener as (event: never) => void);
+    return () => set.delete(listener as (event: never) => void);
+  }
+
+  /** Opens the connection; from then on it comes back by itself until `close()`. */
+  connect(): void {
+    if (this.current !== "idle" && this.current !== "stopped") return;
+    this.attempt = 0;
+    this.open();
+  }
+
+  /** Closes the connection for good; queued and pending calls fail. */
+  close(): void {
+    this.stop(1000, "closed by the client");
+  }
+
+  /**
+   * Sends a message and resolves with its answer: the reply of a direct
+   * method, `null` for a broadcast's acknowledgement. Rejects with a
+   * {@link RealtimeError} for an error answer, a {@link TimeoutError}, or a
+   * {@link ClosedError}.
+   */
+  call(type: string, data?: Json, options: CallOptions = {}): Promise<Json> {
+    const timeoutMs = options.timeoutMs ?? this.options.callTimeoutMs;
+    const frame: Queued["frame"] = { type };
+    if (data !== undefined) frame.data = data;
+    if (options.topic !== undefined && options.topic !== this.topic) frame.topic = options.topic;
+    return new Promise<Json>((resolve, reject) => {
+      if (this.current === "stopped") {
+        reject(new ClosedError("the client has stopped"));
+        return;
+      }
+      if (this.current === "open") {
+        this.send(frame, timeoutMs, resolve, reject);
+        return;
+      }
+      if (this.options.offline === "fail") {
+        reject(new ClosedError("not connected"));
+        return;
+      }
+      if (this.queued.length >= this.options.maxQueued) {
+        reject(new ClosedError(`not connected, and ${this.options.maxQueued} calls wait already`));
+        return;
+      }
+      this.queued.push({ frame, timeoutMs, resolve, reject });
+    });
+  }
+
+  /**
+   * Follows `topic`: `handler` gets each of its events. The URL's topic is
+   * followed from the start; any other is `$join`ed, now if connected and
+   * again (resuming with `since`) after every reconnect. Returns the
+   * function that stops following (`$leave`).
+   */
+  subscribe(topic: string, handler: EventHandler): () => void {
+    let followed = this.topics.get(topic);
+    const fresh = !followed;
+    if (!followed) {
+      followed = { handlers: new Set(), home: false };
+      this.topics.set(topic, followed);
+    }
+    followed.handlers.add(handler);
+    if (fresh && this.current === "open") this.join(topic, followed);
+    return () => {
+      const current = this.topics.get(topic);
+      if (!current) return;
+      current.handlers.delete(handler);
+      if (current.handlers.size === 0 && !current.home) {
+        this.topics.delete(topic);
+        if (this.current === "open") {
+          this.call("$leave", { topic }).catch((error: Error) => this.emit("error", { error, topic }));
+        }
+      }
+    };
+  }
+
+  private emit<K extends keyof ClientEvents>(kind: K, event: ClientEvents[K]): void {
+    for (const listener of this.listeners.get(kind) ?? []) {
+      (listener as Listener<K>)(event);
+    }
+  }
+
+  private setState(state: State): void {
+    if (this.current === state) return;
+    this.current = state;
+    this.emit("state", { state });
+  }
+
+  /** The URL to open: the topic's, with `since` when it has a position. */
+  private socketUrl(): string {
+    const url = new URL(this.options.url);
+    const position = this.topics.get(this.topic)?.position;
+    if (position) url.searchParams.set("since", `${position.offset}.${position.epoch}`);
+    return url.toString();
+  }
+
+  private open(): void {
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    const protocols = this.options.token === undefined ? undefined : ["bearer", this.options.token];
+    let socket: WebSocketLike;
+    try {
+      socket = new this.WebSocketImpl(this.socketUrl(), protocols);
+    } catch (error) {
+      this.stop(undefined, `cannot open a WebSocket: ${String(error)}`);
+      return;
+    }
+    this.socket = socket;
+    let opened = false;
+    socket.onopen = () => {
+      if (this.socket !== socket) return;
+      opened = true;
+      this.attempt = 0;
+      this.heard();
+      this.setState("open");
+      for (const [topic, followed] of this.topics) {
+        if (!followed.home) this.join(topic, followed);
+      }
+      // Behind the `$join`s: the server handles a connection's frames in order.
+      for (const queued of this.queued.splice(0)) {
+        this.send(queued.frame, queued.timeoutMs, queued.resolve, queued.reject);
+      }
+    };
+    socket.onmessage = (message) => {
+      if (this.socket !== socket) return;
+      this.heard();
+      if (typeof message.data === "string") this.receive(message.data);
+    };
+    socket.onerror = () => {
+      // Once open, a close event follows and says what to do. Before, some
+      // implementations (Node 20's) send no close event at all.
+      if (this.socket !== socket || opened) return;
+      this.socket = null;
+      this.lost(1006, "could not connect", false);
+    };
+    socket.onclose = (event) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.lost(event.code, event.reason, opened);
+    };
+  }
+
+  /** The connection ended: fail what was in flight, then stop or retry. */
+  private lost(code: number, reason: string, opened: boolean): void {
+    this.clock.clearTimeout(this.watchdogTimer);
+    for (const [id, pending] of this.pending) {
+      this.clock.clearTimeout(pending.timer);
+      pending.reject(new ClosedError("the connection was lost before the answer came"));
+      this.pending.delete(id);
+    }
+    if (this.current === "stopped") return;
+    if (closeAction(code) === "stop") {
+      this.stop(code, reason || `closed by the server with ${code}`);
+      return;
+    }
+    if (!opened) {
+      // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why.
+      const httpUrl = this.options.url.replace(/^ws/, "http");
+      this.refusal(httpUrl, this.options.token).then(
+        (status) => {
+          if (status === 401 || status === 403) {
+            this.stop(undefined, `the server refused the upgrade: HTTP ${status}`);
+          } else {
+            this.retry();
+          }
+        },
+        () => this.retry(),
+      );
+      return;
+    }
+    this.retry();
+  }
+
+  private retry(): void {
+    if (this.current === "stopped") return;
+    const delay = backoffDelay(this.attempt, this.options.backoffMinMs, this.options.backoffMaxMs, this.options.random);
+    this.attempt += 1;
+    this.setState("reconnecting");
+    this.retryTimer = this.clock.setTimeout(() => this.open(), delay);
+  }
+
+  private stop(code: number | undefined, reason: string): void {
+    if (this.current === "stopped") return;
+    this.setState("stopped");
+    this.clock.clearTimeout(this.retryTimer);
+    this.clock.clearTimeout(this.watchdogTimer);
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) socket.close(1000);
+    for (const [id, pending] of this.pending) {
+      this.clock.clearTimeout(pending.timer);
+      pending.reject(new ClosedError(reason));
+      this.pending.delete(id);
+    }
+    for (const queued of this.queued.splice(0)) queued.reject(new ClosedError(reason));
+    this.emit("stopped", code === undefined ? { reason } : { code, reason });
+  }
+
+  /** Something came from the server: the watchdog starts over. */
+  private heard(): void {
+    this.lastHeard = this.clock.now();
+    this.clock.clearTimeout(this.watchdogTimer);
+    this.watchdogTimer = this.clock.setTimeout(() => this.watch(), this.options.heartbeatMs);
+  }
+
+  /** Silence for a heartbeat: ask (`$ping`); silence past the margin: give up. */
+  private watch(): void {
+    const socket = this.socket;
+    if (!socket || this.current !== "open") return;
+    const silent = this.clock.now() - this.lastHeard;
+    if (silent >= this.options.heartbeatMs + this.options.silenceMarginMs) {
+      this.socket = null;
+      socket.close(4000, "the server stayed silent");
+      this.lost(1006, "the server stayed silent", true);
+      return;
+    }
+    socket.send(JSON.stringify({ type: "$ping", id: this.nextId++ }));
+    const left = this.options.heartbeatMs + this.options.silenceMarginMs - silent;
+    this.watchdogTimer = this.clock.setTimeout(() => this.watch(), left);
+  }
+
+  private join(topic: string, followed: Followed): void {
+    const data: { [key: string]: Json } = { topic };
+    if (followed.position) data.since = { offset: followed.position.offset, epoch: followed.position.epoch };
+    this.send({ type: "$join", data }, this.options.callTimeoutMs, () => {}, (error) => this.emit("error", { error, topic }));
+  }
+
+  private send(
+    frame: Queued["frame"],
+    timeoutMs: number,
+    resolve: (value: Json) => void,
+    reject: (error: Error) => void,
+  ): void {
+    const socket = this.socket;
+    if (!socket) {
+      reject(new ClosedError("not connected"));
+      return;
+    }
+    const id = this.nextId++;
+    const timer = this.clock.setTimeout(() => {
+      if (this.pending.delete(id)) reject(new TimeoutError(`no answer to \`${frame.type}\` within ${timeoutMs} ms`));
+    }, timeoutMs);
+    this.pending.set(id, { resolve, reject, timer });
+    socket.send(JSON.stringify({ ...frame, id }));
+  }
+
+  private receive(text: string): void {
+    let frame: { [key: string]: unknown };
+    try {
+      frame = JSON.parse(text) as { [key: string]: unknown };
+    } catch {
+      this.emit("error", { error: new Error("the server sent a frame that is not JSON") });
+      return;
+    }
+    if ("reply_to" in frame) {
+      const id = frame.reply_to;
+      const pending = typeof id === "number" ? this.pending.get(id) : undefined;
+      if (!pending || typeof id !== "number") return; // a `$ping`'s, or too late
+      this.pending.delete(id);
+      this.clock.clearTimeout(pending.timer);
+      const error = frame.error as { code: number; message: string } | undefined;
+      if (error) pending.reject(new RealtimeError(error.code, error.message));
+      else pending.resolve((frame.ok ?? null) as Json);
+      return;
+    }
+    if ("error" in frame) {
+      const error = frame.error as { code: number; message: string };
+      this.emit("error", { error: new RealtimeError(error.code, error.message) });
+      return;
+    }
+    const topic = frame.topic;
+    if (typeof topic !== "string") return;
+    const followed = this.topics.get(topic);
+    if ("subscribed" in frame) {
+      const live = frame.subscribed as { offset: number; epoch: string; recovered?: boolean };
+      if (followed) followed.position = { offset: live.offset, epoch: live.epoch };
+      this.emit("subscribed", { topic, ...live });
+      return;
+    }
+    if ("reset" in frame) {
+      const reset = frame.reset as Position;
+      if (followed) followed.position = { offset: reset.offset, epoch: reset.epoch };
+      this.emit("reset", { topic, ...reset });
+      return;
+    }
+    if (!("event" in frame) || !followed) return;
+    const meta: EventMeta = { topic };
+    if (typeof frame.offset === "number") {
+      meta.offset = frame.offset;
+      if (followed.position) followed.position.offset = frame.offset;
+    }
+    for (const handler of followed.handlers) handler(frame.event as Json, meta);
+  }
+}
+
+/** The HTTP status of a plain GET of `url` with the token, if `fetch` exists. */
+async function fetchStatus(url: string, token: string | undefined): Promise<number | undefined> {
+  if (typeof fetch !== "function") return undefined;
+  const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
+  const response = await fetch(url, { headers });
+  return response.status;
+}

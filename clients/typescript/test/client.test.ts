@@ -1,0 +1,374 @@
+// The client against a real server: the repository's chat example (memory
+// broker), started by the test, reached directly or through a loopback
+// proxy that the test can cut. Needs `cargo build --example chat` first
+// (or CHAT_BIN pointing at the binary).
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import {
+  backoffDelay,
+  Client,
+  ClosedError,
+  closeAction,
+  RealtimeError,
+  type ClientOptions,
+  type Clock,
+  type Json,
+  type State,
+} from "../src/index.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const chatBinary = process.env.CHAT_BIN ?? path.resolve(here, "../../../../target/debug/examples/chat");
+const DEADLINE_MS = 15_000;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+async function waitForPort(port: number): Promise<void> {
+  const deadline = Date.now() + DEADLINE_MS;
+  for (;;) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, "127.0.0.1", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.on("error", () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
+    await sleep(20);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Waits until `condition` holds. */
+async function until(what: string, condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + DEADLINE_MS;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(10);
+  }
+}
+
+/** The chat example on a free port. */
+class Chat {
+  private constructor(
+    readonly port: number,
+    private readonly child: ChildProcess,
+  ) {}
+
+  static async start(port?: number): Promise<Chat> {
+    const listen = port ?? (await freePort());
+    // The memory broker: no REDIS_URL.
+    const { REDIS_URL: _, ...env } = process.env;
+    const child = spawn(chatBinary, [], {
+      env: { ...env, PORT: String(listen), RUST_LOG: "warn" },
+      stdio: "ignore",
+    });
+    await waitForPort(listen);
+    return new Chat(listen, child);
+  }
+
+  /** SIGTERM: the chat closes every socket with 1001, then exits. */
+  async stop(): Promise<void> {
+    const exited = new Promise((resolve) => this.child.once("exit", resolve));
+    this.child.kill("SIGTERM");
+    await exited;
+  }
+}
+
+/** A loopback TCP proxy in front of a port, which the test can cut. */
+class Proxy {
+  private readonly sockets = new Set<net.Socket>();
+  private readonly pairs: [net.Socket, net.Socket][] = [];
+  private server: net.Server | null = null;
+
+  private constructor(
+    readonly port: number,
+    private readonly target: number,
+  ) {}
+
+  static async start(target: number): Promise<Proxy> {
+    const proxy = new Proxy(await freePort(), target);
+    await proxy.listen();
+    return proxy;
+  }
+
+  listen(): Promise<void> {
+    const server = net.createServer((inbound) => {
+      const outbound = net.connect(this.target, "127.0.0.1");
+      for (const socket of [inbound, outbound]) {
+        this.sockets.add(socket);
+        socket.on("close", () => this.sockets.delete(socket));
+        socket.on("error", () => {});
+      }
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+      this.pairs.push([inbound, outbound]);
+    });
+    this.server = server;
+    return new Promise((resolve) => server.listen(this.port, "127.0.0.1", () => resolve()));
+  }
+
+  /** Stops forwarding on the open connections, without closing them: a server gone silent. */
+  freeze(): void {
+    for (const [inbound, outbound] of this.pairs) {
+      inbound.unpipe(outbound);
+      outbound.unpipe(inbound);
+      inbound.pause();
+      outbound.pause();
+    }
+  }
+
+  /** Cuts every connection (no close frame: the client sees 1006) and stops listening. */
+  async cut(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    for (const socket of this.sockets) socket.destroy();
+    if (server) await new Promise((resolve) => server.close(resolve));
+  }
+}
+
+function client(port: number, topic: string, token: string, options: Partial<ClientOptions> = {}): Client {
+  return new Client({
+    url: `ws://127.0.0.1:${port}/ws/${encodeURIComponent(topic)}`,
+    token,
+    backoffMinMs: 50,
+    backoffMaxMs: 400,
+    ...options,
+  });
+}
+
+async function opened(c: Client): Promise<void> {
+  await until("the client is open", () => c.state === "open");
+}
+
+function texts(events: Json[]): string[] {
+  return events.map((event) => (event as { text: string }).text);
+}
+
+describe("against the chat", () => {
+  let chat: Chat;
+
+  before(async () => {
+    chat = await Chat.start();
+  });
+
+  after(async () => {
+    await chat.stop();
+  });
+
+  it("answers calls, acknowledges broadcasts and rejects with typed errors", async () => {
+    const alice = client(chat.port, "calls", "alice");
+    const events: Json[] = [];
+    alice.subscribe("calls", (event) => events.push(event));
+    alice.connect();
+    await opened(alice);
+    assert.equal(await alice.call("say", { text: "hi" }), null);
+    await until("alice's own event", () => events.length === 1);
+    assert.deepEqual(texts(events), ["hi"]);
+    const history = (await alice.call("history", { limit: 10 })) as { text: string; offset: number }[];
+    assert.deepEqual(
+      history.map((line) => line.text),
+      ["hi"],
+    );
+    await assert.rejects(alice.call("say", { text: "  " }), (error: unknown) => {
+      assert.ok(error instanceof RealtimeError);
+      assert.equal(error.code, 400);
+      return true;
+    });
+    await assert.rejects(alice.call("sya", {}), (error: unknown) => error instanceof RealtimeError && error.code === 400);
+    alice.close();
+    assert.equal(alice.state, "stopped");
+    await assert.rejects(alice.call("say", { text: "late" }), ClosedError);
+  });
+
+  it("follows more topics with $join and hears them", async () => {
+    const alice = client(chat.port, "home", "alice");
+    const bob = client(chat.port, "side", "bob");
+    const heard: Json[] = [];
+    const subscribed: string[] = [];
+    alice.on("subscribed", ({ topic }) => subscribed.push(topic));
+    alice.subscribe("side", (event) => heard.push(event));
+    alice.connect();
+    bob.connect();
+    await opened(alice);
+    await opened(bob);
+    await until("both subscriptions are live", () => subscribed.includes("home") && subscribed.includes("side"));
+    await bob.call("say", { text: "over here" });
+    await until("alice hears the joined topic", () => heard.length === 1);
+    assert.deepEqual(texts(heard), ["over here"]);
+    assert.ok(alice.position("side"), "a topic with history has a position");
+    alice.close();
+    bob.close();
+  });
+
+  it("resumes with since after its socket is cut: every missed event once, in order", async () => {
+    const proxy = await Proxy.start(chat.port);
+    const alice = client(proxy.port, "resume", "alice");
+    const bob = client(chat.port, "resume", "bob");
+    const events: Json[] = [];
+    const recovered: (boolean | undefined)[] = [];
+    alice.subscribe("resume", (event) => events.push(event));
+    alice.on("subscribed", (live) => recovered.push(live.recovered));
+    alice.connect();
+    bob.connect();
+    await opened(alice);
+    await opened(bob);
+    await bob.call("say", { text: "before" });
+    await until("alice hears it", () => events.length === 1);
+    await proxy.cut();
+    await until("alice notices", () => alice.state === "reconnecting");
+    for (let n = 1; n <= 20; n++) await bob.call("say", { text: `missed ${n}` });
+    await proxy.listen();
+    await until("alice has every missed event", () => events.length === 21);
+    await bob.call("say", { text: "after" });
+    await until("and the live one", () => events.length === 22);
+    const expected = ["before", ...Array.from({ length: 20 }, (_, n) => `missed ${n + 1}`), "after"];
+    assert.deepEqual(texts(events), expected);
+    assert.deepEqual(recovered, [undefined, true]);
+    alice.close();
+    bob.close();
+    await proxy.cut();
+  });
+
+  it("queues calls made while offline, or fails them at once", async () => {
+    const proxy = await Proxy.start(chat.port);
+    const queued = client(proxy.port, "offline", "alice", { maxQueued: 2 });
+    const failing = client(proxy.port, "offline", "bob", { offline: "fail" });
+    queued.connect();
+    failing.connect();
+    await opened(queued);
+    await opened(failing);
+    await proxy.cut();
+    await until("both notice", () => queued.state === "reconnecting" && failing.state === "reconnecting");
+    const first = queued.call("say", { text: "one" });
+    const second = queued.call("history", { limit: 5 });
+    await assert.rejects(queued.call("say", { text: "three" }), ClosedError, "past maxQueued");
+    await assert.rejects(failing.call("say", { text: "no" }), ClosedError);
+    await proxy.listen();
+    assert.equal(await first, null);
+    const lines = (await second) as { text: string }[];
+    assert.deepEqual(
+      lines.map((line) => line.text),
+      ["one"],
+    );
+    queued.close();
+    failing.close();
+    await proxy.cut();
+  });
+
+  it("stops after a forbidden topic (HTTP 403) and after a flood (1008)", async () => {
+    const bob = client(chat.port, "admin", "bob");
+    const stopped: string[] = [];
+    bob.on("stopped", ({ reason }) => stopped.push(reason));
+    bob.connect();
+    await until("bob stops", () => bob.state === "stopped");
+    assert.match(stopped[0] ?? "", /403/);
+
+    const flood = client(chat.port, "flood", "mallory");
+    const codes: (number | undefined)[] = [];
+    flood.on("stopped", ({ code }) => codes.push(code));
+    flood.connect();
+    await opened(flood);
+    const calls: Promise<Json>[] = [];
+    for (let n = 0; n < 600 && flood.state === "open"; n++) {
+      calls.push(flood.call("history", { limit: 1 }).catch(() => null));
+      if (n % 50 === 49) await sleep(0);
+    }
+    await until("the flooding client stops", () => flood.state === "stopped");
+    assert.deepEqual(codes, [1008]);
+    await Promise.all(calls);
+  });
+
+  it("gives a silent connection up after its heartbeat and margin, and reconnects", async () => {
+    const proxy = await Proxy.start(chat.port);
+    const alice = client(proxy.port, "silent", "alice", { heartbeatMs: 300, silenceMarginMs: 300 });
+    alice.connect();
+    await opened(alice);
+    // Heartbeats answered: the connection stays.
+    await sleep(800);
+    assert.equal(alice.state, "open");
+    proxy.freeze();
+    const frozenAt = Date.now();
+    await until("alice gives the silent connection up", () => alice.state === "reconnecting");
+    assert.ok(Date.now() - frozenAt < 2000, "within a heartbeat and its margin");
+    await opened(alice);
+    assert.equal(await alice.call("say", { text: "still here" }), null);
+    alice.close();
+    await proxy.cut();
+  });
+
+  it("reconnects after the server goes away (1001) and comes back", async () => {
+    const port = await freePort();
+    const own = await Chat.start(port);
+    const alice = client(port, "restart", "alice");
+    const states: State[] = [];
+    alice.on("state", ({ state }) => states.push(state));
+    alice.connect();
+    await opened(alice);
+    await own.stop();
+    await until("alice reconnects", () => alice.state === "reconnecting");
+    const again = await Chat.start(port);
+    await opened(alice);
+    assert.equal(await alice.call("say", { text: "back" }), null);
+    assert.deepEqual(states.slice(0, 3), ["connecting", "open", "reconnecting"]);
+    alice.close();
+    await again.stop();
+  });
+});
+
+describe("rules", () => {
+  it("writes the close-code rules down once", () => {
+    for (const code of [1001, 1006, 1011, 1012, 1013]) assert.equal(closeAction(code), "reconnect", `${code}`);
+    for (const code of [1003, 1008, 1009]) assert.equal(closeAction(code), "stop", `${code}`);
+  });
+
+  it("backs off with full jitter between the bounds", () => {
+    assert.equal(backoffDelay(0, 500, 20_000, () => 0), 0);
+    assert.equal(backoffDelay(0, 500, 20_000, () => 0.5), 250);
+    assert.equal(backoffDelay(3, 500, 20_000, () => 0.5), 2000);
+    assert.equal(backoffDelay(40, 500, 20_000, () => 0.999_999) <= 20_000, true);
+    assert.equal(backoffDelay(40, 500, 20_000, () => 0.5), 10_000);
+  });
+
+  it("uses the injected random source and clock for its retries", async () => {
+    const port = await freePort(); // nothing listens there
+    const delays: number[] = [];
+    const clock: Clock = {
+      now: () => Date.now(),
+      setTimeout: (callback, ms) => {
+        delays.push(ms);
+        return setTimeout(callback, 0);
+      },
+      clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+    };
+    const lonely = new Client({
+      url: `ws://127.0.0.1:${port}/ws/nowhere`,
+      random: () => 0.5,
+      clock,
+      backoffMinMs: 500,
+      backoffMaxMs: 3000,
+      refusal: async () => undefined,
+    });
+    lonely.connect();
+    await until("five retries", () => delays.length >= 5);
+    lonely.close();
+    assert.deepEqual(delays.slice(0, 5), [250, 500, 1000, 1500, 1500]);
+  });
+});
