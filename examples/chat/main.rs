@@ -20,6 +20,14 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --example chat
 //! ```
 //!
+//! The typed TypeScript client of this handler and its AsyncAPI document
+//! are generated from it (`#[realtime_handler(describe)]`), into
+//! `clients/typescript/generated/`:
+//!
+//! ```text
+//! cargo run --example chat -- generate clients/typescript/generated
+//! ```
+//!
 //! For the demo, the token is the user's name: any non-empty name is
 //! accepted. The room `admin` is only for the user `admin` (403 for anyone
 //! else), to show topic authorization. Ctrl-C or SIGTERM close every socket
@@ -33,10 +41,11 @@ use realtime::auth::validate_with;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
 use realtime::{AuthError, Broker, MemoryBroker, RedisBroker, Service};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What everyone in a room receives when someone speaks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 struct Said {
     from: String,
     text: String,
@@ -45,7 +54,7 @@ struct Said {
 
 /// A line of the room's history: what was said, and its offset in the
 /// room, which the page uses to merge the history with live lines.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct Line {
     offset: u64,
     #[serde(flatten)]
@@ -62,7 +71,7 @@ const MAX_TEXT: usize = 2000;
 /// The chat's handler: one `#[broadcast]`, one `#[direct]`, one topic rule.
 struct Chat;
 
-#[realtime_handler]
+#[realtime_handler(describe)]
 impl Chat {
     /// Posts a line to the room: every member, on every instance, gets it.
     #[broadcast]
@@ -135,6 +144,12 @@ fn demo_validator() -> impl realtime::TokenValidator<UserId = String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [command, dir] = args.as_slice()
+        && command == "generate"
+    {
+        return generate(std::path::Path::new(dir));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -159,6 +174,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             serve(addr, MemoryBroker::new()).await
         }
     }
+}
+
+/// Writes the typed TypeScript client (`chat.ts`, importing the client
+/// library from `../src/index.js`) and the AsyncAPI document
+/// (`chat.asyncapi.json`) into `dir`.
+fn generate(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let api = Chat::describe();
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("chat.ts"), api.typescript("../src/index.js"))?;
+    let document = serde_json::to_string_pretty(&api.asyncapi("1.0.0"))? + "\n";
+    std::fs::write(dir.join("chat.asyncapi.json"), document)?;
+    Ok(())
 }
 
 async fn serve<B: Broker>(

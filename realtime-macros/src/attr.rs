@@ -27,9 +27,16 @@ pub(crate) struct HandlerOptions {
     /// that tests and Rust clients build frames from it. Opt-in, because it
     /// asks every argument type to be `Serialize` too.
     pub(crate) serialize: bool,
+    /// `describe`: the client-message enum also derives `JsonSchema`, and
+    /// the type gets `describe()`, the description generated clients and
+    /// documents are written from. Opt-in: it asks every argument, reply and
+    /// event type to derive `JsonSchema`, and the runtime's `describe`
+    /// feature.
+    pub(crate) describe: bool,
 }
 
-const HANDLER_OPTIONS: &str = "`path = \"...\"`, `state = Type`, `user = Type` and `serialize`";
+const HANDLER_OPTIONS: &str =
+    "`path = \"...\"`, `state = Type`, `user = Type`, `serialize` and `describe`";
 
 impl HandlerOptions {
     /// Parses the arguments of `#[realtime_handler(...)]`, recording every
@@ -56,15 +63,20 @@ impl HandlerOptions {
                     };
                     set_once(diag, &meta, slot, ty);
                 }
-                "serialize" => {
-                    if options.serialize {
-                        diag.on(&meta.path, "duplicate `serialize` option");
+                "serialize" | "describe" => {
+                    let flag = if key == "serialize" {
+                        &mut options.serialize
+                    } else {
+                        &mut options.describe
+                    };
+                    if *flag {
+                        diag.on(&meta.path, format!("duplicate `{key}` option"));
                     }
-                    options.serialize = true;
+                    *flag = true;
                     if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
                         diag.on(
                             &meta.path,
-                            "`serialize` takes no value; write `serialize` alone",
+                            format!("`{key}` takes no value; write `{key}` alone"),
                         );
                         skip_value(meta.input)?;
                     }
@@ -416,7 +428,7 @@ mod tests {
             errors,
             [
                 "unknown option `stat` in `#[realtime_handler(...)]`; the options are \
-              `path = \"...\"`, `state = Type`, `user = Type` and `serialize`"
+              `path = \"...\"`, `state = Type`, `user = Type`, `serialize` and `describe`"
             ]
         );
         assert!(options.user.is_some());

@@ -17,3 +17,7 @@ pub(crate) const SERDE_CRATE: &str = "::realtime::__private::serde";
 /// `expand::argument_deserializer`), as a path string for
 /// `#[serde(deserialize_with = "...")]`.
 pub(crate) const DESERIALIZE_ARG: &str = "::realtime::__private::deserialize_arg";
+
+/// schemars as the runtime re-exports it (with its `describe` feature), for
+/// `#[schemars(crate = "...")]`.
+pub(crate) const SCHEMARS_CRATE: &str = "::realtime::__private::schemars";

@@ -74,6 +74,9 @@ pub mod broker;
 pub mod coalesce;
 pub mod config;
 mod connection;
+#[cfg(feature = "describe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "describe")))]
+pub mod describe;
 pub mod handler;
 pub mod history;
 pub mod protocol;
@@ -182,6 +185,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use axum;
+    #[cfg(feature = "describe")]
+    pub use schemars;
     pub use serde;
 
     /// Reads one message argument. The macro routes every argument through

@@ -286,8 +286,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
             Ok(Control::Ping) => {
                 if let Some(id) = id {
-                    let pong = RawValue::from_string("\"pong\"".to_owned())
-                        .expect("a JSON string");
+                    let pong = RawValue::from_string("\"pong\"".to_owned()).expect("a JSON string");
                     self.answer(protocol::reply_frame(Some(id), &pong));
                 }
             }

@@ -1,0 +1,620 @@
+//! What an application's messages look like, for generated clients and
+//! documents: [`Api`], from `#[realtime_handler(describe)]`'s
+//! `describe()`, written out as a typed TypeScript client module
+//! ([`Api::typescript`]) or an AsyncAPI 3.0 document ([`Api::asyncapi`]).
+//!
+//! Types are described by JSON Schema from [`schemars`], which reads serde's
+//! attributes (renames, `Option`, enum tagging, nested structs), so the
+//! description says what the handler really accepts and sends. Every
+//! argument, reply and event type of a described handler derives
+//! `schemars::JsonSchema` (re-exported here as [`JsonSchema`]).
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+/// The derive that a described handler's types need.
+pub use schemars::JsonSchema;
+
+/// A handler's messages and events: wire names, kinds, and the JSON Schema
+/// of every argument, reply and event.
+///
+/// # Examples
+///
+/// ```
+/// use realtime::describe::JsonSchema;
+/// use realtime::prelude::*;
+/// use serde::Serialize;
+///
+/// #[derive(Serialize, JsonSchema)]
+/// struct Said { from: String, text: String }
+///
+/// struct Chat;
+///
+/// #[realtime_handler(describe)]
+/// impl Chat {
+///     /// Posts a line to the room.
+///     #[broadcast]
+///     async fn say(&self, ctx: &Context<(), String>, text: String) -> Result<Said, HandlerError> {
+///         Ok(Said { from: ctx.user_id().clone(), text })
+///     }
+/// }
+///
+/// let api = Chat::describe();
+/// assert_eq!(api.messages[0].name, "say");
+/// assert!(api.typescript("@realtime/client").contains("say(data: { text: string; }"));
+/// assert_eq!(api.asyncapi("1.0.0")["asyncapi"], "3.0.0");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Api {
+    /// The handler's type name (`Chat`).
+    pub name: String,
+    /// Its `#[direct]` and `#[broadcast]` methods, in source order.
+    pub messages: Vec<Message>,
+    /// The schema of the event its topics carry, if any method broadcasts.
+    pub event: Option<Value>,
+    /// The named types the schemas refer to (`#/definitions/<name>`).
+    pub definitions: Map<String, Value>,
+}
+
+/// One message a client can send.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The wire name, the frame's `type`.
+    pub name: String,
+    /// Whether it is answered to the sender or broadcast.
+    pub kind: Kind,
+    /// The method's doc comment.
+    pub docs: String,
+    /// The schema of the frame's `data` (the arguments by name).
+    pub data: Value,
+    /// The schema of the answer: the reply of a direct method; `null` (the
+    /// acknowledgement) for a broadcast.
+    pub reply: Value,
+}
+
+/// `#[direct]` or `#[broadcast]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Answered to the sender.
+    Direct,
+    /// Turned into an event for every subscriber of the topic.
+    Broadcast,
+}
+
+/// The schema generator a described handler uses: JSON Schema draft 7,
+/// whose named types live under `#/definitions/`, which AsyncAPI's schema
+/// format reads too.
+#[doc(hidden)]
+pub fn generator() -> schemars::SchemaGenerator {
+    schemars::generate::SchemaSettings::draft07().into_generator()
+}
+
+impl Api {
+    /// Assembles a description; the handler macro calls this. `messages`
+    /// holds `(wire name, kind, docs, reply schema)`; each message's `data`
+    /// schema is read from `client_message`, the schema of the
+    /// client-message enum (adjacently tagged by `type` and `data`).
+    #[doc(hidden)]
+    pub fn new(
+        name: &str,
+        event: Option<schemars::Schema>,
+        messages: Vec<(&str, Kind, &str, schemars::Schema)>,
+        client_message: &schemars::Schema,
+        mut generator: schemars::SchemaGenerator,
+    ) -> Self {
+        let mut definitions = generator.take_definitions(true);
+        let enum_schema = resolve(client_message.as_value(), &definitions).clone();
+        let variants = enum_schema
+            .get("oneOf")
+            .or_else(|| enum_schema.get("anyOf"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let data_of = |wire: &str| {
+            variants
+                .iter()
+                .find(|variant| {
+                    let tag = &variant["properties"]["type"];
+                    tag.get("const").and_then(Value::as_str) == Some(wire)
+                        || tag["enum"]
+                            .as_array()
+                            .is_some_and(|names| names.len() == 1 && names[0] == wire)
+                })
+                .map(|variant| without_generated_docs(variant["properties"]["data"].clone()))
+                .unwrap_or_else(|| json!({"type": "object"}))
+        };
+        let messages = messages
+            .into_iter()
+            .map(|(wire, kind, docs, reply)| Message {
+                name: wire.to_owned(),
+                kind,
+                docs: docs.trim().to_owned(),
+                data: data_of(wire),
+                reply: reply.to_value(),
+            })
+            .collect();
+        // The enum itself is not part of the application's vocabulary.
+        if let Some(reference) = client_message
+            .as_value()
+            .get("$ref")
+            .and_then(Value::as_str)
+            && let Some(name) = reference.strip_prefix("#/definitions/")
+        {
+            definitions.remove(name);
+        }
+        Self {
+            name: name.to_owned(),
+            messages,
+            event: event.map(schemars::Schema::to_value),
+            definitions,
+        }
+    }
+
+    /// A TypeScript module: the named types, `<Name>Event`, and a
+    /// `<Name>Client` class with one typed method per message and a typed
+    /// `onEvent`, over the client library (`clients/typescript` in this
+    /// repository) imported from `client_import`. It passes `tsc --strict`.
+    pub fn typescript(&self, client_import: &str) -> String {
+        let name = &self.name;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "// The `{name}` handler's messages, as `#[realtime_handler(describe)]` describes them.\n\
+             // Generated by realtime::describe; do not edit: regenerate it.\n"
+        );
+        let _ = writeln!(
+            out,
+            "import {{ Client, type CallOptions, type EventMeta, type Json }} from \"{client_import}\";\n"
+        );
+        for (type_name, schema) in &self.definitions {
+            let docs = schema.get("description").and_then(Value::as_str);
+            push_doc(&mut out, "", docs);
+            let _ = writeln!(
+                out,
+                "export type {} = {};\n",
+                ts_name(type_name),
+                ts_type(schema, "")
+            );
+        }
+        let event = self
+            .event
+            .as_ref()
+            .map_or("never".to_owned(), |event| ts_type(event, ""));
+        let _ = writeln!(
+            out,
+            "/** The event every subscriber of a `{name}` topic receives. */\nexport type {name}Event = {event};\n"
+        );
+        let _ = writeln!(
+            out,
+            "/** A typed front of a `Client` connected to a `{name}` endpoint. */\nexport class {name}Client {{\n  constructor(readonly client: Client) {{}}\n"
+        );
+        for message in &self.messages {
+            let reply = match message.kind {
+                Kind::Direct => ts_type(&message.reply, "  "),
+                Kind::Broadcast => "null".to_owned(),
+            };
+            let data = ts_type(&message.data, "  ");
+            let docs = match message.kind {
+                Kind::Direct => message.docs.clone(),
+                Kind::Broadcast => format!(
+                    "{}{}Broadcast: resolves with `null` once the server acknowledged it.",
+                    message.docs,
+                    if message.docs.is_empty() { "" } else { "\n\n" }
+                ),
+            };
+            push_doc(&mut out, "  ", Some(&docs));
+            let _ = writeln!(
+                out,
+                "  {method}(data: {data}, options?: CallOptions): Promise<{reply}> {{\n    \
+                 return this.client.call(\"{wire}\", data as unknown as Json, options) as Promise<{reply}>;\n  }}\n",
+                method = ts_method(&message.name),
+                wire = message.name,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  /** Follows `topic` (`$join`ed unless it is the URL's) with a typed handler. */\n  \
+             onEvent(topic: string, handler: (event: {name}Event, meta: EventMeta) => void): () => void {{\n    \
+             return this.client.subscribe(topic, (event, meta) => handler(event as unknown as {name}Event, meta));\n  }}\n}}"
+        );
+        out
+    }
+
+    /// An AsyncAPI 3.0 document: one channel (`/ws/{topic}`), a `send`
+    /// operation per message (with its reply for direct ones), a `receive`
+    /// operation for the topic's events, and the named types under
+    /// `components.schemas`.
+    pub fn asyncapi(&self, version: &str) -> Value {
+        let mut messages = Map::new();
+        let mut operations = Map::new();
+        let channel_ref = json!({"$ref": "#/channels/topic"});
+        let frame = |wire: &str, data: &Value| {
+            json!({
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"const": wire},
+                    "data": data,
+                    "id": {"description": "echoed as `reply_to` in the answer", "type": ["integer", "string"]},
+                    "topic": {"description": "a `$join`ed topic; left out: the URL's", "type": "string"}
+                }
+            })
+        };
+        for message in &self.messages {
+            let key = ts_method(&message.name);
+            messages.insert(
+                key.clone(),
+                json!({
+                    "name": message.name,
+                    "summary": message.docs,
+                    "payload": refs_to_components(frame(&message.name, &message.data)),
+                }),
+            );
+            let reply_key = format!("{key}Reply");
+            messages.insert(
+                reply_key.clone(),
+                json!({
+                    "name": format!("{} answer", message.name),
+                    "payload": refs_to_components(json!({
+                        "type": "object",
+                        "properties": {"reply_to": {"type": ["integer", "string"]}, "ok": message.reply}
+                    })),
+                }),
+            );
+            operations.insert(
+                key.clone(),
+                json!({
+                    "action": "send",
+                    "summary": message.docs,
+                    "channel": channel_ref,
+                    "messages": [{"$ref": format!("#/channels/topic/messages/{key}")}],
+                    "reply": {
+                        "channel": channel_ref,
+                        "messages": [{"$ref": format!("#/channels/topic/messages/{reply_key}")}]
+                    }
+                }),
+            );
+        }
+        if let Some(event) = &self.event {
+            messages.insert(
+                "event".to_owned(),
+                json!({
+                    "name": "event",
+                    "summary": "An event of the topic, received by every subscriber on every instance.",
+                    "payload": refs_to_components(json!({
+                        "type": "object",
+                        "required": ["topic", "event"],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "offset": {"type": "integer", "description": "for a topic with history"},
+                            "event": event
+                        }
+                    })),
+                }),
+            );
+            operations.insert(
+                "receiveEvent".to_owned(),
+                json!({
+                    "action": "receive",
+                    "channel": channel_ref,
+                    "messages": [{"$ref": "#/channels/topic/messages/event"}]
+                }),
+            );
+        }
+        let channel_messages: Map<String, Value> = messages
+            .keys()
+            .map(|key| {
+                (
+                    key.clone(),
+                    json!({"$ref": format!("#/components/messages/{key}")}),
+                )
+            })
+            .collect();
+        let schemas: Map<String, Value> = self
+            .definitions
+            .iter()
+            .map(|(name, schema)| (name.clone(), refs_to_components(schema.clone())))
+            .collect();
+        json!({
+            "asyncapi": "3.0.0",
+            "info": {
+                "title": self.name,
+                "version": version,
+                "description": "Protocol version 1 of realtime: JSON text frames over one WebSocket per topic."
+            },
+            "channels": {
+                "topic": {
+                    "address": "/ws/{topic}",
+                    "parameters": {"topic": {"description": "the topic the connection follows"}},
+                    "messages": channel_messages
+                }
+            },
+            "operations": operations,
+            "components": {"messages": messages, "schemas": schemas}
+        })
+    }
+}
+
+/// Drops the doc lines the macro writes on undocumented arguments
+/// ("Argument `x` of `T::m`."): they say nothing a generated client's reader
+/// needs.
+fn without_generated_docs(mut data: Value) -> Value {
+    if let Some(properties) = data.get_mut("properties").and_then(Value::as_object_mut) {
+        for property in properties.values_mut() {
+            let generated = property
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|docs| docs.starts_with("Argument `"));
+            if generated && let Some(property) = property.as_object_mut() {
+                property.remove("description");
+            }
+        }
+    }
+    data
+}
+
+/// The schema `schema` stands for: itself, or the definition its `$ref` names.
+fn resolve<'a>(schema: &'a Value, definitions: &'a Map<String, Value>) -> &'a Value {
+    schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|reference| reference.strip_prefix("#/definitions/"))
+        .and_then(|name| definitions.get(name))
+        .unwrap_or(schema)
+}
+
+/// Rewrites `#/definitions/X` references to `#/components/schemas/X`.
+fn refs_to_components(mut schema: Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map.iter_mut() {
+                    if key == "$ref"
+                        && let Some(reference) = item.as_str()
+                        && let Some(name) = reference.strip_prefix("#/definitions/")
+                    {
+                        *item = Value::String(format!("#/components/schemas/{name}"));
+                    } else {
+                        walk(item);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut schema);
+    schema
+}
+
+/// A JSON Schema as a TypeScript type; `indent` is the indentation of the
+/// line the type starts on.
+fn ts_type(schema: &Value, indent: &str) -> String {
+    let object = match schema {
+        Value::Bool(true) => return "unknown".to_owned(),
+        Value::Bool(false) => return "never".to_owned(),
+        Value::Object(object) => object,
+        _ => return "unknown".to_owned(),
+    };
+    if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+        return reference
+            .strip_prefix("#/definitions/")
+            .map_or("unknown".to_owned(), ts_name);
+    }
+    if let Some(value) = object.get("const") {
+        return value.to_string();
+    }
+    if let Some(values) = object.get("enum").and_then(Value::as_array) {
+        return union(values.iter().map(Value::to_string).collect());
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = object.get(key).and_then(Value::as_array) {
+            return union(
+                options
+                    .iter()
+                    .map(|option| ts_type(&merge(object, option), indent))
+                    .collect(),
+            );
+        }
+    }
+    if let Some(parts) = object.get("allOf").and_then(Value::as_array) {
+        return parts
+            .iter()
+            .map(|part| format!("({})", ts_type(part, indent)))
+            .collect::<Vec<_>>()
+            .join(" & ");
+    }
+    match object.get("type") {
+        Some(Value::Array(types)) => union(
+            types
+                .iter()
+                .map(|kind| {
+                    let mut single = object.clone();
+                    single.insert("type".to_owned(), kind.clone());
+                    ts_type(&Value::Object(single), indent)
+                })
+                .collect(),
+        ),
+        Some(Value::String(kind)) => match kind.as_str() {
+            "string" => "string".to_owned(),
+            "integer" | "number" => "number".to_owned(),
+            "boolean" => "boolean".to_owned(),
+            "null" => "null".to_owned(),
+            "array" => ts_array(object, indent),
+            "object" => ts_object(object, indent),
+            _ => "unknown".to_owned(),
+        },
+        _ if object.contains_key("properties") => ts_object(object, indent),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// A `oneOf` option with the keywords of its parent that it lacks (serde's
+/// internally tagged enums put `type: object` beside the options).
+fn merge(parent: &Map<String, Value>, option: &Value) -> Value {
+    let Value::Object(option) = option else {
+        return option.clone();
+    };
+    let mut merged = option.clone();
+    for key in ["type", "properties", "required"] {
+        if let (Some(value), false) = (parent.get(key), merged.contains_key(key)) {
+            merged.insert(key.to_owned(), value.clone());
+        }
+    }
+    Value::Object(merged)
+}
+
+fn ts_array(object: &Map<String, Value>, indent: &str) -> String {
+    if let Some(items) = object.get("items") {
+        if let Value::Array(tuple) = items {
+            let parts: Vec<String> = tuple.iter().map(|item| ts_type(item, indent)).collect();
+            return format!("[{}]", parts.join(", "));
+        }
+        return format!("Array<{}>", ts_type(items, indent));
+    }
+    "unknown[]".to_owned()
+}
+
+fn ts_object(object: &Map<String, Value>, indent: &str) -> String {
+    let required: Vec<&str> = object
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let properties = object.get("properties").and_then(Value::as_object);
+    let extra = match object.get("additionalProperties") {
+        Some(Value::Bool(false)) | None if properties.is_some_and(|p| !p.is_empty()) => None,
+        Some(Value::Bool(false)) => None,
+        Some(schema @ Value::Object(_)) => Some(ts_type(schema, indent)),
+        _ => Some("unknown".to_owned()),
+    };
+    let inner = format!("{indent}  ");
+    let mut fields = Vec::new();
+    for (name, schema) in properties.into_iter().flatten() {
+        let optional = if required.contains(&name.as_str()) {
+            ""
+        } else {
+            "?"
+        };
+        let docs = schema.get("description").and_then(Value::as_str);
+        let mut field = String::new();
+        push_doc(&mut field, &inner, docs);
+        let _ = write!(
+            field,
+            "{inner}{}{optional}: {};",
+            ts_key(name),
+            ts_type(schema, &inner)
+        );
+        fields.push(field);
+    }
+    if let Some(extra) = extra {
+        fields.push(format!("{inner}[key: string]: {extra};"));
+    }
+    if fields.is_empty() {
+        return "Record<string, never>".to_owned();
+    }
+    if fields.len() == 1 && !fields[0].contains('\n') && fields[0].len() < 60 {
+        return format!("{{ {} }}", fields[0].trim());
+    }
+    format!("{{\n{}\n{indent}}}", fields.join("\n"))
+}
+
+fn union(mut parts: Vec<String>) -> String {
+    parts.dedup();
+    if parts.is_empty() {
+        return "never".to_owned();
+    }
+    parts.join(" | ")
+}
+
+/// A property name, quoted unless it is a plain identifier.
+fn ts_key(name: &str) -> String {
+    let plain = name.chars().enumerate().all(|(at, c)| {
+        c == '_' || c == '$' || c.is_ascii_alphabetic() || (at > 0 && c.is_ascii_digit())
+    });
+    if plain && !name.is_empty() {
+        name.to_owned()
+    } else {
+        Value::String(name.to_owned()).to_string()
+    }
+}
+
+/// A definition's name as a TypeScript type name (`Option_String` stays).
+fn ts_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A wire name as a method name: `send_message` -> `sendMessage`.
+fn ts_method(wire: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in wire.chars() {
+        if c == '_' || c == '-' || c == '.' || c == ':' {
+            upper = !out.is_empty();
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn push_doc(out: &mut String, indent: &str, docs: Option<&str>) {
+    let Some(docs) = docs.map(str::trim).filter(|docs| !docs.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(out, "{indent}/**");
+    for line in docs.lines() {
+        let line = line.replace("*/", "*\\/");
+        let line = line.trim_end();
+        if line.is_empty() {
+            let _ = writeln!(out, "{indent} *");
+        } else {
+            let _ = writeln!(out, "{indent} * {line}");
+        }
+    }
+    let _ = writeln!(out, "{indent} */");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_become_typescript() {
+        let schema = json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": ["integer", "null"]},
+                "tags": {"type": "array", "items": {"$ref": "#/definitions/Tag"}},
+                "kind": {"enum": ["a", "b"]}
+            }
+        });
+        assert_eq!(
+            ts_type(&schema, ""),
+            "{\n  age?: number | null;\n  kind?: \"a\" | \"b\";\n  name: string;\n  tags?: Array<Tag>;\n}"
+        );
+    }
+
+    #[test]
+    fn wire_names_become_method_names() {
+        assert_eq!(ts_method("send_message"), "sendMessage");
+        assert_eq!(ts_method("say"), "say");
+        assert_eq!(ts_key("reply-to"), "\"reply-to\"");
+    }
+}
