@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{HistoryNode as Node, RedisCluster, RedisServer, redis_config};
+use common::{Node, RedisCluster, RedisServer, redis_config};
 use realtime::RedisBroker;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
@@ -34,7 +34,7 @@ async fn nodes(prefix: &str, redis_args: &[&str]) -> Cluster {
         let broker = RedisBroker::connect(&redis.url(), redis_config(prefix))
             .await
             .expect("connect to the test Redis");
-        Node::start(broker, policy.clone()).await
+        Node::with_history(broker, policy.clone()).await
     };
     let a = node().await;
     let b = node().await;
@@ -327,7 +327,7 @@ async fn cluster_master_restart_loses_no_acknowledged_event() {
         let broker = RedisBroker::connect_cluster(cluster.urls(), redis_config("fault-cluster:"))
             .await
             .expect("connect to the test cluster");
-        nodes.push(Node::start(broker, policy.clone()).await);
+        nodes.push(Node::with_history(broker, policy.clone()).await);
     }
     let publisher = nodes.pop().expect("three nodes");
     let subscribers: [Node<RedisBroker>; 2] = nodes.try_into().map_err(|_| ()).expect("two nodes");

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{HistoryNode as Node, RedisServer, redis_config};
+use common::{Node, RedisServer, redis_config};
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
@@ -43,8 +43,8 @@ async fn subscribed(client: &mut TestClient) -> Value {
 async fn memory_nodes(policy: HistoryPolicy) -> (Node<MemoryBroker>, Node<MemoryBroker>) {
     let hub = MemoryBroker::new();
     (
-        Node::start(hub.clone(), policy.clone()).await,
-        Node::start(hub, policy).await,
+        Node::with_history(hub.clone(), policy.clone()).await,
+        Node::with_history(hub, policy).await,
     )
 }
 
@@ -59,8 +59,8 @@ async fn redis_nodes(
             .expect("connect to the test Redis")
     };
     (
-        Node::start(broker().await, policy.clone()).await,
-        Node::start(broker().await, policy).await,
+        Node::with_history(broker().await, policy.clone()).await,
+        Node::with_history(broker().await, policy).await,
     )
 }
 
@@ -338,7 +338,7 @@ async fn recovery_stays_within_the_outbound_byte_bound() {
     config.outbound_queue_bytes = 8 * 1024;
     config.max_reply_bytes = 4 * 1024;
     let hub = MemoryBroker::new();
-    let a = Node::start_with(hub, policy(Duration::from_secs(600)), config).await;
+    let a = Node::serve(hub, policy(Duration::from_secs(600)), config).await;
     let mut client = a.connect("room:m", "alice").await;
     let since = position(&subscribed(&mut client).await);
     client.close().await;

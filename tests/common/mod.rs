@@ -421,12 +421,12 @@ pub(crate) fn redis_config(prefix: &str) -> RedisConfig {
     config
 }
 
-/// One server instance: a [`Service`] with its own [`RedisBroker`], served
-/// on its own port.
+/// One server instance: a [`Service`] running [`Room`] on a broker (its own
+/// [`RedisBroker`] unless said otherwise), served on its own port.
 #[derive(Debug)]
-pub(crate) struct Node {
+pub(crate) struct Node<B: Broker = RedisBroker> {
     /// The service, to publish from the server side or read its broker.
-    pub(crate) service: Service<Room, RedisBroker>,
+    pub(crate) service: Service<Room, B>,
     /// Where clients connect.
     pub(crate) server: TestServer,
 }
@@ -448,9 +448,27 @@ impl Node {
 
     /// A node around a broker the test connected itself.
     pub(crate) async fn with_broker(broker: RedisBroker, config: Config) -> Self {
+        Self::serve(broker, HistoryPolicy::none(), config).await
+    }
+
+    /// The broker's counters.
+    pub(crate) fn metrics(&self) -> RedisMetrics {
+        self.service.broker().metrics()
+    }
+}
+
+impl<B: Broker> Node<B> {
+    /// Serves a service on `broker` that keeps history as `policy` says.
+    pub(crate) async fn with_history(broker: B, policy: HistoryPolicy) -> Self {
+        Self::serve(broker, policy, Config::default()).await
+    }
+
+    /// Serves a service on `broker` with `policy` and `config`.
+    pub(crate) async fn serve(broker: B, policy: HistoryPolicy, config: Config) -> Self {
         let hooks = std::sync::Arc::new(Hooks::default());
         let service = Service::builder(Room, hooks, validate_with(|t: &str| Ok(t.to_owned())))
             .with_broker(broker)
+            .history(policy)
             .config(config)
             .build()
             .expect("a valid config");
@@ -459,16 +477,20 @@ impl Node {
         Self { service, server }
     }
 
-    /// A client of `user` on `topic`.
-    pub(crate) async fn connect(&self, topic: &str, user: &str) -> TestClient {
-        TestClient::connect(&self.server.ws_url(&format!("/ws/{topic}")), user)
+    /// A client of `user` on `path` (a topic, and maybe a query string).
+    pub(crate) async fn connect(&self, path: &str, user: &str) -> TestClient {
+        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
             .await
-            .unwrap_or_else(|error| panic!("connect {user} to {topic}: {error}"))
+            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
     }
 
-    /// The broker's counters.
-    pub(crate) fn metrics(&self) -> RedisMetrics {
-        self.service.broker().metrics()
+    /// Publishes `text` from the server side; panics if it fails.
+    pub(crate) async fn publish(&self, topic: &str, text: String) {
+        let said = Said {
+            from: "server".to_owned(),
+            text,
+        };
+        self.service.publish(topic, &said).await.expect("publish");
     }
 }
 
@@ -499,51 +521,5 @@ pub(crate) async fn recv_reply(client: &mut TestClient, id: u64) -> Value {
         if frame.get("reply_to") == Some(&Value::from(id)) {
             return frame;
         }
-    }
-}
-
-/// A node running [`Room`] with a history policy, on any broker.
-pub(crate) struct HistoryNode<B: Broker> {
-    pub(crate) service: Service<Room, B>,
-    pub(crate) server: TestServer,
-}
-
-impl<B: Broker> HistoryNode<B> {
-    /// Serves a service on `broker` that keeps history as `policy` says.
-    pub(crate) async fn start(broker: B, policy: HistoryPolicy) -> Self {
-        Self::start_with(broker, policy, Config::default()).await
-    }
-
-    /// As [`start`](Self::start), with `config`.
-    pub(crate) async fn start_with(broker: B, policy: HistoryPolicy, config: Config) -> Self {
-        let service = Service::builder(
-            Room,
-            std::sync::Arc::new(Hooks::default()),
-            validate_with(|t: &str| Ok(t.to_owned())),
-        )
-        .with_broker(broker)
-        .history(policy)
-        .config(config)
-        .build()
-        .expect("a valid config");
-        let server =
-            TestServer::start(realtime::route::router(service.clone(), "/ws/{topic}")).await;
-        Self { service, server }
-    }
-
-    /// A client of `user` on `path` (a topic, and a query string).
-    pub(crate) async fn connect(&self, path: &str, user: &str) -> TestClient {
-        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
-            .await
-            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
-    }
-
-    /// Publishes `text` from the server side; panics if it fails.
-    pub(crate) async fn publish(&self, topic: &str, text: String) {
-        let said = Said {
-            from: "server".to_owned(),
-            text,
-        };
-        self.service.publish(topic, &said).await.expect("publish");
     }
 }
