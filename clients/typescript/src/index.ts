@@ -60,7 +60,7 @@ export type CloseAction = "reconnect" | "stop";
  * | 1011 | server error | reconnect |
  * | 1012 | service restart | reconnect |
  * | 1013 | try again later (a reader too slow) | reconnect |
- * | HTTP 401, 403 on the upgrade | bad token, forbidden topic | stop |
+ * | HTTP 400, 401, 403 on the upgrade | bad request, bad token, forbidden topic | stop |
  * | any other | | reconnect |
  */
 export const CLOSE_RULES: Readonly<Record<number, CloseAction>> = Object.freeze({
@@ -76,6 +76,12 @@ export const CLOSE_RULES: Readonly<Record<number, CloseAction>> = Object.freeze(
   1012: "reconnect",
   1013: "reconnect",
 });
+
+/** HTTP statuses of a refused upgrade that stop the client: bad request, token, topic. */
+const REFUSALS: readonly number[] = [400, 401, 403];
+
+/** How long a connection must stay up before the backoff starts over. */
+const STABLE_MS = 5_000;
 
 /** The action for a close code (see {@link CLOSE_RULES}). */
 export function closeAction(code: number): CloseAction {
@@ -201,6 +207,9 @@ interface Queued {
   timeoutMs: number;
   resolve(value: Json): void;
   reject(error: Error): void;
+  /** Its timeout, running since `since`. */
+  timer: unknown;
+  since: number;
 }
 
 /** One topic this client follows. */
@@ -238,7 +247,12 @@ export class Client {
   private readonly listeners = new Map<keyof ClientEvents, Set<(event: never) => void>>();
   private retryTimer: unknown = null;
   private watchdogTimer: unknown = null;
+  private connectTimer: unknown = null;
   private lastHeard = 0;
+  /** When the current connection opened, to tell a stable one from a flap. */
+  private openedAt = 0;
+  /** Bumped by every `connect()` and `close()`: late answers of an earlier session are ignored. */
+  private session = 0;
   /** The topic of the URL. */
   readonly topic: string;
 
@@ -293,6 +307,7 @@ export class Client {
   /** Opens the connection; from then on it comes back by itself until `close()`. */
   connect(): void {
     if (this.current !== "idle" && this.current !== "stopped") return;
+    this.session += 1;
     this.attempt = 0;
     this.open();
   }
@@ -330,7 +345,15 @@ export class Client {
         reject(new ClosedError(`not connected, and ${this.options.maxQueued} calls wait already`));
         return;
       }
-      this.queued.push({ frame, timeoutMs, resolve, reject });
+      // The call's time runs from now, connected or not.
+      const queued: Queued = { frame, timeoutMs, resolve, reject, timer: null, since: this.clock.now() };
+      queued.timer = this.clock.setTimeout(() => {
+        const at = this.queued.indexOf(queued);
+        if (at < 0) return;
+        this.queued.splice(at, 1);
+        reject(new TimeoutError(`no answer to \`${type}\` within ${timeoutMs} ms (not connected)`));
+      }, timeoutMs);
+      this.queued.push(queued);
     });
   }
 
@@ -364,7 +387,12 @@ export class Client {
 
   private emit<K extends keyof ClientEvents>(kind: K, event: ClientEvents[K]): void {
     for (const listener of this.listeners.get(kind) ?? []) {
-      (listener as Listener<K>)(event);
+      try {
+        (listener as Listener<K>)(event);
+      } catch (error) {
+        // An application's listener must not break the client's bookkeeping.
+        reportLater(error);
+      }
     }
   }
 
@@ -394,19 +422,28 @@ export class Client {
     }
     this.socket = socket;
     let opened = false;
+    this.connectTimer = this.clock.setTimeout(() => {
+      if (this.socket !== socket || opened) return;
+      this.socket = null;
+      socket.close();
+      this.lost(1006, "the upgrade did not finish in time", false);
+    }, this.options.callTimeoutMs);
     socket.onopen = () => {
       if (this.socket !== socket) return;
       opened = true;
-      this.attempt = 0;
+      this.openedAt = this.clock.now();
+      this.clock.clearTimeout(this.connectTimer);
       this.heard();
-      this.setState("open");
       for (const [topic, followed] of this.topics) {
         if (!followed.home) this.join(topic, followed);
       }
       // Behind the `$join`s: the server handles a connection's frames in order.
       for (const queued of this.queued.splice(0)) {
-        this.send(queued.frame, queued.timeoutMs, queued.resolve, queued.reject);
+        this.clock.clearTimeout(queued.timer);
+        const left = Math.max(1, queued.timeoutMs - (this.clock.now() - queued.since));
+        this.send(queued.frame, left, queued.resolve, queued.reject);
       }
+      this.setState("open");
     };
     socket.onmessage = (message) => {
       if (this.socket !== socket) return;
@@ -430,6 +467,10 @@ export class Client {
   /** The connection ended: fail what was in flight, then stop or retry. */
   private lost(code: number, reason: string, opened: boolean): void {
     this.clock.clearTimeout(this.watchdogTimer);
+    this.clock.clearTimeout(this.connectTimer);
+    // Only a connection that stayed up starts the backoff over: a server
+    // that accepts and closes at once (draining, overloaded) is not hammered.
+    if (opened && this.clock.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
     for (const [id, pending] of this.pending) {
       this.clock.clearTimeout(pending.timer);
       pending.reject(new ClosedError("the connection was lost before the answer came"));
@@ -443,15 +484,19 @@ export class Client {
     if (!opened) {
       // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why.
       const httpUrl = this.options.url.replace(/^ws/, "http");
+      const session = this.session;
       this.refusal(httpUrl, this.options.token).then(
         (status) => {
-          if (status === 401 || status === 403) {
+          if (session !== this.session) return;
+          if (status !== undefined && REFUSALS.includes(status)) {
             this.stop(undefined, `the server refused the upgrade: HTTP ${status}`);
           } else {
             this.retry();
           }
         },
-        () => this.retry(),
+        () => {
+          if (session === this.session) this.retry();
+        },
       );
       return;
     }
@@ -468,9 +513,11 @@ export class Client {
 
   private stop(code: number | undefined, reason: string): void {
     if (this.current === "stopped") return;
-    this.setState("stopped");
+    this.current = "stopped";
+    this.session += 1;
     this.clock.clearTimeout(this.retryTimer);
     this.clock.clearTimeout(this.watchdogTimer);
+    this.clock.clearTimeout(this.connectTimer);
     const socket = this.socket;
     this.socket = null;
     if (socket) socket.close(1000);
@@ -479,7 +526,12 @@ export class Client {
       pending.reject(new ClosedError(reason));
       this.pending.delete(id);
     }
-    for (const queued of this.queued.splice(0)) queued.reject(new ClosedError(reason));
+    for (const queued of this.queued.splice(0)) {
+      this.clock.clearTimeout(queued.timer);
+      queued.reject(new ClosedError(reason));
+    }
+    // Told last, when the bookkeeping is done.
+    this.emit("state", { state: "stopped" });
     this.emit("stopped", code === undefined ? { reason } : { code, reason });
   }
 
@@ -509,7 +561,11 @@ export class Client {
   private join(topic: string, followed: Followed): void {
     const data: { [key: string]: Json } = { topic };
     if (followed.position) data.since = { offset: followed.position.offset, epoch: followed.position.epoch };
-    this.send({ type: "$join", data }, this.options.callTimeoutMs, () => {}, (error) => this.emit("error", { error, topic }));
+    this.send({ type: "$join", data }, this.options.callTimeoutMs, () => {}, (error) => {
+      // Forbidden stays forbidden: do not ask again after every reconnect.
+      if (error instanceof RealtimeError && (error.code === 403 || error.code === 400)) this.topics.delete(topic);
+      this.emit("error", { error, topic });
+    });
   }
 
   private send(
@@ -580,10 +636,26 @@ export class Client {
   }
 }
 
-/** The HTTP status of a plain GET of `url` with the token, if `fetch` exists. */
+/**
+ * The HTTP status of a plain GET of `url` with the token, if `fetch` exists.
+ * In a browser this works for a page of the same origin as the server (the
+ * token header needs CORS otherwise); where it fails, the client retries.
+ */
 async function fetchStatus(url: string, token: string | undefined): Promise<number | undefined> {
   if (typeof fetch !== "function") return undefined;
   const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
-  const response = await fetch(url, { headers });
+  const response = await fetch(url, { headers, signal: AbortSignal.timeout(5_000) });
   return response.status;
+}
+
+/** Reports an application listener's error as a browser reports one of an event listener. */
+function reportLater(error: unknown): void {
+  const report = (globalThis as { reportError?: (error: unknown) => void }).reportError;
+  if (typeof report === "function") {
+    report(error);
+    return;
+  }
+  setTimeout(() => {
+    throw error;
+  }, 0);
 }

@@ -12,6 +12,7 @@ import {
   ClosedError,
   closeAction,
   RealtimeError,
+  TimeoutError,
   type ClientOptions,
   type Clock,
   type Json,
@@ -148,6 +149,16 @@ describe("against the chat", () => {
     await proxy.cut();
   });
 
+  it("times a queued call out from the moment it was made", async () => {
+    const port = await freePort(); // nothing listens there
+    const lonely = client(port, "nowhere", "alice", { refusal: async () => undefined });
+    lonely.connect();
+    const started = Date.now();
+    await assert.rejects(lonely.call("history", { limit: 1 }, { timeoutMs: 300 }), TimeoutError);
+    assert.ok(Date.now() - started < 2000);
+    lonely.close();
+  });
+
   it("stops after a forbidden topic (HTTP 403) and after a flood (1008)", async () => {
     const bob = client(chat.port, "admin", "bob");
     const stopped: string[] = [];
@@ -235,6 +246,8 @@ describe("rules", () => {
     };
     const lonely = new Client({
       url: `ws://127.0.0.1:${port}/ws/nowhere`,
+      // Told apart from the backoff's waits below.
+      callTimeoutMs: 60_000,
       random: () => 0.5,
       clock,
       backoffMinMs: 500,
@@ -242,8 +255,9 @@ describe("rules", () => {
       refusal: async () => undefined,
     });
     lonely.connect();
-    await until("five retries", () => delays.length >= 5);
+    const retries = () => delays.filter((ms) => ms !== 60_000);
+    await until("five retries", () => retries().length >= 5);
     lonely.close();
-    assert.deepEqual(delays.slice(0, 5), [250, 500, 1000, 1500, 1500]);
+    assert.deepEqual(retries().slice(0, 5), [250, 500, 1000, 1500, 1500]);
   });
 });
