@@ -237,6 +237,13 @@ async fn redis_history_lost() {
         .query_async(&mut admin)
         .await
         .expect("DEL");
+    // Scripts flushed from Redis: the next publish loads them again
+    // (EVALSHA answers NOSCRIPT, the script is sent once more).
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT FLUSH");
     b.publish("room:l", "after delete".to_owned()).await;
     let mut back = a.connect(&format!("room:l?since={old}"), "alice").await;
     let done = subscribed(&mut back).await;
