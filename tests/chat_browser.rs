@@ -136,7 +136,7 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
 
     join(&page_a, port_a, "alice", "lobby").await;
     join(&page_b, port_b, "bob", "lobby").await;
-    let connected = "document.getElementById('status').dataset.state === 'connected'";
+    let connected = "document.getElementById('status').dataset.state === 'open'";
     wait_for(&page_a, "page A is connected", connected).await;
     wait_for(&page_b, "page B is connected", connected).await;
 
@@ -165,7 +165,7 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     .await;
     assert_eq!(
         text_of(&page_b, "error").await,
-        "cannot join admin: 403: forbidden topic `admin`"
+        "cannot join admin: the server refused the upgrade: HTTP 403"
     );
     screenshot(&page_b, "chat-forbidden.png").await;
 
@@ -232,6 +232,32 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
         &page_a,
         "the reconnected page A receives B's message",
         &back,
+    )
+    .await;
+
+    // Several rooms in one tab: page A follows `side` too (`$join` on its
+    // connection), and shows what carol says there, tagged with the room.
+    page_a
+        .find(Locator::Id("extra"))
+        .await
+        .unwrap()
+        .send_keys("side")
+        .await
+        .unwrap();
+    click(&page_a, "follow").await;
+    wait_for(
+        &page_a,
+        "page A has joined side",
+        "[...document.querySelectorAll('#log li.system')].some(li => li.textContent === 'joined side')",
+    )
+    .await;
+    join(&page_c, port_b, "carol", "side").await;
+    wait_for(&page_c, "page C is in side", connected).await;
+    say(&page_c, "over on side").await;
+    wait_for(
+        &page_a,
+        "page A shows side's line, tagged",
+        "[...document.querySelectorAll('#log li')].some(li => li.dataset.room === 'side' && li.querySelector('.room')?.textContent === 'side' && li.textContent.includes('over on side'))",
     )
     .await;
 

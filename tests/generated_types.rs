@@ -1,6 +1,7 @@
-//! The generated TypeScript client follows the handler: rename an argument
-//! in a copy of the chat's handler, and a page written against the old name
-//! no longer type-checks (`tsc --strict`).
+//! The chat page follows the chat's handler: its typed client is generated
+//! from the handler, so renaming an argument in a copy of the handler makes
+//! the page (`examples/chat/page/app.ts`) fail `tsc --strict`, before any
+//! user sees it.
 //!
 //! Runs the TypeScript compiler of `clients/typescript` (installed with
 //! `npm ci` there; this test runs it when `node_modules` is missing).
@@ -10,21 +11,28 @@ use std::process::Command;
 
 use realtime::prelude::*;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// What the room hears.
-#[derive(Debug, Serialize, JsonSchema)]
+/// The chat's event, as in `examples/chat`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub(crate) struct Said {
-    /// Who said it.
-    pub(crate) from: String,
-    /// What was said.
-    pub(crate) text: String,
+    from: String,
+    text: String,
+    at: u64,
+}
+
+/// The chat's history line, as in `examples/chat`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Line {
+    offset: u64,
+    #[serde(flatten)]
+    said: Said,
 }
 
 mod before {
     use super::*;
 
-    /// The handler as the page was written against it.
+    /// A copy of the chat's handler, as the page was written against it.
     #[derive(Debug)]
     pub(crate) struct Chat;
 
@@ -35,7 +43,14 @@ mod before {
             Ok(Said {
                 from: ctx.user_id().clone(),
                 text,
+                at: 0,
             })
+        }
+
+        #[direct]
+        async fn history(&self, limit: u32) -> Result<Vec<Line>, HandlerError> {
+            let _ = limit;
+            Ok(Vec::new())
         }
     }
 }
@@ -43,7 +58,7 @@ mod before {
 mod after {
     use super::*;
 
-    /// The same handler with `say`'s argument renamed from `text` to `body`.
+    /// The same copy with `say`'s argument renamed from `text` to `body`.
     #[derive(Debug)]
     pub(crate) struct Chat;
 
@@ -54,25 +69,24 @@ mod after {
             Ok(Said {
                 from: ctx.user_id().clone(),
                 text: body,
+                at: 0,
             })
+        }
+
+        #[direct]
+        async fn history(&self, limit: u32) -> Result<Vec<Line>, HandlerError> {
+            let _ = limit;
+            Ok(Vec::new())
         }
     }
 }
 
-/// A page written against the handler as it was.
-const PAGE: &str = r#"import { ChatClient } from "./chat.js";
-declare const chat: ChatClient;
-export async function send(): Promise<null> {
-  return chat.say({ text: "hi" });
-}
-"#;
-
-fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript")
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn tsc() -> PathBuf {
-    let dir = client_dir();
+    let dir = repository().join("clients/typescript");
     let tsc = dir.join("node_modules/.bin/tsc");
     if !tsc.exists() {
         let status = Command::new("npm")
@@ -85,45 +99,38 @@ fn tsc() -> PathBuf {
     tsc
 }
 
-/// Writes `chat.ts` from `api` and the page into `dir`; runs `tsc --strict`
-/// on the page and returns its output, or `None` if it passed.
-fn check(dir: &Path, api: &realtime::describe::Api) -> Option<String> {
-    std::fs::create_dir_all(dir).unwrap();
-    let library = client_dir().join("src/index.js");
-    std::fs::write(
-        dir.join("chat.ts"),
-        api.typescript(library.to_str().unwrap()),
-    )
-    .unwrap();
-    std::fs::write(dir.join("page.ts"), PAGE).unwrap();
+/// Lays out the page, the client library and a client generated from `api`
+/// under `root` as in the repository, and type-checks the page with its own
+/// settings; returns tsc's output if it failed.
+fn check(root: &Path, api: &realtime::describe::Api) -> Option<String> {
+    let copy = |from: &str| {
+        let to = root.join(from);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repository().join(from), &to).unwrap();
+    };
+    copy("examples/chat/page/app.ts");
+    copy("examples/chat/page/tsconfig.json");
+    copy("clients/typescript/src/index.ts");
+    let generated = root.join("clients/typescript/generated");
+    std::fs::create_dir_all(&generated).unwrap();
+    std::fs::write(generated.join("chat.ts"), api.typescript("../src/index.js")).unwrap();
     let output = Command::new(tsc())
-        .args([
-            "--strict",
-            "--noEmit",
-            "--skipLibCheck",
-            "--target",
-            "es2022",
-            "--module",
-            "es2022",
-            "--moduleResolution",
-            "bundler",
-            "--lib",
-            "es2022,dom",
-        ])
-        .arg(dir.join("page.ts"))
+        .args(["--noEmit", "-p"])
+        .arg(root.join("examples/chat/page/tsconfig.json"))
         .output()
         .expect("run tsc");
     (!output.status.success()).then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[test]
-fn renaming_a_field_breaks_the_page_at_compile_time() {
+fn renaming_an_argument_breaks_the_chat_page_at_compile_time() {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generated-types");
+    let _ = std::fs::remove_dir_all(&root);
     assert_eq!(check(&root.join("before"), &before::Chat::describe()), None);
     let errors = check(&root.join("after"), &after::Chat::describe())
         .expect("the page uses the old name: tsc must fail");
     assert!(
-        errors.contains("'text' does not exist") && errors.contains("page.ts"),
-        "tsc names the old field on the page: {errors}"
+        errors.contains("app.ts") && errors.contains("'text' does not exist"),
+        "tsc names the old argument on the page: {errors}"
     );
 }

@@ -4,8 +4,9 @@
 //! (in this process, or in Redis beside the broker): the same lines feed
 //! `history` and let a page that lost its connection resume where it
 //! stopped. The chat keeps no storage, and no Redis connection, of its own.
-//! The page at `/` is a small JavaScript client (no framework) served from
-//! this binary.
+//! The page at `/` (no framework) is served from this binary: TypeScript
+//! (`page/app.ts`) against the client generated from this handler, compiled
+//! to the JavaScript in `page/dist`.
 //!
 //! Run it:
 //!
@@ -35,6 +36,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http::header;
 use axum::response::Html;
 use axum::routing::get;
 use realtime::auth::validate_with;
@@ -60,6 +62,24 @@ struct Line {
     #[serde(flatten)]
     said: Said,
 }
+
+/// The page's modules, compiled from `page/app.ts`, the generated client
+/// and the client library (`npm run build:page` in clients/typescript), at
+/// the paths their relative imports name.
+const PAGE_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "/static/examples/chat/page/app.js",
+        include_str!("page/dist/examples/chat/page/app.js"),
+    ),
+    (
+        "/static/clients/typescript/generated/chat.js",
+        include_str!("page/dist/clients/typescript/generated/chat.js"),
+    ),
+    (
+        "/static/clients/typescript/src/index.js",
+        include_str!("page/dist/clients/typescript/src/index.js"),
+    ),
+];
 
 /// Lines kept per room, and for how long after the room's last line.
 const KEPT: usize = 100;
@@ -196,8 +216,15 @@ async fn serve<B: Broker>(
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
         .build()?;
-    let app = Chat::router(service.clone())
+    let mut app = Chat::router(service.clone())
         .route("/", get(|| async { Html(include_str!("index.html")) }));
+    for (path, source) in PAGE_SCRIPTS {
+        let script = (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            *source,
+        );
+        app = app.route(path, get(move || async move { script }));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("open http://{addr}/");
     // `realtime::serve` rather than `axum::serve`: a deadline for request

@@ -187,6 +187,8 @@ export interface ClientEvents {
   subscribed: { topic: string; offset: number; epoch: string; recovered?: boolean };
   /** Events of a topic were lost; reload its state. */
   reset: { topic: string; offset: number; epoch: string };
+  /** An open connection was lost; the client reconnects. */
+  lost: { code: number; reason: string };
   /** An error frame that answered no call, or a failed resubscription. */
   error: { error: Error; topic?: string };
   /** The client stopped: `close()`, a close code that means "stop", or a refused upgrade. */
@@ -481,6 +483,7 @@ export class Client {
       this.stop(code, reason || `closed by the server with ${code}`);
       return;
     }
+    if (opened) this.emit("lost", { code, reason });
     if (!opened) {
       // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why.
       const httpUrl = this.options.url.replace(/^ws/, "http");

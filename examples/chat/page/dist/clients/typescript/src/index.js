@@ -1,0 +1,532 @@
+// The client of the realtime protocol (version 1), for browsers and Node 20+:
+// calls answered by promises, subscriptions with `$join`, resumption with
+// `since`, reconnection with full-jitter backoff, the close-code rules, a
+// heartbeat watchdog and a bounded queue for calls made while offline.
+// No runtime dependencies.
+/** An error answer of the server: `{"error": {"code": 400, "message": "..."}}`. */
+export class RealtimeError extends Error {
+    code;
+    name = "RealtimeError";
+    constructor(
+    /** The code (400, 403, 429, 500, 503, or the handler's own). */
+    code, message) {
+        super(message);
+        this.code = code;
+    }
+}
+/** A call that got no answer within its timeout. */
+export class TimeoutError extends Error {
+    name = "TimeoutError";
+}
+/**
+ * A call that cannot be answered: the client stopped, the connection was
+ * lost after the call was sent (it may or may not have run), or the client
+ * is offline and fails calls at once.
+ */
+export class ClosedError extends Error {
+    name = "ClosedError";
+}
+/**
+ * The close-code rules, in one table. `reconnect`: the server went away or
+ * is overloaded, and trying again later works. `stop`: trying again would
+ * be refused the same way; the client stops and reports why.
+ *
+ * | code | meaning | action |
+ * | --- | --- | --- |
+ * | 1000 | normal close | stop |
+ * | 1001 | the server is shutting down | reconnect |
+ * | 1002 | protocol error | stop |
+ * | 1003 | binary frame | stop |
+ * | 1006 | connection lost, no close frame | reconnect |
+ * | 1007 | text that is not UTF-8 | stop |
+ * | 1008 | policy: flood, or silent past the idle timeout | stop |
+ * | 1009 | frame too large | stop |
+ * | 1011 | server error | reconnect |
+ * | 1012 | service restart | reconnect |
+ * | 1013 | try again later (a reader too slow) | reconnect |
+ * | HTTP 400, 401, 403 on the upgrade | bad request, bad token, forbidden topic | stop |
+ * | any other | | reconnect |
+ */
+export const CLOSE_RULES = Object.freeze({
+    1000: "stop",
+    1001: "reconnect",
+    1002: "stop",
+    1003: "stop",
+    1006: "reconnect",
+    1007: "stop",
+    1008: "stop",
+    1009: "stop",
+    1011: "reconnect",
+    1012: "reconnect",
+    1013: "reconnect",
+});
+/** HTTP statuses of a refused upgrade that stop the client: bad request, token, topic. */
+const REFUSALS = [400, 401, 403];
+/** How long a connection must stay up before the backoff starts over. */
+const STABLE_MS = 5_000;
+/** The action for a close code (see {@link CLOSE_RULES}). */
+export function closeAction(code) {
+    return CLOSE_RULES[code] ?? "reconnect";
+}
+/**
+ * Full-jitter exponential backoff: a random wait between 0 and
+ * `min(max, min * 2^attempt)` milliseconds.
+ */
+export function backoffDelay(attempt, minMs, maxMs, random) {
+    const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+    return random() * ceiling;
+}
+const systemClock = {
+    now: () => Date.now(),
+    setTimeout: (callback, ms) => setTimeout(callback, ms),
+    clearTimeout: (handle) => clearTimeout(handle),
+};
+/**
+ * A connection to one realtime endpoint that comes back by itself.
+ *
+ * ```ts
+ * const client = new Client({ url: "ws://127.0.0.1:3000/ws/lobby", token: "alice" });
+ * client.subscribe("lobby", (event) => console.log(event));
+ * client.connect();
+ * await client.call("say", { text: "hi" });
+ * ```
+ */
+export class Client {
+    options;
+    WebSocketImpl;
+    refusal;
+    clock;
+    socket = null;
+    current = "idle";
+    attempt = 0;
+    nextId = 1;
+    pending = new Map();
+    queued = [];
+    topics = new Map();
+    listeners = new Map();
+    retryTimer = null;
+    watchdogTimer = null;
+    connectTimer = null;
+    lastHeard = 0;
+    /** When the current connection opened, to tell a stable one from a flap. */
+    openedAt = 0;
+    /** Bumped by every `connect()` and `close()`: late answers of an earlier session are ignored. */
+    session = 0;
+    /** The topic of the URL. */
+    topic;
+    constructor(options) {
+        const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+        if (!WebSocketImpl) {
+            throw new Error("no WebSocket constructor: pass `WebSocket`, or run Node with --experimental-websocket");
+        }
+        this.WebSocketImpl = WebSocketImpl;
+        this.clock = options.clock ?? systemClock;
+        this.options = {
+            url: options.url,
+            token: options.token,
+            callTimeoutMs: options.callTimeoutMs ?? 10_000,
+            backoffMinMs: options.backoffMinMs ?? 500,
+            backoffMaxMs: options.backoffMaxMs ?? 20_000,
+            random: options.random ?? Math.random,
+            clock: this.clock,
+            heartbeatMs: options.heartbeatMs ?? 20_000,
+            silenceMarginMs: options.silenceMarginMs ?? 10_000,
+            offline: options.offline ?? "queue",
+            maxQueued: options.maxQueued ?? 100,
+        };
+        this.refusal = options.refusal ?? fetchStatus;
+        const path = new URL(options.url).pathname;
+        this.topic = decodeURIComponent(path.slice(path.lastIndexOf("/") + 1));
+        this.topics.set(this.topic, { handlers: new Set(), home: true });
+    }
+    /** The connection's state. */
+    get state() {
+        return this.current;
+    }
+    /** The last position seen on `topic` (topics with history). */
+    position(topic) {
+        const position = this.topics.get(topic)?.position;
+        return position && { ...position };
+    }
+    /** Listens to one kind of client event; returns the function that stops it. */
+    on(kind, listener) {
+        let set = this.listeners.get(kind);
+        if (!set) {
+            set = new Set();
+            this.listeners.set(kind, set);
+        }
+        set.add(listener);
+        return () => set.delete(listener);
+    }
+    /** Opens the connection; from then on it comes back by itself until `close()`. */
+    connect() {
+        if (this.current !== "idle" && this.current !== "stopped")
+            return;
+        this.session += 1;
+        this.attempt = 0;
+        this.open();
+    }
+    /** Closes the connection for good; queued and pending calls fail. */
+    close() {
+        this.stop(1000, "closed by the client");
+    }
+    /**
+     * Sends a message and resolves with its answer: the reply of a direct
+     * method, `null` for a broadcast's acknowledgement. Rejects with a
+     * {@link RealtimeError} for an error answer, a {@link TimeoutError}, or a
+     * {@link ClosedError}.
+     */
+    call(type, data, options = {}) {
+        const timeoutMs = options.timeoutMs ?? this.options.callTimeoutMs;
+        const frame = { type };
+        if (data !== undefined)
+            frame.data = data;
+        if (options.topic !== undefined && options.topic !== this.topic)
+            frame.topic = options.topic;
+        return new Promise((resolve, reject) => {
+            if (this.current === "stopped") {
+                reject(new ClosedError("the client has stopped"));
+                return;
+            }
+            if (this.current === "open") {
+                this.send(frame, timeoutMs, resolve, reject);
+                return;
+            }
+            if (this.options.offline === "fail") {
+                reject(new ClosedError("not connected"));
+                return;
+            }
+            if (this.queued.length >= this.options.maxQueued) {
+                reject(new ClosedError(`not connected, and ${this.options.maxQueued} calls wait already`));
+                return;
+            }
+            // The call's time runs from now, connected or not.
+            const queued = { frame, timeoutMs, resolve, reject, timer: null, since: this.clock.now() };
+            queued.timer = this.clock.setTimeout(() => {
+                const at = this.queued.indexOf(queued);
+                if (at < 0)
+                    return;
+                this.queued.splice(at, 1);
+                reject(new TimeoutError(`no answer to \`${type}\` within ${timeoutMs} ms (not connected)`));
+            }, timeoutMs);
+            this.queued.push(queued);
+        });
+    }
+    /**
+     * Follows `topic`: `handler` gets each of its events. The URL's topic is
+     * followed from the start; any other is `$join`ed, now if connected and
+     * again (resuming with `since`) after every reconnect. Returns the
+     * function that stops following (`$leave`).
+     */
+    subscribe(topic, handler) {
+        let followed = this.topics.get(topic);
+        const fresh = !followed;
+        if (!followed) {
+            followed = { handlers: new Set(), home: false };
+            this.topics.set(topic, followed);
+        }
+        followed.handlers.add(handler);
+        if (fresh && this.current === "open")
+            this.join(topic, followed);
+        return () => {
+            const current = this.topics.get(topic);
+            if (!current)
+                return;
+            current.handlers.delete(handler);
+            if (current.handlers.size === 0 && !current.home) {
+                this.topics.delete(topic);
+                if (this.current === "open") {
+                    this.call("$leave", { topic }).catch((error) => this.emit("error", { error, topic }));
+                }
+            }
+        };
+    }
+    emit(kind, event) {
+        for (const listener of this.listeners.get(kind) ?? []) {
+            try {
+                listener(event);
+            }
+            catch (error) {
+                // An application's listener must not break the client's bookkeeping.
+                reportLater(error);
+            }
+        }
+    }
+    setState(state) {
+        if (this.current === state)
+            return;
+        this.current = state;
+        this.emit("state", { state });
+    }
+    /** The URL to open: the topic's, with `since` when it has a position. */
+    socketUrl() {
+        const url = new URL(this.options.url);
+        const position = this.topics.get(this.topic)?.position;
+        if (position)
+            url.searchParams.set("since", `${position.offset}.${position.epoch}`);
+        return url.toString();
+    }
+    open() {
+        this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+        const protocols = this.options.token === undefined ? undefined : ["bearer", this.options.token];
+        let socket;
+        try {
+            socket = new this.WebSocketImpl(this.socketUrl(), protocols);
+        }
+        catch (error) {
+            this.stop(undefined, `cannot open a WebSocket: ${String(error)}`);
+            return;
+        }
+        this.socket = socket;
+        let opened = false;
+        this.connectTimer = this.clock.setTimeout(() => {
+            if (this.socket !== socket || opened)
+                return;
+            this.socket = null;
+            socket.close();
+            this.lost(1006, "the upgrade did not finish in time", false);
+        }, this.options.callTimeoutMs);
+        socket.onopen = () => {
+            if (this.socket !== socket)
+                return;
+            opened = true;
+            this.openedAt = this.clock.now();
+            this.clock.clearTimeout(this.connectTimer);
+            this.heard();
+            for (const [topic, followed] of this.topics) {
+                if (!followed.home)
+                    this.join(topic, followed);
+            }
+            // Behind the `$join`s: the server handles a connection's frames in order.
+            for (const queued of this.queued.splice(0)) {
+                this.clock.clearTimeout(queued.timer);
+                const left = Math.max(1, queued.timeoutMs - (this.clock.now() - queued.since));
+                this.send(queued.frame, left, queued.resolve, queued.reject);
+            }
+            this.setState("open");
+        };
+        socket.onmessage = (message) => {
+            if (this.socket !== socket)
+                return;
+            this.heard();
+            if (typeof message.data === "string")
+                this.receive(message.data);
+        };
+        socket.onerror = () => {
+            // Once open, a close event follows and says what to do. Before, some
+            // implementations (Node 20's) send no close event at all.
+            if (this.socket !== socket || opened)
+                return;
+            this.socket = null;
+            this.lost(1006, "could not connect", false);
+        };
+        socket.onclose = (event) => {
+            if (this.socket !== socket)
+                return;
+            this.socket = null;
+            this.lost(event.code, event.reason, opened);
+        };
+    }
+    /** The connection ended: fail what was in flight, then stop or retry. */
+    lost(code, reason, opened) {
+        this.clock.clearTimeout(this.watchdogTimer);
+        this.clock.clearTimeout(this.connectTimer);
+        // Only a connection that stayed up starts the backoff over: a server
+        // that accepts and closes at once (draining, overloaded) is not hammered.
+        if (opened && this.clock.now() - this.openedAt >= STABLE_MS)
+            this.attempt = 0;
+        for (const [id, pending] of this.pending) {
+            this.clock.clearTimeout(pending.timer);
+            pending.reject(new ClosedError("the connection was lost before the answer came"));
+            this.pending.delete(id);
+        }
+        if (this.current === "stopped")
+            return;
+        if (closeAction(code) === "stop") {
+            this.stop(code, reason || `closed by the server with ${code}`);
+            return;
+        }
+        if (opened)
+            this.emit("lost", { code, reason });
+        if (!opened) {
+            // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why.
+            const httpUrl = this.options.url.replace(/^ws/, "http");
+            const session = this.session;
+            this.refusal(httpUrl, this.options.token).then((status) => {
+                if (session !== this.session)
+                    return;
+                if (status !== undefined && REFUSALS.includes(status)) {
+                    this.stop(undefined, `the server refused the upgrade: HTTP ${status}`);
+                }
+                else {
+                    this.retry();
+                }
+            }, () => {
+                if (session === this.session)
+                    this.retry();
+            });
+            return;
+        }
+        this.retry();
+    }
+    retry() {
+        if (this.current === "stopped")
+            return;
+        const delay = backoffDelay(this.attempt, this.options.backoffMinMs, this.options.backoffMaxMs, this.options.random);
+        this.attempt += 1;
+        this.setState("reconnecting");
+        this.retryTimer = this.clock.setTimeout(() => this.open(), delay);
+    }
+    stop(code, reason) {
+        if (this.current === "stopped")
+            return;
+        this.current = "stopped";
+        this.session += 1;
+        this.clock.clearTimeout(this.retryTimer);
+        this.clock.clearTimeout(this.watchdogTimer);
+        this.clock.clearTimeout(this.connectTimer);
+        const socket = this.socket;
+        this.socket = null;
+        if (socket)
+            socket.close(1000);
+        for (const [id, pending] of this.pending) {
+            this.clock.clearTimeout(pending.timer);
+            pending.reject(new ClosedError(reason));
+            this.pending.delete(id);
+        }
+        for (const queued of this.queued.splice(0)) {
+            this.clock.clearTimeout(queued.timer);
+            queued.reject(new ClosedError(reason));
+        }
+        // Told last, when the bookkeeping is done.
+        this.emit("state", { state: "stopped" });
+        this.emit("stopped", code === undefined ? { reason } : { code, reason });
+    }
+    /** Something came from the server: the watchdog starts over. */
+    heard() {
+        this.lastHeard = this.clock.now();
+        this.clock.clearTimeout(this.watchdogTimer);
+        this.watchdogTimer = this.clock.setTimeout(() => this.watch(), this.options.heartbeatMs);
+    }
+    /** Silence for a heartbeat: ask (`$ping`); silence past the margin: give up. */
+    watch() {
+        const socket = this.socket;
+        if (!socket || this.current !== "open")
+            return;
+        const silent = this.clock.now() - this.lastHeard;
+        if (silent >= this.options.heartbeatMs + this.options.silenceMarginMs) {
+            this.socket = null;
+            socket.close(4000, "the server stayed silent");
+            this.lost(1006, "the server stayed silent", true);
+            return;
+        }
+        socket.send(JSON.stringify({ type: "$ping", id: this.nextId++ }));
+        const left = this.options.heartbeatMs + this.options.silenceMarginMs - silent;
+        this.watchdogTimer = this.clock.setTimeout(() => this.watch(), left);
+    }
+    join(topic, followed) {
+        const data = { topic };
+        if (followed.position)
+            data.since = { offset: followed.position.offset, epoch: followed.position.epoch };
+        this.send({ type: "$join", data }, this.options.callTimeoutMs, () => { }, (error) => {
+            // Forbidden stays forbidden: do not ask again after every reconnect.
+            if (error instanceof RealtimeError && (error.code === 403 || error.code === 400))
+                this.topics.delete(topic);
+            this.emit("error", { error, topic });
+        });
+    }
+    send(frame, timeoutMs, resolve, reject) {
+        const socket = this.socket;
+        if (!socket) {
+            reject(new ClosedError("not connected"));
+            return;
+        }
+        const id = this.nextId++;
+        const timer = this.clock.setTimeout(() => {
+            if (this.pending.delete(id))
+                reject(new TimeoutError(`no answer to \`${frame.type}\` within ${timeoutMs} ms`));
+        }, timeoutMs);
+        this.pending.set(id, { resolve, reject, timer });
+        socket.send(JSON.stringify({ ...frame, id }));
+    }
+    receive(text) {
+        let frame;
+        try {
+            frame = JSON.parse(text);
+        }
+        catch {
+            this.emit("error", { error: new Error("the server sent a frame that is not JSON") });
+            return;
+        }
+        if ("reply_to" in frame) {
+            const id = frame.reply_to;
+            const pending = typeof id === "number" ? this.pending.get(id) : undefined;
+            if (!pending || typeof id !== "number")
+                return; // a `$ping`'s, or too late
+            this.pending.delete(id);
+            this.clock.clearTimeout(pending.timer);
+            const error = frame.error;
+            if (error)
+                pending.reject(new RealtimeError(error.code, error.message));
+            else
+                pending.resolve((frame.ok ?? null));
+            return;
+        }
+        if ("error" in frame) {
+            const error = frame.error;
+            this.emit("error", { error: new RealtimeError(error.code, error.message) });
+            return;
+        }
+        const topic = frame.topic;
+        if (typeof topic !== "string")
+            return;
+        const followed = this.topics.get(topic);
+        if ("subscribed" in frame) {
+            const live = frame.subscribed;
+            if (followed)
+                followed.position = { offset: live.offset, epoch: live.epoch };
+            this.emit("subscribed", { topic, ...live });
+            return;
+        }
+        if ("reset" in frame) {
+            const reset = frame.reset;
+            if (followed)
+                followed.position = { offset: reset.offset, epoch: reset.epoch };
+            this.emit("reset", { topic, ...reset });
+            return;
+        }
+        if (!("event" in frame) || !followed)
+            return;
+        const meta = { topic };
+        if (typeof frame.offset === "number") {
+            meta.offset = frame.offset;
+            if (followed.position)
+                followed.position.offset = frame.offset;
+        }
+        for (const handler of followed.handlers)
+            handler(frame.event, meta);
+    }
+}
+/**
+ * The HTTP status of a plain GET of `url` with the token, if `fetch` exists.
+ * In a browser this works for a page of the same origin as the server (the
+ * token header needs CORS otherwise); where it fails, the client retries.
+ */
+async function fetchStatus(url, token) {
+    if (typeof fetch !== "function")
+        return undefined;
+    const headers = token === undefined ? {} : { authorization: `Bearer ${token}` };
+    const response = await fetch(url, { headers, signal: AbortSignal.timeout(5_000) });
+    return response.status;
+}
+/** Reports an application listener's error as a browser reports one of an event listener. */
+function reportLater(error) {
+    const report = globalThis.reportError;
+    if (typeof report === "function") {
+        report(error);
+        return;
+    }
+    setTimeout(() => {
+        throw error;
+    }, 0);
+}

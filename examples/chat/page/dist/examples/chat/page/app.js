@@ -1,0 +1,204 @@
+// The chat page: the typed client generated from the chat's handler
+// (`ChatClient`), over the protocol client of `clients/typescript`. One
+// connection per tab: the room of its URL, and more rooms followed with
+// `$join`. After a reconnect the client resumes every room where it stopped;
+// the page reloads a room's lines only when the server could not resend
+// them (`recovered: false`, `reset`).
+//
+// Compiled with `npm run build:page` in clients/typescript; the JavaScript
+// is committed, so that `cargo run --example chat` needs no Node.
+import { ChatClient } from "../../../clients/typescript/generated/chat.js";
+import { Client } from "../../../clients/typescript/src/index.js";
+function element(id) {
+    const found = document.getElementById(id);
+    if (!found)
+        throw new Error(`the page has no #${id}`);
+    return found;
+}
+const log = element("log");
+const status = element("status");
+const errorLine = element("error");
+const text = element("text");
+const send = element("send");
+const follow = element("follow");
+const extra = element("extra");
+const roomsLine = element("rooms");
+let session = null;
+function setStatus(state, message) {
+    status.dataset.state = state;
+    status.textContent = message;
+    const open = state === "open";
+    text.disabled = !open;
+    send.disabled = !open;
+    follow.disabled = !open;
+}
+function showError(message) {
+    errorLine.textContent = message;
+}
+function time(at) {
+    return new Date(at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+function addSystem(message) {
+    const item = document.createElement("li");
+    item.className = "system";
+    item.textContent = message;
+    log.append(item);
+    log.scrollTop = log.scrollHeight;
+}
+function addLine(current, room, line) {
+    const item = document.createElement("li");
+    item.dataset.room = room;
+    const parts = [];
+    if (room !== current.room) {
+        const tag = document.createElement("span");
+        tag.className = "room";
+        tag.textContent = room;
+        parts.push(tag);
+    }
+    for (const [name, value] of [
+        ["at", time(line.at)],
+        ["from", line.from],
+        ["text", line.text],
+    ]) {
+        const part = document.createElement("span");
+        part.className = name;
+        part.textContent = value;
+        parts.push(part);
+    }
+    item.append(...parts);
+    log.append(item);
+    log.scrollTop = log.scrollHeight;
+}
+/** Shows a live line once: lines at or before the room's last shown offset are there already. */
+function showLive(current, room, line, offset) {
+    const state = current.rooms.get(room);
+    if (!state)
+        return;
+    if (state.held) {
+        state.held.push(offset === undefined ? { line } : { line, offset });
+        return;
+    }
+    if (offset !== undefined && offset <= state.shown)
+        return;
+    addLine(current, room, line);
+    if (offset !== undefined)
+        state.shown = offset;
+}
+/** (Re)loads a room's last lines; its live lines wait meanwhile. */
+async function loadHistory(current, room, shown) {
+    const state = current.rooms.get(room);
+    if (!state)
+        return;
+    state.shown = shown;
+    state.held = [];
+    try {
+        const lines = await current.chat.history({ limit: 50 }, { topic: room });
+        if (room === current.room)
+            log.replaceChildren();
+        else
+            addSystem(`the last lines of ${room}:`);
+        for (const line of lines) {
+            addLine(current, room, line);
+            state.shown = Math.max(state.shown, line.offset);
+        }
+        addSystem(`joined ${room}`);
+    }
+    catch (error) {
+        showError(`history of ${room}: ${error.message}`);
+    }
+    const waiting = state.held ?? [];
+    state.held = null;
+    for (const { line, offset } of waiting)
+        showLive(current, room, line, offset);
+}
+function watch(current, room) {
+    current.rooms.set(room, { shown: 0, held: null });
+    current.chat.onEvent(room, (line, meta) => showLive(current, room, line, meta.offset));
+    roomsLine.textContent = [...current.rooms.keys()].filter((name) => name !== current.room).join(", ");
+}
+function start(name, room) {
+    session?.client.close();
+    log.replaceChildren();
+    showError("");
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const client = new Client({
+        url: `${scheme}://${location.host}/ws/${encodeURIComponent(room)}`,
+        token: name,
+    });
+    const current = { client, chat: new ChatClient(client), room, rooms: new Map() };
+    session = current;
+    client.on("state", ({ state }) => {
+        if (session !== current)
+            return;
+        const message = {
+            idle: "not connected",
+            connecting: "connecting…",
+            open: `connected to ${room} as ${name}`,
+            reconnecting: "reconnecting…",
+            stopped: "not connected",
+        }[state];
+        if (state === "open")
+            showError("");
+        if (state !== "stopped")
+            setStatus(state, message);
+    });
+    client.on("lost", ({ code }) => {
+        if (session !== current)
+            return;
+        showError(code === 1001 ? "the server went away; reconnecting" : `connection lost (${code}); reconnecting`);
+    });
+    client.on("stopped", ({ reason }) => {
+        if (session !== current)
+            return;
+        const refused = /HTTP (400|401|403)/.test(reason);
+        setStatus(refused ? "refused" : "stopped", refused ? "refused" : "not connected");
+        if (refused)
+            showError(`cannot join ${room}: ${reason}`);
+    });
+    client.on("subscribed", ({ topic, offset, recovered }) => {
+        // Resumed with every missed line: nothing to reload.
+        if (session !== current || recovered === true)
+            return;
+        void loadHistory(current, topic, offset);
+    });
+    client.on("reset", ({ topic, offset }) => {
+        if (session !== current)
+            return;
+        void loadHistory(current, topic, offset);
+    });
+    client.on("error", ({ error, topic }) => {
+        if (session !== current)
+            return;
+        showError(topic ? `${topic}: ${error.message}` : error.message);
+    });
+    watch(current, room);
+    client.connect();
+}
+element("join").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = element("name").value.trim();
+    const room = element("room").value.trim();
+    if (name && room)
+        start(name, room);
+});
+element("more").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = extra.value.trim();
+    extra.value = "";
+    if (session && room && !session.rooms.has(room))
+        watch(session, room);
+});
+element("post").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const current = session;
+    const line = text.value;
+    if (!current || !line.trim())
+        return;
+    text.value = "";
+    try {
+        await current.chat.say({ text: line });
+    }
+    catch (error) {
+        showError(`not sent: ${error.message}`);
+    }
+});
