@@ -83,7 +83,9 @@ fn shows(from: &str, text: &str) -> String {
 async fn screenshot(page: &Client, name: &str) {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join(name), page.screenshot().await.unwrap()).unwrap();
+    let path = target.join(name);
+    std::fs::write(&path, page.screenshot().await.unwrap()).unwrap();
+    eprintln!("screenshot: {}", path.display());
 }
 
 /// Waits until `script` (a JS expression) is true on the page.

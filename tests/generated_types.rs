@@ -134,3 +134,124 @@ fn renaming_an_argument_breaks_the_chat_page_at_compile_time() {
         "tsc names the old argument on the page: {errors}"
     );
 }
+
+mod shapes {
+    use super::*;
+
+    /// Renamed fields, an `Option`, nested structs.
+    #[derive(Debug, Deserialize, Serialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct Profile {
+        display_name: String,
+        #[serde(rename = "e-mail")]
+        email: Option<String>,
+        home: Place,
+        tags: Vec<String>,
+    }
+
+    /// A nested struct.
+    #[derive(Debug, Deserialize, Serialize, JsonSchema)]
+    pub(crate) struct Place {
+        city: String,
+    }
+
+    /// An internally tagged enum.
+    #[derive(Debug, Serialize, JsonSchema)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    pub(crate) enum Update {
+        Renamed { to: String },
+        Moved { home: Place },
+        Left,
+    }
+
+    /// An externally tagged enum, with a unit variant.
+    #[derive(Debug, Deserialize, Serialize, JsonSchema)]
+    pub(crate) enum Mood {
+        Happy,
+        Busy(String),
+        Away { until: u64 },
+    }
+
+    /// A handler whose types take serde's common shapes.
+    #[derive(Debug)]
+    pub(crate) struct Shapes;
+
+    #[realtime_handler(describe, state = (), user = String)]
+    impl Shapes {
+        #[direct]
+        async fn get_profile(
+            &self,
+            user_id: String,
+            mood: Option<Mood>,
+        ) -> Result<Profile, HandlerError> {
+            let _ = (user_id, mood);
+            Err(HandlerError::bad_request("not here"))
+        }
+
+        #[broadcast]
+        async fn update(&self, profile: Profile) -> Result<Update, HandlerError> {
+            Ok(Update::Renamed {
+                to: profile.display_name,
+            })
+        }
+    }
+}
+
+/// What an application would write against those shapes; it must type-check.
+const SHAPES_PAGE: &str = r#"import { ShapesClient, type Mood, type Profile, type ShapesEvent } from "./shapes.js";
+declare const shapes: ShapesClient;
+export async function use(): Promise<void> {
+  const profile: Profile = await shapes.getProfile({ user_id: "u1", mood: { Away: { until: 3 } } });
+  const name: string = profile.displayName;
+  const mail: string | null | undefined = profile["e-mail"];
+  const city: string = profile.home.city;
+  await shapes.getProfile({ user_id: "u2" });
+  const moods: Mood[] = ["Happy", { Busy: "in a call" }];
+  await shapes.update({ profile: { displayName: name, home: { city }, tags: [] } });
+  shapes.onEvent("t", (event: ShapesEvent) => {
+    if (event.kind === "renamed") console.log(event.to);
+    if (event.kind === "moved") console.log(event.home.city);
+  });
+  void mail;
+  void moods;
+}
+"#;
+
+#[test]
+fn types_follow_serde() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generated-shapes");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let library = repository().join("clients/typescript/src/index.js");
+    let api = shapes::Shapes::describe();
+    std::fs::write(
+        dir.join("shapes.ts"),
+        api.typescript(library.to_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("page.ts"), SHAPES_PAGE).unwrap();
+    let output = Command::new(tsc())
+        .args([
+            "--strict",
+            "--noEmit",
+            "--skipLibCheck",
+            "--exactOptionalPropertyTypes",
+            "--target",
+            "es2022",
+            "--module",
+            "es2022",
+            "--moduleResolution",
+            "bundler",
+            "--lib",
+            "es2022,dom",
+        ])
+        .arg(dir.join("page.ts"))
+        .output()
+        .expect("run tsc");
+    let generated = std::fs::read_to_string(dir.join("shapes.ts")).unwrap();
+    assert!(
+        output.status.success(),
+        "tsc: {}\n{generated}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
