@@ -157,6 +157,7 @@ mod shapes {
 
     /// An internally tagged enum.
     #[derive(Debug, Serialize, JsonSchema)]
+    #[allow(dead_code)] // only described, never sent
     #[serde(tag = "kind", rename_all = "snake_case")]
     pub(crate) enum Update {
         Renamed { to: String },
