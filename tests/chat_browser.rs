@@ -175,10 +175,11 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     wait_for(&page_b, "page B is back in the lobby", connected).await;
 
     // SIGTERM on node A: its page is told the server went away (1001) and
-    // reconnects, with backoff, once a new instance listens on the port.
-    // Meanwhile B says 20 lines; A resumes where it stopped (`since`) and
-    // shows each of them once, in order.
+    // reconnects, with backoff, once a new instance listens on the port, 5 s
+    // later. Meanwhile B says 20 lines; A resumes where it stopped (`since`)
+    // and shows each of them once, in order.
     terminate(node_a);
+    let stopped_at = Instant::now();
     wait_for(
         &page_a,
         "page A sees the server go away",
@@ -194,6 +195,9 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
         &shows("bob", "offline 20"),
     )
     .await;
+    // The server stays away for 5 s at least.
+    let away = Duration::from_secs(5).saturating_sub(stopped_at.elapsed());
+    tokio::time::sleep(away).await;
     let _node_a = start_chat_on(&redis_url, port_a);
     wait_for(&page_a, "page A reconnects", connected).await;
     wait_for(
