@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Node, RedisCluster, RedisServer, redis_config};
-use realtime::RedisBroker;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
+use realtime::{Config, RedisBroker};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -27,18 +27,26 @@ struct Cluster {
 }
 
 async fn nodes(prefix: &str, redis_args: &[&str]) -> Cluster {
+    nodes_with(prefix, redis_args, Config::default()).await
+}
+
+/// As [`nodes`], the subscribing nodes with `config`.
+async fn nodes_with(prefix: &str, redis_args: &[&str], config: Config) -> Cluster {
     let redis = RedisServer::start_with(redis_args).await;
     let policy =
         HistoryPolicy::none().keep("room:*", Retention::new(10_000, Duration::from_secs(600)));
-    let node = || async {
-        let broker = RedisBroker::connect(&redis.url(), redis_config(prefix))
-            .await
-            .expect("connect to the test Redis");
-        Node::with_history(broker, policy.clone()).await
+    let node = |config: Config| {
+        let (redis, policy) = (&redis, policy.clone());
+        async move {
+            let broker = RedisBroker::connect(&redis.url(), redis_config(prefix))
+                .await
+                .expect("connect to the test Redis");
+            Node::serve(broker, policy, config).await
+        }
     };
-    let a = node().await;
-    let b = node().await;
-    let publisher = node().await;
+    let a = node(config.clone()).await;
+    let b = node(config).await;
+    let publisher = node(Config::default()).await;
     Cluster {
         redis,
         subscribers: [a, b],
@@ -303,6 +311,16 @@ async fn redis_restart_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_subscribers_fill_their_gap() {
     let mut cluster = nodes("fault-kill:", &[]).await;
+    ends_with_every_acknowledged_event(&mut cluster, Fault::KillSubscribers).await;
+}
+
+/// (e) with rings of 16 events: the gap is longer than a ring may take at
+/// once, and the nodes fill it in parts instead of resetting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_the_ring_is_filled_in_parts() {
+    let mut config = Config::default();
+    config.topic_backlog = 16;
+    let mut cluster = nodes_with("fault-parts:", &[], config).await;
     ends_with_every_acknowledged_event(&mut cluster, Fault::KillSubscribers).await;
 }
 

@@ -218,6 +218,13 @@ impl Registry {
         (self.backlog / 2).max(1)
     }
 
+    /// Events in `topic`'s ring that its slowest subscriber has not read;
+    /// `None` if the topic has no local subscriber.
+    fn unread(&self, topic: &str) -> Option<usize> {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        topics.get(topic).map(|entry| entry.ring.len())
+    }
+
     /// Applies a read of the history; whether the ring is live again (or
     /// the topic gone).
     fn apply_read(&self, topic: &str, from: ReadFrom, read: History) -> bool {
@@ -230,7 +237,7 @@ impl Registry {
         };
         let mut track = track.lock().expect("track lock poisoned");
         let generation = track.generation();
-        let live = track.apply(&entry.ring, topic, from, read, self.max_gap() as u64);
+        let live = track.apply(&entry.ring, topic, from, read);
         if track.generation() != generation {
             bump(&self.counters.resets);
         }
@@ -1044,11 +1051,15 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             };
             let wait = match read {
                 Ok(true) => return,
-                // Live events came past the read; read on, after a breath
-                // that keeps a busy topic from spinning.
+                // More to read (a long gap comes in parts), or live events
+                // came past the read: read on once the subscribers have room
+                // for another part.
                 Ok(false) => {
                     attempt = 0;
-                    Duration::from_millis(5)
+                    if !Inner::room_for_a_part(&inner, &topic).await {
+                        return;
+                    }
+                    Duration::from_millis(1)
                 }
                 Err(error) => {
                     tracing::debug!(topic = &*topic, %error, "reading history to fill a gap failed; retrying");
@@ -1062,6 +1073,23 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         }
     }
 
+    /// Waits until `topic`'s ring has room for another part of a gap (its
+    /// subscribers read what came), at most a second: a subscriber that
+    /// does not read must not hold the others back (it falls behind and is
+    /// closed with 1013). False if the topic has no local subscriber left.
+    async fn room_for_a_part(inner: &Arc<Self>, topic: &str) -> bool {
+        let registry = &inner.registry;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match registry.unread(topic) {
+                None => return false,
+                Some(unread) if unread <= registry.max_gap() => return true,
+                Some(_) if tokio::time::Instant::now() >= deadline => return true,
+                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
     /// One read of the history into the ring; whether the ring is live
     /// again (or the topic gone).
     async fn read_into_ring(inner: &Arc<Self>, topic: &str) -> Result<bool, BrokerError> {
@@ -1071,10 +1099,10 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let Some(from) = inner.registry.read_from(topic) else {
             return Ok(true);
         };
-        // One more than the ring may take at once: a longer gap shows as
-        // not continuing, and the ring restarts at the head.
+        // At most what the ring may take at once; a longer gap comes in
+        // parts.
         let limit = match from.since {
-            Some(_) => retention.size().min(inner.registry.max_gap() + 1),
+            Some(_) => retention.size().min(inner.registry.max_gap()),
             None => 0,
         };
         let read = inner

@@ -134,17 +134,16 @@ impl Track {
     }
 
     /// Applies a read of the history made `from` here, then the held events
-    /// that follow it. A gap of more than `max_gap` events is not filled
-    /// (sent at once, it would overrun the ring's subscribers): the ring
-    /// restarts at the head. Returns whether the ring is live again; false:
-    /// read again from [`read_from`](Self::read_from).
+    /// that follow it. A read may hold part of a gap only (the reader reads
+    /// in parts, so that the ring's subscribers are not overrun); the rest
+    /// comes with the next read. Returns whether the ring is live again;
+    /// false: read again from [`read_from`](Self::read_from).
     pub(crate) fn apply(
         &mut self,
         ring: &broadcast::Sender<Event>,
         topic: &str,
         from: ReadFrom,
         read: History,
-        max_gap: u64,
     ) -> bool {
         if from.track != self.id || from != self.read_from() {
             // Made for an earlier track, or before this one moved: the read
@@ -157,9 +156,7 @@ impl Track {
                 self.last = read.position.offset;
             }
             (Some(epoch), Some(since))
-                if *epoch == read.position.epoch
-                    && read.continues(since)
-                    && read.position.offset - since <= max_gap =>
+                if *epoch == read.position.epoch && read.continues(since) =>
             {
                 for event in read.events {
                     if event.offset == self.last + 1 {
@@ -173,8 +170,7 @@ impl Track {
             }
             (Some(epoch), _) => {
                 // The gap cannot be filled: the history was lost (a new
-                // epoch), trimmed past it, or it is too long. Subscribers
-                // reload. After a new epoch the ring restarts from its
+                // epoch) or trimmed past it. Subscribers reload. After a new epoch the ring restarts from its
                 // beginning, which the next read fills: nothing Redis
                 // accepted since is lost.
                 let position = match *epoch == read.position.epoch {
@@ -268,7 +264,7 @@ mod tests {
         let (ring, receiver) = broadcast::channel(64);
         let mut track = Track::new(1);
         let from = track.read_from();
-        assert!(track.apply(&ring, "t", from, read("e", last, &[]), 8));
+        assert!(track.apply(&ring, "t", from, read("e", last, &[])));
         (track, ring, receiver)
     }
 
@@ -286,7 +282,7 @@ mod tests {
         );
         let from = track.read_from();
         assert_eq!(from.since, Some(4));
-        assert!(track.apply(&ring, "t", from, read("e", 7, &[5, 6, 7]), 8));
+        assert!(track.apply(&ring, "t", from, read("e", 7, &[5, 6, 7])));
         assert_eq!(drain(&mut receiver), [4, 5, 6, 7, 8]);
     }
 
@@ -298,7 +294,7 @@ mod tests {
             track: 0,
             since: Some(3),
         };
-        assert!(track.apply(&ring, "t", stale, read("e", 9, &[4, 5, 6, 7, 8, 9]), 8));
+        assert!(track.apply(&ring, "t", stale, read("e", 9, &[4, 5, 6, 7, 8, 9])));
         assert!(drain(&mut receiver).is_empty());
     }
 
@@ -309,28 +305,25 @@ mod tests {
         // An event of the lost epoch, held too: dropped once the new one is read.
         assert!(!track.live(&ring, 5, "e", frame(5), 16));
         let from = track.read_from();
-        assert!(!track.apply(&ring, "t", from, read("f", 2, &[]), 8));
+        assert!(!track.apply(&ring, "t", from, read("f", 2, &[])));
         assert_eq!(track.generation(), 1);
         let from = track.read_from();
         assert_eq!(from.since, Some(0));
-        assert!(track.apply(&ring, "t", from, read("f", 2, &[1, 2]), 8));
+        assert!(track.apply(&ring, "t", from, read("f", 2, &[1, 2])));
         assert_eq!(drain(&mut receiver), [Event::RESET, 1, 2]);
     }
 
     #[test]
-    fn a_gap_longer_than_allowed_resets_to_the_head() {
+    fn a_long_gap_is_filled_in_parts() {
         let (mut track, ring, mut receiver) = live_at(3);
         assert!(track.live(&ring, 20, "e", frame(20), 16));
         let from = track.read_from();
-        assert!(!track.apply(
-            &ring,
-            "t",
-            from,
-            read("e", 20, &[4, 5, 6, 7, 8, 9, 10, 11]),
-            8
-        ));
+        assert!(!track.apply(&ring, "t", from, read("e", 20, &[4, 5, 6, 7, 8, 9, 10, 11])));
         let from = track.read_from();
-        assert!(track.apply(&ring, "t", from, read("e", 20, &[]), 8));
-        assert_eq!(drain(&mut receiver), [Event::RESET]);
+        assert_eq!(from.since, Some(11));
+        let rest: Vec<u64> = (12..=20).collect();
+        assert!(track.apply(&ring, "t", from, read("e", 20, &rest)));
+        assert_eq!(drain(&mut receiver), (4..=20).collect::<Vec<_>>());
+        assert_eq!(track.generation(), 0, "no reset");
     }
 }

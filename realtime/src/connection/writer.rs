@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::outbox::{Event, Feed, Outbound, Status};
+use super::outbox::{Event, Feed, Outbound, Ring, Status};
 use crate::protocol::{Frame, close_reason};
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -27,7 +27,7 @@ const LAG_CHECK: Duration = Duration::from_millis(100);
 /// subscribed to. (The connection's own queue is in its [`Status`].)
 pub(super) struct Sources {
     /// Few (at most `Config::max_topics_per_connection`): a list beats a map.
-    pub(super) rings: Vec<Feed>,
+    pub(super) rings: Vec<Source>,
     /// The ring to look at first in the next batch, so that a busy topic
     /// cannot starve the others.
     next_ring: usize,
@@ -39,7 +39,7 @@ pub(super) struct Sources {
 impl Sources {
     pub(super) fn new(home: Feed, backlog: usize) -> Self {
         Self {
-            rings: vec![home],
+            rings: vec![Source::from(home)],
             next_ring: 0,
             backlog,
         }
@@ -49,6 +49,27 @@ impl Sources {
     /// client is being, or has been, overtaken.
     fn lagging(&self) -> bool {
         self.rings.iter().any(|feed| feed.ring.len() > self.backlog)
+    }
+}
+
+/// One topic as the write task reads it: a [`Feed`] without its catch-up,
+/// which went to the connection's queue before the feed came here. Kept
+/// small: every connection holds one per topic for its whole life.
+pub(super) struct Source {
+    topic: Arc<str>,
+    ring: Ring,
+    /// See [`Feed::sent_through`].
+    sent_through: u64,
+}
+
+impl From<Feed> for Source {
+    fn from(feed: Feed) -> Self {
+        debug_assert!(feed.catch_up.is_empty(), "the catch-up is queued first");
+        Self {
+            topic: feed.topic,
+            ring: feed.ring,
+            sent_through: feed.sent_through,
+        }
     }
 }
 
@@ -123,7 +144,7 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
                 }
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
                 Item::Queued(Outbound::Subscribe(feed)) => {
-                    sources.rings.push(*feed);
+                    sources.rings.push(Source::from(*feed));
                     next = try_next(sources, status);
                     continue;
                 }
@@ -192,7 +213,7 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
 }
 
 /// The next item of one topic, if one is waiting.
-fn try_feed(feed: &mut Feed) -> Option<Item> {
+fn try_feed(feed: &mut Source) -> Option<Item> {
     loop {
         match feed.ring.try_recv() {
             Ok(event) => {
@@ -214,7 +235,7 @@ fn try_feed(feed: &mut Feed) -> Option<Item> {
 /// first event past the catch-up ends the skipping, as does a `reset`
 /// (offsets count from a new epoch after it). A frame without an offset
 /// (published with no history) passes and changes nothing.
-fn pass(feed: &mut Feed, event: Event) -> Option<Frame> {
+fn pass(feed: &mut Source, event: Event) -> Option<Frame> {
     if feed.sent_through != 0 {
         match event.offset {
             Event::PLAIN => {}
@@ -228,7 +249,7 @@ fn pass(feed: &mut Feed, event: Event) -> Option<Frame> {
 
 /// Waits for the next event of any ring. With one ring (the usual case) it
 /// waits on it directly; with several it waits on all at once.
-async fn next_event(rings: &mut Vec<Feed>) -> Item {
+async fn next_event(rings: &mut Vec<Source>) -> Item {
     loop {
         let (received, at) = match rings.as_mut_slice() {
             [] => return std::future::pending().await,
