@@ -135,6 +135,17 @@ struct Topic {
     track: Option<StdMutex<Track>>,
 }
 
+impl Topic {
+    /// The ring's generation and epoch (0 and none for a topic without
+    /// history).
+    fn position(&self) -> (u64, Option<String>) {
+        self.track.as_ref().map_or((0, None), |track| {
+            let track = track.lock().expect("track lock poisoned");
+            (track.generation(), track.epoch().map(str::to_owned))
+        })
+    }
+}
+
 impl Registry {
     fn new(backlog: usize, counters: Arc<Counters>) -> Self {
         Self {
@@ -249,10 +260,7 @@ impl Registry {
     fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {
         let topics = self.topics.read().expect("registry lock poisoned");
         let entry = topics.get(topic)?;
-        let (generation, epoch) = entry.track.as_ref().map_or((0, None), |track| {
-            let track = track.lock().expect("track lock poisoned");
-            (track.generation(), track.epoch().map(str::to_owned))
-        });
+        let (generation, epoch) = entry.position();
         Some((entry.ring.subscribe(), generation, epoch))
     }
 
@@ -268,9 +276,7 @@ impl Registry {
         {
             let entry = topics.get_mut(topic).expect("present: just found");
             entry.subscribers += 1;
-            let generation = entry.track.as_ref().map_or(0, |track| {
-                track.lock().expect("track lock poisoned").generation()
-            });
+            let (generation, _) = entry.position();
             return Added {
                 name,
                 ring: entry.ring.subscribe(),

@@ -206,6 +206,10 @@ fn entry(value: Value) -> Option<Sequenced> {
 /// `<offset>:<epoch>:<frame>`; `None` for a plain frame (which starts with
 /// `{`).
 pub(super) fn sequenced(payload: &[u8]) -> Option<(u64, &str, usize)> {
+    // Most messages are plain frames: one look tells them apart.
+    if !payload.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
     let digits = payload.iter().position(|&b| b == b':')?;
     let offset = std::str::from_utf8(&payload[..digits]).ok()?.parse().ok()?;
     let rest = &payload[digits + 1..];
