@@ -29,6 +29,9 @@
 //! cargo run --example chat -- generate clients/typescript/generated
 //! ```
 //!
+//! Every room lists who is in it: the page asks `$presence` and follows the
+//! `join` and `leave` events.
+//!
 //! For the demo, the token is the user's name: any non-empty name is
 //! accepted. The room `admin` is only for the user `admin` (403 for anyone
 //! else), to show topic authorization. Ctrl-C or SIGTERM close every socket
@@ -42,6 +45,7 @@ use axum::routing::get;
 use realtime::auth::validate_with;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
+use realtime::presence::{PresencePolicy, Tracking};
 use realtime::{AuthError, Broker, MemoryBroker, RedisBroker, Service};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -215,6 +219,7 @@ async fn serve<B: Broker>(
     let service = Service::builder(Chat, (), demo_validator())
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
+        .presence(presence_policy()?)
         .build()?;
     let mut app = Chat::router(service.clone())
         .route("/", get(|| async { Html(include_str!("index.html")) }));
@@ -242,6 +247,22 @@ async fn serve<B: Broker>(
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
+/// Every room tracks who is in it and announces joins and leaves (rooms of
+/// a demo are small). `PRESENCE_TTL_SECS` shortens how long a crashed
+/// instance's users stay listed (default 30 s, plus a third).
+fn presence_policy() -> Result<PresencePolicy, String> {
+    let policy = PresencePolicy::none().track("*", Tracking::Announced);
+    match std::env::var("PRESENCE_TTL_SECS") {
+        Ok(secs) => {
+            let secs: u64 = secs.parse().map_err(|_| {
+                format!("PRESENCE_TTL_SECS must be a number of seconds, got `{secs}`")
+            })?;
+            Ok(policy.ttl(Duration::from_secs(secs)))
+        }
+        Err(_) => Ok(policy),
+    }
+}
+
 async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -170,6 +170,11 @@ pub enum ConfigError {
     /// but its broker cannot (`Broker::supports_history` is false).
     #[error("the history policy names topics, but the broker keeps no history")]
     HistoryUnsupported,
+    /// The service tracks presence for some topics
+    /// (`ServiceBuilder::presence`) but its broker cannot
+    /// (`Broker::supports_presence` is false).
+    #[error("the presence policy names topics, but the broker keeps no presence")]
+    PresenceUnsupported,
 }
 
 impl Config {

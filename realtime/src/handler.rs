@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::connection::{ConnectionId, Outbox};
 use crate::history::{History, HistoryError};
+use crate::presence::{Presence, PresenceError};
 use crate::protocol::{self, Frame, error_code};
 
 /// Where [`Context::publish`] sends an event: the service, as a handler
@@ -32,6 +33,12 @@ pub(crate) trait Publish: Send + Sync {
         since: Option<u64>,
         limit: usize,
     ) -> Pin<Box<dyn Future<Output = Result<History, HistoryError>> + Send + 'a>>;
+
+    /// Reads a topic's presence, as `Service::presence`.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Presence, PresenceError>> + Send + 'a>>;
 }
 
 /// What a handler sees of the connection a message came from.
@@ -216,6 +223,41 @@ impl<S, U> Context<S, U> {
                 )
                 .with_source(error)
             })
+    }
+
+    /// Who is subscribed to `topic`, on every instance, as
+    /// [`Service::presence`](crate::Service::presence) says. The handler
+    /// decides who may ask: `$presence` from a client checks
+    /// `authorize_topic` first, this does not.
+    ///
+    /// # Errors
+    ///
+    /// A [`HandlerError`] with code 400 when the service does not track
+    /// `topic`'s presence, 503 when the broker could not be read: the
+    /// answer a `#[direct]` method would give the client.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::{Context, HandlerError};
+    ///
+    /// /// How many people are in this room.
+    /// async fn headcount(ctx: &Context<(), String>) -> Result<usize, HandlerError> {
+    ///     Ok(ctx.presence(ctx.topic()).await?.users.len())
+    /// }
+    /// ```
+    pub async fn presence(&self, topic: &str) -> Result<Presence, HandlerError> {
+        self.publisher.presence(topic).await.map_err(|error| {
+            let code = match error {
+                PresenceError::NotTracked(_) => error_code::BAD_REQUEST,
+                _ => error_code::UNAVAILABLE,
+            };
+            HandlerError::new(
+                code,
+                format!("cannot read the presence of `{topic}`: {error}"),
+            )
+            .with_source(error)
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::pattern::Pattern;
 use crate::protocol::Frame;
 
 /// How much of a topic's past to keep: the last `size` events, for `ttl`
@@ -87,12 +88,6 @@ pub struct HistoryPolicy {
 
 type Hook = dyn Fn(&str) -> Option<Retention> + Send + Sync;
 
-#[derive(Debug, Clone)]
-enum Pattern {
-    Exact(Box<str>),
-    Prefix(Box<str>),
-}
-
 impl HistoryPolicy {
     /// No topic keeps history.
     pub fn none() -> Self {
@@ -101,11 +96,7 @@ impl HistoryPolicy {
 
     /// Topics matching `pattern` (a name, or a prefix and `*`) keep `retention`.
     pub fn keep(mut self, pattern: &str, retention: Retention) -> Self {
-        let pattern = match pattern.strip_suffix('*') {
-            Some(prefix) => Pattern::Prefix(prefix.into()),
-            None => Pattern::Exact(pattern.into()),
-        };
-        self.rules.push((pattern, retention));
+        self.rules.push((Pattern::new(pattern), retention));
         self
     }
 
@@ -125,10 +116,10 @@ impl HistoryPolicy {
 
     /// How much of `topic`'s past to keep; `None`: nothing.
     pub fn retention(&self, topic: &str) -> Option<Retention> {
-        let rule = self.rules.iter().find(|(pattern, _)| match pattern {
-            Pattern::Exact(name) => **name == *topic,
-            Pattern::Prefix(prefix) => topic.starts_with(&**prefix),
-        });
+        let rule = self
+            .rules
+            .iter()
+            .find(|(pattern, _)| pattern.matches(topic));
         match rule {
             Some((_, retention)) => Some(*retention),
             None => self.hook.as_ref().and_then(|decide| decide(topic)),

@@ -79,6 +79,8 @@ mod connection;
 pub mod describe;
 pub mod handler;
 pub mod history;
+mod pattern;
+pub mod presence;
 pub mod protocol;
 pub mod route;
 pub mod serve;

@@ -146,6 +146,9 @@ pub(crate) enum Control {
     },
     /// `{"type": "$leave", "data": {"topic": "room:2"}}`
     Leave { topic: String },
+    /// `{"type": "$presence", "data": {"topic": "lobby"}}`, answered with
+    /// the topic's [`Presence`](crate::presence::Presence).
+    Presence { topic: String },
     /// `{"type": "$ping", "id": 3}`, answered `{"reply_to": 3, "ok": "pong"}`:
     /// a client's heartbeat. Browsers neither show the server's WebSocket
     /// pings to a page nor let it send its own, so a client that wants to
@@ -168,6 +171,8 @@ impl Control {
     pub(crate) const LEAVE: &'static str = "$leave";
     /// The wire name of the heartbeat request.
     pub(crate) const PING: &'static str = "$ping";
+    /// The wire name of the presence request.
+    pub(crate) const PRESENCE: &'static str = "$presence";
 
     /// Reads a frame whose type starts with [`RESERVED_PREFIX`].
     pub(crate) fn decode<'a>(request: &Request<'a>) -> Result<Self, FrameError<'a>> {
@@ -175,13 +180,14 @@ impl Control {
         if kind == Self::PING {
             return Ok(Self::Ping);
         }
-        if kind != Self::JOIN && kind != Self::LEAVE {
+        if kind != Self::JOIN && kind != Self::LEAVE && kind != Self::PRESENCE {
             return Err(FrameError {
                 id: request.id,
                 message: format!(
-                    "unknown control message `{kind}`; known: `{}`, `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
+                    "unknown control message `{kind}`; known: `{}`, `{}`, `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
                     Self::JOIN,
                     Self::LEAVE,
+                    Self::PRESENCE,
                     Self::PING
                 ),
             });
@@ -198,10 +204,10 @@ impl Control {
                 ),
             });
         }
-        Ok(if kind == Self::JOIN {
-            Self::Join { topic, since }
-        } else {
-            Self::Leave { topic }
+        Ok(match kind {
+            Self::JOIN => Self::Join { topic, since },
+            Self::LEAVE => Self::Leave { topic },
+            _ => Self::Presence { topic },
         })
     }
 }
@@ -455,6 +461,23 @@ pub(crate) fn reset_frame(topic: &str, position: &Position) -> Frame {
     Frame::from(position_frame(topic, "reset", position))
 }
 
+/// `{"topic":<topic>,`: the start of a `join` or `leave` frame, which a
+/// broker completes with [`presence_frame`] (the Redis broker's script
+/// does the same in Lua).
+pub(crate) fn presence_head(topic: &str) -> String {
+    let mut text = String::with_capacity(12 + topic.len());
+    text.push_str("{\"topic\":");
+    text.push_str(&serde_json::to_string(topic).expect("a string always serializes"));
+    text.push(',');
+    text
+}
+
+/// `{"topic": <topic>, "<join|leave>": {"user": <user as JSON>}}`, from
+/// [`presence_head`].
+pub(crate) fn presence_frame(head: &str, kind: &str, user: &str) -> Frame {
+    Frame::from(format!("{head}\"{kind}\":{{\"user\":{user}}}}}"))
+}
+
 /// `{"topic": <topic>, "<name>": {"offset": .., "epoch": ..}}`.
 fn position_frame(topic: &str, name: &str, position: &Position) -> String {
     let mut text = String::with_capacity(64 + topic.len());
@@ -683,6 +706,18 @@ mod control_tests {
             control(r#"{"type":"$leave","data":{"topic":"a"}}"#),
             Ok(Control::Leave { topic: "a".into() })
         );
+        assert_eq!(
+            control(r#"{"type":"$presence","data":{"topic":"a"}}"#),
+            Ok(Control::Presence { topic: "a".into() })
+        );
+    }
+
+    #[test]
+    fn presence_frames_escape_the_topic() {
+        let frame = presence_frame(&presence_head("a\"b"), "join", r#""carol""#);
+        let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(value["topic"], "a\"b");
+        assert_eq!(value["join"]["user"], "carol");
     }
 
     #[test]
@@ -701,7 +736,7 @@ mod control_tests {
     fn refuses_an_unknown_control_message() {
         assert_eq!(
             control(r#"{"type":"$subscribe"}"#),
-            Err("unknown control message `$subscribe`; known: `$join`, `$leave`, `$ping`; type names starting with `$` are reserved".into())
+            Err("unknown control message `$subscribe`; known: `$join`, `$leave`, `$presence`, `$ping`; type names starting with `$` are reserved".into())
         );
     }
 }

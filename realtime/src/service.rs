@@ -18,8 +18,14 @@ use crate::connection::{
 };
 use crate::handler::{Context, HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
+use crate::presence::keeper::{self, Keeper};
+use crate::presence::{Presence, PresenceError, PresencePolicy, Tracking};
 use crate::protocol::{self, Frame};
 use crate::track::{ReadFrom, Track};
+
+/// The longest [`Service::shutdown`] waits for the broker to remove the
+/// instance's presence entries.
+pub const SHUTDOWN_PRESENCE_WAIT: Duration = Duration::from_secs(2);
 
 /// Reads of the history that fill gaps in rings, at most at once per
 /// instance.
@@ -82,10 +88,16 @@ impl<H: MessageHandler, B: Broker + fmt::Debug> fmt::Debug for Service<H, B> {
 struct Inner<H: MessageHandler, B> {
     handler: H,
     state: Arc<H::AppState>,
-    broker: B,
+    /// Shared with the presence keeper's task.
+    broker: Arc<B>,
     validator: Authenticator<H::UserId>,
     config: Config,
     history: HistoryPolicy,
+    presence: PresencePolicy,
+    /// A user id as JSON, for presence; set with the policy, where the
+    /// user id type is known to serialize.
+    user_json: Option<UserJson<H::UserId>>,
+    keeper: Keeper,
     registry: Arc<Registry>,
     /// Topics this instance is subscribed to at the broker. The lock is held
     /// across the broker call, so that subscribes and unsubscribes of one
@@ -97,6 +109,9 @@ struct Inner<H: MessageHandler, B> {
     shutdown: Signal,
     counters: Arc<Counters>,
 }
+
+/// Writes a user id as JSON.
+type UserJson<U> = fn(&U) -> Result<String, serde_json::Error>;
 
 /// The topics with local subscribers, each with its ring: what a broker's
 /// frames fan out to.
@@ -351,6 +366,8 @@ pub struct ServiceBuilder<H: MessageHandler, B> {
     broker: B,
     config: Config,
     history: HistoryPolicy,
+    presence: PresencePolicy,
+    user_json: Option<UserJson<H::UserId>>,
 }
 
 impl<H: MessageHandler, B: fmt::Debug> fmt::Debug for ServiceBuilder<H, B> {
@@ -381,6 +398,8 @@ impl<H: MessageHandler> Service<H, MemoryBroker> {
             broker: MemoryBroker::new(),
             config: Config::default(),
             history: HistoryPolicy::none(),
+            presence: PresencePolicy::none(),
+            user_json: None,
         }
     }
 }
@@ -395,6 +414,8 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
             broker,
             config: self.config,
             history: self.history,
+            presence: self.presence,
+            user_json: self.user_json,
         }
     }
 
@@ -433,6 +454,40 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
         self
     }
 
+    /// Tracks presence in the topics `policy` names: `$presence` and
+    /// [`Service::presence`] say who is subscribed, on every instance, and
+    /// topics with [`Tracking::Announced`] send `join` and `leave` events.
+    /// Users are told apart by their id, written as JSON.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// use realtime::auth::validate_with;
+    /// use realtime::presence::{PresencePolicy, Tracking};
+    ///
+    /// let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
+    ///     .presence(PresencePolicy::none().track("room:*", Tracking::Announced))
+    ///     .build()
+    ///     .expect("the default config is valid");
+    /// # let _ = service;
+    /// ```
+    pub fn presence(mut self, policy: PresencePolicy) -> Self
+    where
+        H::UserId: serde::Serialize,
+    {
+        self.presence = policy;
+        self.user_json = Some(serde_json::to_string);
+        self
+    }
+
     /// Validates the config, attaches the broker and returns the service.
     ///
     /// # Errors
@@ -443,6 +498,9 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
         self.config.validate()?;
         if self.history.keeps_any() && !self.broker.supports_history() {
             return Err(ConfigError::HistoryUnsupported);
+        }
+        if self.presence.tracks_any() && !self.broker.supports_presence() {
+            return Err(ConfigError::PresenceUnsupported);
         }
         let counters = Arc::<Counters>::default();
         let registry = Arc::new(Registry::new(
@@ -458,10 +516,13 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
             Inner {
                 handler: self.handler,
                 state: self.state,
-                broker: self.broker,
+                broker: Arc::new(self.broker),
                 validator: self.validator,
                 config: self.config,
                 history: self.history,
+                presence: self.presence,
+                user_json: self.user_json,
+                keeper: Keeper::new(),
                 registry,
                 subscribed: Mutex::default(),
                 next_id: AtomicU64::new(1),
@@ -514,6 +575,14 @@ impl<H: MessageHandler, B: Broker> Fanout for Fan<H, B> {
     fn reconnected(&self) {
         for topic in self.registry.hold_all() {
             self.spawn_gap_fill(topic);
+        }
+        // The broker may have lost every entry (a Redis restarted without
+        // its data): write this instance's again now, not at the next
+        // refresh.
+        if let Some(inner) = self.inner.upgrade()
+            && inner.keeper.started()
+        {
+            inner.tell_keeper(keeper::Message::Refresh);
         }
     }
 }
@@ -595,10 +664,19 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
 pub(crate) struct Subscription<H: MessageHandler, B: Broker> {
     inner: Arc<Inner<H, B>>,
     topic: Arc<str>,
+    /// The connection, if the topic tracks presence; 0 otherwise (ids
+    /// start at 1).
+    tracked: u64,
 }
 
 impl<H: MessageHandler, B: Broker> Drop for Subscription<H, B> {
     fn drop(&mut self) {
+        if self.tracked != 0 {
+            self.inner.tell_keeper(keeper::Message::Remove {
+                topic: Arc::clone(&self.topic),
+                conn: self.tracked,
+            });
+        }
         if self.inner.registry.remove(&self.topic) {
             Inner::release_topic(&self.inner, Arc::clone(&self.topic));
         }
@@ -701,9 +779,42 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         Ok(self.inner.history(topic, None, 0).await?.position)
     }
 
+    /// Who is subscribed to `topic`, on every instance.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError::NotTracked`] when the service's
+    /// [`PresencePolicy`] does not track `topic`;
+    /// [`PresenceError::Broker`] when the broker could not be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
+    /// # struct Chat;
+    /// # impl MessageHandler for Chat {
+    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
+    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
+    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
+    /// # }
+    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// async fn is_online(service: &Service<Chat>, user: &str) -> bool {
+    ///     match service.presence("lobby").await {
+    ///         Ok(presence) => presence.users.contains_key(user),
+    ///         Err(_) => false,
+    ///     }
+    /// }
+    /// ```
+    pub async fn presence(&self, topic: &str) -> Result<Presence, PresenceError> {
+        self.inner.presence(topic).await
+    }
+
     /// Closes every connection with 1001 once the answers already in flight
     /// are written, refuses new ones with 503, and resolves when the last
-    /// connection has ended.
+    /// connection has ended. Then the instance's presence entries are
+    /// removed (their linger cut short), waiting at most the broker's
+    /// answer or [`SHUTDOWN_PRESENCE_WAIT`]; entries it could not remove
+    /// expire with their time to live.
     ///
     /// Wrap it in [`tokio::time::timeout`] to bound the wait.
     pub async fn shutdown(&self) {
@@ -711,6 +822,11 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         let mut open = self.inner.open.subscribe();
         // The sender lives in `inner`, so the channel cannot close here.
         let _ = open.wait_for(|open| *open == 0).await;
+        if self.inner.keeper.started() {
+            let (done, flushed) = tokio::sync::oneshot::channel();
+            self.inner.tell_keeper(keeper::Message::Flush(done));
+            let _ = tokio::time::timeout(SHUTDOWN_PRESENCE_WAIT, flushed).await;
+        }
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -849,7 +965,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
-        let (topic, subscription, feed) = Inner::subscribe(&self.inner, topic, since).await?;
+        let (topic, subscription, feed) =
+            Inner::subscribe(&self.inner, topic, since, id, &user).await?;
         Ok(Accepted {
             id,
             topic,
@@ -909,6 +1026,22 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
 }
 
 impl<H: MessageHandler, B: Broker> Inner<H, B> {
+    /// Hands a change of this instance's presence to its keeper.
+    fn tell_keeper(&self, message: keeper::Message) {
+        self.keeper.send(&self.broker, &self.presence, message);
+    }
+
+    /// `topic`'s presence on every instance.
+    async fn presence(&self, topic: &str) -> Result<Presence, PresenceError> {
+        let tracking = self
+            .presence
+            .tracking(topic)
+            .filter(|_| self.user_json.is_some())
+            .ok_or_else(|| PresenceError::NotTracked(topic.to_owned()))?;
+        let announce = tracking == Tracking::Announced;
+        Ok(self.broker.presence(topic, announce).await?)
+    }
+
     /// Publishes an event frame: with its position and into the history if
     /// the policy keeps `topic`'s, as it is otherwise.
     async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
@@ -941,8 +1074,21 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         inner: &Arc<Self>,
         topic: &str,
         since: Option<&Position>,
+        conn: ConnectionId,
+        user: &H::UserId,
     ) -> Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError> {
         let history = inner.history.retention(topic);
+        // Before the broker call: a user id that does not serialize is
+        // refused before anything is held for it.
+        let tracked = match (inner.presence.tracking(topic), inner.user_json) {
+            (Some(tracking), Some(user_json)) => {
+                let user: Arc<str> = user_json(user)
+                    .map_err(|error| BrokerError::Invalid(Box::new(error)))?
+                    .into();
+                Some((tracking, user))
+            }
+            _ => None,
+        };
         let mut subscribed = inner.subscribed.lock().await;
         let first = !subscribed.contains(topic);
         if first {
@@ -961,7 +1107,16 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let subscription = Subscription {
             inner: Arc::clone(inner),
             topic: Arc::clone(&topic),
+            tracked: if tracked.is_some() { conn.0 } else { 0 },
         };
+        if let Some((tracking, user)) = tracked {
+            inner.tell_keeper(keeper::Message::Add {
+                topic: Arc::clone(&topic),
+                conn: conn.0,
+                user,
+                announce: tracking == Tracking::Announced,
+            });
+        }
         if new && history.is_some() {
             // The ring's position, read after the broker subscribed and
             // before the lock is let go: any later subscriber reads the
@@ -1140,6 +1295,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
 
 impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
     type Subscription = Subscription<H, B>;
+    type User = H::UserId;
 
     fn counters(&self) -> &Counters {
         &self.counters
@@ -1157,9 +1313,18 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         &self,
         topic: &str,
         since: Option<&Position>,
+        conn: ConnectionId,
+        user: &H::UserId,
     ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError>>
     + Send {
-        Inner::subscribe(self, topic, since)
+        Inner::subscribe(self, topic, since, conn, user)
+    }
+
+    fn presence(
+        &self,
+        topic: &str,
+    ) -> impl std::future::Future<Output = Result<Presence, PresenceError>> + Send {
+        Inner::presence(self, topic)
     }
 }
 
@@ -1191,6 +1356,15 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
         Box<dyn std::future::Future<Output = Result<History, HistoryError>> + Send + 'a>,
     > {
         Box::pin(Inner::history(self, topic, since, limit))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Presence, PresenceError>> + Send + 'a>,
+    > {
+        Box::pin(Inner::presence(self, topic))
     }
 }
 

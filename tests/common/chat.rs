@@ -46,7 +46,13 @@ pub(crate) fn start_chat(redis_url: &str) -> (Process, u16) {
 }
 
 pub(crate) fn start_chat_on(redis_url: &str, port: u16) -> Process {
+    start_chat_with(redis_url, port, &[])
+}
+
+/// The chat on `port` with more environment variables.
+pub(crate) fn start_chat_with(redis_url: &str, port: u16, env: &[(&str, &str)]) -> Process {
     let child = Command::new(chat_binary())
+        .envs(env.iter().copied())
         .env("PORT", port.to_string())
         .env("REDIS_URL", redis_url)
         .env("RUST_LOG", "warn")

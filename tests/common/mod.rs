@@ -22,6 +22,7 @@ use realtime::broker::Broker;
 use realtime::broker::RedisConfig;
 use realtime::broker::redis::RedisMetrics;
 use realtime::history::HistoryPolicy;
+use realtime::presence::PresencePolicy;
 use realtime::testing::{TestClient, TestServer};
 use realtime::{Config, RedisBroker, Service};
 use serde_json::{Value, json};
@@ -465,10 +466,25 @@ impl<B: Broker> Node<B> {
 
     /// Serves a service on `broker` with `policy` and `config`.
     pub(crate) async fn serve(broker: B, policy: HistoryPolicy, config: Config) -> Self {
+        Self::serve_all(broker, policy, PresencePolicy::none(), config).await
+    }
+
+    /// Serves a service on `broker` that tracks presence as `policy` says.
+    pub(crate) async fn with_presence(broker: B, policy: PresencePolicy) -> Self {
+        Self::serve_all(broker, HistoryPolicy::none(), policy, Config::default()).await
+    }
+
+    async fn serve_all(
+        broker: B,
+        history: HistoryPolicy,
+        presence: PresencePolicy,
+        config: Config,
+    ) -> Self {
         let hooks = std::sync::Arc::new(Hooks::default());
         let service = Service::builder(Room, hooks, validate_with(|t: &str| Ok(t.to_owned())))
             .with_broker(broker)
-            .history(policy)
+            .history(history)
+            .presence(presence)
             .config(config)
             .build()
             .expect("a valid config");

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use super::{Broker, BrokerError, Incoming};
 use crate::history::{self, History, Position, Retention, Sequenced};
-use crate::protocol::Frame;
+use crate::presence::table::{Change, Table};
+use crate::presence::{Presence, PresenceUpdate};
+use crate::protocol::{self, Frame};
 
 /// Appends and reads between two sweeps of expired histories: often enough
 /// that abandoned topics do not pile up, rare enough to cost nothing per
@@ -22,6 +24,8 @@ const SWEEP_EVERY: u64 = 1024;
 /// a publish has reached every one when it returns. One topic's publishes
 /// reach every node in one order: each holds the topic's lock while it
 /// delivers, so two publishers cannot interleave differently per node.
+///
+/// Presence is one table per topic, with the same expiry as in Redis.
 ///
 /// Topics with history keep their last events in a ring per topic, with an
 /// offset and an epoch, as Redis keeps them in a stream; a history expires
@@ -58,6 +62,9 @@ struct Hub {
     /// Topic -> its history. Held while an event with history is delivered,
     /// so offsets and delivery have one order.
     histories: Mutex<Histories>,
+    /// Topic -> who is in it. Held while joins and leaves are delivered, so
+    /// that they reach every node in one order.
+    presences: Mutex<HashMap<Box<str>, Table>>,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +251,48 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn supports_presence(&self) -> bool {
+        true
+    }
+
+    async fn update_presence(
+        &self,
+        topic: &str,
+        update: PresenceUpdate<'_>,
+    ) -> Result<(), BrokerError> {
+        let mut presences = self
+            .hub
+            .presences
+            .lock()
+            .expect("memory broker lock poisoned");
+        let table = presences.entry(topic.into()).or_default();
+        let changes = table.apply(Instant::now(), &update);
+        if table.is_empty() {
+            presences.remove(topic);
+        }
+        if update.announce {
+            self.hub.announce(topic, &changes);
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, topic: &str, announce: bool) -> Result<Presence, BrokerError> {
+        let mut presences = self
+            .hub
+            .presences
+            .lock()
+            .expect("memory broker lock poisoned");
+        let Some(table) = presences.get_mut(topic) else {
+            return Ok(Presence::default());
+        };
+        let mut changes = Vec::new();
+        table.sweep(Instant::now(), &mut changes);
+        if announce {
+            self.hub.announce(topic, &changes);
+        }
+        Ok(table.presence())
+    }
+
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         let (index, incoming) = self.member()?;
         let mut topics = self
@@ -277,6 +326,31 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+}
+
+impl Hub {
+    /// Delivers `changes` of `topic`'s presence as `join` and `leave` frames
+    /// to its subscribed nodes; called under the presences' lock.
+    fn announce(&self, topic: &str, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let topics = self.topics.read().expect("memory broker lock poisoned");
+        let Some(members) = topics.get(topic) else {
+            return;
+        };
+        let members = members.lock().expect("memory broker lock poisoned");
+        let head = protocol::presence_head(topic);
+        for change in changes {
+            let frame = match change {
+                Change::Join(user) => protocol::presence_frame(&head, "join", user),
+                Change::Leave(user) => protocol::presence_frame(&head, "leave", user),
+            };
+            for (_, incoming) in members.iter() {
+                incoming.deliver(topic, frame.clone());
+            }
+        }
     }
 }
 

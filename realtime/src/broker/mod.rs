@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::history::{History, Position, Retention};
+use crate::presence::{Presence, PresenceUpdate};
 use crate::protocol::Frame;
 
 mod memory;
@@ -136,6 +137,67 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<History, BrokerError>> + Send {
         let _ = (topic, since, limit, retention);
         std::future::ready(Err(BrokerError::Unsupported("history")))
+    }
+
+    /// Whether [`update_presence`](Self::update_presence) and
+    /// [`presence`](Self::presence) work; a service with a presence policy
+    /// refuses to build on a broker without them. The default: false.
+    fn supports_presence(&self) -> bool {
+        false
+    }
+
+    /// Applies one instance's batch of changes to `topic`'s presence in one
+    /// step, after dropping the entries whose time to live passed; with
+    /// `update.announce`, sends the joins and leaves it causes to the
+    /// topic's subscribers (see [`PresenceUpdate`]).
+    ///
+    /// The default refuses: a broker without presence support.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use realtime::{Broker, MemoryBroker};
+    /// use realtime::broker::Incoming;
+    /// use realtime::presence::PresenceUpdate;
+    /// use realtime::protocol::Frame;
+    ///
+    /// # block_on(async {
+    /// let broker = MemoryBroker::new();
+    /// broker.attach(Incoming::new(|_: &str, _: Frame| {}));
+    /// let joined = [("node1:7".to_owned(), "\"alice\"".into())];
+    /// let update = PresenceUpdate::new(&joined, &[], Duration::from_secs(30), false);
+    /// broker.update_presence("lobby", update).await?;
+    /// let presence = broker.presence("lobby", false).await?;
+    /// assert_eq!(presence.users["alice"], 1);
+    /// # Ok::<(), realtime::BrokerError>(())
+    /// # }).unwrap();
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    fn update_presence(
+        &self,
+        topic: &str,
+        update: PresenceUpdate<'_>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (topic, update);
+        std::future::ready(Err(BrokerError::Unsupported("presence")))
+    }
+
+    /// Reads `topic`'s presence across every instance, after dropping the
+    /// entries whose time to live passed (announcing the leaves that causes
+    /// when `announce` is set).
+    ///
+    /// The default refuses: a broker without presence support. See
+    /// [`update_presence`](Self::update_presence) for an example.
+    fn presence(
+        &self,
+        topic: &str,
+        announce: bool,
+    ) -> impl Future<Output = Result<Presence, BrokerError>> + Send {
+        let _ = (topic, announce);
+        std::future::ready(Err(BrokerError::Unsupported("presence")))
     }
 }
 

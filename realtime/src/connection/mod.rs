@@ -21,6 +21,7 @@ use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, MessageHandler};
 use crate::history::Position;
+use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
 
 mod outbox;
@@ -40,6 +41,9 @@ pub(crate) trait Topics: Send + Sync {
     /// unsubscribes.
     type Subscription: Send;
 
+    /// Who connections are: the handler's user id.
+    type User;
+
     /// The service's counters, which a publish moves.
     fn counters(&self) -> &Counters;
 
@@ -55,11 +59,19 @@ pub(crate) trait Topics: Send + Sync {
     /// name, the subscription and the feed for the write task: the topic's
     /// ring, which holds every event published from now on, and for a topic
     /// with history what the client missed since `since`.
+    /// `conn` of `user` counts in the topic's presence while the
+    /// subscription lasts, if the topic tracks presence.
     fn subscribe(
         &self,
         topic: &str,
         since: Option<&Position>,
+        conn: ConnectionId,
+        user: &Self::User,
     ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Feed), BrokerError>> + Send;
+
+    /// Who is subscribed to `topic`, on every instance.
+    fn presence(&self, topic: &str)
+    -> impl Future<Output = Result<Presence, PresenceError>> + Send;
 }
 
 /// What every connection of one service shares.
@@ -139,7 +151,7 @@ pub(crate) fn run<'a, H, T>(
 ) -> impl Future<Output = ()> + 'a
 where
     H: MessageHandler,
-    T: Topics + 'a,
+    T: Topics<User = H::UserId> + 'a,
 {
     async move {
         // Fields are used in place, not bound to locals: a binding would be a

@@ -18,6 +18,7 @@ use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::history::Position;
+use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 
 /// How the read loop ended.
@@ -35,7 +36,7 @@ pub(super) enum End {
 
 /// One connection's read side: the handler, where events go, the
 /// subscriptions, the rate limit and the answers still waiting.
-pub(super) struct Reader<'a, H: MessageHandler, T: Topics> {
+pub(super) struct Reader<'a, H: MessageHandler, T: Topics<User = H::UserId>> {
     handler: &'a H,
     topics: &'a T,
     /// `ctx.topic` is the topic of the message being handled: the URL's, or
@@ -47,7 +48,7 @@ pub(super) struct Reader<'a, H: MessageHandler, T: Topics> {
     config: &'a Config,
 }
 
-impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
+impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     pub(super) fn new(
         handler: &'a H,
         topics: &'a T,
@@ -76,7 +77,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
 /// Reads and handles frames until the connection ends. On a close by the
 /// server, the answers still waiting are sent first (within the close
 /// timeout). Dropping the reader afterwards ends its subscriptions.
-pub(super) async fn read<H: MessageHandler, T: Topics>(
+pub(super) async fn read<H: MessageHandler, T: Topics<User = H::UserId>>(
     reader: &mut Reader<'_, H, T>,
     stream: &mut SplitStream<WebSocket>,
     shutdown: &Signal,
@@ -97,7 +98,7 @@ pub(super) async fn read<H: MessageHandler, T: Topics>(
     end
 }
 
-impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
+impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, shutdown: &Signal) -> End {
         let config = self.config;
         let status = Arc::clone(self.ctx.outbox.status());
@@ -284,6 +285,7 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
         match Control::decode(request) {
             Ok(Control::Join { topic, since }) => self.join(id, &topic, since.as_ref()).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
+            Ok(Control::Presence { topic }) => self.presence(id, &topic).await,
             Ok(Control::Ping) => {
                 if let Some(id) = id {
                     let pong = RawValue::from_string("\"pong\"".to_owned()).expect("a JSON string");
@@ -323,7 +325,11 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             let message = format!("forbidden topic `{topic}`");
             return self.fail(id, error_code::FORBIDDEN, &message);
         }
-        match self.topics.subscribe(topic, since).await {
+        let subscribed = self
+            .topics
+            .subscribe(topic, since, self.ctx.conn_id, self.ctx.user_id())
+            .await;
+        match subscribed {
             Ok((name, subscription, feed)) => {
                 self.ctx.outbox.subscribe(feed);
                 self.subscriptions.add(Arc::clone(&name), subscription);
@@ -337,6 +343,40 @@ impl<'a, H: MessageHandler, T: Topics> Reader<'a, H, T> {
             Err(error) => {
                 tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "subscribe failed");
                 let message = format!("cannot subscribe to `{topic}` now: {error}");
+                self.fail(id, error_code::UNAVAILABLE, &message);
+            }
+        }
+    }
+
+    /// Answers who is subscribed to `topic`, on every instance: for a
+    /// connection that may subscribe to it.
+    async fn presence(&mut self, id: Option<&RawValue>, topic: &str) {
+        if let Err(message) = self.check_topic_length(topic) {
+            return self.fail(id, error_code::BAD_REQUEST, &message);
+        }
+        // A topic the connection follows was authorized when it subscribed.
+        let allowed = self.subscriptions.find(topic).is_some()
+            || self
+                .handler
+                .authorize_topic(self.ctx.state(), self.ctx.user_id(), topic)
+                .await;
+        if !allowed {
+            let message = format!("forbidden topic `{topic}`");
+            return self.fail(id, error_code::FORBIDDEN, &message);
+        }
+        match self.topics.presence(topic).await {
+            Ok(presence) => {
+                let value =
+                    serde_json::value::to_raw_value(&presence).expect("presence always serializes");
+                self.answer(protocol::reply_frame(id, &value));
+            }
+            Err(PresenceError::NotTracked(_)) => {
+                let message = format!("presence is not tracked for topic `{topic}`");
+                self.fail(id, error_code::BAD_REQUEST, &message);
+            }
+            Err(PresenceError::Broker(error)) => {
+                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "presence read failed");
+                let message = format!("cannot read the presence of `{topic}` now: {error}");
                 self.fail(id, error_code::UNAVAILABLE, &message);
             }
         }

@@ -87,6 +87,18 @@ impl Publisher {
         }
     }
 
+    /// Runs the presence script (see `script::presence`).
+    pub(super) async fn presence(
+        &mut self,
+        call: super::script::PresenceCall<'_>,
+        read: bool,
+    ) -> Result<crate::presence::Presence, RedisError> {
+        match &mut self.conn {
+            PublishConn::Single(conn) => super::script::presence(conn, call, read).await,
+            PublishConn::Cluster(conn) => super::script::presence(conn, call, read).await,
+        }
+    }
+
     /// Reads a topic's history.
     pub(super) async fn read(
         &mut self,

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Broker, BrokerError, Incoming};
 use crate::history::{self, History, Position, Retention};
-use crate::protocol::Frame;
+use crate::presence::{Presence, PresenceUpdate};
+use crate::protocol::{self, Frame};
 use metrics::{Counters, bump};
 use supervisor::{Command, Supervisor};
 
@@ -269,6 +270,35 @@ impl RedisBroker {
         })
     }
 
+    /// Runs the presence script on `topic` (see `script::presence`).
+    async fn run_presence(
+        &self,
+        topic: &str,
+        update: PresenceUpdate<'_>,
+        read: bool,
+    ) -> Result<Presence, BrokerError> {
+        let Some(mut publisher) = self.shared.publisher() else {
+            return Err(Unavailable::NotConnected.into());
+        };
+        let channel = self.shared.channel(topic);
+        let head = update.announce.then(|| protocol::presence_head(topic));
+        let call = script::PresenceCall {
+            keys: script::PresenceKeys::new(&self.shared.prefix, topic),
+            channel: &channel,
+            head: head.as_deref(),
+            update,
+            sharded: self.shared.sharded,
+        };
+        let done = publisher.presence(call, read).await;
+        done.map_err(|error| {
+            tracing::debug!(topic, %error, "presence call to Redis failed");
+            if error.is_unrecoverable_error() {
+                publisher.lost.notify_one();
+            }
+            broker_error(error, self.config.command_timeout)
+        })
+    }
+
     /// The publishing connection, or the error a publish answers while
     /// there is none.
     fn publisher(&self, topic: &str) -> Result<link::Publisher, BrokerError> {
@@ -382,6 +412,24 @@ impl Broker for RedisBroker {
             }
             broker_error(error, self.config.command_timeout)
         })
+    }
+
+    fn supports_presence(&self) -> bool {
+        true
+    }
+
+    async fn update_presence(
+        &self,
+        topic: &str,
+        update: PresenceUpdate<'_>,
+    ) -> Result<(), BrokerError> {
+        self.run_presence(topic, update, false).await.map(drop)
+    }
+
+    async fn presence(&self, topic: &str, announce: bool) -> Result<Presence, BrokerError> {
+        // An empty batch: the script only sweeps, then reads.
+        let update = PresenceUpdate::new(&[], &[], Duration::ZERO, announce);
+        self.run_presence(topic, update, true).await
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {

@@ -1,5 +1,6 @@
-//! The two Lua scripts behind history: one publishes and appends in one
-//! atomic step, one reads. Both are loaded when a connection opens and run
+//! The Lua scripts behind history and presence: one publishes and appends
+//! in one atomic step, one reads the history, one applies and reads
+//! presence. All are loaded when a connection opens and run
 //! by their SHA (`EVALSHA`); the redis crate loads them again on `NOSCRIPT`
 //! (a `SCRIPT FLUSH`, or a Redis that restarted under the connection).
 //!
@@ -16,6 +17,7 @@ use ::redis::{Script, Value};
 use bytes::Bytes;
 
 use crate::history::{self, History, Position, Retention, Sequenced};
+use crate::presence::{Presence, PresenceUpdate};
 use crate::protocol::Frame;
 
 /// Gives the event the topic's next offset, appends it to the stream
@@ -78,12 +80,156 @@ return {tonumber(meta[2]), meta[1], entries}
     )
 });
 
-/// Loads both scripts on a new connection, so that the first publish does
+/// Applies one instance's batch of presence changes to a topic, and with
+/// a flag reads the result. Keys: the clients (a hash of client → user as
+/// JSON), their expiry times (a sorted set, by Redis's clock in
+/// milliseconds) and the connections per user (a hash of user → count).
+///
+/// First it drops the clients whose time passed (at most 1000 per call, so
+/// that no call runs long; the next call takes the rest), then adds or
+/// refreshes the joined clients, then removes the left ones. A user whose
+/// count goes from 0 to 1 joins, and back to 0 leaves; with a head given,
+/// each is published on the topic's channel as
+/// `{"topic":..,"join":{"user":..}}`, in the same step, so every instance
+/// announces each once. All three keys expire two times to live after the
+/// last write, so a topic nobody refreshes leaves nothing behind.
+///
+/// ARGV: time to live (ms), head (`{"topic":..,` or empty: no events),
+/// channel, publish command, read flag (`1`: answer the users), number of
+/// joined clients, the joined clients and users in pairs, the left clients.
+static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local head = ARGV[2]
+local function announce(kind, user)
+  if head ~= '' then
+    redis.call(ARGV[4], ARGV[3], head .. '"' .. kind .. '":{"user":' .. user .. '}}')
+  end
+end
+local function remove(client)
+  local user = redis.call('HGET', KEYS[1], client)
+  redis.call('ZREM', KEYS[2], client)
+  if not user then return end
+  redis.call('HDEL', KEYS[1], client)
+  if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    announce('leave', user)
+  end
+end
+for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+  remove(client)
+end
+local joined = tonumber(ARGV[6])
+for i = 0, joined - 1 do
+  local client, user = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
+  if redis.call('HSETNX', KEYS[1], client, user) == 1 then
+    if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then
+      announce('join', user)
+    end
+  end
+  redis.call('ZADD', KEYS[2], now + ttl, client)
+end
+for i = 7 + 2 * joined, #ARGV do
+  remove(ARGV[i])
+end
+if joined > 0 then
+  for k = 1, 3 do
+    redis.call('PEXPIRE', KEYS[k], ttl * 2)
+  end
+end
+if ARGV[5] == '1' then
+  return redis.call('HGETALL', KEYS[3])
+end
+return redis.call('HLEN', KEYS[1])
+"#,
+    )
+});
+
+/// Loads the scripts on a new connection, so that the first publish does
 /// not pay for a `NOSCRIPT` round trip.
 pub(super) async fn load(conn: &mut impl ::redis::aio::ConnectionLike) -> ::redis::RedisResult<()> {
     APPEND.prepare_invoke().load_async(conn).await?;
     READ.prepare_invoke().load_async(conn).await?;
+    PRESENCE.prepare_invoke().load_async(conn).await?;
     Ok(())
+}
+
+/// A topic's three presence keys, with the topic's hash tag.
+pub(super) struct PresenceKeys([Vec<u8>; 3]);
+
+impl PresenceKeys {
+    pub(super) fn new(prefix: &[u8], topic: &str) -> Self {
+        Self([
+            tagged(prefix, topic, b"presence"),
+            tagged(prefix, topic, b"presence:expiry"),
+            tagged(prefix, topic, b"presence:users"),
+        ])
+    }
+}
+
+/// One call of the presence script.
+pub(super) struct PresenceCall<'a> {
+    pub(super) keys: PresenceKeys,
+    pub(super) channel: &'a [u8],
+    /// `{"topic":..,` if joins and leaves are announced.
+    pub(super) head: Option<&'a str>,
+    pub(super) update: PresenceUpdate<'a>,
+    pub(super) sharded: bool,
+}
+
+/// Runs the presence script: the number of clients, or with `read`
+/// every user's count.
+pub(super) async fn presence(
+    conn: &mut impl ::redis::aio::ConnectionLike,
+    call: PresenceCall<'_>,
+    read: bool,
+) -> ::redis::RedisResult<Presence> {
+    let [clients, expiry, users] = call.keys.0;
+    let mut invocation = PRESENCE.key(clients);
+    invocation
+        .key(expiry)
+        .key(users)
+        .arg(call.update.ttl.as_millis() as u64)
+        .arg(call.head.unwrap_or_default())
+        .arg(call.channel)
+        .arg(if call.sharded { "SPUBLISH" } else { "PUBLISH" })
+        .arg(if read { "1" } else { "0" })
+        .arg(call.update.joined.len());
+    for (client, user) in call.update.joined {
+        invocation.arg(client).arg(&**user);
+    }
+    for client in call.update.left {
+        invocation.arg(client);
+    }
+    if !read {
+        let clients: usize = invocation.invoke_async(conn).await?;
+        return Ok(Presence {
+            clients,
+            ..Presence::default()
+        });
+    }
+    let flat: Vec<String> = invocation.invoke_async(conn).await?;
+    let mut counts = Vec::with_capacity(flat.len() / 2);
+    let mut flat = flat.into_iter();
+    while let (Some(user), Some(count)) = (flat.next(), flat.next()) {
+        counts.push((user, count.parse().unwrap_or(0)));
+    }
+    Ok(Presence::from_counts(counts))
+}
+
+/// `<prefix>{<topic>}:<suffix>`: the braces are a hash tag, so every key of
+/// a topic and its channel share a cluster slot.
+fn tagged(prefix: &[u8], topic: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + topic.len() + 3 + suffix.len());
+    key.extend_from_slice(prefix);
+    key.push(b'{');
+    key.extend_from_slice(topic.as_bytes());
+    key.extend_from_slice(b"}:");
+    key.extend_from_slice(suffix);
+    key
 }
 
 /// A topic's two keys.
@@ -94,18 +240,9 @@ pub(super) struct Keys {
 
 impl Keys {
     pub(super) fn new(prefix: &[u8], topic: &str) -> Self {
-        let key = |suffix: &[u8]| {
-            let mut key = Vec::with_capacity(prefix.len() + topic.len() + 12);
-            key.extend_from_slice(prefix);
-            key.push(b'{');
-            key.extend_from_slice(topic.as_bytes());
-            key.extend_from_slice(b"}:");
-            key.extend_from_slice(suffix);
-            key
-        };
         Self {
-            stream: key(b"history"),
-            meta: key(b"meta"),
+            stream: tagged(prefix, topic, b"history"),
+            meta: tagged(prefix, topic, b"meta"),
         }
     }
 }

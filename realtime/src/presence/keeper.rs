@@ -1,0 +1,355 @@
+//! One instance's side of presence: its own connections per tracked topic,
+//! written to the broker in batches and refreshed while they stay.
+//!
+//! Subscribes and leaves arrive as messages on a channel and cost the
+//! connection nothing but the send. One task applies them: whatever arrived
+//! while the previous write was out goes in the next, one broker call per
+//! topic, so a burst of a thousand joins to one room is a few calls, not a
+//! thousand. A leave waits out the policy's linger first, so a client that
+//! comes back (a reload, a reconnect to another instance) never leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{PresencePolicy, PresenceUpdate};
+use crate::broker::Broker;
+
+/// Clients in one broker call at most: a refresh of a very large room is
+/// split, so that no single call holds the broker long.
+const MAX_BATCH: usize = 1000;
+
+/// Topics written at once: a refresh writes every tracked topic, and the
+/// broker's connection takes a bounded number of commands in flight.
+const CONCURRENT_WRITES: usize = 32;
+
+/// How long a failed write waits before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What the service tells its instance's keeper.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// A connection subscribed to a tracked topic.
+    Add {
+        topic: Arc<str>,
+        conn: u64,
+        user: Arc<str>,
+        announce: bool,
+    },
+    /// It unsubscribed (after the linger, it no longer counts).
+    Remove { topic: Arc<str>, conn: u64 },
+    /// The broker's link came back, perhaps to a Redis that lost its data:
+    /// write every entry again now.
+    Refresh,
+    /// The service stopped: remove every lingering connection now, write,
+    /// and answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side, held by the service; the task starts with the first
+/// message, inside the runtime.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    node: Box<str>,
+    messages: mpsc::UnboundedSender<Message>,
+    waiting: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+}
+
+impl Keeper {
+    pub(crate) fn new() -> Self {
+        let (messages, receiver) = mpsc::unbounded_channel();
+        Self {
+            node: crate::history::new_epoch().into(),
+            messages,
+            waiting: Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// Sends `message`, starting the task first if it has not started.
+    pub(crate) fn send<B: Broker>(
+        &self,
+        broker: &Arc<B>,
+        policy: &PresencePolicy,
+        message: Message,
+    ) {
+        let receiver = self.waiting.lock().expect("keeper lock poisoned").take();
+        if let Some(receiver) = receiver {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                *self.waiting.lock().expect("keeper lock poisoned") = Some(receiver);
+                return;
+            };
+            let node = self.node.clone();
+            runtime.spawn(run(Arc::clone(broker), node, policy.clone(), receiver));
+        }
+        // The task ends only when every sender is gone.
+        let _ = self.messages.send(message);
+    }
+
+    /// Whether the task runs (something was tracked).
+    pub(crate) fn started(&self) -> bool {
+        self.waiting.lock().expect("keeper lock poisoned").is_none()
+    }
+}
+
+/// This instance's connections in one tracked topic, and what the broker
+/// has not been told yet.
+#[derive(Debug, Default)]
+struct Topic {
+    announce: bool,
+    /// Connection → its user as JSON, and its subscriptions here: one, or
+    /// two when it left and joined again while the leave lingered.
+    clients: HashMap<u64, (Arc<str>, u32)>,
+    joined: Vec<u64>,
+    left: Vec<u64>,
+    /// Write every client again (the periodic refresh, or after a failure).
+    refresh: bool,
+}
+
+impl Topic {
+    fn pending(&self) -> bool {
+        self.refresh || !self.joined.is_empty() || !self.left.is_empty()
+    }
+}
+
+/// A leave waiting out the linger.
+#[derive(Debug)]
+struct Lingering {
+    due: Instant,
+    topic: Arc<str>,
+    conn: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    topics: HashMap<Arc<str>, Topic>,
+    lingering: VecDeque<Lingering>,
+}
+
+impl State {
+    fn add(&mut self, topic: Arc<str>, conn: u64, user: Arc<str>, announce: bool) {
+        let entry = self.topics.entry(topic).or_default();
+        entry.announce = announce;
+        let (_, subscriptions) = entry.clients.entry(conn).or_insert((user, 0));
+        *subscriptions += 1;
+        if *subscriptions == 1 {
+            entry.left.retain(|left| *left != conn);
+            entry.joined.push(conn);
+        }
+    }
+
+    fn remove(&mut self, topic: &str, conn: u64) {
+        let Some(entry) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let Some((_, subscriptions)) = entry.clients.get_mut(&conn) else {
+            return;
+        };
+        *subscriptions -= 1;
+        if *subscriptions == 0 {
+            entry.clients.remove(&conn);
+            entry.joined.retain(|joined| *joined != conn);
+            entry.left.push(conn);
+        }
+    }
+
+    /// Applies the leaves whose linger ended by `now` (all with `None`).
+    fn end_lingering(&mut self, now: Option<Instant>) {
+        while let Some(first) = self.lingering.front() {
+            if now.is_some_and(|now| first.due > now) {
+                break;
+            }
+            let Lingering { topic, conn, .. } = self.lingering.pop_front().expect("just seen");
+            self.remove(&topic, conn);
+        }
+    }
+
+    fn refresh_all(&mut self) {
+        for topic in self.topics.values_mut() {
+            topic.refresh = !topic.clients.is_empty() || topic.refresh;
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.topics.values().any(Topic::pending)
+    }
+}
+
+/// One topic's write: what it sends, and what to put back if it fails.
+struct Write {
+    topic: Arc<str>,
+    joined: Vec<(String, Arc<str>)>,
+    left: Vec<String>,
+    left_conns: Vec<u64>,
+    announce: bool,
+}
+
+async fn run<B: Broker>(
+    broker: Arc<B>,
+    node: Box<str>,
+    policy: PresencePolicy,
+    mut messages: mpsc::UnboundedReceiver<Message>,
+) {
+    let mut state = State::default();
+    let mut refresh = tokio::time::interval_at(
+        Instant::now() + policy.refresh_every(),
+        policy.refresh_every(),
+    );
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received = Vec::with_capacity(256);
+    let mut retry_at: Option<Instant> = None;
+    let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let linger_due = state.lingering.front().map(|lingering| lingering.due);
+        tokio::select! {
+            count = messages.recv_many(&mut received, 4096) => {
+                if count == 0 {
+                    // The service is gone.
+                    return;
+                }
+                for message in received.drain(..) {
+                    match message {
+                        Message::Add { topic, conn, user, announce } => {
+                            state.add(topic, conn, user, announce);
+                        }
+                        Message::Remove { topic, conn } if policy.linger_time().is_zero() => {
+                            state.remove(&topic, conn);
+                        }
+                        Message::Remove { topic, conn } => {
+                            let due = Instant::now() + policy.linger_time();
+                            state.lingering.push_back(Lingering { due, topic, conn });
+                        }
+                        Message::Refresh => {
+                            state.refresh_all();
+                            retry_at = None;
+                        }
+                        Message::Flush(done) => {
+                            state.end_lingering(None);
+                            flushed.push(done);
+                        }
+                    }
+                }
+            }
+            () = sleep_until(linger_due) => state.end_lingering(Some(Instant::now())),
+            _ = refresh.tick() => state.refresh_all(),
+            () = sleep_until(retry_at) => retry_at = None,
+        }
+        if retry_at.is_none()
+            && state.pending()
+            && !write(&*broker, &node, &policy, &mut state).await
+        {
+            retry_at = Some(Instant::now() + RETRY_AFTER);
+        }
+        if !state.pending() {
+            for done in flushed.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes every topic's pending changes; whether all of them went through.
+/// A failed topic is written whole again later.
+async fn write<B: Broker>(
+    broker: &B,
+    node: &str,
+    policy: &PresencePolicy,
+    state: &mut State,
+) -> bool {
+    let key = |conn: u64| format!("{node}:{conn}");
+    let mut writes = Vec::new();
+    for (name, topic) in &mut state.topics {
+        if !topic.pending() {
+            continue;
+        }
+        let conns: Vec<u64> = match std::mem::take(&mut topic.refresh) {
+            true => topic.clients.keys().copied().collect(),
+            false => std::mem::take(&mut topic.joined),
+        };
+        topic.joined.clear();
+        let joined = conns
+            .into_iter()
+            .filter_map(|conn| {
+                let (user, _) = topic.clients.get(&conn)?;
+                Some((key(conn), Arc::clone(user)))
+            })
+            .collect();
+        let left_conns = std::mem::take(&mut topic.left);
+        writes.push(Write {
+            topic: Arc::clone(name),
+            joined,
+            left: left_conns.iter().map(|conn| key(*conn)).collect(),
+            left_conns,
+            announce: topic.announce,
+        });
+    }
+    let ttl = policy.entry_ttl();
+    let failed: Vec<Write> = futures_util::stream::iter(writes)
+        .map(|write| async move {
+            let mut left: &[String] = &write.left;
+            let mut parts = write.joined.chunks(MAX_BATCH);
+            loop {
+                let joined = parts.next().unwrap_or_default();
+                let update = PresenceUpdate::new(joined, left, ttl, write.announce);
+                if let Err(error) = broker.update_presence(&write.topic, update).await {
+                    tracing::debug!(topic = &*write.topic, %error, "presence write failed; retrying");
+                    return Some(write);
+                }
+                left = &[];
+                if parts.len() == 0 {
+                    return None;
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENT_WRITES)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    let ok = failed.is_empty();
+    for write in failed {
+        if let Some(topic) = state.topics.get_mut(&write.topic) {
+            topic.refresh = true;
+            topic.left.extend(write.left_conns);
+        }
+    }
+    state
+        .topics
+        .retain(|_, topic| !topic.clients.is_empty() || topic.pending());
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leave_and_a_join_of_one_connection_cancel_out() {
+        let mut state = State::default();
+        let topic: Arc<str> = "t".into();
+        state.add(Arc::clone(&topic), 1, "\"a\"".into(), false);
+        state.add(Arc::clone(&topic), 1, "\"a\"".into(), false);
+        state.remove(&topic, 1);
+        let entry = &state.topics[&topic];
+        assert_eq!(entry.joined, [1]);
+        assert!(entry.left.is_empty());
+        state.remove(&topic, 1);
+        let entry = &state.topics[&topic];
+        assert!(entry.joined.is_empty());
+        assert_eq!(entry.left, [1]);
+        state.add(Arc::clone(&topic), 1, "\"a\"".into(), false);
+        let entry = &state.topics[&topic];
+        assert_eq!(entry.joined, [1]);
+        assert!(entry.left.is_empty());
+    }
+}

@@ -1,0 +1,321 @@
+//! Presence: who is subscribed to a topic, on every instance.
+//!
+//! A [`PresencePolicy`] on the service names the topics whose subscribers
+//! are tracked, and whether their subscribers hear `join` and `leave`
+//! events. Each instance reports its own subscribers to the broker in
+//! batches and refreshes them while they stay; the broker keeps one table
+//! per topic for every instance. Entries of an instance that died without
+//! cleaning up expire: they drop out within [`PresencePolicy::bound`].
+//!
+//! What a client sees (`$presence`, and the events) is in the protocol's
+//! documentation; [`Service::presence`](crate::Service::presence) and
+//! [`Context::presence`](crate::Context::presence) give the same to
+//! server code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::broker::BrokerError;
+use crate::pattern::Pattern;
+
+pub(crate) mod keeper;
+pub(crate) mod table;
+
+/// The shortest time to live an entry may have: refreshes come every third
+/// of it, and shorter would mostly measure the broker's round trips.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// Which topics track presence, and which of them announce joins and
+/// leaves: rules by topic pattern (a name, or a prefix and `*`), then an
+/// optional function; the first rule that matches wins. The default tracks
+/// none: tracking costs a broker write per subscribe and per leave, so a
+/// topic pays for it only when the application asks.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use realtime::presence::{PresencePolicy, Tracking};
+///
+/// let policy = PresencePolicy::none()
+///     .track("room:*", Tracking::Announced)
+///     .track("lobby", Tracking::Quiet)
+///     .ttl(Duration::from_secs(30));
+/// assert_eq!(policy.tracking("room:1"), Some(Tracking::Announced));
+/// assert_eq!(policy.tracking("lobby"), Some(Tracking::Quiet));
+/// assert_eq!(policy.tracking("ticker"), None);
+/// assert_eq!(policy.bound(), Duration::from_secs(40));
+/// ```
+#[derive(Clone)]
+pub struct PresencePolicy {
+    rules: Vec<(Pattern, Tracking)>,
+    hook: Option<Arc<Hook>>,
+    ttl: Duration,
+    linger: Duration,
+}
+
+type Hook = dyn Fn(&str) -> Option<Tracking> + Send + Sync;
+
+/// How a topic's presence is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tracking {
+    /// Presence can be read (`$presence`); no events.
+    Quiet,
+    /// Presence can be read, and subscribers get
+    /// `{"topic": .., "join": {"user": ..}}` when a user's first connection
+    /// subscribes and `{"topic": .., "leave": {"user": ..}}` when its last
+    /// one goes. Every join and leave is a frame to every subscriber: keep
+    /// it off for topics that may have more than about a thousand members
+    /// (the cost is measured in the project's performance notes).
+    Announced,
+}
+
+impl Default for PresencePolicy {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            hook: None,
+            ttl: Self::DEFAULT_TTL,
+            linger: Self::DEFAULT_LINGER,
+        }
+    }
+}
+
+impl PresencePolicy {
+    /// How long an entry lives without a refresh: 30 s.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+    /// How long a connection that left still counts: 2 s.
+    pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
+    /// No topic tracks presence.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Topics matching `pattern` (a name, or a prefix and `*`) track
+    /// presence as `tracking` says.
+    pub fn track(mut self, pattern: &str, tracking: Tracking) -> Self {
+        self.rules.push((Pattern::new(pattern), tracking));
+        self
+    }
+
+    /// Asks `decide` about topics no pattern matched.
+    pub fn track_with(
+        mut self,
+        decide: impl Fn(&str) -> Option<Tracking> + Send + Sync + 'static,
+    ) -> Self {
+        self.hook = Some(Arc::new(decide));
+        self
+    }
+
+    /// How long the broker keeps an instance's entry without a refresh
+    /// (at least [`MIN_TTL`]). Each instance refreshes its entries every
+    /// third of it; an instance that dies without cleaning up drops out
+    /// within [`bound`](Self::bound). Default [`DEFAULT_TTL`](Self::DEFAULT_TTL).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(MIN_TTL);
+        self
+    }
+
+    /// How long a connection still counts after it leaves (default
+    /// [`DEFAULT_LINGER`](Self::DEFAULT_LINGER)): a page that reloads, or a
+    /// client that reconnects to another instance, comes back within it and
+    /// causes no `leave` and `join`. [`Duration::ZERO`] removes at once.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How `topic`'s presence is kept; `None`: it is not tracked.
+    pub fn tracking(&self, topic: &str) -> Option<Tracking> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|(pattern, _)| pattern.matches(topic));
+        match rule {
+            Some((_, tracking)) => Some(*tracking),
+            None => self.hook.as_ref().and_then(|decide| decide(topic)),
+        }
+    }
+
+    /// Whether any topic may track presence under this policy.
+    pub fn tracks_any(&self) -> bool {
+        !self.rules.is_empty() || self.hook.is_some()
+    }
+
+    /// The time to live of an entry.
+    pub fn entry_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How often an instance refreshes its entries: a third of the time to
+    /// live, so that two refreshes can fail before an entry expires.
+    pub fn refresh_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// How long a connection still counts after it leaves.
+    pub fn linger_time(&self) -> Duration {
+        self.linger
+    }
+
+    /// The longest a dead instance's connections still count: their last
+    /// refresh lives the time to live, and the other instances sweep the
+    /// expired entries at their next refresh. A `$presence` read sweeps
+    /// too, so it never counts them past the time to live.
+    pub fn bound(&self) -> Duration {
+        self.ttl + self.refresh_every()
+    }
+}
+
+impl fmt::Debug for PresencePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresencePolicy")
+            .field("rules", &self.rules)
+            .field("hook", &self.hook.is_some())
+            .field("ttl", &self.ttl)
+            .field("linger", &self.linger)
+            .finish()
+    }
+}
+
+/// Who is in a topic, on every instance: `{"clients": 3, "users":
+/// {"alice": 2, "bob": 1}}` on the wire.
+///
+/// A user counts once in `users` and once per connection in `clients`.
+/// Users are keyed by their id as JSON, with a string id as the string
+/// itself (`"alice"` is `alice`, `42` is `42`).
+///
+/// # Examples
+///
+/// ```
+/// use realtime::presence::Presence;
+///
+/// let presence = Presence::from_counts([("\"alice\"".to_owned(), 2), ("7".to_owned(), 1)]);
+/// assert_eq!(presence.clients, 3);
+/// assert_eq!(presence.users["alice"], 2);
+/// assert_eq!(presence.users["7"], 1);
+/// assert_eq!(
+///     serde_json::to_string(&presence).unwrap(),
+///     r#"{"clients":3,"users":{"7":1,"alice":2}}"#
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Presence {
+    /// Connections subscribed.
+    pub clients: usize,
+    /// Connections per user.
+    pub users: BTreeMap<String, usize>,
+}
+
+impl Presence {
+    /// Presence from each user's id as JSON and its number of connections.
+    pub fn from_counts(counts: impl IntoIterator<Item = (String, usize)>) -> Self {
+        let mut presence = Self::default();
+        for (user, count) in counts {
+            presence.clients += count;
+            *presence.users.entry(user_key(user)).or_default() += count;
+        }
+        presence
+    }
+}
+
+/// A user's key in [`Presence::users`]: a JSON string as its text, any
+/// other JSON as it is.
+fn user_key(json: String) -> String {
+    if json.starts_with('"')
+        && let Ok(text) = serde_json::from_str::<String>(&json)
+    {
+        return text;
+    }
+    json
+}
+
+/// A batch of changes to one topic's presence, from one instance: what a
+/// broker applies in one step.
+///
+/// Each client is `<instance>:<connection>`; each user is its id as JSON.
+/// `joined` also refreshes clients already there (their time to live starts
+/// over). Before it applies the batch, the broker drops the entries whose
+/// time to live passed. With `announce`, the broker sends
+/// `{"topic": .., "join": {"user": ..}}` to the topic's subscribers when a
+/// user's count goes from 0 to 1, and `leave` when it goes back to 0.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct PresenceUpdate<'a> {
+    /// Clients that joined, or that are refreshed, with their users.
+    pub joined: &'a [(String, Arc<str>)],
+    /// Clients that left.
+    pub left: &'a [String],
+    /// How long the joined clients' entries live without another refresh.
+    pub ttl: Duration,
+    /// Whether joins and leaves are announced to the topic's subscribers.
+    pub announce: bool,
+}
+
+impl<'a> PresenceUpdate<'a> {
+    /// A batch; see the type's documentation.
+    pub fn new(
+        joined: &'a [(String, Arc<str>)],
+        left: &'a [String],
+        ttl: Duration,
+        announce: bool,
+    ) -> Self {
+        Self {
+            joined,
+            left,
+            ttl,
+            announce,
+        }
+    }
+}
+
+/// Why presence could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The service's [`PresencePolicy`] does not track this topic.
+    #[error("presence is not tracked for topic `{0}`")]
+    NotTracked(String),
+    /// The broker could not be read.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_matching_rule_wins_then_the_hook() {
+        let policy = PresencePolicy::none()
+            .track("a", Tracking::Quiet)
+            .track("a*", Tracking::Announced)
+            .track_with(|topic| (topic == "b").then_some(Tracking::Quiet));
+        assert_eq!(policy.tracking("a"), Some(Tracking::Quiet));
+        assert_eq!(policy.tracking("ab"), Some(Tracking::Announced));
+        assert_eq!(policy.tracking("b"), Some(Tracking::Quiet));
+        assert_eq!(policy.tracking("c"), None);
+    }
+
+    #[test]
+    fn the_ttl_has_a_floor() {
+        let policy = PresencePolicy::none().ttl(Duration::from_millis(10));
+        assert_eq!(policy.entry_ttl(), MIN_TTL);
+    }
+
+    #[test]
+    fn string_ids_are_keyed_by_their_text() {
+        let presence =
+            Presence::from_counts([(r#""a\"b""#.to_owned(), 1), (r#"{"id":1}"#.to_owned(), 2)]);
+        assert_eq!(presence.users["a\"b"], 1);
+        assert_eq!(presence.users[r#"{"id":1}"#], 2);
+        assert_eq!(presence.clients, 3);
+    }
+}
