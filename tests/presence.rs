@@ -104,10 +104,10 @@ async fn three_nodes_count_every_client_and_a_killed_one_drops_out() {
     }
 
     let mut id = 0;
-    for node in 0..3 {
-        until_clients(&mut clients[node][0], 300, &mut id).await;
+    for (node, on_node) in clients.iter_mut().enumerate() {
+        until_clients(&mut on_node[0], 300, &mut id).await;
         id += 1;
-        let answer = presence(&mut clients[node][0], "lobby", id).await;
+        let answer = presence(&mut on_node[0], "lobby", id).await;
         let users = answer["ok"]["users"].as_object().expect("users");
         assert_eq!(users.len(), 299, "from node {node}");
         assert_eq!(users["u0"], 2);
