@@ -79,6 +79,14 @@ fn shows(from: &str, text: &str) -> String {
     )
 }
 
+/// A JS expression: the page's list of people is exactly `users`.
+fn lists(users: &[&str]) -> String {
+    format!(
+        "JSON.stringify([...document.querySelectorAll('#users li')].map(li => li.dataset.user)) === '{}'",
+        serde_json::to_string(users).unwrap()
+    )
+}
+
 /// Writes a screenshot of `page` to `target/{name}` for a person to look at.
 async fn screenshot(page: &Client, name: &str) {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
@@ -141,6 +149,16 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     let connected = "document.getElementById('status').dataset.state === 'open'";
     wait_for(&page_a, "page A is connected", connected).await;
     wait_for(&page_b, "page B is connected", connected).await;
+
+    // Each page lists who is in the room, across the two instances.
+    for page in [&page_a, &page_b] {
+        wait_for(
+            page,
+            "the page lists alice and bob",
+            &lists(&["alice", "bob"]),
+        )
+        .await;
+    }
 
     say(&page_a, "hello from node A").await;
     let seen = shows("alice", "hello from node A");
@@ -270,7 +288,19 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     screenshot(&page_a, "chat-page-a.png").await;
     screenshot(&page_b, "chat-page-b.png").await;
 
-    for page in [page_a, page_b, page_c] {
+    // Alice closes her tab on A: she leaves B's list (after the 2 s the
+    // framework waits for a reload to come back).
+    wait_for(
+        &page_b,
+        "page B lists alice and bob",
+        &lists(&["alice", "bob"]),
+    )
+    .await;
+    let _ = page_a.close().await;
+    wait_for(&page_b, "page B lists bob alone", &lists(&["bob"])).await;
+    screenshot(&page_b, "chat-page-b-after-alice-left.png").await;
+
+    for page in [page_b, page_c] {
         let _ = page.close().await;
     }
     let _ = std::fs::remove_dir_all(&profiles);

@@ -13,6 +13,15 @@ export interface Position {
   epoch: string;
 }
 
+/**
+ * Who is in a topic, on every server instance: connections, and
+ * connections per user (keyed by the user id; a string id as itself).
+ */
+export interface Presence {
+  clients: number;
+  users: { [user: string]: number };
+}
+
 /** An error answer of the server: `{"error": {"code": 400, "message": "..."}}`. */
 export class RealtimeError extends Error {
   override readonly name = "RealtimeError";
@@ -187,6 +196,10 @@ export interface ClientEvents {
   subscribed: { topic: string; offset: number; epoch: string; recovered?: boolean };
   /** Events of a topic were lost; reload its state. */
   reset: { topic: string; offset: number; epoch: string };
+  /** A user's first connection subscribed to a topic that announces joins. */
+  join: { topic: string; user: Json };
+  /** A user's last connection left such a topic. */
+  leave: { topic: string; user: Json };
   /** An open connection was lost; the client reconnects. */
   lost: { code: number; reason: string };
   /** An error frame that answered no call, or a failed resubscription. */
@@ -293,6 +306,15 @@ export class Client {
   position(topic: string): Position | undefined {
     const position = this.topics.get(topic)?.position;
     return position && { ...position };
+  }
+
+  /**
+   * Who is in `topic` (default: the URL's), on every server instance: a
+   * `$presence` call. Joins and leaves after it come as `join` and `leave`
+   * client events, where the server announces them.
+   */
+  async presence(topic: string = this.topic, options: CallOptions = {}): Promise<Presence> {
+    return (await this.call("$presence", { topic }, options)) as unknown as Presence;
   }
 
   /** Listens to one kind of client event; returns the function that stops it. */
@@ -627,6 +649,12 @@ export class Client {
       const reset = frame.reset as Position;
       if (followed) followed.position = { offset: reset.offset, epoch: reset.epoch };
       this.emit("reset", { topic, ...reset });
+      return;
+    }
+    if ("join" in frame || "leave" in frame) {
+      const kind = "join" in frame ? "join" : "leave";
+      const { user } = frame[kind] as { user: Json };
+      this.emit(kind, { topic, user });
       return;
     }
     if (!("event" in frame) || !followed) return;

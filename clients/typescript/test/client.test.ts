@@ -94,6 +94,28 @@ describe("against the chat", () => {
     bob.close();
   });
 
+  it("asks who is in a topic and hears joins and leaves", async () => {
+    const alice = client(chat.port, "people", "alice");
+    const seen: string[] = [];
+    alice.on("join", ({ topic, user }) => seen.push(`join ${topic} ${String(user)}`));
+    alice.on("leave", ({ topic, user }) => seen.push(`leave ${topic} ${String(user)}`));
+    alice.connect();
+    await opened(alice);
+    const bob = client(chat.port, "people", "bob");
+    bob.connect();
+    await opened(bob);
+    await until("alice hears bob join", () => seen.includes("join people bob"));
+    const presence = await alice.presence();
+    assert.equal(presence.clients, 2);
+    assert.deepEqual(presence.users, { alice: 1, bob: 1 });
+    bob.close();
+    // The server waits 2 s for a page that reloads before it says bob left.
+    await until("alice hears bob leave", () => seen.includes("leave people bob"));
+    assert.deepEqual(await alice.presence("people"), { clients: 1, users: { alice: 1 } });
+    await assert.rejects(alice.presence("admin"), (error: unknown) => error instanceof RealtimeError && error.code === 403);
+    alice.close();
+  });
+
   it("resumes with since after its socket is cut: every missed event once, in order", async () => {
     const proxy = await Proxy.start(chat.port);
     const alice = client(proxy.port, "resume", "alice");

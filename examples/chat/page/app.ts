@@ -3,13 +3,15 @@
 // connection per tab: the room of its URL, and more rooms followed with
 // `$join`. After a reconnect the client resumes every room where it stopped;
 // the page reloads a room's lines only when the server could not resend
-// them (`recovered: false`, `reset`).
+// them (`recovered: false`, `reset`). The list of people in the room comes
+// from `$presence` at each (re)connect, then follows the `join` and `leave`
+// events.
 //
 // Compiled with `npm run build:page` in clients/typescript; the JavaScript
 // is committed, so that `cargo run --example chat` needs no Node.
 
 import { ChatClient, type Line, type Said } from "../../../clients/typescript/generated/chat.js";
-import { Client, type State } from "../../../clients/typescript/src/index.js";
+import { Client, type Json, type State } from "../../../clients/typescript/src/index.js";
 
 function element<T extends HTMLElement>(id: string): T {
   const found = document.getElementById(id);
@@ -25,6 +27,7 @@ const send = element<HTMLButtonElement>("send");
 const follow = element<HTMLButtonElement>("follow");
 const extra = element<HTMLInputElement>("extra");
 const roomsLine = element<HTMLSpanElement>("rooms");
+const people = element<HTMLUListElement>("users");
 
 /** The connection of this tab, and what the page shows of each room. */
 interface Session {
@@ -33,6 +36,9 @@ interface Session {
   room: string;
   /** Per room: the last offset shown, and live lines held while its history loads. */
   rooms: Map<string, { shown: number; held: { line: Said; offset?: number }[] | null }>;
+  /** Who is in the URL's room; joins and leaves held while it loads. */
+  users: Set<string>;
+  heldPresence: { kind: "join" | "leave"; user: string }[] | null;
 }
 
 let session: Session | null = null;
@@ -123,6 +129,45 @@ async function loadHistory(current: Session, room: string, shown: number): Promi
   for (const { line, offset } of waiting) showLive(current, room, line, offset);
 }
 
+function showUsers(current: Session): void {
+  const items = [...current.users].sort().map((user) => {
+    const item = document.createElement("li");
+    item.dataset.user = user;
+    item.textContent = user;
+    return item;
+  });
+  people.replaceChildren(...items);
+}
+
+function userName(user: Json): string {
+  return typeof user === "string" ? user : JSON.stringify(user);
+}
+
+function applyPresence(current: Session, kind: "join" | "leave", user: string): void {
+  if (current.heldPresence) {
+    current.heldPresence.push({ kind, user });
+    return;
+  }
+  if (kind === "join") current.users.add(user);
+  else current.users.delete(user);
+  showUsers(current);
+}
+
+/** Asks who is in the room; joins and leaves wait meanwhile. */
+async function loadPresence(current: Session): Promise<void> {
+  current.heldPresence = [];
+  try {
+    const presence = await current.client.presence(current.room);
+    current.users = new Set(Object.keys(presence.users));
+  } catch (error) {
+    showError(`who is in ${current.room}: ${(error as Error).message}`);
+  }
+  const waiting = current.heldPresence;
+  current.heldPresence = null;
+  for (const { kind, user } of waiting) applyPresence(current, kind, user);
+  showUsers(current);
+}
+
 function watch(current: Session, room: string): void {
   current.rooms.set(room, { shown: 0, held: null });
   current.chat.onEvent(room, (line, meta) => showLive(current, room, line, meta.offset));
@@ -138,7 +183,15 @@ function start(name: string, room: string): void {
     url: `${scheme}://${location.host}/ws/${encodeURIComponent(room)}`,
     token: name,
   });
-  const current: Session = { client, chat: new ChatClient(client), room, rooms: new Map() };
+  const current: Session = {
+    client,
+    chat: new ChatClient(client),
+    room,
+    rooms: new Map(),
+    users: new Set(),
+    heldPresence: null,
+  };
+  people.replaceChildren();
   session = current;
   client.on("state", ({ state }) => {
     if (session !== current) return;
@@ -163,10 +216,18 @@ function start(name: string, room: string): void {
     if (refused) showError(`cannot join ${room}: ${reason}`);
   });
   client.on("subscribed", ({ topic, offset, recovered }) => {
+    if (session !== current) return;
+    // Who is here may have changed while the connection was away.
+    if (topic === room) void loadPresence(current);
     // Resumed with every missed line: nothing to reload.
-    if (session !== current || recovered === true) return;
+    if (recovered === true) return;
     void loadHistory(current, topic, offset);
   });
+  for (const kind of ["join", "leave"] as const) {
+    client.on(kind, ({ topic, user }) => {
+      if (session === current && topic === room) applyPresence(current, kind, userName(user));
+    });
+  }
   client.on("reset", ({ topic, offset }) => {
     if (session !== current) return;
     void loadHistory(current, topic, offset);

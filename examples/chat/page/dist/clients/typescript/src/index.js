@@ -148,6 +148,14 @@ export class Client {
         const position = this.topics.get(topic)?.position;
         return position && { ...position };
     }
+    /**
+     * Who is in `topic` (default: the URL's), on every server instance: a
+     * `$presence` call. Joins and leaves after it come as `join` and `leave`
+     * client events, where the server announces them.
+     */
+    async presence(topic = this.topic, options = {}) {
+        return (await this.call("$presence", { topic }, options));
+    }
     /** Listens to one kind of client event; returns the function that stops it. */
     on(kind, listener) {
         let set = this.listeners.get(kind);
@@ -493,6 +501,12 @@ export class Client {
             if (followed)
                 followed.position = { offset: reset.offset, epoch: reset.epoch };
             this.emit("reset", { topic, ...reset });
+            return;
+        }
+        if ("join" in frame || "leave" in frame) {
+            const kind = "join" in frame ? "join" : "leave";
+            const { user } = frame[kind];
+            this.emit(kind, { topic, user });
             return;
         }
         if (!("event" in frame) || !followed)

@@ -3,7 +3,9 @@
 // connection per tab: the room of its URL, and more rooms followed with
 // `$join`. After a reconnect the client resumes every room where it stopped;
 // the page reloads a room's lines only when the server could not resend
-// them (`recovered: false`, `reset`).
+// them (`recovered: false`, `reset`). The list of people in the room comes
+// from `$presence` at each (re)connect, then follows the `join` and `leave`
+// events.
 //
 // Compiled with `npm run build:page` in clients/typescript; the JavaScript
 // is committed, so that `cargo run --example chat` needs no Node.
@@ -23,6 +25,7 @@ const send = element("send");
 const follow = element("follow");
 const extra = element("extra");
 const roomsLine = element("rooms");
+const people = element("users");
 let session = null;
 function setStatus(state, message) {
     status.dataset.state = state;
@@ -111,6 +114,45 @@ async function loadHistory(current, room, shown) {
     for (const { line, offset } of waiting)
         showLive(current, room, line, offset);
 }
+function showUsers(current) {
+    const items = [...current.users].sort().map((user) => {
+        const item = document.createElement("li");
+        item.dataset.user = user;
+        item.textContent = user;
+        return item;
+    });
+    people.replaceChildren(...items);
+}
+function userName(user) {
+    return typeof user === "string" ? user : JSON.stringify(user);
+}
+function applyPresence(current, kind, user) {
+    if (current.heldPresence) {
+        current.heldPresence.push({ kind, user });
+        return;
+    }
+    if (kind === "join")
+        current.users.add(user);
+    else
+        current.users.delete(user);
+    showUsers(current);
+}
+/** Asks who is in the room; joins and leaves wait meanwhile. */
+async function loadPresence(current) {
+    current.heldPresence = [];
+    try {
+        const presence = await current.client.presence(current.room);
+        current.users = new Set(Object.keys(presence.users));
+    }
+    catch (error) {
+        showError(`who is in ${current.room}: ${error.message}`);
+    }
+    const waiting = current.heldPresence;
+    current.heldPresence = null;
+    for (const { kind, user } of waiting)
+        applyPresence(current, kind, user);
+    showUsers(current);
+}
 function watch(current, room) {
     current.rooms.set(room, { shown: 0, held: null });
     current.chat.onEvent(room, (line, meta) => showLive(current, room, line, meta.offset));
@@ -125,7 +167,15 @@ function start(name, room) {
         url: `${scheme}://${location.host}/ws/${encodeURIComponent(room)}`,
         token: name,
     });
-    const current = { client, chat: new ChatClient(client), room, rooms: new Map() };
+    const current = {
+        client,
+        chat: new ChatClient(client),
+        room,
+        rooms: new Map(),
+        users: new Set(),
+        heldPresence: null,
+    };
+    people.replaceChildren();
     session = current;
     client.on("state", ({ state }) => {
         if (session !== current)
@@ -156,11 +206,22 @@ function start(name, room) {
             showError(`cannot join ${room}: ${reason}`);
     });
     client.on("subscribed", ({ topic, offset, recovered }) => {
+        if (session !== current)
+            return;
+        // Who is here may have changed while the connection was away.
+        if (topic === room)
+            void loadPresence(current);
         // Resumed with every missed line: nothing to reload.
-        if (session !== current || recovered === true)
+        if (recovered === true)
             return;
         void loadHistory(current, topic, offset);
     });
+    for (const kind of ["join", "leave"]) {
+        client.on(kind, ({ topic, user }) => {
+            if (session === current && topic === room)
+                applyPresence(current, kind, userName(user));
+        });
+    }
     client.on("reset", ({ topic, offset }) => {
         if (session !== current)
             return;
