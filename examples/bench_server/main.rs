@@ -2,8 +2,12 @@
 //! topic, `echo {text}` answers it. Any `?token=` is accepted.
 //!
 //! ```text
-//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] [HISTORY=1] cargo run --release --example bench_server
+//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] [HISTORY=1] [PRESENCE=quiet|announced] cargo run --release --example bench_server
 //! ```
+//!
+//! `PRESENCE` tracks who is in every topic (`announced`: with join and
+//! leave events), with no linger, so that a leave is measured when it
+//! happens.
 //!
 //! `realtime-bench matrix` builds and runs it side by side with the floor
 //! server (see docs/PERFORMANCE.md).
@@ -13,6 +17,7 @@ use std::time::Duration;
 use realtime::auth::validate_with;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
+use realtime::presence::{PresencePolicy, Tracking};
 use realtime::{Broker, Config, MemoryBroker, RedisBroker, Service};
 use serde::Serialize;
 
@@ -67,10 +72,17 @@ async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error
         Ok("1") => HistoryPolicy::none().keep("*", Retention::new(1000, Duration::from_secs(60))),
         _ => HistoryPolicy::none(),
     };
+    let presence = match std::env::var("PRESENCE").as_deref() {
+        Ok("quiet") => PresencePolicy::none().track("*", Tracking::Quiet),
+        Ok("announced") => PresencePolicy::none().track("*", Tracking::Announced),
+        _ => PresencePolicy::none(),
+    };
+    let presence = presence.linger(Duration::ZERO);
     let service = Service::builder(Bench, (), validate_with(|token: &str| Ok(token.to_owned())))
         .with_broker(broker)
         .config(config)
         .history(history)
+        .presence(presence)
         .build()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, Bench::router(service)).await?;

@@ -11,11 +11,15 @@
 //!   idle connection, read from /proc;
 //! - `matrix [--repeats 3] [--messages 2000] [--idle 5000] [--held 10000] [--only NAME]`: builds
 //!   `examples/bench_server` and the floor server, runs every case against
-//!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md).
+//!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md);
+//! - `presence [--members 1000] [--visits 200] [--repeats 3]`: the cost of
+//!   presence in a room of that many members, off, quiet and announced
+//!   (see docs/PERFORMANCE.md).
 
 use std::process::ExitCode;
 
 mod matrix;
+mod presence;
 mod stats;
 mod workload;
 
@@ -57,9 +61,9 @@ impl Flags<'_> {
 }
 
 async fn run(args: &[String]) -> Result<(), String> {
-    let (workload, rest) = args
-        .split_first()
-        .ok_or("usage: realtime-bench <fanout|rpc|idle|matrix> [--flags]; see the crate docs")?;
+    let (workload, rest) = args.split_first().ok_or(
+        "usage: realtime-bench <fanout|rpc|idle|matrix|presence> [--flags]; see the crate docs",
+    )?;
     let flags = Flags(rest);
     let urls = flags.all("--url");
     match workload.as_str() {
@@ -105,9 +109,17 @@ async fn run(args: &[String]) -> Result<(), String> {
             })
             .await?;
         }
+        "presence" => {
+            presence::run(&presence::Options {
+                members: flags.number("--members", 1000)?,
+                cycles: flags.number("--visits", 200)?,
+                repeats: flags.number("--repeats", 3)?,
+            })
+            .await?;
+        }
         other => {
             return Err(format!(
-                "unknown workload `{other}`; use fanout, rpc, idle or matrix"
+                "unknown workload `{other}`; use fanout, rpc, idle, matrix or presence"
             ));
         }
     }

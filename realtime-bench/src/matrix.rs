@@ -132,12 +132,12 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn wait_for_port(port: u16) -> Result<(), String> {
+pub(crate) fn wait_for_port(port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -176,13 +176,13 @@ fn start(server: Server, dir: &Path, nodes: usize, redis: Option<&str>) -> Resul
 }
 
 /// A private redis-server for the run, stopped on drop.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Redis {
-    fn start() -> Result<Self, String> {
+    pub(crate) fn start() -> Result<Self, String> {
         let port = free_port()?;
         let child = Command::new("redis-server")
             .args([
@@ -273,7 +273,7 @@ async fn measure(
     }
 }
 
-fn build(root: &Path) -> Result<(), String> {
+pub(crate) fn build(root: &Path) -> Result<(), String> {
     let steps: [&[&str]; 2] = [
         &[
             "build",
