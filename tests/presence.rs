@@ -284,3 +284,39 @@ async fn the_memory_broker_keeps_the_same_rules() {
         "presence is not tracked for topic `lobby`"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_back_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start().await;
+    let policy = PresencePolicy::none().track("room:*", Tracking::Quiet);
+    let a = Node::with_presence(connect(&redis.url()).await, policy.clone()).await;
+    let b = Node::with_presence(connect(&redis.url()).await, policy).await;
+    let _clients = [
+        a.connect("room:1", "alice").await,
+        b.connect("room:1", "bob").await,
+        b.connect("room:1", "alice").await,
+    ];
+    let (a, b) = (&a, &b);
+    wait_until("three clients", move || async move {
+        let presence = b.service.presence("room:1").await;
+        presence.is_ok_and(|presence| presence.clients == 3)
+    })
+    .await;
+
+    // No persistence: Redis comes back with nothing. Each instance writes
+    // its entries again as soon as its link is back, not a refresh later.
+    redis.restart().await;
+    let took = wait_until("three clients again", move || async move {
+        let presence = a.service.presence("room:1").await;
+        presence.is_ok_and(|presence| presence.clients == 3 && presence.users.len() == 2)
+    })
+    .await;
+    println!("presence was whole again {took:?} after Redis answered");
+    assert!(took < PresencePolicy::DEFAULT_TTL / 3, "{took:?}");
+}
+
+async fn connect(url: &str) -> realtime::RedisBroker {
+    realtime::RedisBroker::connect(url, common::redis_config("presence:"))
+        .await
+        .expect("connect to the test Redis")
+}

@@ -248,7 +248,8 @@ impl Api {
     /// An AsyncAPI 3.0 document: one channel (`/ws/{topic}`), a `send_<name>`
     /// operation per message with its answer as the reply, `receive_event`
     /// for the topic's events, `receive_position` for `subscribed` and
-    /// `reset`, and the named types under `components.schemas`.
+    /// `reset`, `receive_presence` for `join` and `leave`, and the named
+    /// types under `components.schemas`.
     pub fn asyncapi(&self, version: &str) -> Value {
         let mut messages = Map::new();
         let mut operations = Map::new();
@@ -355,6 +356,47 @@ impl Api {
                 }),
             );
         }
+        for (key, summary) in [
+            (
+                "join",
+                "A user's first connection subscribed to a topic that announces presence.",
+            ),
+            (
+                "leave",
+                "A user's last connection left a topic that announces presence.",
+            ),
+        ] {
+            messages.insert(
+                key.to_owned(),
+                json!({
+                    "name": key,
+                    "summary": summary,
+                    "payload": {
+                        "type": "object",
+                        "required": ["topic", key],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            key: {
+                                "type": "object",
+                                "required": ["user"],
+                                "properties": {"user": {"description": "the user's id, as the server writes it in JSON"}}
+                            }
+                        }
+                    }
+                }),
+            );
+        }
+        operations.insert(
+            "receive_presence".to_owned(),
+            json!({
+                "action": "receive",
+                "channel": channel_ref,
+                "messages": [
+                    {"$ref": "#/channels/topic/messages/join"},
+                    {"$ref": "#/channels/topic/messages/leave"}
+                ]
+            }),
+        );
         operations.insert(
             "receive_position".to_owned(),
             json!({
@@ -385,7 +427,7 @@ impl Api {
             "info": {
                 "title": self.name,
                 "version": version,
-                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection."
+                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection; `$presence` answers who is in a topic."
             },
             "channels": {
                 "topic": {

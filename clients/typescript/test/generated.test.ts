@@ -57,6 +57,6 @@ describe("the AsyncAPI document", () => {
     assert.ok(document, "it parses");
     assert.equal(document.version(), "3.0.0");
     const operations = document.operations().all().map((operation) => operation.id());
-    assert.deepEqual(operations.sort(), ["receive_event", "receive_position", "send_history", "send_say"]);
+    assert.deepEqual(operations.sort(), ["receive_event", "receive_position", "receive_presence", "send_history", "send_say"]);
   });
 });
