@@ -179,3 +179,39 @@ async fn every_topic_is_back_after_a_master_restarts() {
         assert!(metrics.resubscribes >= TOPICS as u64);
     }
 }
+
+/// Presence on a cluster: each topic's keys and channel share a slot, so
+/// the script runs on the topic's master and announces with `SPUBLISH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_and_announces_on_every_shard() {
+    use realtime::presence::{PresencePolicy, Tracking};
+
+    let cluster = RedisCluster::start().await;
+    let policy = PresencePolicy::none()
+        .track("*", Tracking::Announced)
+        .linger(Duration::ZERO);
+    let broker = |prefix: &'static str| {
+        RedisBroker::connect_cluster(cluster.urls(), common::redis_config(prefix))
+    };
+    let a = Node::with_presence(broker("p:").await.expect("connect"), policy.clone()).await;
+    let b = Node::with_presence(broker("p:").await.expect("connect"), policy).await;
+    for topic in 0..TOPICS {
+        let topic = format!("t{topic}");
+        let mut watcher = a.connect(&topic, "alice").await;
+        let visitor = b.connect(&topic, "bob").await;
+        let (node, name) = (&b, topic.as_str());
+        wait_until("alice and bob are present", move || async move {
+            let presence = node.service.presence(name).await;
+            presence.is_ok_and(|presence| presence.clients == 2 && presence.users.len() == 2)
+        })
+        .await;
+        visitor.close().await;
+        let leave = loop {
+            let frame = recv_event(&mut watcher).await;
+            if frame.get("leave").is_some() {
+                break frame;
+            }
+        };
+        assert_eq!(leave, serde_json::json!({"topic": topic, "leave": {"user": "bob"}}));
+    }
+}
