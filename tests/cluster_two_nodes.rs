@@ -212,6 +212,9 @@ async fn presence_counts_and_announces_on_every_shard() {
                 break frame;
             }
         };
-        assert_eq!(leave, serde_json::json!({"topic": topic, "leave": {"user": "bob"}}));
+        assert_eq!(
+            leave,
+            serde_json::json!({"topic": topic, "leave": {"user": "bob"}})
+        );
     }
 }

@@ -209,6 +209,8 @@ async fn presence_needs_the_right_to_subscribe() {
     let other = presence(&mut bob, "elsewhere", 3).await;
     assert_eq!(other["ok"]["clients"], 0, "{other}");
 
+    let empty = presence(&mut bob, "", 40).await;
+    assert_eq!(empty["error"]["code"], 400, "{empty}");
     let missing = bob.request("$presence", json!({}), 4).await;
     assert_eq!(missing["error"]["code"], 400, "{missing}");
     let long = "x".repeat(10_000);

@@ -248,15 +248,8 @@ impl<S, U> Context<S, U> {
     /// ```
     pub async fn presence(&self, topic: &str) -> Result<Presence, HandlerError> {
         self.publisher.presence(topic).await.map_err(|error| {
-            let code = match error {
-                PresenceError::NotTracked(_) => error_code::BAD_REQUEST,
-                _ => error_code::UNAVAILABLE,
-            };
-            HandlerError::new(
-                code,
-                format!("cannot read the presence of `{topic}`: {error}"),
-            )
-            .with_source(error)
+            let message = format!("cannot read the presence of `{topic}`: {error}");
+            HandlerError::new(error.code(), message).with_source(error)
         })
     }
 }

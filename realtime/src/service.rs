@@ -655,6 +655,8 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
     topic: Arc<str>,
     subscription: Subscription<H, B>,
     feed: Feed,
+    /// The connection's presence in its URL's topic, written at the upgrade.
+    joining: Option<Joining>,
     user: H::UserId,
     outbox: Outbox,
     admission: Admission,
@@ -667,6 +669,29 @@ pub(crate) struct Subscription<H: MessageHandler, B: Broker> {
     /// The connection, if the topic tracks presence; 0 otherwise (ids
     /// start at 1).
     tracked: u64,
+}
+
+/// A subscriber's entry in its topic's presence, made when it subscribed
+/// and written once it is in: after its `$join` succeeded, or after the
+/// upgrade of its URL's topic. A subscribe that fails, or an upgrade that
+/// never happens, is never announced.
+pub(crate) struct Joining {
+    conn: u64,
+    user: Arc<str>,
+    announce: bool,
+}
+
+impl<H: MessageHandler, B: Broker> Subscription<H, B> {
+    /// Counts the subscriber in its topic's presence until it is dropped.
+    fn track(&mut self, joining: Joining) {
+        self.tracked = joining.conn;
+        self.inner.tell_keeper(keeper::Message::Add {
+            topic: Arc::clone(&self.topic),
+            conn: joining.conn,
+            user: joining.user,
+            announce: joining.announce,
+        });
+    }
 }
 
 impl<H: MessageHandler, B: Broker> Drop for Subscription<H, B> {
@@ -965,13 +990,14 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
-        let (topic, subscription, feed) =
+        let (topic, subscription, feed, joining) =
             Inner::subscribe(&self.inner, topic, since, id, &user).await?;
         Ok(Accepted {
             id,
             topic,
             subscription,
             feed,
+            joining,
             user,
             outbox,
             admission,
@@ -989,12 +1015,16 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         let Accepted {
             id,
             topic,
-            subscription,
+            mut subscription,
             feed,
+            joining,
             user,
             outbox,
             admission,
         } = accepted;
+        if let Some(joining) = joining {
+            subscription.track(joining);
+        }
         // The catch-up of a resumed URL topic goes first in the queue,
         // which the write task empties before it reads any ring.
         let mut feed = feed;
@@ -1076,17 +1106,18 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         since: Option<&Position>,
         conn: ConnectionId,
         user: &H::UserId,
-    ) -> Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError> {
+    ) -> Result<(Arc<str>, Subscription<H, B>, Feed, Option<Joining>), BrokerError> {
         let history = inner.history.retention(topic);
         // Before the broker call: a user id that does not serialize is
         // refused before anything is held for it.
-        let tracked = match (inner.presence.tracking(topic), inner.user_json) {
-            (Some(tracking), Some(user_json)) => {
-                let user: Arc<str> = user_json(user)
+        let joining = match (inner.presence.tracking(topic), inner.user_json) {
+            (Some(tracking), Some(user_json)) => Some(Joining {
+                conn: conn.0,
+                user: user_json(user)
                     .map_err(|error| BrokerError::Invalid(Box::new(error)))?
-                    .into();
-                Some((tracking, user))
-            }
+                    .into(),
+                announce: tracking == Tracking::Announced,
+            }),
             _ => None,
         };
         let mut subscribed = inner.subscribed.lock().await;
@@ -1107,16 +1138,8 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let subscription = Subscription {
             inner: Arc::clone(inner),
             topic: Arc::clone(&topic),
-            tracked: if tracked.is_some() { conn.0 } else { 0 },
+            tracked: 0,
         };
-        if let Some((tracking, user)) = tracked {
-            inner.tell_keeper(keeper::Message::Add {
-                topic: Arc::clone(&topic),
-                conn: conn.0,
-                user,
-                announce: tracking == Tracking::Announced,
-            });
-        }
         if new && history.is_some() {
             // The ring's position, read after the broker subscribed and
             // before the lock is let go: any later subscriber reads the
@@ -1136,7 +1159,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             },
             Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
         };
-        Ok((topic, subscription, feed))
+        Ok((topic, subscription, feed, joining))
     }
 
     /// A subscriber's start on a topic with history: reads what it missed
@@ -1309,15 +1332,19 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         Inner::publish(self, topic, frame)
     }
 
-    fn subscribe(
+    async fn subscribe(
         &self,
         topic: &str,
         since: Option<&Position>,
         conn: ConnectionId,
         user: &H::UserId,
-    ) -> impl std::future::Future<Output = Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError>>
-    + Send {
-        Inner::subscribe(self, topic, since, conn, user)
+    ) -> Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError> {
+        let (topic, mut subscription, feed, joining) =
+            Inner::subscribe(self, topic, since, conn, user).await?;
+        if let Some(joining) = joining {
+            subscription.track(joining);
+        }
+        Ok((topic, subscription, feed))
     }
 
     fn presence(

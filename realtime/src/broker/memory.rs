@@ -287,10 +287,14 @@ impl Broker for MemoryBroker {
         };
         let mut changes = Vec::new();
         table.sweep(Instant::now(), &mut changes);
+        let presence = table.presence();
+        if table.is_empty() {
+            presences.remove(topic);
+        }
         if announce {
             self.hub.announce(topic, &changes);
         }
-        Ok(table.presence())
+        Ok(presence)
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {

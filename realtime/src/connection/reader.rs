@@ -351,6 +351,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Answers who is subscribed to `topic`, on every instance: for a
     /// connection that may subscribe to it.
     async fn presence(&mut self, id: Option<&RawValue>, topic: &str) {
+        if topic.is_empty() {
+            let message = "`data.topic` must not be empty";
+            return self.fail(id, error_code::BAD_REQUEST, message);
+        }
         if let Err(message) = self.check_topic_length(topic) {
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
@@ -370,14 +374,15 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                     serde_json::value::to_raw_value(&presence).expect("presence always serializes");
                 self.answer(protocol::reply_frame(id, &value));
             }
-            Err(PresenceError::NotTracked(_)) => {
-                let message = format!("presence is not tracked for topic `{topic}`");
-                self.fail(id, error_code::BAD_REQUEST, &message);
-            }
-            Err(PresenceError::Broker(error)) => {
-                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "presence read failed");
-                let message = format!("cannot read the presence of `{topic}` now: {error}");
-                self.fail(id, error_code::UNAVAILABLE, &message);
+            Err(error) => {
+                let message = match &error {
+                    PresenceError::Broker(cause) => {
+                        tracing::warn!(conn = %self.ctx.conn_id, topic, error = %cause, "presence read failed");
+                        format!("cannot read the presence of `{topic}` now: {cause}")
+                    }
+                    _ => error.to_string(),
+                };
+                self.fail(id, error.code(), &message);
             }
         }
     }

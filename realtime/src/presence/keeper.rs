@@ -8,7 +8,8 @@
 //! thousand. A leave waits out the policy's linger first, so a client that
 //! comes back (a reload, a reconnect to another instance) never leaves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ pub(crate) enum Message {
 pub(crate) struct Keeper {
     node: Box<str>,
     messages: mpsc::UnboundedSender<Message>,
+    /// Whether the task runs: looked at on every send, so that only the
+    /// first takes the lock.
+    started: AtomicBool,
     waiting: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
 }
 
@@ -65,6 +69,7 @@ impl Keeper {
         Self {
             node: crate::history::new_epoch().into(),
             messages,
+            started: AtomicBool::new(false),
             waiting: Mutex::new(Some(receiver)),
         }
     }
@@ -76,22 +81,30 @@ impl Keeper {
         policy: &PresencePolicy,
         message: Message,
     ) {
-        let receiver = self.waiting.lock().expect("keeper lock poisoned").take();
-        if let Some(receiver) = receiver {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                *self.waiting.lock().expect("keeper lock poisoned") = Some(receiver);
-                return;
-            };
-            let node = self.node.clone();
-            runtime.spawn(run(Arc::clone(broker), node, policy.clone(), receiver));
+        if !self.started() {
+            self.start(broker, policy);
         }
         // The task ends only when every sender is gone.
         let _ = self.messages.send(message);
     }
 
+    /// Starts the task, unless another caller did, or there is no runtime
+    /// (then the messages wait in the channel for a later start).
+    fn start<B: Broker>(&self, broker: &Arc<B>, policy: &PresencePolicy) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut waiting = self.waiting.lock().expect("keeper lock poisoned");
+        if let Some(receiver) = waiting.take() {
+            let node = self.node.clone();
+            runtime.spawn(run(Arc::clone(broker), node, policy.clone(), receiver));
+            self.started.store(true, Ordering::Release);
+        }
+    }
+
     /// Whether the task runs (something was tracked).
     pub(crate) fn started(&self) -> bool {
-        self.waiting.lock().expect("keeper lock poisoned").is_none()
+        self.started.load(Ordering::Acquire)
     }
 }
 
@@ -103,8 +116,8 @@ struct Topic {
     /// Connection → its user as JSON, and its subscriptions here: one, or
     /// two when it left and joined again while the leave lingered.
     clients: HashMap<u64, (Arc<str>, u32)>,
-    joined: Vec<u64>,
-    left: Vec<u64>,
+    joined: HashSet<u64>,
+    left: HashSet<u64>,
     /// Write every client again (the periodic refresh, or after a failure).
     refresh: bool,
 }
@@ -136,8 +149,8 @@ impl State {
         let (_, subscriptions) = entry.clients.entry(conn).or_insert((user, 0));
         *subscriptions += 1;
         if *subscriptions == 1 {
-            entry.left.retain(|left| *left != conn);
-            entry.joined.push(conn);
+            entry.left.remove(&conn);
+            entry.joined.insert(conn);
         }
     }
 
@@ -151,8 +164,8 @@ impl State {
         *subscriptions -= 1;
         if *subscriptions == 0 {
             entry.clients.remove(&conn);
-            entry.joined.retain(|joined| *joined != conn);
-            entry.left.push(conn);
+            entry.joined.remove(&conn);
+            entry.left.insert(conn);
         }
     }
 
@@ -275,7 +288,7 @@ async fn write<B: Broker>(
         }
         let conns: Vec<u64> = match std::mem::take(&mut topic.refresh) {
             true => topic.clients.keys().copied().collect(),
-            false => std::mem::take(&mut topic.joined),
+            false => topic.joined.iter().copied().collect(),
         };
         topic.joined.clear();
         let joined = conns
@@ -285,7 +298,7 @@ async fn write<B: Broker>(
                 Some((key(conn), Arc::clone(user)))
             })
             .collect();
-        let left_conns = std::mem::take(&mut topic.left);
+        let left_conns: Vec<u64> = topic.left.drain().collect();
         writes.push(Write {
             topic: Arc::clone(name),
             joined,
@@ -295,15 +308,23 @@ async fn write<B: Broker>(
         });
     }
     let ttl = policy.entry_ttl();
+    // Set by the first failure: the writes not started yet are put back
+    // untried, so that a broker that hangs costs one round of timeouts, not
+    // one per topic.
+    let failing = &AtomicBool::new(false);
     let failed: Vec<Write> = futures_util::stream::iter(writes)
         .map(|write| async move {
             let mut left: &[String] = &write.left;
             let mut parts = write.joined.chunks(MAX_BATCH);
             loop {
+                if failing.load(Ordering::Relaxed) {
+                    return Some(write);
+                }
                 let joined = parts.next().unwrap_or_default();
                 let update = PresenceUpdate::new(joined, left, ttl, write.announce);
                 if let Err(error) = broker.update_presence(&write.topic, update).await {
                     tracing::debug!(topic = &*write.topic, %error, "presence write failed; retrying");
+                    failing.store(true, Ordering::Relaxed);
                     return Some(write);
                 }
                 left = &[];
@@ -341,15 +362,15 @@ mod tests {
         state.add(Arc::clone(&topic), 1, "\"a\"".into(), false);
         state.remove(&topic, 1);
         let entry = &state.topics[&topic];
-        assert_eq!(entry.joined, [1]);
+        assert_eq!(entry.joined, HashSet::from([1]));
         assert!(entry.left.is_empty());
         state.remove(&topic, 1);
         let entry = &state.topics[&topic];
         assert!(entry.joined.is_empty());
-        assert_eq!(entry.left, [1]);
+        assert_eq!(entry.left, HashSet::from([1]));
         state.add(Arc::clone(&topic), 1, "\"a\"".into(), false);
         let entry = &state.topics[&topic];
-        assert_eq!(entry.joined, [1]);
+        assert_eq!(entry.joined, HashSet::from([1]));
         assert!(entry.left.is_empty());
     }
 }

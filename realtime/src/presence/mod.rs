@@ -117,6 +117,8 @@ impl PresencePolicy {
     /// (at least [`MIN_TTL`]). Each instance refreshes its entries every
     /// third of it; an instance that dies without cleaning up drops out
     /// within [`bound`](Self::bound). Default [`DEFAULT_TTL`](Self::DEFAULT_TTL).
+    /// Every instance of an application must use the same: the broker's
+    /// keys expire two times the time to live of the last write.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.max(MIN_TTL);
         self
@@ -189,7 +191,9 @@ impl fmt::Debug for PresencePolicy {
 ///
 /// A user counts once in `users` and once per connection in `clients`.
 /// Users are keyed by their id as JSON, with a string id as the string
-/// itself (`"alice"` is `alice`, `42` is `42`).
+/// itself (`"alice"` is `alice`, `42` is `42`); a user id type that writes
+/// some ids as strings and others as numbers can make two users share a
+/// key.
 ///
 /// # Examples
 ///
@@ -286,6 +290,17 @@ pub enum PresenceError {
     /// The broker could not be read.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+impl PresenceError {
+    /// The error code a client is answered with: 400 for a topic not
+    /// tracked, 503 when the broker failed.
+    pub(crate) fn code(&self) -> u16 {
+        match self {
+            Self::NotTracked(_) => crate::protocol::error_code::BAD_REQUEST,
+            Self::Broker(_) => crate::protocol::error_code::UNAVAILABLE,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub(crate) enum Change {
 pub(crate) struct Table {
     clients: HashMap<String, (Arc<str>, Instant)>,
     users: HashMap<Arc<str>, usize>,
+    /// No client expires before this: a sweep before it looks at nothing.
+    earliest: Option<Instant>,
 }
 
 impl Table {
@@ -29,6 +31,7 @@ impl Table {
         self.sweep(now, &mut changes);
         let expires = now + update.ttl;
         for (client, user) in update.joined {
+            self.earliest = Some(self.earliest.map_or(expires, |at| at.min(expires)));
             match self.clients.get_mut(client) {
                 Some((_, at)) => *at = expires,
                 None => {
@@ -50,6 +53,15 @@ impl Table {
 
     /// Drops expired clients; the leaves that caused.
     pub(crate) fn sweep(&mut self, now: Instant, changes: &mut Vec<Change>) {
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            return;
+        }
+        self.earliest = self
+            .clients
+            .values()
+            .map(|(_, at)| *at)
+            .filter(|at| *at > now)
+            .min();
         let expired: Vec<String> = self
             .clients
             .iter()

@@ -85,8 +85,9 @@ return {tonumber(meta[2]), meta[1], entries}
 /// JSON), their expiry times (a sorted set, by Redis's clock in
 /// milliseconds) and the connections per user (a hash of user → count).
 ///
-/// First it drops the clients whose time passed (at most 1000 per call, so
-/// that no call runs long; the next call takes the rest), then adds or
+/// First it drops the clients whose time passed (at most 1000 per call of a
+/// write, so that no call runs long and the next takes the rest; all of
+/// them before a read, so that a read never counts them), then adds or
 /// refreshes the joined clients, then removes the left ones. A user whose
 /// count goes from 0 to 1 joins, and back to 0 leaves; with a head given,
 /// each is published on the topic's channel as
@@ -119,9 +120,12 @@ local function remove(client)
     announce('leave', user)
   end
 end
-for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
-  remove(client)
-end
+repeat
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, client in ipairs(expired) do
+    remove(client)
+  end
+until #expired < 1000 or ARGV[5] ~= '1'
 local joined = tonumber(ARGV[6])
 for i = 0, joined - 1 do
   local client, user = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
@@ -143,7 +147,7 @@ end
 if ARGV[5] == '1' then
   return redis.call('HGETALL', KEYS[3])
 end
-return redis.call('HLEN', KEYS[1])
+return 0
 "#,
     )
 });
@@ -180,8 +184,7 @@ pub(super) struct PresenceCall<'a> {
     pub(super) sharded: bool,
 }
 
-/// Runs the presence script: the number of clients, or with `read`
-/// every user's count.
+/// Runs the presence script; with `read`, the presence it leaves.
 pub(super) async fn presence(
     conn: &mut impl ::redis::aio::ConnectionLike,
     call: PresenceCall<'_>,
@@ -205,11 +208,8 @@ pub(super) async fn presence(
         invocation.arg(client);
     }
     if !read {
-        let clients: usize = invocation.invoke_async(conn).await?;
-        return Ok(Presence {
-            clients,
-            ..Presence::default()
-        });
+        invocation.invoke_async::<()>(conn).await?;
+        return Ok(Presence::default());
     }
     let flat: Vec<String> = invocation.invoke_async(conn).await?;
     let mut counts = Vec::with_capacity(flat.len() / 2);
