@@ -32,6 +32,13 @@
 //! Every room lists who is in it: the page asks `$presence` and follows the
 //! `join` and `leave` events.
 //!
+//! For operators: `GET /metrics` (Prometheus text: the framework's series,
+//! see `realtime::telemetry`), `GET /ready` (503 while Redis is unreachable
+//! or the chat drains) and `GET /live`. Logs go to stderr, one JSON object
+//! per line with `LOG_FORMAT=json`; `RUST_LOG=realtime=debug` logs every
+//! frame, inside its connection's span. `DRAIN_SECS=5` keeps serving 5 s
+//! after SIGTERM with `/ready` at 503 before closing the sockets.
+//!
 //! For the demo, the token is the user's name: any non-empty name is
 //! accepted. The room `admin` is only for the user `admin` (403 for anyone
 //! else), to show topic authorization. Ctrl-C or SIGTERM close every socket
@@ -174,12 +181,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         return generate(std::path::Path::new(dir));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,realtime=info".into()),
-        )
-        .init();
+    init_logs();
+    // Before the service is built: the framework registers its per-message
+    // series with the recorder it finds then.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ])?
+        .install_recorder()?;
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()
@@ -191,11 +201,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(url) => {
             let broker = RedisBroker::connect(&url, Default::default()).await?;
             tracing::info!(%addr, redis = %url, "chat with the Redis broker");
-            serve(addr, broker).await
+            serve(addr, broker, prometheus).await
         }
         Err(_) => {
             tracing::info!(%addr, "chat with the memory broker");
-            serve(addr, MemoryBroker::new()).await
+            serve(addr, MemoryBroker::new(), prometheus).await
         }
     }
 }
@@ -212,16 +222,42 @@ fn generate(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); one JSON
+/// object per line with `LOG_FORMAT=json`. Each connection's lines carry
+/// its span: connection id, user and topic.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,realtime=info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        _ => logs.init(),
+    }
+}
+
 async fn serve<B: Broker>(
     addr: std::net::SocketAddr,
     broker: B,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let service = Service::builder(Chat, (), demo_validator())
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
         .presence(presence_policy()?)
         .build()?;
+    // Histograms are folded into their buckets by this upkeep.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     let mut app = Chat::router(service.clone())
+        .merge(realtime::health::routes(service.clone()))
+        .route("/metrics", get(move || async move { prometheus.render() }))
         .route("/", get(|| async { Html(include_str!("index.html")) }));
     for (path, source) in PAGE_SCRIPTS {
         let script = (
@@ -241,12 +277,25 @@ async fn serve<B: Broker>(
             tracing::info!("shutting down: closing every socket with 1001");
         })
         .with_service(service)
+        .drain_delay(drain_delay()?)
         .shutdown_timeout(Duration::from_secs(10))
         .await?;
     Ok(())
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
+/// `DRAIN_SECS`: how long the chat goes on serving after SIGTERM with
+/// `/ready` answering 503, before it closes its sockets (default 0).
+fn drain_delay() -> Result<Duration, String> {
+    match std::env::var("DRAIN_SECS") {
+        Ok(secs) => secs
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("DRAIN_SECS must be a number of seconds, got `{secs}`")),
+        Err(_) => Ok(Duration::ZERO),
+    }
+}
+
 /// Every room tracks who is in it and announces joins and leaves (rooms of
 /// a demo are small). `PRESENCE_TTL_SECS` shortens how long a crashed
 /// instance's users stay listed (default 30 s, plus a third).

@@ -14,12 +14,17 @@
 //!   both in turn and prints medians and ratios (see docs/PERFORMANCE.md);
 //! - `presence [--members 1000] [--visits 200] [--repeats 3]`: the cost of
 //!   presence in a room of that many members, off, quiet and announced
-//!   (see docs/PERFORMANCE.md).
+//!   (see docs/PERFORMANCE.md);
+//! - `soak [--conns 10000] [--rooms 100] [--rate 100] [--seconds 600] [--restart-redis-at S] [--sample 60]`:
+//!   two chat instances on one Redis under a steady load: memory over time,
+//!   latency, lost and reordered events, and the `/metrics` matched
+//!   against what the generator counted (see docs/PERFORMANCE.md).
 
 use std::process::ExitCode;
 
 mod matrix;
 mod presence;
+mod soak;
 mod stats;
 mod workload;
 
@@ -62,7 +67,7 @@ impl Flags<'_> {
 
 async fn run(args: &[String]) -> Result<(), String> {
     let (workload, rest) = args.split_first().ok_or(
-        "usage: realtime-bench <fanout|rpc|idle|matrix|presence> [--flags]; see the crate docs",
+        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak> [--flags]; see the crate docs",
     )?;
     let flags = Flags(rest);
     let urls = flags.all("--url");
@@ -109,6 +114,18 @@ async fn run(args: &[String]) -> Result<(), String> {
             })
             .await?;
         }
+        "soak" => {
+            let restart: u64 = flags.number("--restart-redis-at", 0)?;
+            soak::run(&soak::Options {
+                connections: flags.number("--conns", 10_000)?,
+                rooms: flags.number("--rooms", 100)?,
+                rate: flags.number("--rate", 100)?,
+                duration: std::time::Duration::from_secs(flags.number("--seconds", 600)?),
+                restart_redis_at: (restart > 0).then(|| std::time::Duration::from_secs(restart)),
+                sample_every: std::time::Duration::from_secs(flags.number("--sample", 60)?),
+            })
+            .await?;
+        }
         "presence" => {
             presence::run(&presence::Options {
                 members: flags.number("--members", 1000)?,
@@ -119,7 +136,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         other => {
             return Err(format!(
-                "unknown workload `{other}`; use fanout, rpc, idle, matrix or presence"
+                "unknown workload `{other}`; use fanout, rpc, idle, matrix, presence or soak"
             ));
         }
     }

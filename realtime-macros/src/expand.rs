@@ -398,6 +398,9 @@ pub(crate) fn handler_impl(handler: &Handler, stand_in: bool) -> TokenStream {
     let enum_ident = names::client_message_ident(&handler.self_ident);
     let (state, user, event) = associated_types(handler);
     let ctx_type = context_type();
+    let wires = messages(handler, stand_in)
+        .iter()
+        .map(|method| &method.wire);
     let (reply_helper, body, hooks) = if stand_in {
         // The parameters keep the real impl's names; nothing reads them.
         let body = quote! {
@@ -421,6 +424,8 @@ pub(crate) fn handler_impl(handler: &Handler, stand_in: bool) -> TokenStream {
             type ServerEvent = #event;
             type AppState = #state;
             type UserId = #user;
+
+            const MESSAGE_TYPES: &'static [&'static str] = &[#(#wires),*];
 
             /// Moves each message's fields into its method: a direct method's
             /// value becomes the reply, a broadcast method's the event.

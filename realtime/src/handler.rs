@@ -484,6 +484,13 @@ pub trait MessageHandler: Send + Sync + Sized + 'static {
     /// Who a connection belongs to, as the token validator returns it.
     type UserId: Clone + fmt::Debug + Send + Sync + 'static;
 
+    /// The wire names of [`ClientMessage`](Self::ClientMessage)'s messages:
+    /// the values the `type` label of the frame series takes (see
+    /// [`telemetry`](crate::telemetry)). `#[realtime_handler]` fills it; a
+    /// hand-written handler that leaves it empty has its messages counted
+    /// as `message`.
+    const MESSAGE_TYPES: &'static [&'static str] = &[];
+
     /// Runs once a connection is upgraded and subscribed, before its first
     /// message is read. The default does nothing.
     fn on_connect(

@@ -78,6 +78,7 @@ mod connection;
 #[cfg_attr(docsrs, doc(cfg(feature = "describe")))]
 pub mod describe;
 pub mod handler;
+pub mod health;
 pub mod history;
 mod pattern;
 pub mod presence;
@@ -85,6 +86,7 @@ pub mod protocol;
 pub mod route;
 pub mod serve;
 pub mod service;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -24,6 +24,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::handler::MessageHandler;
 use crate::history::Position;
 use crate::service::{Full, Service};
+use crate::telemetry;
 
 /// The router with one route, `path`, that upgrades to `service`.
 ///
@@ -73,7 +74,11 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     service.authorize(&user, &topic).await?;
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return Ok(rejection.into_response()),
+        Err(rejection) => {
+            let response = rejection.into_response();
+            telemetry::upgrade_refused(response.status().as_u16());
+            return Ok(response);
+        }
     };
     let admission = service.admit().map_err(|full| match full {
         Full::AtCapacity => UpgradeError::AtCapacity,
@@ -151,6 +156,14 @@ pub enum UpgradeError {
 
 impl IntoResponse for UpgradeError {
     fn into_response(self) -> Response {
+        let response = self.response();
+        telemetry::upgrade_refused(response.status().as_u16());
+        response
+    }
+}
+
+impl UpgradeError {
+    fn response(self) -> Response {
         match self {
             Self::Auth(error) => error.into_response(),
             Self::TopicTooLong { .. } | Self::BadSince => {

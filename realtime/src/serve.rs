@@ -51,6 +51,8 @@ pub fn serve(listener: TcpListener, app: Router) -> Serve {
         max_pending: 1024,
         shutdown_timeout: Duration::from_secs(10),
         signal: Box::pin(std::future::pending()),
+        drain_delay: Duration::ZERO,
+        on_signal: Vec::new(),
         drains: Vec::new(),
     }
 }
@@ -66,6 +68,9 @@ pub struct Serve {
     max_pending: usize,
     shutdown_timeout: Duration,
     signal: Drain,
+    drain_delay: Duration,
+    /// Run at the signal, before the drain delay.
+    on_signal: Vec<Box<dyn FnOnce() + Send>>,
     drains: Vec<Box<dyn FnOnce() -> Drain + Send>>,
 }
 
@@ -111,11 +116,25 @@ impl Serve {
     }
 
     /// Closes `service`'s WebSockets with 1001 at shutdown
-    /// ([`Service::shutdown`]), within the same deadline as the rest.
+    /// ([`Service::shutdown`]), within the same deadline as the rest; from
+    /// the signal on, the service is draining ([`Service::drain`]: `/ready`
+    /// answers 503).
     pub fn with_service<H: MessageHandler, B: Broker>(mut self, service: Service<H, B>) -> Self {
+        let draining = service.clone();
+        self.on_signal.push(Box::new(move || draining.drain()));
         self.drains.push(Box::new(move || {
             Box::pin(async move { service.shutdown().await })
         }));
+        self
+    }
+
+    /// How long to go on serving after the signal before shutting down:
+    /// the services are draining meanwhile (`/ready` answers 503
+    /// `draining`), so that a load balancer takes the instance out before
+    /// its connections close. Default: none. Not counted in
+    /// [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
         self
     }
 
@@ -138,9 +157,23 @@ impl Serve {
             header_timeout,
             max_pending,
             shutdown_timeout,
-            mut signal,
+            signal,
+            drain_delay,
+            on_signal,
             drains,
         } = self;
+        // The signal, then the drain delay, during which the server goes
+        // on accepting while the services say they are draining.
+        let mut signal = Box::pin(async move {
+            signal.await;
+            for draining in on_signal {
+                draining();
+            }
+            if !drain_delay.is_zero() {
+                tracing::info!(?drain_delay, "draining before the shutdown");
+                tokio::time::sleep(drain_delay).await;
+            }
+        });
         let pending = Arc::new(Semaphore::new(max_pending));
         let (stopping, stop) = watch::channel(false);
         let mut connections = JoinSet::new();

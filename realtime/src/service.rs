@@ -21,6 +21,7 @@ use crate::history::{History, HistoryError, HistoryPolicy, Position};
 use crate::presence::keeper::{self, Keeper};
 use crate::presence::{Presence, PresenceError, PresencePolicy, Tracking};
 use crate::protocol::{self, Frame};
+use crate::telemetry;
 use crate::track::{ReadFrom, Track};
 
 /// The longest [`Service::shutdown`] waits for the broker to remove the
@@ -104,6 +105,8 @@ struct Inner<H: MessageHandler, B> {
     /// topic cannot overtake each other.
     subscribed: Mutex<HashSet<Arc<str>>>,
     next_id: AtomicU64,
+    /// Set by `Service::drain`: readiness says no, connections stay.
+    draining: std::sync::atomic::AtomicBool,
     /// Open connections, counted from admission to the end of `serve`.
     open: watch::Sender<usize>,
     shutdown: Signal,
@@ -266,6 +269,7 @@ impl Registry {
         let live = track.apply(&entry.ring, topic, from, read);
         if track.generation() != generation {
             bump(&self.counters.resets);
+            metrics::counter!(telemetry::RESETS).increment(1);
         }
         live
     }
@@ -300,6 +304,7 @@ impl Registry {
             };
         }
         let name: Arc<str> = topic.into();
+        metrics::gauge!(telemetry::SUBSCRIBED_TOPICS).increment(1.0);
         let (ring, receiver) = broadcast::channel(self.backlog);
         let id = self.next_track.fetch_add(1, Ordering::Relaxed);
         let track = history.then(|| StdMutex::new(Track::new(id)));
@@ -328,6 +333,7 @@ impl Registry {
         entry.subscribers -= 1;
         if entry.subscribers == 0 {
             topics.remove(topic);
+            metrics::gauge!(telemetry::SUBSCRIBED_TOPICS).decrement(1.0);
             return true;
         }
         false
@@ -502,7 +508,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
         if self.presence.tracks_any() && !self.broker.supports_presence() {
             return Err(ConfigError::PresenceUnsupported);
         }
-        let counters = Arc::<Counters>::default();
+        let counters = Arc::new(Counters::new(H::MESSAGE_TYPES));
         let registry = Arc::new(Registry::new(
             self.config.topic_backlog,
             Arc::clone(&counters),
@@ -526,6 +532,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 registry,
                 subscribed: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 open,
                 shutdown: Signal::default(),
                 counters,
@@ -547,6 +554,7 @@ impl<H: MessageHandler, B: Broker> Fan<H, B> {
     /// Starts the task that fills `topic`'s ring from its history.
     fn spawn_gap_fill(&self, topic: Arc<str>) {
         bump(&self.registry.counters.gap_fills);
+        metrics::counter!(telemetry::GAP_FILLS).increment(1);
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
@@ -644,6 +652,7 @@ pub(crate) struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.open.send_modify(|open| *open -= 1);
+        metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
     }
 }
 
@@ -859,6 +868,20 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         self.inner.shutdown.is_fired()
     }
 
+    /// Says that the instance is about to shut down: `/ready` answers 503
+    /// `draining` from now on, so that a load balancer stops sending new
+    /// clients, while the connections open stay. [`realtime::serve`](crate::serve())
+    /// calls it at the signal, [`drain_delay`](crate::serve::Serve::drain_delay)
+    /// before it shuts the service down.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
     /// The topics that have at least one subscriber on this instance (the
     /// URL's topic or a `$join`ed one), in no particular order: for
     /// server-side code that publishes to the topics someone listens to,
@@ -942,6 +965,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             true
         });
         if admitted {
+            metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
             Ok(Admission {
                 open: self.inner.open.clone(),
             })
@@ -1038,7 +1062,16 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             outbox,
             publisher: Arc::clone(&self.inner) as Arc<dyn Publish>,
         };
-        async move {
+        metrics::counter!(telemetry::ACCEPTED).increment(1);
+        // Every event of the connection's life is logged inside this span:
+        // which connection, whose, on which topic. Frames are `debug`.
+        let span = tracing::info_span!(
+            "connection",
+            conn = %id,
+            user = ?ctx.user_id,
+            topic = &*ctx.topic,
+        );
+        let connection = async move {
             let inner = &self.inner;
             let session = Session {
                 handler: &inner.handler,
@@ -1051,7 +1084,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             drop(started);
             inner.handler.on_disconnect(&ctx).await;
             drop(admission);
-        }
+        };
+        tracing::Instrument::instrument(connection, span)
     }
 }
 
@@ -1075,10 +1109,18 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     /// Publishes an event frame: with its position and into the history if
     /// the policy keeps `topic`'s, as it is otherwise.
     async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
-        match self.history.retention(topic) {
+        let started = std::time::Instant::now();
+        let published = match self.history.retention(topic) {
             Some(retention) => self.broker.append(topic, frame, &retention).await.map(drop),
             None => self.broker.publish(topic, frame).await,
+        };
+        let meters = &self.counters.meters;
+        meters.publish_duration.record(started.elapsed());
+        match &published {
+            Ok(()) => meters.published.increment(1),
+            Err(_) => meters.publish_errors.increment(1),
         }
+        published
     }
 
     async fn history(
@@ -1196,11 +1238,12 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 {
                     let resumed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
                     if let Some(recovered) = resumed.recovered {
-                        let counter = match recovered {
-                            true => &inner.counters.recovered,
-                            false => &inner.counters.not_recovered,
+                        let (counter, result) = match recovered {
+                            true => (&inner.counters.recovered, "recovered"),
+                            false => (&inner.counters.not_recovered, "not_recovered"),
                         };
                         bump(counter);
+                        metrics::counter!(telemetry::RECOVERED, "result" => result).increment(1);
                     }
                     return Ok(resumed.feed);
                 }

@@ -67,6 +67,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops delivering `topic`'s frames to this instance.
     fn unsubscribe(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Whether the broker's link works now: `/ready` answers 503 while it
+    /// does not (see [`health`](crate::health)). The default: always.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// Whether [`append`](Self::append) and [`history`](Self::history) work;
     /// a service with a history policy refuses to build on a broker without
     /// them. The default: false.

@@ -109,6 +109,8 @@ impl Outbound {
 /// Counters shared by every connection of one service.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// The handles of the series recorded per message.
+    pub(crate) meters: crate::telemetry::Meters,
     pub(crate) slow_closes: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
@@ -117,6 +119,24 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
     pub(crate) recovered: AtomicU64,
     pub(crate) not_recovered: AtomicU64,
+}
+
+impl Counters {
+    /// Counters whose per-message series have a `type` per wire name in
+    /// `message_types`.
+    pub(crate) fn new(message_types: &'static [&'static str]) -> Self {
+        Self {
+            meters: crate::telemetry::Meters::new(message_types),
+            slow_closes: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            idle_closes: AtomicU64::new(0),
+            gap_fills: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            not_recovered: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Adds one to a counter; the counts are statistics, ordered with nothing.
@@ -212,6 +232,7 @@ impl Status {
     pub(crate) fn abort_slow(&self) {
         if !self.abort.is_fired() {
             bump(&self.counters.slow_closes);
+            metrics::counter!(crate::telemetry::QUEUE_FULL).increment(1);
             tracing::debug!("client fell behind its outbound bound; closing it with 1013");
         }
         self.abort(close_code::TRY_AGAIN_LATER);

@@ -20,6 +20,7 @@ use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::history::Position;
 use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
+use crate::telemetry::{Meters, TypeMeters};
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,10 +230,15 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 
     /// Handles one text frame and queues its answer, if any.
     async fn handle(&mut self, text: &str) {
+        let meters: &'a Meters = &self.topics.counters().meters;
         let request = match protocol::read_envelope(text) {
             Ok(request) => request,
-            Err(error) => return self.fail(error.id, error_code::BAD_REQUEST, &error.message),
+            Err(error) => {
+                meters.invalid().received();
+                return self.fail(error.id, error_code::BAD_REQUEST, &error.message);
+            }
         };
+        tracing::debug!(kind = &*request.kind, bytes = text.len(), "frame");
         let id = request.id;
         if request.kind.starts_with(RESERVED_PREFIX) {
             // Boxed: subscribing (a broker round trip) is the largest thing
@@ -242,10 +248,15 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         }
         let message = match request.decode::<H::ClientMessage>() {
             Ok(message) => message,
-            Err(error) => return self.fail(id, error_code::BAD_REQUEST, &error.message),
+            Err(error) => {
+                meters.invalid().received();
+                return self.fail(id, error_code::BAD_REQUEST, &error.message);
+            }
         };
+        let meters = meters.of(&request.kind);
+        meters.received();
         let Some(topic) = request.topic.as_deref() else {
-            return self.dispatch(id, message).await;
+            return self.dispatch(id, message, meters).await;
         };
         if let Err(message) = self.check_topic_length(topic) {
             return self.fail(id, error_code::BAD_REQUEST, &message);
@@ -259,13 +270,21 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         };
         // The handler sees the topic the frame is about, then the URL's again.
         self.ctx.topic = topic;
-        self.dispatch(id, message).await;
+        self.dispatch(id, message, meters).await;
         self.ctx.topic = Arc::clone(self.subscriptions.home());
     }
 
     /// Runs the handler on a decoded message and answers what it produced.
-    async fn dispatch(&mut self, id: Option<&RawValue>, message: H::ClientMessage) {
-        match self.handler.handle(message, &*self.ctx).await {
+    async fn dispatch(
+        &mut self,
+        id: Option<&RawValue>,
+        message: H::ClientMessage,
+        meters: &TypeMeters,
+    ) {
+        let started = Instant::now();
+        let outcome = self.handler.handle(message, &*self.ctx).await;
+        meters.handled_in(started.elapsed());
+        match outcome {
             Ok(Outcome::Reply(reply)) => {
                 let frame = protocol::reply_frame(id, reply.raw());
                 match self.check_size("reply", frame.as_str().len()) {
@@ -282,7 +301,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// A built-in control message: `$join`, `$leave` or `$ping`.
     async fn control(&mut self, request: &protocol::Request<'_>) {
         let id = request.id;
-        match Control::decode(request) {
+        let control = Control::decode(request);
+        let meters = &self.topics.counters().meters;
+        match control {
+            Ok(_) => meters.of(&request.kind).received(),
+            Err(_) => meters.invalid().received(),
+        }
+        match control {
             Ok(Control::Join { topic, since }) => self.join(id, &topic, since.as_ref()).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
             Ok(Control::Presence { topic }) => self.presence(id, &topic).await,

@@ -136,10 +136,13 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
         };
         let mut next = Some(first);
         let mut fed = 0;
+        let mut events = 0;
         // Feed up to `batch` frames that are already waiting, then flush once.
         while let Some(item) = next.take() {
             let message = match item {
-                Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
+                Item::Queued(Outbound::Frame(frame)) => Message::Text(frame.into_text()),
+                Item::Event(frame) => {
+                    events += 1;
                     Message::Text(frame.into_text())
                 }
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
@@ -182,6 +185,8 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
                 next = try_next(sources, status);
             }
         }
+        // Counted once per batch, not per frame.
+        status.counters().meters.delivered.increment(events);
         let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
             sink.poll_flush_unpin(cx)
         });
@@ -311,6 +316,7 @@ async fn unless_stuck<E>(
 }
 
 async fn send_close(sink: &mut Sink, code: u16) -> bool {
+    crate::telemetry::client_closed(code);
     let frame = CloseFrame {
         code,
         reason: close_reason(code).into(),

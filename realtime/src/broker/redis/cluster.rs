@@ -200,6 +200,7 @@ impl ClusterSupervisor {
             .resubscribes
             .fetch_add(channels.len() as u64, Ordering::Relaxed);
         bump(&self.shared.counters.reconnects);
+        crate::telemetry::broker_reconnected();
         self.shared
             .counters
             .connected

@@ -8,11 +8,11 @@ use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Redis
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use self::metrics::{Counters, bump};
 use super::{Broker, BrokerError, Incoming};
 use crate::history::{self, History, Position, Retention};
 use crate::presence::{Presence, PresenceUpdate};
 use crate::protocol::{self, Frame};
-use metrics::{Counters, bump};
 use supervisor::{Command, Supervisor};
 
 mod cluster;
@@ -22,8 +22,8 @@ mod metrics;
 mod script;
 mod supervisor;
 
+pub use self::metrics::RedisMetrics;
 pub use config::{RedisConfig, RedisConfigError};
-pub use metrics::RedisMetrics;
 
 /// Subscriber commands waiting for the supervisor. The service issues them
 /// one at a time (it holds a lock across each), so a few slots are plenty;
@@ -416,6 +416,10 @@ impl Broker for RedisBroker {
 
     fn supports_presence(&self) -> bool {
         true
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.publisher().is_some()
     }
 
     async fn update_presence(

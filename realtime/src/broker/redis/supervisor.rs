@@ -84,6 +84,7 @@ impl Supervisor {
                 None => break,
             };
             bump(&self.shared.counters.reconnects);
+            crate::telemetry::broker_reconnected();
             tracing::info!(
                 after = ?lost_at.elapsed(),
                 topics = self.topics.len(),

@@ -1,0 +1,228 @@
+//! The series this crate records through the [`metrics`] facade: the
+//! application installs a recorder (a Prometheus exporter, say) before it
+//! builds its service, and every series below appears there. Without one,
+//! recording costs next to nothing.
+//!
+//! | series | kind | labels |
+//! | --- | --- | --- |
+//! | `realtime_connections` | gauge | |
+//! | `realtime_connections_accepted_total` | counter | |
+//! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 503) |
+//! | `realtime_client_closes_total` | counter | `code`: the close code the server sent |
+//! | `realtime_frames_received_total` | counter | `type`: a wire name of the handler's, a `$` control message, or `invalid` |
+//! | `realtime_handler_duration_seconds` | histogram | `type`, as above |
+//! | `realtime_events_published_total` | counter | |
+//! | `realtime_events_delivered_total` | counter | |
+//! | `realtime_outbound_queue_full_total` | counter | |
+//! | `realtime_broker_publish_errors_total` | counter | |
+//! | `realtime_broker_reconnects_total` | counter | |
+//! | `realtime_broker_publish_duration_seconds` | histogram | |
+//! | `realtime_subscribed_topics` | gauge | |
+//! | `realtime_history_recovered_total` | counter | `result` (`recovered`, `not_recovered`) |
+//! | `realtime_history_gap_fills_total` | counter | |
+//! | `realtime_topic_resets_total` | counter | |
+//!
+//! No label holds a topic name or a user id: ten thousand topics add no
+//! series. `type` takes the handler's wire names
+//! ([`MessageHandler::MESSAGE_TYPES`](crate::MessageHandler::MESSAGE_TYPES),
+//! which the macro fills; a hand-written handler that leaves it empty
+//! counts its messages as `message`), the four control messages and
+//! `invalid` for anything else, so a client cannot add series either.
+//! Events delivered count every frame a topic's ring handed to a client:
+//! events, and `join`/`leave` frames.
+//!
+//! The series recorded per message (frames, handler time, events published
+//! and delivered, publish time) use handles registered when the service is
+//! built: install the recorder before that.
+
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+use crate::protocol::Control;
+
+/// A connection of the instance was upgraded.
+pub(crate) const CONNECTIONS: &str = "realtime_connections";
+pub(crate) const ACCEPTED: &str = "realtime_connections_accepted_total";
+pub(crate) const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
+pub(crate) const CLIENT_CLOSES: &str = "realtime_client_closes_total";
+pub(crate) const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
+pub(crate) const HANDLER_DURATION: &str = "realtime_handler_duration_seconds";
+pub(crate) const EVENTS_PUBLISHED: &str = "realtime_events_published_total";
+pub(crate) const EVENTS_DELIVERED: &str = "realtime_events_delivered_total";
+pub(crate) const QUEUE_FULL: &str = "realtime_outbound_queue_full_total";
+pub(crate) const PUBLISH_ERRORS: &str = "realtime_broker_publish_errors_total";
+pub(crate) const BROKER_RECONNECTS: &str = "realtime_broker_reconnects_total";
+pub(crate) const PUBLISH_DURATION: &str = "realtime_broker_publish_duration_seconds";
+pub(crate) const SUBSCRIBED_TOPICS: &str = "realtime_subscribed_topics";
+pub(crate) const RECOVERED: &str = "realtime_history_recovered_total";
+pub(crate) const GAP_FILLS: &str = "realtime_history_gap_fills_total";
+pub(crate) const RESETS: &str = "realtime_topic_resets_total";
+
+/// The label of a frame type no handler or control message knows.
+const INVALID: &str = "invalid";
+/// The label of a hand-written handler's messages, whose wire names it did
+/// not list.
+const UNNAMED: &str = "message";
+
+/// One frame type's handles.
+#[derive(Debug)]
+pub(crate) struct TypeMeters {
+    name: &'static str,
+    frames: Counter,
+    /// For the handler's messages; control messages and invalid frames
+    /// run no handler.
+    duration: Option<Histogram>,
+}
+
+impl TypeMeters {
+    fn handled(name: &'static str) -> Self {
+        Self {
+            duration: Some(metrics::histogram!(HANDLER_DURATION, "type" => name)),
+            ..Self::counted(name)
+        }
+    }
+
+    fn counted(name: &'static str) -> Self {
+        Self {
+            name,
+            frames: metrics::counter!(FRAMES_RECEIVED, "type" => name),
+            duration: None,
+        }
+    }
+
+    /// Counts one frame of this type.
+    pub(crate) fn received(&self) {
+        self.frames.increment(1);
+    }
+
+    /// Records how long the handler took on one.
+    pub(crate) fn handled_in(&self, took: Duration) {
+        if let Some(duration) = &self.duration {
+            duration.record(took);
+        }
+    }
+}
+
+/// The handles of the per-message series, registered with the recorder
+/// once, when the service is built.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    /// The handler's wire names, then the control messages: few, so a
+    /// list beats a map.
+    types: Box<[TypeMeters]>,
+    unnamed: TypeMeters,
+    invalid: TypeMeters,
+    pub(crate) published: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) publish_errors: Counter,
+    pub(crate) publish_duration: Histogram,
+}
+
+impl Default for Meters {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Meters {
+    /// Registers the handles, with a `type` series per wire name in
+    /// `message_types`.
+    pub(crate) fn new(message_types: &'static [&'static str]) -> Self {
+        let controls = [
+            Control::JOIN,
+            Control::LEAVE,
+            Control::PRESENCE,
+            Control::PING,
+        ];
+        Self {
+            types: message_types
+                .iter()
+                .map(|name| TypeMeters::handled(name))
+                .chain(controls.iter().map(|name| TypeMeters::counted(name)))
+                .collect(),
+            unnamed: TypeMeters::handled(UNNAMED),
+            invalid: TypeMeters::counted(INVALID),
+            published: metrics::counter!(EVENTS_PUBLISHED),
+            delivered: metrics::counter!(EVENTS_DELIVERED),
+            publish_errors: metrics::counter!(PUBLISH_ERRORS),
+            publish_duration: metrics::histogram!(PUBLISH_DURATION),
+        }
+    }
+
+    /// The handles of frames of type `kind`, once the frame was read as
+    /// that type; a decoded message whose name the handler did not list
+    /// counts as `message`.
+    pub(crate) fn of(&self, kind: &str) -> &TypeMeters {
+        self.types
+            .iter()
+            .find(|meters| meters.name == kind)
+            .unwrap_or(&self.unnamed)
+    }
+
+    /// The handles of frames that could not be read.
+    pub(crate) fn invalid(&self) -> &TypeMeters {
+        &self.invalid
+    }
+}
+
+/// The label of a close code: the codes the server sends, by number.
+pub(crate) fn close_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        1013 => "1013",
+        _ => "other",
+    }
+}
+
+/// The label of a refused upgrade's HTTP status.
+pub(crate) fn status_label(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        426 => "426",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+/// Counts one server-sent close.
+pub(crate) fn client_closed(code: u16) {
+    metrics::counter!(CLIENT_CLOSES, "code" => close_label(code)).increment(1);
+}
+
+/// Counts one reconnect of a broker's link.
+pub(crate) fn broker_reconnected() {
+    metrics::counter!(BROKER_RECONNECTS).increment(1);
+}
+
+/// Counts one refused upgrade.
+pub(crate) fn upgrade_refused(status: u16) {
+    metrics::counter!(UPGRADE_REFUSED, "status" => status_label(status)).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded() {
+        assert_eq!(close_label(4000), "other");
+        assert_eq!(status_label(418), "other");
+        let meters = Meters::new(&["say"]);
+        assert_eq!(meters.of("say").name, "say");
+        assert_eq!(meters.of("$join").name, "$join");
+        assert_eq!(meters.of("anything").name, "message");
+        assert_eq!(meters.invalid().name, "invalid");
+    }
+}
