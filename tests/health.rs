@@ -1,11 +1,13 @@
-//! `/ready` and `/live` of the chat example over real sockets: ready while
-//! Redis answers, 503 `broker disconnected` while it is down and ready
-//! again after, 503 `draining` (and still live) between SIGTERM and the
-//! close of the sockets.
+//! The chat example's operator endpoints over real sockets: `/ready` and
+//! `/live` (ready while Redis answers, 503 `broker disconnected` while it
+//! is down and ready again after, 503 `draining` and still live between
+//! SIGTERM and the close of the sockets), `/metrics` in Prometheus text,
+//! and JSON logs with `LOG_FORMAT=json`.
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::chat::start_chat_with;
@@ -78,4 +80,66 @@ async fn ready_follows_redis_and_the_drain_while_live_stays() {
         assert!(start.elapsed() < DEADLINE, "the chat never stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_and_logs_are_json_lines() {
+    let redis = RedisServer::start().await;
+    let port = free_port();
+    let mut chat = Command::new(common::chat::chat_binary())
+        .env("PORT", port.to_string())
+        .env("REDIS_URL", redis.url())
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,realtime=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the chat");
+    let logs = chat.stderr.take().expect("piped");
+    let chat = common::chat::Process(chat);
+    common::chat::wait_for_port(port, "the chat");
+
+    let url = format!("ws://127.0.0.1:{port}/ws/lobby");
+    let mut alice = realtime::testing::TestClient::connect(&url, "alice")
+        .await
+        .expect("connect");
+    let said = alice
+        .request("say", serde_json::json!({"text": "hi"}), 1)
+        .await;
+    assert!(said.get("error").is_none(), "{said}");
+
+    let (status, body) = get(port, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200);
+    for line in [
+        "realtime_connections 1",
+        "realtime_connections_accepted_total 1",
+        "realtime_events_published_total 1",
+        "realtime_frames_received_total{type=\"say\"} 1",
+    ] {
+        assert!(body.contains(line), "no `{line}` in:\n{body}");
+    }
+    drop(alice);
+    drop(chat);
+
+    // Every line is a JSON object; a frame's line carries its connection's
+    // span: id, user and topic.
+    let lines: Vec<String> = BufReader::new(logs).lines().map_while(Result::ok).collect();
+    assert!(!lines.is_empty());
+    let mut framed = false;
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if value["fields"]["message"] == "frame" {
+            assert_eq!(value["fields"]["kind"], "say");
+            assert_eq!(value["span"]["topic"], "lobby");
+            assert!(
+                value["span"]["user"]
+                    .as_str()
+                    .is_some_and(|user| user.contains("alice"))
+            );
+            assert!(value["span"]["conn"].is_string());
+            framed = true;
+        }
+    }
+    assert!(framed, "no frame line in {lines:#?}");
 }

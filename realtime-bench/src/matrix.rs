@@ -305,18 +305,29 @@ pub(crate) fn build(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the whole matrix and prints the table.
-pub(crate) async fn run(options: &Options) -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace's root directory.
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the bench crate sits in the workspace")
-        .to_path_buf();
-    build(&root)?;
-    let dir = std::env::current_exe()
+        .to_path_buf()
+}
+
+/// The directory of this binary, where cargo put the servers it built
+/// (`examples/` beside it).
+pub(crate) fn binaries() -> Result<PathBuf, String> {
+    Ok(std::env::current_exe()
         .map_err(|e| e.to_string())?
         .parent()
         .ok_or("no directory for the bench binary")?
-        .to_path_buf();
+        .to_path_buf())
+}
+
+/// Runs the whole matrix and prints the table.
+pub(crate) async fn run(options: &Options) -> Result<(), String> {
+    let root = workspace_root();
+    build(&root)?;
+    let dir = binaries()?;
     let redis = Redis::start()?;
 
     let mut cases = Vec::new();

@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::matrix::{Redis, build, free_port, wait_for_port};
+use crate::matrix::{Redis, binaries, build, free_port, wait_for_port, workspace_root};
 use crate::stats::median;
 
 /// The longest one phase may take.
@@ -293,16 +293,8 @@ async fn one_run(
 
 /// Runs every mode `repeats` times and prints medians.
 pub(crate) async fn run(options: &Options) -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the bench crate sits in the workspace")
-        .to_path_buf();
-    build(&root)?;
-    let dir = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .parent()
-        .ok_or("no directory for the bench binary")?
-        .to_path_buf();
+    build(&workspace_root())?;
+    let dir = binaries()?;
     let redis = Redis::start()?;
     let client = redis::Client::open(redis.url.as_str()).map_err(|e| e.to_string())?;
     let mut conn = client

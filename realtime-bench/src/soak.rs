@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::matrix::{free_port, wait_for_port};
+use crate::matrix::{binaries, free_port, wait_for_port, workspace_root};
 use crate::stats::percentile;
 use crate::workload::rss_bytes;
 
@@ -238,6 +238,8 @@ struct Published {
     /// Sequence numbers the server acknowledged.
     acked: Vec<u64>,
     refused: u64,
+    /// Frames of its room's ring it received (its own events, and joins).
+    ring_frames: u64,
 }
 
 /// A room's publisher: one `say` every `every`, until `stop`.
@@ -260,6 +262,12 @@ async fn publish(
                 continue;
             };
             if !text.contains(r#""reply_to":"#) {
+                if text.contains(r#""event":"#)
+                    || text.contains(r#""join":"#)
+                    || text.contains(r#""leave":"#)
+                {
+                    answers.lock().expect("lock").ring_frames += 1;
+                }
                 continue;
             }
             let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
@@ -340,12 +348,8 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
 
 /// Runs the soak and prints its report.
 pub(crate) async fn run(options: &Options) -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the bench crate sits in the workspace")
-        .to_path_buf();
-    build(&root)?;
-    let binary = root.join("target/release/examples/chat");
+    build(&workspace_root())?;
+    let binary = binaries()?.join("examples").join("chat");
     let mut redis = Redis::start()?;
     let mut chats = Chats(Vec::new());
     for _ in 0..2 {
@@ -372,7 +376,10 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
     let epoch = Instant::now();
     let per_room = Duration::from_secs_f64(options.rooms as f64 / options.rate as f64);
     let max_seq = (options.duration.as_secs_f64() / per_room.as_secs_f64()) as usize + 64;
+    // Publishers stop first; subscribers read on until the last events
+    // have arrived and the metrics were read.
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_reading = Arc::new(AtomicBool::new(false));
     let rss_before: Vec<u64> = pids
         .iter()
         .map(|pid| rss_bytes(*pid).unwrap_or(0))
@@ -387,7 +394,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
             room,
             max_seq,
             epoch,
-            Arc::clone(&stop),
+            Arc::clone(&stop_reading),
             Arc::clone(&gate),
             Arc::clone(&connected),
         )));
@@ -445,8 +452,25 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
     for publisher in publishers {
         sent.push(publisher.await.map_err(|e| e.to_string())??);
     }
-    // The last events' way to the subscribers.
+    // The last events' way to the subscribers; the metrics are read while
+    // every connection is still open.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut scraped = Vec::new();
+    for name in [
+        "realtime_events_published_total",
+        "realtime_events_delivered_total",
+        "realtime_broker_publish_errors_total",
+        "realtime_connections",
+        "realtime_connections_accepted_total",
+        "realtime_broker_reconnects_total",
+        "realtime_history_gap_fills_total",
+        "realtime_topic_resets_total",
+        "realtime_outbound_queue_full_total",
+        "realtime_client_closes_total",
+    ] {
+        scraped.push((name, scrape(&ports, name).await));
+    }
+    stop_reading.store(true, Ordering::Relaxed);
     let mut seen = Seen::default();
     let mut lost = 0u64;
     let mut failures = Vec::new();
@@ -526,30 +550,23 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0
     );
     println!();
-    println!("| series (both instances) | /metrics | generator |");
+    let publishers_frames: u64 = sent.iter().map(|room| room.ring_frames).sum();
+    let counted = |name: &str| match name {
+        "realtime_events_published_total" => format!("{acked} acknowledged"),
+        "realtime_events_delivered_total" => format!(
+            "{} ring frames received ({} by subscribers, {publishers_frames} by publishers)",
+            seen.ring_frames + publishers_frames,
+            seen.ring_frames
+        ),
+        "realtime_broker_publish_errors_total" => format!("{refused} refused"),
+        // The publishers closed once they were done.
+        "realtime_connections" => format!("{} subscribers open", subscriber_results.len()),
+        _ => String::new(),
+    };
+    println!("| series (both instances, before the clients closed) | /metrics | generator |");
     println!("|---|---|---|");
-    println!(
-        "| realtime_events_published_total | {} | {acked} acknowledged |",
-        scrape(&ports, "realtime_events_published_total").await
-    );
-    println!(
-        "| realtime_events_delivered_total | {} | {} ring frames to subscribers (+ the publishers' own) |",
-        scrape(&ports, "realtime_events_delivered_total").await,
-        seen.ring_frames
-    );
-    println!(
-        "| realtime_broker_publish_errors_total | {} | {refused} refused |",
-        scrape(&ports, "realtime_broker_publish_errors_total").await
-    );
-    for name in [
-        "realtime_connections",
-        "realtime_connections_accepted_total",
-        "realtime_broker_reconnects_total",
-        "realtime_history_gap_fills_total",
-        "realtime_topic_resets_total",
-        "realtime_outbound_queue_full_total",
-    ] {
-        println!("| {name} | {} | |", scrape(&ports, name).await);
+    for (name, value) in &scraped {
+        println!("| {name} | {value} | {} |", counted(name));
     }
     for failure in failures.iter().take(5) {
         eprintln!("soak: a subscriber failed: {failure}");

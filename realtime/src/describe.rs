@@ -333,81 +333,67 @@ impl Api {
             "required": ["offset", "epoch"],
             "properties": {"offset": {"type": "integer"}, "epoch": {"type": "string"}, "recovered": {"type": "boolean"}}
         });
-        for (key, summary) in [
+        let user = json!({
+            "type": "object",
+            "required": ["user"],
+            "properties": {"user": {"description": "the user's id, as the server writes it in JSON"}}
+        });
+        // Frames of a topic that are not events: `{"topic": .., "<key>": body}`,
+        // received in pairs by one operation each.
+        let frames = [
             (
-                "subscribed",
-                "A subscription to a topic with history is live (after the missed events, when it resumed).",
+                "receive_position",
+                [
+                    (
+                        "subscribed",
+                        "A subscription to a topic with history is live (after the missed events, when it resumed).",
+                    ),
+                    (
+                        "reset",
+                        "Events of a live subscription were lost; the client reloads the topic's state.",
+                    ),
+                ],
+                &position,
             ),
             (
-                "reset",
-                "Events of a live subscription were lost; the client reloads the topic's state.",
+                "receive_presence",
+                [
+                    (
+                        "join",
+                        "A user's first connection subscribed to a topic that announces presence.",
+                    ),
+                    (
+                        "leave",
+                        "A user's last connection left a topic that announces presence.",
+                    ),
+                ],
+                &user,
             ),
-        ] {
-            messages.insert(
-                key.to_owned(),
-                json!({
-                    "name": key,
-                    "summary": summary,
-                    "payload": {
-                        "type": "object",
-                        "required": ["topic", key],
-                        "properties": {"topic": {"type": "string"}, key: position}
-                    }
-                }),
-            );
-        }
-        for (key, summary) in [
-            (
-                "join",
-                "A user's first connection subscribed to a topic that announces presence.",
-            ),
-            (
-                "leave",
-                "A user's last connection left a topic that announces presence.",
-            ),
-        ] {
-            messages.insert(
-                key.to_owned(),
-                json!({
-                    "name": key,
-                    "summary": summary,
-                    "payload": {
-                        "type": "object",
-                        "required": ["topic", key],
-                        "properties": {
-                            "topic": {"type": "string"},
-                            key: {
-                                "type": "object",
-                                "required": ["user"],
-                                "properties": {"user": {"description": "the user's id, as the server writes it in JSON"}}
-                            }
+        ];
+        for (operation, pair, body) in frames {
+            for (key, summary) in pair {
+                messages.insert(
+                    key.to_owned(),
+                    json!({
+                        "name": key,
+                        "summary": summary,
+                        "payload": {
+                            "type": "object",
+                            "required": ["topic", key],
+                            "properties": {"topic": {"type": "string"}, key: body}
                         }
-                    }
-                }),
+                    }),
+                );
+            }
+            let refs: Vec<Value> = pair
+                .iter()
+                .map(|(key, _)| json!({"$ref": format!("#/channels/topic/messages/{key}")}))
+                .collect();
+            operations.insert(
+                operation.to_owned(),
+                json!({"action": "receive", "channel": channel_ref, "messages": refs}),
             );
         }
-        operations.insert(
-            "receive_presence".to_owned(),
-            json!({
-                "action": "receive",
-                "channel": channel_ref,
-                "messages": [
-                    {"$ref": "#/channels/topic/messages/join"},
-                    {"$ref": "#/channels/topic/messages/leave"}
-                ]
-            }),
-        );
-        operations.insert(
-            "receive_position".to_owned(),
-            json!({
-                "action": "receive",
-                "channel": channel_ref,
-                "messages": [
-                    {"$ref": "#/channels/topic/messages/subscribed"},
-                    {"$ref": "#/channels/topic/messages/reset"}
-                ]
-            }),
-        );
         let channel_messages: Map<String, Value> = messages
             .keys()
             .map(|key| {

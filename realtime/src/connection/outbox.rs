@@ -107,7 +107,7 @@ impl Outbound {
 }
 
 /// Counters shared by every connection of one service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     /// The handles of the series recorded per message.
     pub(crate) meters: crate::telemetry::Meters,
@@ -119,6 +119,12 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
     pub(crate) recovered: AtomicU64,
     pub(crate) not_recovered: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(&[])
+    }
 }
 
 impl Counters {

@@ -215,6 +215,28 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         Ok(())
     }
 
+    /// Refuses the topic a control message names: empty, or too long.
+    fn check_named_topic(&self, topic: &str) -> Result<(), String> {
+        if topic.is_empty() {
+            return Err("`data.topic` must not be empty".to_owned());
+        }
+        self.check_topic_length(topic)
+    }
+
+    /// Whether the handler lets this connection's user subscribe to `topic`.
+    /// (`&mut`: a shared borrow held across the await would ask the reader
+    /// to be `Sync`, and its waiting answers are not.)
+    async fn may_subscribe(&mut self, topic: &str) -> bool {
+        self.handler
+            .authorize_topic(self.ctx.state(), self.ctx.user_id(), topic)
+            .await
+    }
+
+    fn forbidden(&mut self, id: Option<&RawValue>, topic: &str) {
+        let message = format!("forbidden topic `{topic}`");
+        self.fail(id, error_code::FORBIDDEN, &message);
+    }
+
     /// Refuses a topic longer than `Config::max_topic_bytes`; the message
     /// does not repeat the topic, which may be as long as a frame.
     fn check_topic_length(&self, topic: &str) -> Result<(), String> {
@@ -324,11 +346,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Subscribes to one more topic, once the handler authorizes it. The
     /// topic's events are written from just before the acknowledgement on.
     async fn join(&mut self, id: Option<&RawValue>, topic: &str, since: Option<&Position>) {
-        if topic.is_empty() {
-            let message = "`data.topic` must not be empty";
-            return self.fail(id, error_code::BAD_REQUEST, message);
-        }
-        if let Err(message) = self.check_topic_length(topic) {
+        if let Err(message) = self.check_named_topic(topic) {
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
         if self.subscriptions.find(topic).is_some() {
@@ -342,13 +360,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             );
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
-        let allowed = self
-            .handler
-            .authorize_topic(self.ctx.state(), self.ctx.user_id(), topic)
-            .await;
-        if !allowed {
-            let message = format!("forbidden topic `{topic}`");
-            return self.fail(id, error_code::FORBIDDEN, &message);
+        if !self.may_subscribe(topic).await {
+            return self.forbidden(id, topic);
         }
         let subscribed = self
             .topics
@@ -376,22 +389,12 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Answers who is subscribed to `topic`, on every instance: for a
     /// connection that may subscribe to it.
     async fn presence(&mut self, id: Option<&RawValue>, topic: &str) {
-        if topic.is_empty() {
-            let message = "`data.topic` must not be empty";
-            return self.fail(id, error_code::BAD_REQUEST, message);
-        }
-        if let Err(message) = self.check_topic_length(topic) {
+        if let Err(message) = self.check_named_topic(topic) {
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
         // A topic the connection follows was authorized when it subscribed.
-        let allowed = self.subscriptions.find(topic).is_some()
-            || self
-                .handler
-                .authorize_topic(self.ctx.state(), self.ctx.user_id(), topic)
-                .await;
-        if !allowed {
-            let message = format!("forbidden topic `{topic}`");
-            return self.fail(id, error_code::FORBIDDEN, &message);
+        if self.subscriptions.find(topic).is_none() && !self.may_subscribe(topic).await {
+            return self.forbidden(id, topic);
         }
         match self.topics.presence(topic).await {
             Ok(presence) => {
@@ -460,7 +463,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 Ok(()) => id.map(|id| protocol::ack_frame(&id)),
                 Err(error) => {
                     bump(&counters.publish_errors);
-                    tracing::warn!(%conn, topic = &*topic, error = %error, "publish failed");
+                    // While the broker is away every publish fails, and the
+                    // broker said so once: one line each would flood the log.
+                    if matches!(error, BrokerError::Unavailable(_)) {
+                        tracing::debug!(%conn, topic = &*topic, error = %error, "publish failed");
+                    } else {
+                        tracing::warn!(%conn, topic = &*topic, error = %error, "publish failed");
+                    }
                     // A timed-out PUBLISH may still reach Redis; only say
                     // what is known.
                     let message = match error {

@@ -186,7 +186,9 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
             }
         }
         // Counted once per batch, not per frame.
-        status.counters().meters.delivered.increment(events);
+        if events > 0 {
+            status.counters().meters.delivered.increment(events);
+        }
         let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
             sink.poll_flush_unpin(cx)
         });
