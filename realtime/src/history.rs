@@ -9,13 +9,12 @@
 //! with a [`HistoryPolicy`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::pattern::Pattern;
+use crate::pattern::Rules;
 use crate::protocol::Frame;
 
 /// How much of a topic's past to keep: the last `size` events, for `ttl`
@@ -82,11 +81,8 @@ impl Retention {
 /// ```
 #[derive(Clone, Default)]
 pub struct HistoryPolicy {
-    rules: Vec<(Pattern, Retention)>,
-    hook: Option<Arc<Hook>>,
+    rules: Rules<Retention>,
 }
-
-type Hook = dyn Fn(&str) -> Option<Retention> + Send + Sync;
 
 impl HistoryPolicy {
     /// No topic keeps history.
@@ -96,7 +92,7 @@ impl HistoryPolicy {
 
     /// Topics matching `pattern` (a name, or a prefix and `*`) keep `retention`.
     pub fn keep(mut self, pattern: &str, retention: Retention) -> Self {
-        self.rules.push((Pattern::new(pattern), retention));
+        self.rules.push(pattern, retention);
         self
     }
 
@@ -105,25 +101,18 @@ impl HistoryPolicy {
         mut self,
         decide: impl Fn(&str) -> Option<Retention> + Send + Sync + 'static,
     ) -> Self {
-        self.hook = Some(Arc::new(decide));
+        self.rules.set_hook(decide);
         self
     }
 
     /// Whether any topic may keep history under this policy.
     pub fn keeps_any(&self) -> bool {
-        !self.rules.is_empty() || self.hook.is_some()
+        self.rules.any()
     }
 
     /// How much of `topic`'s past to keep; `None`: nothing.
     pub fn retention(&self, topic: &str) -> Option<Retention> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|(pattern, _)| pattern.matches(topic));
-        match rule {
-            Some((_, retention)) => Some(*retention),
-            None => self.hook.as_ref().and_then(|decide| decide(topic)),
-        }
+        self.rules.find(topic)
     }
 }
 
@@ -131,7 +120,6 @@ impl fmt::Debug for HistoryPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HistoryPolicy")
             .field("rules", &self.rules)
-            .field("hook", &self.hook.is_some())
             .finish()
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::broker::BrokerError;
-use crate::pattern::Pattern;
+use crate::pattern::Rules;
 
 pub(crate) mod keeper;
 pub(crate) mod table;
@@ -52,13 +52,10 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Clone)]
 pub struct PresencePolicy {
-    rules: Vec<(Pattern, Tracking)>,
-    hook: Option<Arc<Hook>>,
+    rules: Rules<Tracking>,
     ttl: Duration,
     linger: Duration,
 }
-
-type Hook = dyn Fn(&str) -> Option<Tracking> + Send + Sync;
 
 /// How a topic's presence is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +75,7 @@ pub enum Tracking {
 impl Default for PresencePolicy {
     fn default() -> Self {
         Self {
-            rules: Vec::new(),
-            hook: None,
+            rules: Rules::default(),
             ttl: Self::DEFAULT_TTL,
             linger: Self::DEFAULT_LINGER,
         }
@@ -100,7 +96,7 @@ impl PresencePolicy {
     /// Topics matching `pattern` (a name, or a prefix and `*`) track
     /// presence as `tracking` says.
     pub fn track(mut self, pattern: &str, tracking: Tracking) -> Self {
-        self.rules.push((Pattern::new(pattern), tracking));
+        self.rules.push(pattern, tracking);
         self
     }
 
@@ -109,7 +105,7 @@ impl PresencePolicy {
         mut self,
         decide: impl Fn(&str) -> Option<Tracking> + Send + Sync + 'static,
     ) -> Self {
-        self.hook = Some(Arc::new(decide));
+        self.rules.set_hook(decide);
         self
     }
 
@@ -135,19 +131,12 @@ impl PresencePolicy {
 
     /// How `topic`'s presence is kept; `None`: it is not tracked.
     pub fn tracking(&self, topic: &str) -> Option<Tracking> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|(pattern, _)| pattern.matches(topic));
-        match rule {
-            Some((_, tracking)) => Some(*tracking),
-            None => self.hook.as_ref().and_then(|decide| decide(topic)),
-        }
+        self.rules.find(topic)
     }
 
     /// Whether any topic may track presence under this policy.
     pub fn tracks_any(&self) -> bool {
-        !self.rules.is_empty() || self.hook.is_some()
+        self.rules.any()
     }
 
     /// The time to live of an entry.
@@ -179,7 +168,6 @@ impl fmt::Debug for PresencePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PresencePolicy")
             .field("rules", &self.rules)
-            .field("hook", &self.hook.is_some())
             .field("ttl", &self.ttl)
             .field("linger", &self.linger)
             .finish()
