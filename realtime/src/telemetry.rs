@@ -52,6 +52,7 @@ pub(crate) const EVENTS_PUBLISHED: &str = "realtime_events_published_total";
 pub(crate) const EVENTS_DELIVERED: &str = "realtime_events_delivered_total";
 pub(crate) const QUEUE_FULL: &str = "realtime_outbound_queue_full_total";
 pub(crate) const PUBLISH_ERRORS: &str = "realtime_broker_publish_errors_total";
+#[cfg(feature = "redis")]
 pub(crate) const BROKER_RECONNECTS: &str = "realtime_broker_reconnects_total";
 pub(crate) const PUBLISH_DURATION: &str = "realtime_broker_publish_duration_seconds";
 pub(crate) const SUBSCRIBED_TOPICS: &str = "realtime_subscribed_topics";
@@ -202,6 +203,7 @@ pub(crate) fn client_closed(code: u16) {
 }
 
 /// Counts one reconnect of a broker's link.
+#[cfg(feature = "redis")]
 pub(crate) fn broker_reconnected() {
     metrics::counter!(BROKER_RECONNECTS).increment(1);
 }
