@@ -1,6 +1,6 @@
 //! The framework's series through the `metrics` facade, read with
 //! `metrics-util`'s debugging recorder: each moves for its cause (frames by
-//! type, a refused upgrade, a slow client's 1013, publishes and
+//! type, a refused upgrade, a slow client's 1013, a close code, publishes and
 //! deliveries, a Redis restart), and no label holds a topic or a user.
 
 mod common;
@@ -92,7 +92,17 @@ async fn every_series_moves_for_its_cause() {
     let forbidden = TestClient::connect(&node.server.ws_url("/ws/forbidden"), "bob").await;
     assert!(forbidden.is_err());
 
-    // A client that never reads falls a ring behind: 1013.
+    // A binary frame is closed with 1003: one close frame sent.
+    let mut binary = node.connect("room:1", "carol").await;
+    binary
+        .send_message(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1, 2, 3,
+        ]))
+        .await;
+    assert_eq!(binary.recv_close().await.code(), Some(1003));
+
+    // A client that never reads falls a ring behind: closed (1013 if its
+    // socket still takes the close frame, which a full one does not).
     let _slow = node.connect("firehose", "slow").await;
     let text = "x".repeat(16 * 1024);
     for n in 0..2000 {
@@ -119,7 +129,7 @@ async fn every_series_moves_for_its_cause() {
         ("realtime_events_delivered_total{}", 2.0),
         ("realtime_broker_publish_duration_seconds{}", 2.0),
         ("realtime_outbound_queue_full_total{}", 1.0),
-        ("realtime_client_closes_total{code=1013}", 1.0),
+        ("realtime_client_closes_total{code=1003}", 1.0),
         ("realtime_subscribed_topics{}", 1.0),
     ] {
         assert!(

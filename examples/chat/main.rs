@@ -274,7 +274,7 @@ async fn serve<B: Broker>(
     realtime::serve(listener, app)
         .with_graceful_shutdown(async {
             stop_signal().await;
-            tracing::info!("shutting down: closing every socket with 1001");
+            tracing::info!("stopping: draining, then closing every socket with 1001");
         })
         .with_service(service)
         .drain_delay(drain_delay()?)
@@ -283,9 +283,9 @@ async fn serve<B: Broker>(
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
 /// `DRAIN_SECS`: how long the chat goes on serving after SIGTERM with
-/// `/ready` answering 503, before it closes its sockets (default 0).
+/// `/ready` answering 503, before it closes its sockets (default 0). A
+/// second signal during it does not cut it short.
 fn drain_delay() -> Result<Duration, String> {
     match std::env::var("DRAIN_SECS") {
         Ok(secs) => secs
@@ -312,6 +312,7 @@ fn presence_policy() -> Result<PresencePolicy, String> {
     }
 }
 
+/// Ctrl-C, or SIGTERM on Unix.
 async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -299,8 +299,10 @@ async fn publish(
             break;
         }
     }
-    // The last answers.
+    // The last answers, then a proper close.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = sink.send(Message::Close(None)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     reader.abort();
     let published = std::mem::take(&mut *published.lock().expect("lock"));
     Ok(published)
@@ -559,7 +561,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
             seen.ring_frames
         ),
         "realtime_broker_publish_errors_total" => format!("{refused} refused"),
-        // The publishers closed once they were done.
+        // The publishers closed (a close frame each) once they were done.
         "realtime_connections" => format!("{} subscribers open", subscriber_results.len()),
         _ => String::new(),
     };

@@ -104,9 +104,11 @@ impl Serve {
         self
     }
 
-    /// Shuts down once `signal` resolves: stops accepting, lets requests in
-    /// flight finish, and runs the drains of [`with_service`](Self::with_service),
-    /// all within [`shutdown_timeout`](Self::shutdown_timeout).
+    /// Shuts down once `signal` resolves and the
+    /// [`drain_delay`](Self::drain_delay) has passed: stops accepting, lets
+    /// requests in flight finish, and runs the drains of
+    /// [`with_service`](Self::with_service), all within
+    /// [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
@@ -138,7 +140,8 @@ impl Serve {
         self
     }
 
-    /// The one deadline of a shutdown, from the signal to the return:
+    /// The one deadline of a shutdown, from the end of the drain delay (the
+    /// signal, without one) to the return:
     /// requests in flight and half-sent request heads are dropped at it,
     /// and the wait for [`with_service`](Self::with_service)'s 1001 closes
     /// ends there. Default: 10 s. WebSockets run in tasks of their own: one

@@ -5,15 +5,15 @@
 //!
 //! | series | kind | labels |
 //! | --- | --- | --- |
-//! | `realtime_connections` | gauge | |
+//! | `realtime_connections` | gauge (admitted, from the upgrade request to the connection's end) | |
 //! | `realtime_connections_accepted_total` | counter | |
-//! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 503) |
+//! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 426, 429, 500, 503 or `other`) |
 //! | `realtime_client_closes_total` | counter | `code`: the close code the server sent |
 //! | `realtime_frames_received_total` | counter | `type`: a wire name of the handler's, a `$` control message, or `invalid` |
-//! | `realtime_handler_duration_seconds` | histogram | `type`, as above |
+//! | `realtime_handler_duration_seconds` | histogram | `type`: the handler's wire names (control messages and invalid frames run no handler) |
 //! | `realtime_events_published_total` | counter | |
 //! | `realtime_events_delivered_total` | counter | |
-//! | `realtime_outbound_queue_full_total` | counter | |
+//! | `realtime_outbound_queue_full_total` | counter: clients closed with 1013 for reading too slowly (their queue full, a topic's backlog passed, or a socket stuck) | |
 //! | `realtime_broker_publish_errors_total` | counter | |
 //! | `realtime_broker_reconnects_total` | counter | |
 //! | `realtime_broker_publish_duration_seconds` | histogram | |
@@ -41,7 +41,6 @@ use metrics::{Counter, Histogram};
 
 use crate::protocol::Control;
 
-/// A connection of the instance was upgraded.
 pub(crate) const CONNECTIONS: &str = "realtime_connections";
 pub(crate) const ACCEPTED: &str = "realtime_connections_accepted_total";
 pub(crate) const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";

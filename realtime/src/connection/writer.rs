@@ -118,8 +118,26 @@ pub(super) fn write(
     }
 }
 
-/// Writes until the end; returns whether a close frame was sent.
+/// Writes until the end; returns whether a close frame was sent. Events
+/// written are counted per batch, and at the end those of the last one.
 async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: usize) -> bool {
+    let mut events = 0;
+    let closed = write_batches(sink, sources, status, batch, &mut events).await;
+    if events > 0 {
+        status.counters().meters.delivered.increment(events);
+    }
+    closed
+}
+
+/// [`drain`]'s loop; `events` counts the events written and not yet
+/// counted in the service's series.
+async fn write_batches(
+    sink: &mut Sink,
+    sources: &mut Sources,
+    status: &Status,
+    batch: usize,
+    events: &mut u64,
+) -> bool {
     // Made once and polled only when the sources or the socket make us wait:
     // each poll takes a lock. Between frames the flag is checked instead.
     let aborted = status.aborted();
@@ -136,13 +154,11 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
         };
         let mut next = Some(first);
         let mut fed = 0;
-        let mut events = 0;
         // Feed up to `batch` frames that are already waiting, then flush once.
         while let Some(item) = next.take() {
+            let is_event = matches!(item, Item::Event(_));
             let message = match item {
-                Item::Queued(Outbound::Frame(frame)) => Message::Text(frame.into_text()),
-                Item::Event(frame) => {
-                    events += 1;
+                Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
                     Message::Text(frame.into_text())
                 }
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
@@ -180,14 +196,19 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
             if sink.start_send_unpin(message).is_err() {
                 return false;
             }
+            *events += u64::from(is_event);
             fed += 1;
             if fed < batch {
                 next = try_next(sources, status);
             }
         }
         // Counted once per batch, not per frame.
-        if events > 0 {
-            status.counters().meters.delivered.increment(events);
+        if *events > 0 {
+            status
+                .counters()
+                .meters
+                .delivered
+                .increment(std::mem::take(events));
         }
         let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
             sink.poll_flush_unpin(cx)
@@ -318,10 +339,13 @@ async fn unless_stuck<E>(
 }
 
 async fn send_close(sink: &mut Sink, code: u16) -> bool {
-    crate::telemetry::client_closed(code);
     let frame = CloseFrame {
         code,
         reason: close_reason(code).into(),
     };
-    sink.send(Message::Close(Some(frame))).await.is_ok()
+    let sent = sink.send(Message::Close(Some(frame))).await.is_ok();
+    if sent {
+        crate::telemetry::client_closed(code);
+    }
+    sent
 }

@@ -419,7 +419,12 @@ impl Broker for RedisBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.shared.publisher().is_some()
+        // The link's state, which both the single and the cluster
+        // supervisors keep (a cluster keeps its publisher while it heals).
+        self.shared
+            .counters
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn update_presence(
