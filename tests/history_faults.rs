@@ -10,6 +10,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Node, RedisCluster, RedisServer, redis_config};
+use realtime::broker::RedisConfig;
+use realtime::broker::redis::Durability;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, RedisBroker};
@@ -27,18 +29,26 @@ struct Cluster {
 }
 
 async fn nodes(prefix: &str, redis_args: &[&str]) -> Cluster {
-    nodes_with(prefix, redis_args, Config::default()).await
+    nodes_with(redis_config(prefix), redis_args, Config::default()).await
+}
+
+/// The broker settings for a Redis that keeps every acknowledged write
+/// (`appendfsync always`): positions outlive its restarts.
+fn durable(prefix: &str) -> RedisConfig {
+    let mut settings = redis_config(prefix);
+    settings.durability = Durability::Durable;
+    settings
 }
 
 /// As [`nodes`], the subscribing nodes with `config`.
-async fn nodes_with(prefix: &str, redis_args: &[&str], config: Config) -> Cluster {
+async fn nodes_with(settings: RedisConfig, redis_args: &[&str], config: Config) -> Cluster {
     let redis = RedisServer::start_with(redis_args).await;
     let policy =
         HistoryPolicy::none().keep("room:*", Retention::new(10_000, Duration::from_secs(600)));
     let node = |config: Config| {
-        let (redis, policy) = (&redis, policy.clone());
+        let (redis, policy, settings) = (&redis, policy.clone(), &settings);
         async move {
-            let broker = RedisBroker::connect(&redis.url(), redis_config(prefix))
+            let broker = RedisBroker::connect(&redis.url(), settings.clone())
                 .await
                 .expect("connect to the test Redis");
             Node::serve(broker, policy, config).await
@@ -285,8 +295,10 @@ enum Fault {
 /// at 200/s. Redis writes every command to its append-only file before it
 /// answers (`appendfsync always`), so the history outlives the restart: the
 /// nodes fill their gaps from it, including the events that were on their
-/// way to a subscriber when Redis died. (Without persistence a restart
-/// loses the history; the nodes then send `reset`.)
+/// way to a subscriber when Redis died. The brokers are told so
+/// (`Durability::Durable`): positions stay valid across the restart.
+/// (Without persistence a restart loses the history; the nodes then send
+/// `reset`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_loses_no_acknowledged_event() {
     let dir = std::env::temp_dir().join(format!("realtime-aof-{}", std::process::id()));
@@ -300,7 +312,7 @@ async fn redis_restart_loses_no_acknowledged_event() {
         "--dir",
         &dir_arg,
     ];
-    let mut cluster = nodes("fault-restart:", &args).await;
+    let mut cluster = nodes_with(durable("fault-restart:"), &args, Config::default()).await;
     ends_with_every_acknowledged_event(&mut cluster, Fault::Restart).await;
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
@@ -320,7 +332,7 @@ async fn killed_subscribers_fill_their_gap() {
 async fn a_gap_longer_than_the_ring_is_filled_in_parts() {
     let mut config = Config::default();
     config.topic_backlog = 16;
-    let mut cluster = nodes_with("fault-parts:", &[], config).await;
+    let mut cluster = nodes_with(redis_config("fault-parts:"), &[], config).await;
     ends_with_every_acknowledged_event(&mut cluster, Fault::KillSubscribers).await;
 }
 
@@ -342,7 +354,7 @@ async fn cluster_master_restart_loses_no_acknowledged_event() {
         HistoryPolicy::none().keep("room:*", Retention::new(10_000, Duration::from_secs(600)));
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let broker = RedisBroker::connect_cluster(cluster.urls(), redis_config("fault-cluster:"))
+        let broker = RedisBroker::connect_cluster(cluster.urls(), durable("fault-cluster:"))
             .await
             .expect("connect to the test cluster");
         nodes.push(Node::with_history(broker, policy.clone()).await);

@@ -237,14 +237,25 @@ async fn redis_history_lost() {
         .query_async(&mut admin)
         .await
         .expect("DEL");
-    // Scripts flushed from Redis: the next publish loads them again
-    // (EVALSHA answers NOSCRIPT, the script is sent once more).
+    // Scripts flushed from Redis: the next publish is refused (it did not
+    // run, and running it again could put it behind a later publish of
+    // the same connection), and the scripts are loaded again for the
+    // publishes after it.
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut admin)
         .await
         .expect("SCRIPT FLUSH");
-    b.publish("room:l", "after delete".to_owned()).await;
+    let said = common::Said {
+        from: "server".to_owned(),
+        text: "after delete".to_owned(),
+    };
+    let refused = b.service.publish("room:l", &said).await;
+    assert!(format!("{refused:?}").contains("NoScript"), "{refused:?}");
+    common::wait_until("a publish goes through again", || async {
+        b.service.publish("room:l", &said).await.is_ok()
+    })
+    .await;
     let mut back = a.connect(&format!("room:l?since={old}"), "alice").await;
     let done = subscribed(&mut back).await;
     assert_eq!(done["subscribed"]["recovered"], false);

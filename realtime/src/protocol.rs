@@ -478,6 +478,18 @@ pub(crate) fn presence_frame(head: &str, kind: &str, user: &str) -> Frame {
     Frame::from(format!("{head}\"{kind}\":{{\"user\":{user}}}}}"))
 }
 
+/// `{"topic": <topic>, "presence": {"clients": .., "users": {..}}}`: the
+/// whole of a topic's presence, sent to an instance's subscribers when its
+/// link to the broker came back (the joins and leaves published meanwhile
+/// never came); the client replaces its list with it.
+pub(crate) fn presence_list_frame(topic: &str, presence: &crate::presence::Presence) -> Frame {
+    let mut text = presence_head(topic);
+    text.push_str("\"presence\":");
+    text.push_str(&serde_json::to_string(presence).expect("presence always serializes"));
+    text.push('}');
+    Frame::from(text)
+}
+
 /// `{"topic": <topic>, "<name>": {"offset": .., "epoch": ..}}`.
 fn position_frame(topic: &str, name: &str, position: &Position) -> String {
     let mut text = String::with_capacity(64 + topic.len());

@@ -2,14 +2,17 @@
 //! `#[realtime_handler]`'s `router()` returns.
 //!
 //! An upgrade request goes through, in order: the topic's length (400),
-//! the token (401), the topic authorization (403), the upgrade headers (axum's 400 or 426), the
-//! connection limit (503), and the subscription of the instance to the topic
-//! (503 if the broker is down). Only then is the socket upgraded, so a
-//! refused client never holds a WebSocket.
+//! `since` (400), the token (401), the topic authorization (403), the
+//! upgrade headers (axum's 400 or 426), the connection limit (503), and the
+//! subscription of the instance to the topic (503 if the broker is down).
+//! Only then is the socket upgraded, so a refused client never holds a
+//! WebSocket.
 //!
-//! Checking the token before the upgrade headers lets a browser learn why it
-//! was refused: its `WebSocket` sees no HTTP status, but a plain `fetch` of
-//! the same URL gets the 401 or 403 (or 426 when it would have been let in).
+//! A browser's `WebSocket` sees no HTTP status, so a client learns why it
+//! was refused with a plain GET of the same URL (no `Upgrade` header): it
+//! gets the 400, 401 or 403 the upgrade got, 503 while the instance would
+//! refuse it (full, shutting down, or its broker away), and 426 "upgrade
+//! required" when the upgrade would be accepted now.
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
@@ -74,16 +77,14 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     service.authorize(&user, &topic).await?;
     let ws = match ws {
         Ok(ws) => ws,
+        Err(_) if !asks_to_upgrade(&headers) => return probe(&service),
         Err(rejection) => {
             let response = rejection.into_response();
             telemetry::upgrade_refused(response.status().as_u16());
             return Ok(response);
         }
     };
-    let admission = service.admit().map_err(|full| match full {
-        Full::AtCapacity => UpgradeError::AtCapacity,
-        Full::ShuttingDown => UpgradeError::ShuttingDown,
-    })?;
+    let admission = service.admit().map_err(refused_for)?;
     let accepted = service
         .accept(&topic, since.as_ref(), user, admission)
         .await
@@ -104,6 +105,45 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     // life, and a pointer is smaller.
     let accepted = Box::new(accepted);
     Ok(ws.on_upgrade(move |socket| service.serve(socket, *accepted)))
+}
+
+/// Whether the request asks for a WebSocket at all (`Upgrade: websocket`):
+/// one that does not is a client asking why its socket failed.
+fn asks_to_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::UPGRADE)
+        .iter()
+        .any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|value| value.to_ascii_lowercase().contains("websocket"))
+        })
+}
+
+/// The answer to a plain GET whose token, topic and `since` passed: what
+/// the upgrade would get now. 503 where it would be refused (the instance
+/// is full or shutting down, or its broker is away), else 426 "upgrade
+/// required": a client may try its socket again. (axum's own answer, 400,
+/// would tell a client to stop for good.)
+fn probe<H: MessageHandler, B: Broker>(service: &Service<H, B>) -> Result<Response, UpgradeError> {
+    service.would_admit().map_err(refused_for)?;
+    if !service.broker().is_connected() {
+        return Err(UpgradeError::BrokerAway);
+    }
+    telemetry::upgrade_refused(StatusCode::UPGRADE_REQUIRED.as_u16());
+    let response = (
+        StatusCode::UPGRADE_REQUIRED,
+        [(axum::http::header::UPGRADE, "websocket")],
+        "this route upgrades to a WebSocket; the upgrade would be accepted now",
+    );
+    Ok(response.into_response())
+}
+
+fn refused_for(full: Full) -> UpgradeError {
+    match full {
+        Full::AtCapacity => UpgradeError::AtCapacity,
+        Full::ShuttingDown => UpgradeError::ShuttingDown,
+    }
 }
 
 /// The `since` of the query string (`?since=42.x7Fq`): where a client
@@ -152,6 +192,10 @@ pub enum UpgradeError {
     /// The broker could not subscribe the instance to the topic (503).
     #[error("cannot subscribe to the topic now")]
     Broker(#[source] BrokerError),
+    /// A plain GET asked whether an upgrade would work, and the broker's
+    /// link is down now (503).
+    #[error("the broker is unavailable; try again later")]
+    BrokerAway,
 }
 
 impl IntoResponse for UpgradeError {

@@ -32,9 +32,14 @@ pub const SHUTDOWN_PRESENCE_WAIT: Duration = Duration::from_secs(2);
 /// instance.
 const MAX_CONCURRENT_READS: usize = 16;
 
-/// Reads of a subscriber's history that may find the topic's ring restarted
-/// meanwhile (a `reset`) before the subscribe gives up with an error.
-const SUBSCRIBE_ATTEMPTS: u32 = 3;
+/// How long a subscriber waits for its topic's ring to reach the epoch of
+/// the history it read (the ring reads the history itself, and restarts
+/// there) before the subscribe gives up with an error: past the broker's
+/// usual recovery from a lost link.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a waiting subscriber looks at the ring again.
+const RESUME_POLL: Duration = Duration::from_millis(10);
 
 /// The longest pause between two attempts to read a topic's history to
 /// fill its ring, while the broker fails.
@@ -231,6 +236,16 @@ impl Registry {
             })
             .map(|(name, _)| Arc::clone(name))
             .collect()
+    }
+
+    /// Holds `topic`'s live events for a read of its history, as after the
+    /// broker's link came back; whether the read must start (none is due).
+    fn hold(&self, topic: &str) -> bool {
+        let topics = self.topics.read().expect("registry lock poisoned");
+        topics
+            .get(topic)
+            .and_then(|entry| entry.track.as_ref())
+            .is_some_and(|track| track.lock().expect("track lock poisoned").hold())
     }
 
     /// Where a read of `topic`'s history should start; `None` if the topic
@@ -553,13 +568,8 @@ struct Fan<H: MessageHandler, B> {
 impl<H: MessageHandler, B: Broker> Fan<H, B> {
     /// Starts the task that fills `topic`'s ring from its history.
     fn spawn_gap_fill(&self, topic: Arc<str>) {
-        bump(&self.registry.counters.gap_fills);
-        metrics::counter!(telemetry::GAP_FILLS).increment(1);
-        let Some(inner) = self.inner.upgrade() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(Inner::fill_gap(inner, topic));
+        if let Some(inner) = self.inner.upgrade() {
+            Inner::start_fill(inner, topic);
         }
     }
 }
@@ -586,11 +596,17 @@ impl<H: MessageHandler, B: Broker> Fanout for Fan<H, B> {
         }
         // The broker may have lost every entry (a Redis restarted without
         // its data): write this instance's again now, not at the next
-        // refresh.
+        // refresh. Then the clients get the whole list: joins and leaves
+        // published while the link was down never came, and a user who
+        // left meanwhile is never announced at all.
         if let Some(inner) = self.inner.upgrade()
             && inner.keeper.started()
         {
-            inner.tell_keeper(keeper::Message::Refresh);
+            let (done, written) = tokio::sync::oneshot::channel();
+            inner.tell_keeper(keeper::Message::Refresh(done));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(Inner::resend_presence(inner, written));
+            }
         }
     }
 }
@@ -951,6 +967,18 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         &self.inner.handler
     }
 
+    /// Whether [`admit`](Self::admit) would take a place now, without
+    /// taking it.
+    pub(crate) fn would_admit(&self) -> Result<(), Full> {
+        if self.is_shutting_down() {
+            return Err(Full::ShuttingDown);
+        }
+        if *self.inner.open.borrow() >= self.inner.config.max_connections {
+            return Err(Full::AtCapacity);
+        }
+        Ok(())
+    }
+
     /// Takes a place among the open connections.
     pub(crate) fn admit(&self) -> Result<Admission, Full> {
         if self.is_shutting_down() {
@@ -1095,6 +1123,21 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         self.keeper.send(&self.broker, &self.presence, message);
     }
 
+    /// Once this instance's entries are written again (`written`), or
+    /// [`SHUTDOWN_PRESENCE_WAIT`] passed, sends the clients of every local
+    /// topic that announces joins and leaves the topic's whole presence.
+    async fn resend_presence(inner: Arc<Self>, written: tokio::sync::oneshot::Receiver<()>) {
+        let _ = tokio::time::timeout(SHUTDOWN_PRESENCE_WAIT, written).await;
+        for topic in inner.registry.names() {
+            if inner.presence.tracking(&topic) != Some(Tracking::Announced) {
+                continue;
+            }
+            if let Err(error) = inner.broker.resend_presence(&topic).await {
+                tracing::debug!(topic = &*topic, %error, "sending the presence list again failed");
+            }
+        }
+    }
+
     /// `topic`'s presence on every instance.
     async fn presence(&self, topic: &str) -> Result<Presence, PresenceError> {
         let tracking = self
@@ -1198,6 +1241,8 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 ring,
                 catch_up: Vec::new(),
                 sent_through: 0,
+                fallback: None,
+                recovered: None,
             },
             Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
         };
@@ -1205,8 +1250,16 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 
     /// A subscriber's start on a topic with history: reads what it missed
-    /// (or only the position), and checks that the ring did not restart
-    /// meanwhile, so that history then ring give every offset once.
+    /// (or only the position), and checks that the ring stands in the same
+    /// place, so that history then ring give every offset once.
+    ///
+    /// A ring restarted meanwhile (a `reset`) is taken again. A ring of
+    /// another epoch than the history's, which has not moved, fell behind
+    /// a loss it could not see: its topic went quiet for longer than the
+    /// history's time to live, and the keys expired while a member stayed.
+    /// Nothing would ever move it, so it is made to read the history
+    /// itself, which restarts it in the new epoch (its subscribers get a
+    /// `reset`); then this subscriber reads again.
     async fn resume(
         inner: &Arc<Self>,
         topic: &Arc<str>,
@@ -1218,10 +1271,15 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             .retention(topic)
             .expect("called for topics with history");
         let config = &inner.config;
-        // No more than the connection's queue holds, in frames: a longer
-        // gap is not recovered, so it is not read either.
-        let limit = retention.size().min(config.outbound_queue);
-        for attempt in 0..SUBSCRIBE_ATTEMPTS {
+        // No more than the connection's queue holds, in frames, with the
+        // `subscribed` frame that follows them: a longer gap is not
+        // recovered, so it is not read either.
+        let limit = retention
+            .size()
+            .min(config.outbound_queue.saturating_sub(1));
+        let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+        let mut moved_ring = false;
+        loop {
             let from = since.map(|since| since.offset);
             let read = inner
                 .broker
@@ -1236,32 +1294,54 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
-                    let resumed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
-                    if let Some(recovered) = resumed.recovered {
-                        let (counter, result) = match recovered {
-                            true => (&inner.counters.recovered, "recovered"),
-                            false => (&inner.counters.not_recovered, "not_recovered"),
-                        };
-                        bump(counter);
-                        metrics::counter!(telemetry::RECOVERED, "result" => result).increment(1);
-                    }
-                    return Ok(resumed.feed);
+                    return Ok(catch_up(
+                        topic,
+                        ring,
+                        since,
+                        read,
+                        config.outbound_queue_bytes,
+                    ));
                 }
-                Some((fresh, now, _)) => {
+                Some((fresh, now, _)) if now != generation => {
+                    tracing::debug!(
+                        topic = &**topic,
+                        "the topic's ring restarted while its history was read; again"
+                    );
                     (ring, generation) = (fresh, now);
+                    continue;
+                }
+                Some(_) => {
+                    if !moved_ring {
+                        moved_ring = true;
+                        tracing::debug!(
+                            topic = &**topic,
+                            epoch = read.position.epoch,
+                            "the topic's history is of another epoch than its ring; the ring reads it"
+                        );
+                        if inner.registry.hold(topic) {
+                            Inner::start_fill(Arc::clone(inner), Arc::clone(topic));
+                        }
+                    }
                 }
                 None => break,
             }
-            tracing::debug!(
-                topic = &**topic,
-                attempt,
-                "the topic's ring restarted while its history was read; again"
-            );
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(RESUME_POLL).await;
         }
         Err(BrokerError::Unavailable(
             format!("the history of `{topic}` is being read again; try later").into(),
         ))
+    }
+
+    /// Starts the task that fills `topic`'s ring from its history.
+    fn start_fill(inner: Arc<Self>, topic: Arc<str>) {
+        bump(&inner.counters.gap_fills);
+        metrics::counter!(telemetry::GAP_FILLS).increment(1);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Inner::fill_gap(inner, topic));
+        }
     }
 
     /// Fills the ring of a topic with history from its history until it is
@@ -1439,46 +1519,48 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
 }
 
 /// The feed of a subscriber that read `read` (from `since`), given at most
-/// `max_bytes` of missed events (`Config::outbound_queue_bytes`): the events it missed if they are all there, then the
-/// `subscribed` frame, then the ring past them.
+/// `max_bytes` (`Config::outbound_queue_bytes`) for the events it missed and
+/// the `subscribed` frame: the events it missed if they are all there, then
+/// the `subscribed` frame, then the ring past them.
 fn catch_up(
     topic: &Arc<str>,
     ring: Ring,
     since: Option<&Position>,
     read: History,
     max_bytes: usize,
-) -> Resumed {
+) -> Feed {
     let bytes: usize = read
         .events
         .iter()
         .map(|event| event.frame.as_str().len())
         .sum();
+    let told = protocol::subscribed_frame(topic, &read.position, Some(false));
     let recovered = since.map(|since| {
         since.epoch == read.position.epoch
             && read.continues(since.offset)
-            // A read cut short by its limit (the retention shrank) is not all.
+            // A read cut short by its limit (the retention or the queue) is not all.
             && read.events.last().is_none_or(|last| last.offset == read.position.offset)
             // No more than a connection may have queued: a client cannot make
             // the server hold more for it by resuming.
-            && bytes <= max_bytes
+            && bytes + told.as_str().len() <= max_bytes
     });
     let mut frames = Vec::new();
+    let mut fallback = None;
     if recovered == Some(true) {
         frames.extend(read.events.into_iter().map(|event| event.frame));
+        frames.push(protocol::subscribed_frame(topic, &read.position, recovered));
+        fallback = Some(told);
+    } else if recovered == Some(false) {
+        frames.push(told);
+    } else {
+        frames.push(protocol::subscribed_frame(topic, &read.position, None));
     }
-    frames.push(protocol::subscribed_frame(topic, &read.position, recovered));
-    let feed = Feed {
+    Feed {
         topic: Arc::clone(topic),
         ring,
         catch_up: frames,
         sent_through: read.position.offset,
-    };
-    Resumed { feed, recovered }
-}
-
-/// A subscriber's feed, and whether it resumed with every missed event
-/// (`None`: it did not ask to resume).
-struct Resumed {
-    feed: Feed,
-    recovered: Option<bool>,
+        fallback,
+        recovered,
+    }
 }

@@ -8,6 +8,7 @@
 mod room;
 
 pub(crate) mod chat;
+pub(crate) mod proxy;
 
 #[allow(unused_imports)] // Not every test file names every type.
 pub(crate) use room::{Hooks, Room, Said};
@@ -301,6 +302,20 @@ impl RedisCluster {
     /// command to its append-only file before answering (`appendfsync
     /// always`), so a restarted master comes back with its data.
     pub(crate) async fn start_with(persistent: bool) -> Self {
+        // `redis-cli --cluster create` has failed now and then on a loaded
+        // machine; three fresh attempts, and the last one's output if all
+        // fail.
+        let mut failure = String::new();
+        for _ in 0..3 {
+            match Self::try_start(persistent).await {
+                Ok(cluster) => return cluster,
+                Err(output) => failure = output,
+            }
+        }
+        panic!("redis-cli --cluster create failed three times: {failure}");
+    }
+
+    async fn try_start(persistent: bool) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!(
             "realtime-cluster-{}-{}",
             std::process::id(),
@@ -351,14 +366,18 @@ impl RedisCluster {
             .arg("create")
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .expect("run redis-cli --cluster create");
-        assert!(created.success(), "redis-cli --cluster create failed");
         let cluster = Self { nodes, dir };
+        if !created.status.success() {
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            ));
+        }
         cluster.wait_ok().await;
-        cluster
+        Ok(cluster)
     }
 
     /// `redis://127.0.0.1:<port>` of every node.
@@ -474,7 +493,7 @@ impl<B: Broker> Node<B> {
         Self::serve_all(broker, HistoryPolicy::none(), policy, Config::default()).await
     }
 
-    async fn serve_all(
+    pub(crate) async fn serve_all(
         broker: B,
         history: HistoryPolicy,
         presence: PresencePolicy,

@@ -297,6 +297,28 @@ impl Broker for MemoryBroker {
         Ok(presence)
     }
 
+    async fn resend_presence(&self, topic: &str) -> Result<(), BrokerError> {
+        let (_, incoming) = self.member()?;
+        // Under the presences' lock, which joins and leaves are delivered
+        // under too: the list and the events keep one order.
+        let mut presences = self
+            .hub
+            .presences
+            .lock()
+            .expect("memory broker lock poisoned");
+        let presence = match presences.get_mut(topic) {
+            Some(table) => {
+                let mut changes = Vec::new();
+                table.sweep(Instant::now(), &mut changes);
+                self.hub.announce(topic, &changes);
+                table.presence()
+            }
+            None => Presence::default(),
+        };
+        incoming.deliver(topic, protocol::presence_list_frame(topic, &presence));
+        Ok(())
+    }
+
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         let (index, incoming) = self.member()?;
         let mut topics = self

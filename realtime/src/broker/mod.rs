@@ -205,6 +205,21 @@ pub trait Broker: Send + Sync + 'static {
         let _ = (topic, announce);
         std::future::ready(Err(BrokerError::Unsupported("presence")))
     }
+
+    /// Hands this instance's subscribers of `topic` its whole presence, as
+    /// one frame ([`Incoming::deliver`] of
+    /// `{"topic": .., "presence": {"clients": .., "users": {..}}}`), in
+    /// order with the topic's joins and leaves. The service asks for it
+    /// after the broker's link came back ([`Incoming::reconnected`]): the
+    /// joins and leaves published meanwhile never came, and a user who left
+    /// while the broker lost its entries is never announced at all.
+    ///
+    /// The default refuses: a broker without presence support. See
+    /// [`update_presence`](Self::update_presence) for an example.
+    fn resend_presence(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = topic;
+        std::future::ready(Err(BrokerError::Unsupported("presence")))
+    }
 }
 
 /// Where a broker hands the frames it receives: the service's local fan-out.

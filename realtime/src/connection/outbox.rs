@@ -76,6 +76,15 @@ pub(crate) struct Feed {
     /// was subscribed before the history was read, so it may hold some of
     /// them again); they are skipped. 0: nothing to skip.
     pub(crate) sent_through: u64,
+    /// For a catch-up that recovers missed events: the `subscribed` frame
+    /// that says they could not be (`recovered: false`), sent alone if the
+    /// events do not fit the connection's queue now. A client told so
+    /// reloads its state instead of being closed with 1013, which it would
+    /// meet again at every reconnect while the topic stays quiet.
+    pub(crate) fallback: Option<Frame>,
+    /// Whether the subscription resumed with every missed event; `None`
+    /// when it did not ask to resume. Counted once the client is told.
+    pub(crate) recovered: Option<bool>,
 }
 
 /// What the write task does next, besides the events it reads from its
@@ -316,9 +325,39 @@ impl Outbox {
     }
 
     /// Queues a feed's catch-up frames, which come before any of its ring's
-    /// events.
+    /// events: all of them, or (if they do not fit the queue's room now)
+    /// the feed's fallback, which says the missed events are not coming.
     pub(crate) fn catch_up(&self, feed: &mut Feed) -> bool {
-        feed.catch_up.drain(..).all(|frame| self.push(frame))
+        let frames = std::mem::take(&mut feed.catch_up);
+        let mut recovered = feed.recovered;
+        let queued = match self
+            .status
+            .queue
+            .push_all(frames.into_iter().map(Outbound::Frame).collect())
+        {
+            Ok(()) => true,
+            Err(Refused::Full) => match feed.fallback.take() {
+                Some(fallback) => {
+                    recovered = Some(false);
+                    self.push(fallback)
+                }
+                None => {
+                    self.status.abort_slow();
+                    false
+                }
+            },
+            Err(Refused::Closed) => false,
+        };
+        if queued && let Some(recovered) = recovered {
+            let counters = self.counters();
+            let (counter, result) = match recovered {
+                true => (&counters.recovered, "recovered"),
+                false => (&counters.not_recovered, "not_recovered"),
+            };
+            bump(counter);
+            metrics::counter!(crate::telemetry::RECOVERED, "result" => result).increment(1);
+        }
+        queued
     }
 
     /// Tells the write task to stop writing `topic`'s events.

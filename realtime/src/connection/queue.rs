@@ -76,6 +76,30 @@ impl Queue {
         self.insert(item, false)
     }
 
+    /// Queues every item of `items`, or none of them if together they do
+    /// not fit within both bounds.
+    pub(crate) fn push_all(&self, items: Vec<Outbound>) -> Result<(), Refused> {
+        let count = items.len();
+        if count == 0 {
+            return Ok(());
+        }
+        let size: usize = items.iter().map(Outbound::size).sum();
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(Refused::Closed);
+            }
+            if state.items.len() + count > self.max_items || state.bytes + size > self.max_bytes {
+                return Err(Refused::Full);
+            }
+            state.bytes += size;
+            state.items.extend(items);
+            self.len.fetch_add(count, Ordering::Release);
+        }
+        self.reader.wake();
+        Ok(())
+    }
+
     fn insert(&self, item: Outbound, bounded: bool) -> Result<(), Refused> {
         let size = item.size();
         {

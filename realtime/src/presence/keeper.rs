@@ -44,8 +44,8 @@ pub(crate) enum Message {
     /// It unsubscribed (after the linger, it no longer counts).
     Remove { topic: Arc<str>, conn: u64 },
     /// The broker's link came back, perhaps to a Redis that lost its data:
-    /// write every entry again now.
-    Refresh,
+    /// write every entry again now, and answer once they are written.
+    Refresh(oneshot::Sender<()>),
     /// The service stopped: remove every lingering connection now, write,
     /// and answer.
     Flush(oneshot::Sender<()>),
@@ -235,9 +235,10 @@ async fn run<B: Broker>(
                             let due = Instant::now() + policy.linger_time();
                             state.lingering.push_back(Lingering { due, topic, conn });
                         }
-                        Message::Refresh => {
+                        Message::Refresh(done) => {
                             state.refresh_all();
                             retry_at = None;
+                            flushed.push(done);
                         }
                         Message::Flush(done) => {
                             state.end_lingering(None);

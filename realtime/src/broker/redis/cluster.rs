@@ -29,7 +29,7 @@ use ::redis::{ConnectionInfo, ProtocolVersion, RedisError};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::config::RedisConfig;
+use super::config::{Durability, RedisConfig};
 use super::link::{self, OpenError, PublishConn, Publisher};
 use super::metrics::bump;
 use super::supervisor::{Command, is_link_failure};
@@ -81,13 +81,25 @@ pub(super) async fn open(
         }
     };
     let subscriber = connect(subscriber).await?;
-    let publisher = connect(publisher).await?;
+    let mut publisher = connect(publisher).await?;
+    // On every master (`SCRIPT LOAD` goes to all of them), so that no
+    // publish meets a missing script at first.
+    super::script::load(&mut publisher)
+        .await
+        .map_err(OpenError::Failed)?;
+    // A cluster connection reaches several Redis processes: the scripts
+    // look up the `run_id` of the one they run on.
+    let run = match config.durability {
+        Durability::Durable => "*",
+        Durability::Volatile => "",
+    };
     Ok(ClusterLink {
         subscriber,
-        publisher: Publisher {
-            conn: PublishConn::Cluster(publisher),
-            lost: Arc::clone(&damaged),
-        },
+        publisher: Publisher::new(
+            PublishConn::Cluster(publisher),
+            Arc::clone(&damaged),
+            run.into(),
+        ),
         damaged,
     })
 }
@@ -123,6 +135,16 @@ impl ClusterSupervisor {
                 biased;
                 () = damaged.notified() => {
                     self.damage("a cluster node closed its connection", &mut repair);
+                }
+                () = self.shared.dropped_notify.notified() => {
+                    // Redis drops the sharded subscriptions of a slot that
+                    // moves to another master (a reshard, a failover). The
+                    // broker's own unsubscribes are confirmed the same way,
+                    // but their topics have left the set by then.
+                    let dropped = self.shared.take_dropped();
+                    if dropped.iter().any(|topic| self.topics.contains(topic)) {
+                        self.damage("Redis dropped a sharded subscription (its slot moved)", &mut repair);
+                    }
                 }
                 _ = watchdog.tick() => {
                     // PING goes to every master: a frozen one fails it.
@@ -184,6 +206,13 @@ impl ClusterSupervisor {
             if let Err(error) = subscriber.ssubscribe(channel).await {
                 failed = Some(error);
                 break;
+            }
+        }
+        if failed.is_none() {
+            // A master that came back empty has no scripts.
+            let mut publisher = self.link.publisher.clone();
+            if let Err(error) = publisher.load_scripts().await {
+                failed = Some(error);
             }
         }
         if let Some(error) = failed {

@@ -63,6 +63,48 @@ pub struct RedisConfig {
     ///
     /// Default: 1 s.
     pub ping_interval: Duration,
+    /// Whether positions of topics with history survive a Redis restart.
+    ///
+    /// Default: [`Durability::Volatile`]: every restart starts a new epoch.
+    pub durability: Durability,
+}
+
+/// What a restart of Redis may have lost, and so what the positions of
+/// topics with history promise across one (see
+/// [Positions across restarts](super#positions-across-restarts)).
+///
+/// # Examples
+///
+/// ```
+/// use realtime::broker::RedisConfig;
+/// use realtime::broker::redis::Durability;
+///
+/// // Redis runs with `appendonly yes` and `appendfsync always`, no replica
+/// // is ever promoted: it keeps every write it acknowledged.
+/// let mut config = RedisConfig::default();
+/// config.durability = Durability::Durable;
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Redis may lose acknowledged writes when it restarts: without
+    /// persistence, from an RDB snapshot, with `appendfsync everysec` (up
+    /// to a second), or when a replica that lacks the last writes is
+    /// promoted. After it, the same offsets could be given to other
+    /// events under the same epoch, so every topic starts a new epoch at
+    /// its first use after a restart (told apart by the Redis process's
+    /// `run_id`). Clients that resume across it get `recovered: false`,
+    /// and reload.
+    #[default]
+    Volatile,
+    /// Redis keeps every write it acknowledged: AOF with `appendfsync
+    /// always`, and no failover to a replica (replication is
+    /// asynchronous). Positions stay valid across restarts, and clients
+    /// resume across them with `recovered: true`. Choose it only for such
+    /// a Redis: with another, a client could resume into offsets given to
+    /// other events and miss them without being told.
+    Durable,
 }
 
 impl Default for RedisConfig {
@@ -74,6 +116,7 @@ impl Default for RedisConfig {
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(1),
             ping_interval: Duration::from_secs(1),
+            durability: Durability::Volatile,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::cluster_async::ClusterConnection;
@@ -10,7 +11,8 @@ use ::redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Val
 use tokio::sync::Notify;
 
 use super::Shared;
-use super::config::RedisConfig;
+use super::config::{Durability, RedisConfig};
+use super::lanes::Lanes;
 
 /// Channels per `SUBSCRIBE` when a new connection resubscribes every topic:
 /// large enough that thousands of topics take a few round trips, small
@@ -39,6 +41,18 @@ pub(super) struct Publisher {
     pub(super) conn: PublishConn,
     /// Told when a publish meets a broken connection.
     pub(super) lost: Arc<Notify>,
+    /// What the history scripts compare a topic's epoch with (see
+    /// `script::EPOCH_OF`): the `run_id` of the Redis this connection
+    /// reaches, which a connection cannot outlive; `""` for a cluster,
+    /// whose connection spans several processes (the script looks it up);
+    /// `"*"` when positions are kept across restarts.
+    pub(super) run: Arc<str>,
+    /// Set while the scripts are being loaded again after a `NOSCRIPT`, so
+    /// that a burst of refused publishes loads them once.
+    reloading: Arc<AtomicBool>,
+    /// A cluster's publishes, one lane per topic, so that each topic's keep
+    /// their order (see [`Lanes`]).
+    lanes: Arc<Lanes>,
 }
 
 /// A single Redis or a cluster.
@@ -52,9 +66,15 @@ pub(super) enum PublishConn {
 }
 
 impl Publisher {
-    /// Publishes `frame` on `channel`. The number of receivers Redis returns
-    /// is not needed: zero is a valid outcome (no instance follows the topic).
-    pub(super) async fn publish(&mut self, channel: &[u8], frame: &[u8]) -> Result<(), RedisError> {
+    /// Publishes `frame` of `topic` on `channel`. The number of receivers
+    /// Redis returns is not needed: zero is a valid outcome (no instance
+    /// follows the topic).
+    pub(super) async fn publish(
+        &mut self,
+        topic: &str,
+        channel: &[u8],
+        frame: &[u8],
+    ) -> Result<(), RedisError> {
         match &mut self.conn {
             PublishConn::Single(conn) => {
                 ::redis::cmd("PUBLISH")
@@ -64,26 +84,85 @@ impl Publisher {
                     .await
             }
             PublishConn::Cluster(conn) => {
-                ::redis::cmd("SPUBLISH")
-                    .arg(channel)
-                    .arg(frame)
-                    .exec_async(conn)
-                    .await
+                let mut cmd = ::redis::cmd("SPUBLISH");
+                cmd.arg(channel).arg(frame);
+                self.lanes.send(conn, topic, cmd).await.map(drop)
             }
         }
     }
 }
 
 impl Publisher {
+    /// A publisher on `conn`, for a Redis whose runs `run` tells apart.
+    pub(super) fn new(conn: PublishConn, lost: Arc<Notify>, run: Arc<str>) -> Self {
+        Self {
+            conn,
+            lost,
+            run,
+            reloading: Arc::new(AtomicBool::new(false)),
+            lanes: Arc::default(),
+        }
+    }
+
     /// Publishes and appends one event of a topic with history (see
-    /// [`script`](super::script)).
+    /// [`script`](super::script)). A `NOSCRIPT` fails it, and loads the
+    /// scripts again for the next ones.
     pub(super) async fn append(
         &mut self,
         append: super::script::Append<'_>,
     ) -> Result<crate::history::Position, RedisError> {
+        let topic = append.topic;
+        let cmd = super::script::append(append, &self.run);
+        let answer = match &mut self.conn {
+            PublishConn::Single(conn) => cmd.query_async(conn).await,
+            PublishConn::Cluster(conn) => self.lanes.send(conn, topic, cmd).await,
+        };
+        let appended = answer.and_then(super::script::position);
+        if let Err(error) = &appended
+            && super::script::is_noscript(error)
+        {
+            self.reload_scripts();
+        }
+        appended
+    }
+
+    /// Loads the scripts again on a task of their own, unless that runs
+    /// already.
+    fn reload_scripts(&self) {
+        if self.reloading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(
+            "Redis has lost the broker's scripts (a SCRIPT FLUSH, or a restart); loading them again"
+        );
+        let mut conn = self.conn.clone();
+        let reloading = Arc::clone(&self.reloading);
+        tokio::spawn(async move {
+            let loaded = match &mut conn {
+                PublishConn::Single(conn) => super::script::load(conn).await,
+                PublishConn::Cluster(conn) => super::script::load(conn).await,
+            };
+            if let Err(error) = loaded {
+                tracing::warn!(%error, "loading the scripts again failed; the next refused publish retries");
+            }
+            reloading.store(false, Ordering::Release);
+        });
+    }
+
+    /// Loads the scripts now (a cluster master came back, perhaps empty).
+    pub(super) async fn load_scripts(&mut self) -> Result<(), RedisError> {
         match &mut self.conn {
-            PublishConn::Single(conn) => super::script::append(conn, append).await,
-            PublishConn::Cluster(conn) => super::script::append(conn, append).await,
+            PublishConn::Single(conn) => super::script::load(conn).await,
+            PublishConn::Cluster(conn) => super::script::load(conn).await,
+        }
+    }
+
+    /// `PING`s the connection: the watchdog's check of the publishing side,
+    /// which a cut path can leave timing out while the subscriber works.
+    pub(super) async fn ping(&mut self) -> Result<(), RedisError> {
+        match &mut self.conn {
+            PublishConn::Single(conn) => ::redis::cmd("PING").exec_async(conn).await,
+            PublishConn::Cluster(conn) => ::redis::cmd("PING").exec_async(conn).await,
         }
     }
 
@@ -91,7 +170,7 @@ impl Publisher {
     pub(super) async fn presence(
         &mut self,
         call: super::script::PresenceCall<'_>,
-        read: bool,
+        read: super::script::PresenceRead<'_>,
     ) -> Result<crate::presence::Presence, RedisError> {
         match &mut self.conn {
             PublishConn::Single(conn) => super::script::presence(conn, call, read).await,
@@ -107,12 +186,13 @@ impl Publisher {
         limit: usize,
         retention: &crate::history::Retention,
     ) -> Result<crate::history::History, RedisError> {
+        let run = Arc::clone(&self.run);
         match &mut self.conn {
             PublishConn::Single(conn) => {
-                super::script::read(conn, keys, since, limit, retention).await
+                super::script::read(conn, keys, since, limit, retention, &run).await
             }
             PublishConn::Cluster(conn) => {
-                super::script::read(conn, keys, since, limit, retention).await
+                super::script::read(conn, keys, since, limit, retention, &run).await
             }
         }
     }
@@ -159,14 +239,30 @@ pub(super) async fn open(
     super::script::load(&mut publisher)
         .await
         .map_err(OpenError::Failed)?;
+    let run: Arc<str> = match config.durability {
+        Durability::Durable => "*".into(),
+        Durability::Volatile => run_id(&mut publisher).await?.into(),
+    };
     Ok(Link {
         subscriber,
-        publisher: Publisher {
-            conn: PublishConn::Single(publisher),
-            lost: Arc::clone(&lost),
-        },
+        publisher: Publisher::new(PublishConn::Single(publisher), Arc::clone(&lost), run),
         lost,
     })
+}
+
+/// The `run_id` of the Redis process `conn` reaches: random at each start,
+/// so it tells a restarted Redis (or a replica promoted in its place) from
+/// the one that wrote a topic's epoch.
+async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, OpenError> {
+    let info: String = ::redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(OpenError::Failed)?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or(OpenError::NoRunId)
 }
 
 /// The subscriber connection's push handler: messages go to the local
@@ -180,6 +276,9 @@ pub(super) fn subscriber_pushes(
         match push.kind {
             PushKind::Message | PushKind::SMessage => shared.deliver(push.data),
             PushKind::Disconnection => lost.notify_one(),
+            // Also the confirmation of the broker's own `SUNSUBSCRIBE`; the
+            // cluster supervisor tells the two apart.
+            PushKind::SUnsubscribe => shared.dropped(push.data),
             // Subscribe and unsubscribe confirmations also come as pushes;
             // the command that caused them reports them already.
             _ => {}
@@ -226,6 +325,8 @@ pub(super) enum OpenError {
     Failed(#[source] RedisError),
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("`INFO server` names no `run_id`")]
+    NoRunId,
 }
 
 /// Subscribes a new subscriber connection to every channel in `channels`.

@@ -1,12 +1,12 @@
 #![doc = include_str!("../../../docs/redis.md")]
 
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::metrics::{Counters, bump};
 use super::{Broker, BrokerError, Incoming};
@@ -17,13 +17,14 @@ use supervisor::{Command, Supervisor};
 
 mod cluster;
 mod config;
+mod lanes;
 mod link;
 mod metrics;
 mod script;
 mod supervisor;
 
 pub use self::metrics::RedisMetrics;
-pub use config::{RedisConfig, RedisConfigError};
+pub use config::{Durability, RedisConfig, RedisConfigError};
 
 /// Subscriber commands waiting for the supervisor. The service issues them
 /// one at a time (it holds a lock across each), so a few slots are plenty;
@@ -275,7 +276,7 @@ impl RedisBroker {
         &self,
         topic: &str,
         update: PresenceUpdate<'_>,
-        read: bool,
+        read: script::PresenceRead<'_>,
     ) -> Result<Presence, BrokerError> {
         let Some(mut publisher) = self.shared.publisher() else {
             return Err(Unavailable::NotConnected.into());
@@ -364,7 +365,7 @@ impl Broker for RedisBroker {
     async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
         let mut publisher = self.publisher(topic)?;
         let channel = self.shared.channel(topic);
-        let published = publisher.publish(&channel, frame.as_bytes()).await;
+        let published = publisher.publish(topic, &channel, frame.as_bytes()).await;
         published.map_err(|error| self.publish_failed(topic, &publisher, error))
     }
 
@@ -383,6 +384,7 @@ impl Broker for RedisBroker {
             .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
         let channel = self.shared.channel(topic);
         let append = script::Append {
+            topic,
             keys: self.shared.keys(topic),
             channel: &channel,
             head,
@@ -432,13 +434,27 @@ impl Broker for RedisBroker {
         topic: &str,
         update: PresenceUpdate<'_>,
     ) -> Result<(), BrokerError> {
-        self.run_presence(topic, update, false).await.map(drop)
+        self.run_presence(topic, update, script::PresenceRead::Nothing)
+            .await
+            .map(drop)
     }
 
     async fn presence(&self, topic: &str, announce: bool) -> Result<Presence, BrokerError> {
         // An empty batch: the script only sweeps, then reads.
         let update = PresenceUpdate::new(&[], &[], Duration::ZERO, announce);
-        self.run_presence(topic, update, true).await
+        self.run_presence(topic, update, script::PresenceRead::Answer)
+            .await
+    }
+
+    async fn resend_presence(&self, topic: &str) -> Result<(), BrokerError> {
+        // Published on the topic's channel, after whatever joins and leaves
+        // came before it: the instance's clients get the list in order with
+        // them, where a read and a local delivery could cross one.
+        let update = PresenceUpdate::new(&[], &[], Duration::ZERO, true);
+        let marker = self.shared.resend_marker();
+        self.run_presence(topic, update, script::PresenceRead::Resend(&marker))
+            .await
+            .map(drop)
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
@@ -467,6 +483,13 @@ struct Shared {
     /// it reconnects. A std lock, held only to clone or replace the handle,
     /// never across an `.await`.
     publisher: RwLock<Option<link::Publisher>>,
+    /// Names this broker among the instances, in the presence lists it
+    /// asks Redis to publish for itself alone.
+    node: Box<str>,
+    /// Topics whose sharded subscription Redis ended (`SUNSUBSCRIBE`
+    /// pushes), for the cluster supervisor to look at.
+    dropped: Mutex<Vec<Box<str>>>,
+    dropped_notify: Notify,
 }
 
 impl Shared {
@@ -477,7 +500,36 @@ impl Shared {
             incoming: OnceLock::new(),
             counters: Counters::default(),
             publisher: RwLock::new(None),
+            node: history::new_epoch().into(),
+            dropped: Mutex::default(),
+            dropped_notify: Notify::new(),
         })
+    }
+
+    /// `@<node>:`: what a presence list published for this instance alone
+    /// starts with.
+    fn resend_marker(&self) -> String {
+        format!("@{}:", self.node)
+    }
+
+    /// Notes a `SUNSUBSCRIBE` push (`[channel, count]`) for the supervisor.
+    fn dropped(&self, data: Vec<Value>) {
+        let Some(Value::BulkString(channel)) = data.into_iter().next() else {
+            return;
+        };
+        let Some(topic) = self.topic(&channel) else {
+            return;
+        };
+        self.dropped
+            .lock()
+            .expect("redis dropped lock poisoned")
+            .push(topic.into());
+        self.dropped_notify.notify_one();
+    }
+
+    /// The topics of the `SUNSUBSCRIBE` pushes since the last call.
+    fn take_dropped(&self) -> Vec<Box<str>> {
+        std::mem::take(&mut *self.dropped.lock().expect("redis dropped lock poisoned"))
     }
 
     /// `prefix + topic`, or in cluster mode `prefix + {topic}`.
@@ -536,10 +588,14 @@ impl Shared {
             tracing::debug!("ignored a message on a channel without our prefix");
             return;
         };
-        bump(&self.counters.received);
         let Some(incoming) = self.incoming.get() else {
             return;
         };
+        if payload.first() == Some(&b'@') {
+            self.deliver_presence(topic, &payload, incoming);
+            return;
+        }
+        bump(&self.counters.received);
         let mut payload = Bytes::from(payload);
         // An event of a topic with history comes as `<offset>:<epoch>:<frame>`.
         let position =
@@ -559,6 +615,37 @@ impl Shared {
             }
             _ => incoming.deliver(topic, frame),
         }
+    }
+}
+
+impl Shared {
+    /// A presence list published for one instance (`@<node>:<users>`, the
+    /// users as the JSON array of `HGETALL`): handed to the local
+    /// subscribers if it is this one's, dropped otherwise.
+    fn deliver_presence(&self, topic: &str, payload: &[u8], incoming: &Incoming) {
+        let marker = self.resend_marker();
+        let Some(users) = payload.strip_prefix(marker.as_bytes()) else {
+            return;
+        };
+        // Lua's cjson writes an empty table as an object.
+        let flat: Vec<String> = match serde_json::from_slice::<serde_json::Value>(users) {
+            Ok(serde_json::Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(topic, %error, "dropped a presence list from Redis that is not JSON");
+                return;
+            }
+        };
+        let mut counts = Vec::with_capacity(flat.len() / 2);
+        let mut flat = flat.into_iter();
+        while let (Some(user), Some(count)) = (flat.next(), flat.next()) {
+            counts.push((user, count.parse().unwrap_or(0)));
+        }
+        let presence = Presence::from_counts(counts);
+        incoming.deliver(topic, protocol::presence_list_frame(topic, &presence));
     }
 }
 
@@ -641,6 +728,9 @@ mod tests {
             incoming: OnceLock::new(),
             counters: Counters::default(),
             publisher: RwLock::new(None),
+            node: "n".into(),
+            dropped: Mutex::default(),
+            dropped_notify: Notify::new(),
         }
     }
 

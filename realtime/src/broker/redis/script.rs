@@ -1,14 +1,28 @@
 //! The Lua scripts behind history and presence: one publishes and appends
 //! in one atomic step, one reads the history, one applies and reads
-//! presence. All are loaded when a connection opens and run
-//! by their SHA (`EVALSHA`); the redis crate loads them again on `NOSCRIPT`
-//! (a `SCRIPT FLUSH`, or a Redis that restarted under the connection).
+//! presence. All are loaded when a connection opens (on every master of a
+//! cluster) and run by their SHA (`EVALSHA`).
+//!
+//! A script Redis no longer has (a `SCRIPT FLUSH`, a master that restarted
+//! under a cluster connection) answers `NOSCRIPT`. Reads and presence calls
+//! load it and run again, as the redis crate does; a publish does not: a
+//! later publish of the same connection, sent while this one reloads, would
+//! run first and reverse the two events. It fails instead (it did not run:
+//! the sender is told it was not published), and the scripts are loaded
+//! again for the publishes that follow.
 //!
 //! A topic's keys are `<prefix>{<topic>}:history` (a stream whose entry ids
 //! are the offsets, `<offset>-0`) and `<prefix>{<topic>}:meta` (a hash of
-//! `epoch` and `offset`). The braces are a hash tag: in a cluster both keys,
-//! and the topic's channel, live in one slot, so each script touches one
-//! master.
+//! `epoch`, `offset` and `run`). The braces are a hash tag: in a cluster
+//! both keys, and the topic's channel, live in one slot, so each script
+//! touches one master.
+//!
+//! `run` is the Redis process's `run_id` when the epoch began. A Redis that
+//! restarted (without persistence, from an RDB snapshot, with `appendfsync
+//! everysec`) or a replica promoted in its place may have lost acknowledged
+//! writes, and would give their offsets out again under the same epoch; so
+//! a meta written by another run starts a new epoch, unless the broker runs
+//! with [`Durability::Durable`](super::Durability::Durable).
 
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,27 +34,46 @@ use crate::history::{self, History, Position, Retention, Sequenced};
 use crate::presence::{Presence, PresenceUpdate};
 use crate::protocol::Frame;
 
+/// The start of the append and read scripts: `epoch_of(run, fresh)` gives
+/// the topic's epoch, and starts a new one (`fresh`, with an empty history
+/// from offset 0) when the topic has none, or when its epoch was begun by
+/// another run of Redis than this one. `run` is this Redis's `run_id` as
+/// the caller's connection saw it, `''` to look it up here (a cluster
+/// connection spans several processes), or `'*'` to keep positions across
+/// restarts.
+const EPOCH_OF: &str = r#"
+local function epoch_of(run, fresh)
+  local meta = redis.call('HMGET', KEYS[2], 'epoch', 'run')
+  if run == '' then
+    run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  end
+  if meta[1] and (run == '*' or meta[2] == run) then
+    return meta[1], false
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', fresh, 'offset', 0, 'run', run)
+  return fresh, true
+end
+"#;
+
 /// Gives the event the topic's next offset, appends it to the stream
 /// (trimmed to the history size), moves both keys' expiry, then publishes
 /// `<offset>:<epoch>:<frame>` on the channel. A topic whose meta is gone
-/// (expired, or Redis lost it) starts a new epoch with an empty stream.
+/// (expired, or Redis lost it), or was written by another run of Redis,
+/// starts a new epoch with an empty stream (see [`EPOCH_OF`]).
 ///
 /// It first compares Redis's own clock with the deadline the node gave: a
 /// call that waited past it (Redis frozen, then thawed) does nothing, so a
 /// publish the node already answered with an error never happens later.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{EPOCH_OF}{}",
         r#"
 local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran the publish')
 end
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
-end
+local epoch = epoch_of(ARGV[9], ARGV[6])
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'offset', 1))
 local frame = ARGV[2] .. '"offset":' .. offset .. ',' .. ARGV[3]
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
@@ -48,24 +81,25 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
 return {tonumber(offset), epoch}
-"#,
-    )
+"#
+    ))
 });
 
 /// Reads the position and up to a limit of events: after an offset
 /// (`XRANGE`), or the last ones (`XREVRANGE`, reversed by the caller). A
 /// topic without meta gets one (offset 0, a new epoch), so that a client
-/// has a position to resume from.
+/// has a position to resume from; so does one whose epoch another run of
+/// Redis began (see [`EPOCH_OF`]).
 static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{EPOCH_OF}{}",
         r#"
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'offset')
-if not meta[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', ARGV[4], 'offset', 0)
+local epoch, fresh = epoch_of(ARGV[5], ARGV[4])
+if fresh then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  return {0, ARGV[4], {}}
+  return {0, epoch, {}}
 end
+local offset = redis.call('HGET', KEYS[2], 'offset')
 local limit = tonumber(ARGV[2])
 local entries = {}
 if limit > 0 then
@@ -75,9 +109,9 @@ if limit > 0 then
     entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit)
   end
 end
-return {tonumber(meta[2]), meta[1], entries}
-"#,
-    )
+return {tonumber(offset), epoch, entries}
+"#
+    ))
 });
 
 /// Applies one instance's batch of presence changes to a topic, and with
@@ -85,10 +119,10 @@ return {tonumber(meta[2]), meta[1], entries}
 /// JSON), their expiry times (a sorted set, by Redis's clock in
 /// milliseconds) and the connections per user (a hash of user → count).
 ///
-/// First it drops the clients whose time passed (at most 1000 per call of a
-/// write, so that no call runs long and the next takes the rest; all of
-/// them before a read, so that a read never counts them), then adds or
-/// refreshes the joined clients, then removes the left ones. A user whose
+/// First it drops every client whose time passed, a thousand at a time, so
+/// that all the leaves a dead instance owes come together, within the
+/// bound, however many they are. Then it adds or refreshes the joined
+/// clients, then removes the left ones. A user whose
 /// count goes from 0 to 1 joins, and back to 0 leaves; with a head given,
 /// each is published on the topic's channel as
 /// `{"topic":..,"join":{"user":..}}`, in the same step, so every instance
@@ -96,7 +130,9 @@ return {tonumber(meta[2]), meta[1], entries}
 /// last write, so a topic nobody refreshes leaves nothing behind.
 ///
 /// ARGV: time to live (ms), head (`{"topic":..,` or empty: no events),
-/// channel, publish command, read flag (`1`: answer the users), number of
+/// channel, publish command, what to read (`0`: nothing; `1`: answer the
+/// users; `@<instance>:`: publish them on the channel after that marker, for
+/// that instance alone, in order with the joins and leaves), number of
 /// joined clients, the joined clients and users in pairs, the left clients.
 static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -125,7 +161,7 @@ repeat
   for _, client in ipairs(expired) do
     remove(client)
   end
-until #expired < 1000 or ARGV[5] ~= '1'
+until #expired < 1000
 local joined = tonumber(ARGV[6])
 for i = 0, joined - 1 do
   local client, user = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
@@ -146,6 +182,9 @@ if joined > 0 then
 end
 if ARGV[5] == '1' then
   return redis.call('HGETALL', KEYS[3])
+end
+if ARGV[5] ~= '0' then
+  redis.call(ARGV[4], ARGV[3], ARGV[5] .. cjson.encode(redis.call('HGETALL', KEYS[3])))
 end
 return 0
 "#,
@@ -184,11 +223,24 @@ pub(super) struct PresenceCall<'a> {
     pub(super) sharded: bool,
 }
 
-/// Runs the presence script; with `read`, the presence it leaves.
+/// What a call of the presence script reads once it has applied its batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PresenceRead<'a> {
+    /// Nothing: a write.
+    Nothing,
+    /// The presence, answered to the caller.
+    Answer,
+    /// The presence, published on the topic's channel after this marker
+    /// (`@<instance>:`), for that instance's subscribers alone.
+    Resend(&'a str),
+}
+
+/// Runs the presence script; the presence it leaves, if `read` answers it
+/// (the default otherwise).
 pub(super) async fn presence(
     conn: &mut impl ::redis::aio::ConnectionLike,
     call: PresenceCall<'_>,
-    read: bool,
+    read: PresenceRead<'_>,
 ) -> ::redis::RedisResult<Presence> {
     let [clients, expiry, users] = call.keys.0;
     let mut invocation = PRESENCE.key(clients);
@@ -199,7 +251,11 @@ pub(super) async fn presence(
         .arg(call.head.unwrap_or_default())
         .arg(call.channel)
         .arg(if call.sharded { "SPUBLISH" } else { "PUBLISH" })
-        .arg(if read { "1" } else { "0" })
+        .arg(match read {
+            PresenceRead::Nothing => "0",
+            PresenceRead::Answer => "1",
+            PresenceRead::Resend(marker) => marker,
+        })
         .arg(call.update.joined.len());
     for (client, user) in call.update.joined {
         invocation.arg(client).arg(&**user);
@@ -207,7 +263,7 @@ pub(super) async fn presence(
     for client in call.update.left {
         invocation.arg(client);
     }
-    if !read {
+    if !matches!(read, PresenceRead::Answer) {
         invocation.invoke_async::<()>(conn).await?;
         return Ok(Presence::default());
     }
@@ -249,6 +305,7 @@ impl Keys {
 
 /// One append: where, what, how long to keep it, and by when.
 pub(super) struct Append<'a> {
+    pub(super) topic: &'a str,
     pub(super) keys: Keys,
     pub(super) channel: &'a [u8],
     /// `{"topic":...,` and `"event":...}`.
@@ -259,17 +316,20 @@ pub(super) struct Append<'a> {
     pub(super) sharded: bool,
 }
 
-pub(super) async fn append(
-    conn: &mut impl ::redis::aio::ConnectionLike,
-    append: Append<'_>,
-) -> ::redis::RedisResult<Position> {
+/// One call of the append script, by its SHA alone: on `NOSCRIPT` it fails
+/// rather than load the script and run again (see the module's
+/// documentation); the caller loads the scripts for the next publishes.
+/// `run` is as in [`EPOCH_OF`]. Its answer reads with [`position`].
+pub(super) fn append(append: Append<'_>, run: &str) -> ::redis::Cmd {
     // A quarter of the timeout before the node gives up: a script that ran
     // just in time still has that long for its answer to arrive, so an
     // event the node answers with an error was not published.
     let deadline = unix_millis() + (append.timeout - append.timeout / 4).as_millis() as u64;
-    let (offset, epoch): (u64, String) = APPEND
-        .key(append.keys.stream)
-        .key(append.keys.meta)
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(APPEND.get_hash())
+        .arg(2)
+        .arg(append.keys.stream)
+        .arg(append.keys.meta)
         .arg(append.channel)
         .arg(append.head)
         .arg(append.tail)
@@ -282,17 +342,29 @@ pub(super) async fn append(
         } else {
             "PUBLISH"
         })
-        .invoke_async(conn)
-        .await?;
+        .arg(run);
+    cmd
+}
+
+/// The position the append script answers.
+pub(super) fn position(answer: Value) -> ::redis::RedisResult<Position> {
+    let (offset, epoch): (u64, String) = ::redis::from_redis_value(answer)?;
     Ok(Position { offset, epoch })
 }
 
+/// Whether `error` is Redis saying it has no such script.
+pub(super) fn is_noscript(error: &::redis::RedisError) -> bool {
+    error.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript)
+}
+
+/// Reads a topic's history; `run` is as in [`EPOCH_OF`].
 pub(super) async fn read(
     conn: &mut impl ::redis::aio::ConnectionLike,
     keys: Keys,
     since: Option<u64>,
     limit: usize,
     retention: &Retention,
+    run: &str,
 ) -> ::redis::RedisResult<History> {
     let (offset, epoch, entries): (u64, String, Vec<Value>) = READ
         .key(keys.stream)
@@ -301,6 +373,7 @@ pub(super) async fn read(
         .arg(limit)
         .arg(retention.ttl().as_millis() as u64)
         .arg(history::new_epoch())
+        .arg(run)
         .invoke_async(conn)
         .await?;
     let mut events = entries

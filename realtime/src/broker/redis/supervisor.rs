@@ -51,6 +51,8 @@ enum LossCause {
     Closed,
     #[error("the watchdog's ping failed: {0}")]
     Ping(RedisError),
+    #[error("the watchdog's ping of the publishing connection failed: {0}")]
+    PublisherPing(RedisError),
     #[error("a subscriber command failed: {0}")]
     Command(RedisError),
 }
@@ -112,6 +114,13 @@ impl Supervisor {
                     let ping = ::redis::cmd("PING").exec_async(&mut subscriber).await;
                     if let Err(error) = ping {
                         return Interrupted::Lost(LossCause::Ping(error));
+                    }
+                    // The publisher too: its path can be cut while the
+                    // subscriber's works, and then every publish would
+                    // time out for good on a connection nobody replaces.
+                    let mut publisher = link.publisher.clone();
+                    if let Err(error) = publisher.ping().await {
+                        return Interrupted::Lost(LossCause::PublisherPing(error));
                     }
                 }
                 command = self.commands.recv() => {

@@ -1,0 +1,136 @@
+//! Presence at its edges: after Redis restarts empty, a user who left while
+//! it was down can never be announced as leaving, so the instance sends its
+//! clients the whole list again once it relinks; and more than a thousand
+//! entries that expire together all leave at once, within the bound.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{DEADLINE, Node, RedisServer, redis_config};
+use realtime::broker::Broker;
+use realtime::history::HistoryPolicy;
+use realtime::presence::{PresencePolicy, PresenceUpdate, Tracking};
+use realtime::testing::TestClient;
+use realtime::{Config, RedisBroker};
+use serde_json::Value;
+use tokio::time::Instant;
+
+fn announced(ttl: Duration) -> PresencePolicy {
+    PresencePolicy::none()
+        .track("lobby", Tracking::Announced)
+        .ttl(ttl)
+}
+
+async fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
+    RedisBroker::connect(&redis.url(), redis_config(prefix))
+        .await
+        .expect("connect to the test Redis")
+}
+
+/// Reads frames until one satisfies `wanted`; panics after the deadline.
+async fn until_frame(
+    client: &mut TestClient,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, client.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        if wanted(&frame) {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_clients_get_the_whole_list_again() {
+    let mut redis = RedisServer::start().await;
+    // No linger: the leave is due at once, while Redis is down.
+    let policy = announced(Duration::from_secs(30)).linger(Duration::ZERO);
+    let a = Node::with_presence(broker(&redis, "p6:").await, policy.clone()).await;
+    let b = Node::with_presence(broker(&redis, "p6:").await, policy).await;
+    let mut watcher = a.connect("lobby", "watcher").await;
+    let leaver = b.connect("lobby", "leaver").await;
+    until_frame(&mut watcher, "the leaver's join", |frame| {
+        frame["join"]["user"] == "leaver"
+    })
+    .await;
+
+    // The leaver goes while Redis is down: its leave can never be written,
+    // and once Redis comes back empty there is no entry left to expire.
+    redis.stop();
+    leaver.close().await;
+    redis.restart().await;
+
+    let list = until_frame(&mut watcher, "the whole list", |frame| {
+        frame.get("presence").is_some()
+    })
+    .await;
+    assert_eq!(list["topic"], "lobby", "{list}");
+    let users = list["presence"]["users"].as_object().expect("users by id");
+    assert!(users.contains_key("watcher"), "{list}");
+    assert!(!users.contains_key("leaver"), "a ghost: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_thousand_expired_entries_leave_together() {
+    const GHOSTS: usize = 1500;
+    let redis = RedisServer::start().await;
+    // Room for every leave frame in the ring and the watcher's queue.
+    let mut config = Config::default();
+    config.topic_backlog = 4096;
+    config.outbound_queue = 4096;
+    let policy = announced(Duration::from_secs(6));
+    let node = Node::serve_all(
+        broker(&redis, "p9:").await,
+        HistoryPolicy::none(),
+        policy.clone(),
+        config,
+    )
+    .await;
+    let mut watcher = node.connect("lobby", "watcher").await;
+    until_frame(&mut watcher, "the watcher's own join", |frame| {
+        frame["join"]["user"] == "watcher"
+    })
+    .await;
+
+    // An instance that wrote 1,500 entries and died without a word.
+    let ghost = broker(&redis, "p9:").await;
+    let joined: Vec<(String, Arc<str>)> = (0..GHOSTS)
+        .map(|n| (format!("ghost:{n}"), format!("\"g{n}\"").into()))
+        .collect();
+    let ttl = Duration::from_secs(1);
+    for part in joined.chunks(500) {
+        let update = PresenceUpdate::new(part, &[], ttl, false);
+        ghost.update_presence("lobby", update).await.expect("write");
+    }
+    let written = Instant::now();
+    drop(ghost);
+
+    let mut leaves = Vec::new();
+    while leaves.len() < GHOSTS {
+        until_frame(&mut watcher, "the ghosts' leaves", |frame| {
+            frame.get("leave").is_some()
+        })
+        .await;
+        leaves.push(Instant::now());
+    }
+    let first = leaves[0];
+    let last = leaves[GHOSTS - 1];
+    // One refresh of the live instance sweeps them all: no second round
+    // (a refresh period, 2 s, later) for the ones past the first thousand.
+    assert!(
+        last - first < policy.refresh_every() / 2,
+        "the leaves spread over {:?}",
+        last - first
+    );
+    assert!(
+        last - written <= ttl + policy.refresh_every() + Duration::from_secs(2),
+        "the last leave came {:?} after the write",
+        last - written
+    );
+}

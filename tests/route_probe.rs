@@ -1,0 +1,72 @@
+//! A plain GET of the WebSocket route answers what an upgrade would get,
+//! so that a client that cannot see why its socket failed (a browser) can
+//! ask: 503 while the instance would refuse (its broker down, full, or
+//! shutting down), 426 once it would upgrade.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, RedisServer, redis_config};
+use realtime::history::{HistoryPolicy, Retention};
+use realtime::{Config, MemoryBroker, RedisBroker};
+
+/// The status of a plain HTTP/1.1 GET of `path` on `addr`.
+async fn plain_get(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response[9..12].parse().expect("a status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_gets_503_while_redis_is_down_and_426_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let broker = RedisBroker::connect(&redis.url(), redis_config("probe:"))
+        .await
+        .expect("connect");
+    let policy = HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(60)));
+    let node = Node::with_history(broker, policy).await;
+    let addr = node.server.addr();
+    assert_eq!(plain_get(addr, "/ws/room:1?token=alice").await, 426);
+
+    redis.stop();
+    common::wait_until("the broker sees Redis go", || async {
+        !realtime::Broker::is_connected(node.service.broker())
+    })
+    .await;
+    assert_eq!(plain_get(addr, "/ws/room:1?token=alice").await, 503);
+    // A real upgrade gets the same.
+    let refused = node.server.ws_url("/ws/room:1");
+    let error = realtime::testing::TestClient::connect(&refused, "alice")
+        .await
+        .expect_err("refused while Redis is down");
+    assert_eq!(error.status(), Some(503));
+
+    redis.restart().await;
+    common::wait_until("a probe is told to upgrade again", || async {
+        plain_get(addr, "/ws/room:1?token=alice").await == 426
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_probe_gets_503_when_the_instance_is_full_or_shutting_down() {
+    let mut config = Config::default();
+    config.max_connections = 1;
+    let node = Node::serve(MemoryBroker::new(), HistoryPolicy::none(), config).await;
+    let addr = node.server.addr();
+    let client = node.connect("lobby", "alice").await;
+    assert_eq!(plain_get(addr, "/ws/lobby?token=bob").await, 503);
+    drop(client);
+    common::wait_until("the place is free again", || async {
+        node.service.connections() == 0
+    })
+    .await;
+    assert_eq!(plain_get(addr, "/ws/lobby?token=bob").await, 426);
+    node.service.shutdown().await;
+    assert_eq!(plain_get(addr, "/ws/lobby?token=bob").await, 503);
+}
