@@ -390,6 +390,7 @@ fn a_broker_without_history_is_refused() {
             &self,
             _: &str,
             _: realtime::protocol::Frame,
+            _: Option<realtime::broker::Idempotency<'_>>,
         ) -> Result<(), realtime::BrokerError> {
             Ok(())
         }

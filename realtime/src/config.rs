@@ -120,6 +120,16 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Bytes the socket writer collects before it writes to the socket. Default: 8 KiB.
     pub write_buffer_bytes: usize,
+    /// How long a broadcast's `idempotency_key` is remembered. Default:
+    /// 2 minutes.
+    ///
+    /// A broadcast sent again with a key already published to its topic
+    /// within this window is acknowledged again (with the first one's
+    /// position) and not published twice: a client that lost its
+    /// connection before the acknowledgement sends it again safely. Each
+    /// key costs the broker a small entry for this long (in Redis, a key of
+    /// the topic's slot with this expiry).
+    pub idempotency_window: Duration,
 }
 
 impl Default for Config {
@@ -142,6 +152,7 @@ impl Default for Config {
             max_topics_per_connection: 16,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 8 * 1024,
+            idempotency_window: Duration::from_secs(120),
         }
     }
 }
@@ -207,6 +218,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", self.close_timeout),
+            ("idempotency_window", self.idempotency_window),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));

@@ -216,13 +216,19 @@ impl Api {
         for message in &self.messages {
             let reply = match message.kind {
                 Kind::Direct => ts_type(&message.reply, "  "),
-                Kind::Broadcast => "null".to_owned(),
+                Kind::Broadcast => "realtime.Position | null".to_owned(),
+            };
+            // A broadcast carries an idempotency key and is sent again after
+            // a reconnect: published once whatever the connection does.
+            let options = match message.kind {
+                Kind::Direct => "options",
+                Kind::Broadcast => "{ idempotent: true, ...options }",
             };
             let data = ts_type(&message.data, "  ");
             let docs = match message.kind {
                 Kind::Direct => message.docs.clone(),
                 Kind::Broadcast => format!(
-                    "{}{}Broadcast: resolves with `null` once the server acknowledged it.",
+                    "{}{}Broadcast: resolves once the server acknowledged it, with the event's\nposition on a topic with history (`null` on one without). Sent with an\nidempotency key, and again after a reconnect: published once.",
                     message.docs,
                     if message.docs.is_empty() { "" } else { "\n\n" }
                 ),
@@ -231,7 +237,7 @@ impl Api {
             let _ = writeln!(
                 out,
                 "  {method}(data: {data}, options?: realtime.CallOptions): Promise<{reply}> {{\n    \
-                 return this.client.call({wire}, data as unknown as realtime.Json, options) as Promise<{reply}>;\n  }}\n",
+                 return this.client.call({wire}, data as unknown as realtime.Json, {options}) as Promise<{reply}>;\n  }}\n",
                 method = ts_method(&message.name),
                 wire = json!(message.name),
             );
@@ -248,7 +254,8 @@ impl Api {
     /// An AsyncAPI 3.0 document: one channel (`/ws/{topic}`), a `send_<name>`
     /// operation per message with its answer as the reply, `receive_event`
     /// for the topic's events, `receive_position` for `subscribed` and
-    /// `reset`, `receive_presence` for `join` and `leave`, and the named
+    /// `reset`, `receive_presence` for `join`, `leave` and the whole list
+    /// (`presence`), and the named
     /// types under `components.schemas`.
     pub fn asyncapi(&self, version: &str) -> Value {
         let mut messages = Map::new();
@@ -262,10 +269,23 @@ impl Api {
                     "type": {"const": wire},
                     "data": data,
                     "id": {"description": "echoed as `reply_to` in the answer", "type": ["integer", "string"]},
-                    "topic": {"description": "a `$join`ed topic; left out: the URL's", "type": "string"}
+                    "topic": {"description": "a `$join`ed topic; left out: the URL's", "type": "string"},
+                    "idempotency_key": {
+                        "description": "a broadcast sent again under this key within the server's window (default 2 minutes) is acknowledged again and published once",
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": crate::protocol::MAX_IDEMPOTENCY_KEY_BYTES
+                    }
                 }
             })
         };
+        let acknowledged = json!({
+            "description": "the event's position on a topic with history; null on one without",
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["offset", "epoch"], "properties": {"offset": {"type": "integer"}, "epoch": {"type": "string"}}}
+            ]
+        });
         for message in &self.messages {
             let id = asyncapi_id(&message.name);
             let key = format!("send_{id}");
@@ -284,7 +304,13 @@ impl Api {
                     "name": format!("{} answer", message.name),
                     "payload": refs_to_components(json!({
                         "type": "object",
-                        "properties": {"reply_to": {"type": ["integer", "string"]}, "ok": message.reply}
+                        "properties": {
+                            "reply_to": {"type": ["integer", "string"]},
+                            "ok": match message.kind {
+                                Kind::Direct => message.reply.clone(),
+                                Kind::Broadcast => acknowledged.clone(),
+                            }
+                        }
                     })),
                 }),
             );
@@ -393,6 +419,34 @@ impl Api {
                 operation.to_owned(),
                 json!({"action": "receive", "channel": channel_ref, "messages": refs}),
             );
+        }
+        messages.insert(
+            "presence".to_owned(),
+            json!({
+                "name": "presence",
+                "summary": "The whole of a topic's presence, sent when the server's instance relinked to its broker (joins and leaves published meanwhile were lost): the client replaces its list with it.",
+                "payload": {
+                    "type": "object",
+                    "required": ["topic", "presence"],
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "presence": {
+                            "type": "object",
+                            "required": ["clients", "users"],
+                            "properties": {
+                                "clients": {"type": "integer"},
+                                "users": {"type": "object", "additionalProperties": {"type": "integer"}}
+                            }
+                        }
+                    }
+                }
+            }),
+        );
+        if let Some(Value::Array(refs)) = operations
+            .get_mut("receive_presence")
+            .and_then(|operation| operation.get_mut("messages"))
+        {
+            refs.push(json!({"$ref": "#/channels/topic/messages/presence"}));
         }
         let channel_messages: Map<String, Value> = messages
             .keys()

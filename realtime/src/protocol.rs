@@ -221,7 +221,14 @@ pub(crate) struct Request<'a> {
     pub(crate) id: Option<&'a RawValue>,
     /// `None`: the topic of the connection's URL.
     pub(crate) topic: Option<Cow<'a, str>>,
+    /// A broadcast published under this key within the window is
+    /// acknowledged again, not published twice.
+    pub(crate) idempotency_key: Option<Cow<'a, str>>,
 }
+
+/// The longest `idempotency_key`, in bytes: room for a UUID in any of its
+/// spellings, and a bound on what a client makes the broker keep per key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 64;
 
 /// A client frame that could not be turned into a message.
 #[derive(Debug, Clone)]
@@ -241,6 +248,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     topic: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
 }
 
 /// The id alone, read when the envelope as a whole is wrong, so that the error
@@ -261,11 +270,24 @@ pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
                     message: "`id` must be a number or a string".to_owned(),
                 });
             }
+            if envelope
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|key| key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+            {
+                return Err(FrameError {
+                    id: envelope.id,
+                    message: format!(
+                        "`idempotency_key` must be a string of 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+                    ),
+                });
+            }
             Ok(Request {
                 kind: envelope.kind,
                 data: envelope.data,
                 id: envelope.id,
                 topic: envelope.topic,
+                idempotency_key: envelope.idempotency_key,
             })
         }
         Err(error) => {
@@ -515,12 +537,29 @@ pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Frame {
     Frame::from(text)
 }
 
-/// `{"reply_to": <id>, "ok": null}`: a broadcast's acknowledgement.
+/// `{"reply_to": <id>, "ok": null}`: an acknowledgement.
 pub(crate) fn ack_frame(id: &RawValue) -> Frame {
-    let mut text = String::with_capacity(32);
+    published_frame(id, None)
+}
+
+/// A broadcast's acknowledgement: `{"reply_to": <id>, "ok": {"offset": ..,
+/// "epoch": ..}}` with the event's position on a topic with history,
+/// `"ok": null` on one without.
+pub(crate) fn published_frame(id: &RawValue, position: Option<&Position>) -> Frame {
+    let mut text = String::with_capacity(64);
     text.push('{');
     push_reply_to(&mut text, Some(id));
-    text.push_str("\"ok\":null}");
+    match position {
+        // An epoch is letters and digits: nothing to escape.
+        Some(position) => {
+            let _ = write!(
+                text,
+                "\"ok\":{{\"offset\":{},\"epoch\":\"{}\"}}}}",
+                position.offset, position.epoch
+            );
+        }
+        None => text.push_str("\"ok\":null}"),
+    }
     Frame::from(text)
 }
 

@@ -11,7 +11,7 @@ use axum::extract::ws::WebSocket;
 use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::auth::{AuthError, Authenticator, TokenValidator};
-use crate::broker::{Broker, BrokerError, Fanout, Incoming, MemoryBroker};
+use crate::broker::{Broker, BrokerError, Fanout, Idempotency, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::connection::{
     self, ConnectionId, Counters, Event, Feed, Outbox, Ring, Session, Signal, Topics, bump,
@@ -760,7 +760,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// ```
     pub async fn publish(&self, topic: &str, event: &H::ServerEvent) -> Result<(), PublishError> {
         let frame = protocol::event_frame(topic, event)?;
-        self.inner.publish(topic, frame).await?;
+        self.inner.publish(topic, frame, None).await?;
         Ok(())
     }
 
@@ -1150,17 +1150,28 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 
     /// Publishes an event frame: with its position and into the history if
-    /// the policy keeps `topic`'s, as it is otherwise.
-    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
+    /// the policy keeps `topic`'s (the position is returned), as it is
+    /// otherwise; once per `key` within `Config::idempotency_window`.
+    async fn publish(
+        &self,
+        topic: &str,
+        frame: Frame,
+        key: Option<&str>,
+    ) -> Result<Option<Position>, BrokerError> {
         let started = std::time::Instant::now();
+        let once = key.map(|key| Idempotency::new(key, self.config.idempotency_window));
         let published = match self.history.retention(topic) {
-            Some(retention) => self.broker.append(topic, frame, &retention).await.map(drop),
-            None => self.broker.publish(topic, frame).await,
+            Some(retention) => self
+                .broker
+                .append(topic, frame, &retention, once)
+                .await
+                .map(Some),
+            None => self.broker.publish(topic, frame, once).await.map(|()| None),
         };
         let meters = &self.counters.meters;
         meters.publish_duration.record(started.elapsed());
         match &published {
-            Ok(()) => meters.published.increment(1),
+            Ok(_) => meters.published.increment(1),
             Err(_) => meters.publish_errors.increment(1),
         }
         published
@@ -1451,8 +1462,9 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         &self,
         topic: &str,
         frame: Frame,
-    ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send {
-        Inner::publish(self, topic, frame)
+        key: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Option<Position>, BrokerError>> + Send {
+        Inner::publish(self, topic, frame, key)
     }
 
     async fn subscribe(
@@ -1486,14 +1498,17 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
     {
         Box::pin(async move {
-            Inner::publish(self, topic, frame).await.map_err(|error| {
-                bump(&self.counters.publish_errors);
-                HandlerError::new(
-                    protocol::error_code::UNAVAILABLE,
-                    format!("could not publish on `{topic}`: {error}"),
-                )
-                .with_source(error)
-            })
+            Inner::publish(self, topic, frame, None)
+                .await
+                .map(drop)
+                .map_err(|error| {
+                    bump(&self.counters.publish_errors);
+                    HandlerError::new(
+                        protocol::error_code::UNAVAILABLE,
+                        format!("could not publish on `{topic}`: {error}"),
+                    )
+                    .with_source(error)
+                })
         })
     }
 

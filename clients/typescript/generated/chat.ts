@@ -33,10 +33,12 @@ export class ChatClient {
   /**
    * Posts a line to the room: every member, on every instance, gets it.
    *
-   * Broadcast: resolves with `null` once the server acknowledged it.
+   * Broadcast: resolves once the server acknowledged it, with the event's
+   * position on a topic with history (`null` on one without). Sent with an
+   * idempotency key, and again after a reconnect: published once.
    */
-  say(data: { text: string; }, options?: realtime.CallOptions): Promise<null> {
-    return this.client.call("say", data as unknown as realtime.Json, options) as Promise<null>;
+  say(data: { text: string; }, options?: realtime.CallOptions): Promise<realtime.Position | null> {
+    return this.client.call("say", data as unknown as realtime.Json, { idempotent: true, ...options }) as Promise<realtime.Position | null>;
   }
 
   /**

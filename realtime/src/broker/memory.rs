@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use super::{Broker, BrokerError, Incoming};
+use super::{Broker, BrokerError, Idempotency, Incoming};
 use crate::history::{self, History, Position, Retention, Sequenced};
 use crate::presence::table::{Change, Table};
 use crate::presence::{Presence, PresenceUpdate};
@@ -65,6 +65,41 @@ struct Hub {
     /// Topic -> who is in it. Held while joins and leaves are delivered, so
     /// that they reach every node in one order.
     presences: Mutex<HashMap<Box<str>, Table>>,
+    /// Idempotency keys published, per topic. Taken after `histories` when
+    /// both are held.
+    remembered: Mutex<Remembered>,
+}
+
+/// Until when a key is remembered, and the position its event got (on a
+/// topic with history).
+type Recorded = (Instant, Option<Position>);
+
+/// The idempotency keys of recent publishes, by (topic, key).
+#[derive(Debug, Default)]
+struct Remembered {
+    keys: HashMap<(Box<str>, Box<str>), Recorded>,
+    /// Lookups, to time the sweeps.
+    calls: u64,
+}
+
+impl Remembered {
+    /// What `key` of `topic` got when it was published within its window;
+    /// `None` if it was not.
+    fn seen(&mut self, topic: &str, key: &str) -> Option<Option<Position>> {
+        let now = Instant::now();
+        self.calls += 1;
+        if self.calls.is_multiple_of(SWEEP_EVERY) {
+            self.keys.retain(|_, (until, _)| *until > now);
+        }
+        let (until, position) = self.keys.get(&(topic.into(), key.into()))?;
+        (*until > now).then(|| position.clone())
+    }
+
+    fn remember(&mut self, topic: &str, once: Idempotency<'_>, position: Option<Position>) {
+        let until = Instant::now() + once.window;
+        self.keys
+            .insert((topic.into(), once.key.into()), (until, position));
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,7 +210,23 @@ impl Broker for MemoryBroker {
         let _ = self.member.set(index);
     }
 
-    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        topic: &str,
+        frame: Frame,
+        once: Option<Idempotency<'_>>,
+    ) -> Result<(), BrokerError> {
+        if let Some(once) = once {
+            let mut remembered = self
+                .hub
+                .remembered
+                .lock()
+                .expect("memory broker lock poisoned");
+            if remembered.seen(topic, once.key).is_some() {
+                return Ok(());
+            }
+            remembered.remember(topic, once, None);
+        }
         let topics = self.hub.topics.read().expect("memory broker lock poisoned");
         if let Some(members) = topics.get(topic) {
             // Delivery only puts the frame in each node's ring: short, and
@@ -197,12 +248,23 @@ impl Broker for MemoryBroker {
         topic: &str,
         frame: Frame,
         retention: &Retention,
+        once: Option<Idempotency<'_>>,
     ) -> Result<Position, BrokerError> {
         let mut histories = self
             .hub
             .histories
             .lock()
             .expect("memory broker lock poisoned");
+        if let Some(once) = once {
+            let mut remembered = self
+                .hub
+                .remembered
+                .lock()
+                .expect("memory broker lock poisoned");
+            if let Some(Some(position)) = remembered.seen(topic, once.key) {
+                return Ok(position);
+            }
+        }
         let kept = histories.get(topic, retention, true);
         let offset = kept.offset + 1;
         let frame = history::with_offset(&frame, offset)
@@ -216,6 +278,13 @@ impl Broker for MemoryBroker {
             kept.events.pop_front();
         }
         let position = kept.position();
+        if let Some(once) = once {
+            self.hub
+                .remembered
+                .lock()
+                .expect("memory broker lock poisoned")
+                .remember(topic, once, Some(position.clone()));
+        }
         // Delivered under the histories' lock: offsets reach every node in
         // their order.
         let topics = self.hub.topics.read().expect("memory broker lock poisoned");
@@ -429,11 +498,15 @@ mod tests {
         a.attach(incoming_a);
         b.attach(incoming_b);
         a.subscribe("t").await.unwrap();
-        b.publish("t", Frame::from("x".to_owned())).await.unwrap();
+        b.publish("t", Frame::from("x".to_owned()), None)
+            .await
+            .unwrap();
         assert_eq!(count_a.load(Ordering::Relaxed), 1);
         assert_eq!(count_b.load(Ordering::Relaxed), 0);
         a.unsubscribe("t").await.unwrap();
-        b.publish("t", Frame::from("x".to_owned())).await.unwrap();
+        b.publish("t", Frame::from("x".to_owned()), None)
+            .await
+            .unwrap();
         assert_eq!(count_a.load(Ordering::Relaxed), 1);
         assert!(a.subscribed_topics().is_empty());
     }

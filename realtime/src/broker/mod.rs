@@ -54,11 +54,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends one serialized event frame to every instance subscribed to `topic`.
     ///
     /// Resolves once the broker has taken the frame; the sender's
-    /// acknowledgement waits for it.
+    /// acknowledgement waits for it. With `once`, a frame whose key was
+    /// already published to `topic` within the key's window is not sent
+    /// again, and the call succeeds (see [`Idempotency`]).
     fn publish(
         &self,
         topic: &str,
         frame: Frame,
+        once: Option<Idempotency<'_>>,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Starts delivering `topic`'s frames to this instance.
@@ -88,7 +91,10 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// An `Ok` means the event was kept and delivered, and gives its
     /// position; an error means it was not, unless the broker's link broke
-    /// after the broker took it (then it cannot know).
+    /// after the broker took it (then it cannot know). With `once`, an
+    /// event whose key was already appended to `topic` within the key's
+    /// window is not appended again: the call answers the position it was
+    /// given then (see [`Idempotency`]).
     ///
     /// The default refuses: a broker without history support.
     ///
@@ -97,7 +103,7 @@ pub trait Broker: Send + Sync + 'static {
     /// ```
     /// use std::time::Duration;
     /// use realtime::{Broker, MemoryBroker};
-    /// use realtime::broker::Incoming;
+    /// use realtime::broker::{Idempotency, Incoming};
     /// use realtime::history::Retention;
     /// use realtime::protocol::Frame;
     ///
@@ -106,8 +112,13 @@ pub trait Broker: Send + Sync + 'static {
     /// broker.attach(Incoming::new(|_: &str, _: Frame| {}));
     /// let keep = Retention::new(10, Duration::from_secs(60));
     /// let frame = Frame::from(r#"{"topic":"t","event":"hi"}"#.to_owned());
-    /// let position = broker.append("t", frame, &keep).await?;
+    /// let position = broker.append("t", frame.clone(), &keep, None).await?;
     /// assert_eq!(position.offset, 1);
+    /// // Sent again under one key: appended once.
+    /// let once = Idempotency::new("k1", Duration::from_secs(120));
+    /// let first = broker.append("t", frame.clone(), &keep, Some(once)).await?;
+    /// let again = broker.append("t", frame, &keep, Some(once)).await?;
+    /// assert_eq!((first.offset, again.offset), (2, 2));
     /// let history = broker.history("t", Some(0), 10, &keep).await?;
     /// assert_eq!(history.events[0].frame.as_str(), r#"{"topic":"t","offset":1,"event":"hi"}"#);
     /// # Ok::<(), realtime::BrokerError>(())
@@ -121,8 +132,9 @@ pub trait Broker: Send + Sync + 'static {
         topic: &str,
         frame: Frame,
         retention: &Retention,
+        once: Option<Idempotency<'_>>,
     ) -> impl Future<Output = Result<Position, BrokerError>> + Send {
-        let _ = (topic, frame, retention);
+        let _ = (topic, frame, retention, once);
         std::future::ready(Err(BrokerError::Unsupported("history")))
     }
 
@@ -219,6 +231,41 @@ pub trait Broker: Send + Sync + 'static {
     fn resend_presence(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send {
         let _ = topic;
         std::future::ready(Err(BrokerError::Unsupported("presence")))
+    }
+}
+
+/// A publish that must happen at most once: a client's key for it (at most
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`](crate::protocol::MAX_IDEMPOTENCY_KEY_BYTES)),
+/// and how long the broker remembers the key after the first publish.
+///
+/// A client that lost its connection before the acknowledgement cannot
+/// know whether its broadcast went out; it sends it again with the same
+/// key, and the broker publishes it once. Keys are per topic: two topics
+/// may use one key. The broker checks and records the key in the same
+/// step as the publish, so two copies racing on two instances publish once.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use realtime::broker::Idempotency;
+///
+/// let once = Idempotency::new("4f0c2d9e-b1a7", Duration::from_secs(120));
+/// assert_eq!(once.key, "4f0c2d9e-b1a7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Idempotency<'a> {
+    /// The client's key.
+    pub key: &'a str,
+    /// How long the key is remembered.
+    pub window: std::time::Duration,
+}
+
+impl<'a> Idempotency<'a> {
+    /// `key`, remembered for `window`.
+    pub fn new(key: &'a str, window: std::time::Duration) -> Self {
+        Self { key, window }
     }
 }
 

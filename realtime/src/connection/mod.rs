@@ -47,12 +47,15 @@ pub(crate) trait Topics: Send + Sync {
     /// The service's counters, which a publish moves.
     fn counters(&self) -> &Counters;
 
-    /// Publishes one event frame on `topic`.
+    /// Publishes one event frame on `topic`, once per `key` (a client's
+    /// idempotency key) within the service's window; the event's position
+    /// on a topic with history.
     fn publish(
         &self,
         topic: &str,
         frame: Frame,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+        key: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Position>, BrokerError>> + Send;
 
     /// Subscribes a connection to `topic` (and the instance at the broker if
     /// it is the topic's first local subscriber). Returns the shared topic

@@ -262,6 +262,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         };
         tracing::debug!(kind = &*request.kind, bytes = text.len(), "frame");
         let id = request.id;
+        let key = request.idempotency_key.as_deref();
         if request.kind.starts_with(RESERVED_PREFIX) {
             // Boxed: subscribing (a broker round trip) is the largest thing
             // the read loop awaits, and rare; inline, its room would be taken
@@ -278,7 +279,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let meters = meters.of(&request.kind);
         meters.received();
         let Some(topic) = request.topic.as_deref() else {
-            return self.dispatch(id, message, meters).await;
+            return self.dispatch(id, key, message, meters).await;
         };
         if let Err(message) = self.check_topic_length(topic) {
             return self.fail(id, error_code::BAD_REQUEST, &message);
@@ -292,7 +293,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         };
         // The handler sees the topic the frame is about, then the URL's again.
         self.ctx.topic = topic;
-        self.dispatch(id, message, meters).await;
+        self.dispatch(id, key, message, meters).await;
         self.ctx.topic = Arc::clone(self.subscriptions.home());
     }
 
@@ -300,6 +301,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     async fn dispatch(
         &mut self,
         id: Option<&RawValue>,
+        key: Option<&str>,
         message: H::ClientMessage,
         meters: &TypeMeters,
     ) {
@@ -314,7 +316,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                     Err(message) => self.fail(id, error_code::INTERNAL, &message),
                 }
             }
-            Ok(Outcome::Broadcast(event)) => self.broadcast(id, &event).await,
+            Ok(Outcome::Broadcast(event)) => self.broadcast(id, key, &event).await,
             Ok(_) => self.acknowledge(id),
             Err(error) => self.handler_failed(id, &error),
         }
@@ -444,7 +446,12 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Publishes the event and answers once the broker has taken it. The
     /// read loop goes on meanwhile: later frames are handled, and their
     /// answers wait behind this one.
-    async fn broadcast(&mut self, id: Option<&RawValue>, event: &H::ServerEvent) {
+    async fn broadcast(
+        &mut self,
+        id: Option<&RawValue>,
+        key: Option<&str>,
+        event: &H::ServerEvent,
+    ) {
         let frame = match protocol::event_frame(self.ctx.topic(), event) {
             Ok(frame) => frame,
             Err(error) => return self.handler_failed(id, &HandlerError::from(error)),
@@ -456,11 +463,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let counters: &'a Counters = topics.counters();
         let topic = Arc::clone(&self.ctx.topic);
         let conn = self.ctx.conn_id;
-        // Owned: the frame the id borrows from is gone before the answer.
+        // Owned: the frame the id and the key borrow from is gone before
+        // the answer.
         let id = id.map(ToOwned::to_owned);
+        let key: Option<Box<str>> = key.map(Into::into);
         let published = async move {
-            match topics.publish(&topic, frame).await {
-                Ok(()) => id.map(|id| protocol::ack_frame(&id)),
+            match topics.publish(&topic, frame, key.as_deref()).await {
+                Ok(position) => id.map(|id| protocol::published_frame(&id, position.as_ref())),
                 Err(error) => {
                     bump(&counters.publish_errors);
                     // While the broker is away every publish fails, and the

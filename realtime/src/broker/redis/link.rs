@@ -69,12 +69,31 @@ impl Publisher {
     /// Publishes `frame` of `topic` on `channel`. The number of receivers
     /// Redis returns is not needed: zero is a valid outcome (no instance
     /// follows the topic).
+    ///
+    /// With `once` (the key's Redis key and window), the publish-once
+    /// script publishes it, unless the key was published already; a
+    /// `NOSCRIPT` fails it, as for [`append`](Self::append).
     pub(super) async fn publish(
         &mut self,
         topic: &str,
         channel: &[u8],
         frame: &[u8],
+        once: Option<(Vec<u8>, std::time::Duration)>,
     ) -> Result<(), RedisError> {
+        if let Some((key, window)) = once {
+            let sharded = matches!(self.conn, PublishConn::Cluster(_));
+            let cmd = super::script::publish_once(key, channel, frame, window, sharded);
+            let answer = match &mut self.conn {
+                PublishConn::Single(conn) => cmd.query_async::<Value>(conn).await,
+                PublishConn::Cluster(conn) => self.lanes.send(conn, topic, cmd).await,
+            };
+            if let Err(error) = &answer
+                && super::script::is_noscript(error)
+            {
+                self.reload_scripts();
+            }
+            return answer.map(drop);
+        }
         match &mut self.conn {
             PublishConn::Single(conn) => {
                 ::redis::cmd("PUBLISH")

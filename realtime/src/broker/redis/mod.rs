@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::metrics::{Counters, bump};
-use super::{Broker, BrokerError, Incoming};
+use super::{Broker, BrokerError, Idempotency, Incoming};
 use crate::history::{self, History, Position, Retention};
 use crate::presence::{Presence, PresenceUpdate};
 use crate::protocol::{self, Frame};
@@ -362,10 +362,18 @@ impl Broker for RedisBroker {
         let _ = self.shared.incoming.set(incoming);
     }
 
-    async fn publish(&self, topic: &str, frame: Frame) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        topic: &str,
+        frame: Frame,
+        once: Option<Idempotency<'_>>,
+    ) -> Result<(), BrokerError> {
         let mut publisher = self.publisher(topic)?;
         let channel = self.shared.channel(topic);
-        let published = publisher.publish(topic, &channel, frame.as_bytes()).await;
+        let once = once.map(|once| (self.shared.once_key(topic, once.key), once.window));
+        let published = publisher
+            .publish(topic, &channel, frame.as_bytes(), once)
+            .await;
         published.map_err(|error| self.publish_failed(topic, &publisher, error))
     }
 
@@ -378,6 +386,7 @@ impl Broker for RedisBroker {
         topic: &str,
         frame: Frame,
         retention: &Retention,
+        once: Option<Idempotency<'_>>,
     ) -> Result<Position, BrokerError> {
         let mut publisher = self.publisher(topic)?;
         let (head, tail) = history::split_event(&frame)
@@ -386,6 +395,7 @@ impl Broker for RedisBroker {
         let append = script::Append {
             topic,
             keys: self.shared.keys(topic),
+            once: once.map(|once| (self.shared.once_key(topic, once.key), once.window)),
             channel: &channel,
             head,
             tail,
@@ -553,6 +563,11 @@ impl Shared {
             topic = topic.strip_prefix(b"{")?.strip_suffix(b"}")?;
         }
         std::str::from_utf8(topic).ok()
+    }
+
+    /// Where an idempotency key of `topic` is remembered.
+    fn once_key(&self, topic: &str, key: &str) -> Vec<u8> {
+        script::once_key(&self.prefix, topic, key)
     }
 
     /// The keys of `topic`'s history.

@@ -65,6 +65,9 @@ end
 /// It first compares Redis's own clock with the deadline the node gave: a
 /// call that waited past it (Redis frozen, then thawed) does nothing, so a
 /// publish the node already answered with an error never happens later.
+/// Then, given an idempotency key (a third key), it answers the position
+/// that key's event got, if it was appended within the key's window, and
+/// appends nothing; otherwise it records the new position under the key.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{EPOCH_OF}{}",
@@ -73,6 +76,13 @@ local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran the publish')
 end
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then
+    local at = string.find(done, ':', 1, true)
+    return {tonumber(string.sub(done, 1, at - 1)), string.sub(done, at + 1)}
+  end
+end
 local epoch = epoch_of(ARGV[9], ARGV[6])
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'offset', 1))
 local frame = ARGV[2] .. '"offset":' .. offset .. ',' .. ARGV[3]
@@ -80,9 +90,26 @@ redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[10])
+end
 return {tonumber(offset), epoch}
 "#
     ))
+});
+
+/// Publishes a frame of a topic without history once per idempotency key:
+/// the key is set (for its window) and the frame published in one step,
+/// or neither if the key is there already.
+static PUBLISH_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
+  redis.call(ARGV[4], ARGV[1], ARGV[2])
+end
+return 0
+"#,
+    )
 });
 
 /// Reads the position and up to a limit of events: after an offset
@@ -195,6 +222,7 @@ return 0
 /// not pay for a `NOSCRIPT` round trip.
 pub(super) async fn load(conn: &mut impl ::redis::aio::ConnectionLike) -> ::redis::RedisResult<()> {
     APPEND.prepare_invoke().load_async(conn).await?;
+    PUBLISH_ONCE.prepare_invoke().load_async(conn).await?;
     READ.prepare_invoke().load_async(conn).await?;
     PRESENCE.prepare_invoke().load_async(conn).await?;
     Ok(())
@@ -307,6 +335,8 @@ impl Keys {
 pub(super) struct Append<'a> {
     pub(super) topic: &'a str,
     pub(super) keys: Keys,
+    /// The idempotency key's Redis key and window, if the event has one.
+    pub(super) once: Option<(Vec<u8>, Duration)>,
     pub(super) channel: &'a [u8],
     /// `{"topic":...,` and `"event":...}`.
     pub(super) head: &'a str,
@@ -327,10 +357,14 @@ pub(super) fn append(append: Append<'_>, run: &str) -> ::redis::Cmd {
     let deadline = unix_millis() + (append.timeout - append.timeout / 4).as_millis() as u64;
     let mut cmd = ::redis::cmd("EVALSHA");
     cmd.arg(APPEND.get_hash())
-        .arg(2)
+        .arg(if append.once.is_some() { 3 } else { 2 })
         .arg(append.keys.stream)
-        .arg(append.keys.meta)
-        .arg(append.channel)
+        .arg(append.keys.meta);
+    let window = append.once.map(|(key, window)| {
+        cmd.arg(key);
+        (window.as_millis() as u64).max(1)
+    });
+    cmd.arg(append.channel)
         .arg(append.head)
         .arg(append.tail)
         .arg(append.retention.size())
@@ -342,8 +376,38 @@ pub(super) fn append(append: Append<'_>, run: &str) -> ::redis::Cmd {
         } else {
             "PUBLISH"
         })
-        .arg(run);
+        .arg(run)
+        .arg(window.unwrap_or(0));
     cmd
+}
+
+/// A publish of a topic without history under an idempotency key: one call
+/// of the publish-once script, by its SHA alone (see [`append`]).
+pub(super) fn publish_once(
+    key: Vec<u8>,
+    channel: &[u8],
+    frame: &[u8],
+    window: Duration,
+    sharded: bool,
+) -> ::redis::Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(PUBLISH_ONCE.get_hash())
+        .arg(1)
+        .arg(key)
+        .arg(channel)
+        .arg(frame)
+        .arg((window.as_millis() as u64).max(1))
+        .arg(if sharded { "SPUBLISH" } else { "PUBLISH" });
+    cmd
+}
+
+/// `<prefix>{<topic>}:once:<key>`: where an idempotency key of `topic` is
+/// remembered, in the topic's slot.
+pub(super) fn once_key(prefix: &[u8], topic: &str, key: &str) -> Vec<u8> {
+    let mut suffix = Vec::with_capacity(5 + key.len());
+    suffix.extend_from_slice(b"once:");
+    suffix.extend_from_slice(key.as_bytes());
+    tagged(prefix, topic, &suffix)
 }
 
 /// The position the append script answers.
