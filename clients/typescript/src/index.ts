@@ -1,13 +1,18 @@
 // The client of the realtime protocol (version 1), for browsers and Node 20+:
 // calls answered by promises, subscriptions with `$join`, resumption with
 // `since`, reconnection with full-jitter backoff, the close-code rules, a
-// heartbeat watchdog and a bounded queue for calls made while offline.
+// heartbeat watchdog, a bounded queue for calls made while offline, and
+// idempotent calls that are sent again after a reconnect.
 // No runtime dependencies.
 
 /** Any JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
-/** Where a topic with history stands: the last offset seen, and its epoch. */
+/**
+ * Where a topic with history stands: the last offset seen, and its epoch.
+ * Also what a broadcast on such a topic is acknowledged with: its event's
+ * position.
+ */
 export interface Position {
   offset: number;
   epoch: string;
@@ -69,8 +74,17 @@ export type CloseAction = "reconnect" | "stop";
  * | 1011 | server error | reconnect |
  * | 1012 | service restart | reconnect |
  * | 1013 | try again later (a reader too slow) | reconnect |
- * | HTTP 400, 401, 403 on the upgrade | bad request, bad token, forbidden topic | stop |
+ * | HTTP 400, 401, 403 on the upgrade | bad topic or `since`, bad token, forbidden topic | stop |
+ * | HTTP 426 on the upgrade | the upgrade would be accepted: it failed on the way | reconnect |
+ * | HTTP 429, 503, other 5xx on the upgrade | refused for now: overloaded, broker down, shutting down | reconnect |
+ * | no HTTP status (network error, no `fetch`) | | reconnect |
  * | any other | | reconnect |
+ *
+ * The HTTP rows apply to a socket that failed before it opened: a browser's
+ * WebSocket hides the status, so the client asks with a plain GET of the
+ * same URL (the `refusal` option), which the server answers as it would
+ * the upgrade. Only the three refusals that the same request would meet
+ * again stop the client.
  */
 export const CLOSE_RULES: Readonly<Record<number, CloseAction>> = Object.freeze({
   1000: "stop",
@@ -86,7 +100,7 @@ export const CLOSE_RULES: Readonly<Record<number, CloseAction>> = Object.freeze(
   1013: "reconnect",
 });
 
-/** HTTP statuses of a refused upgrade that stop the client: bad request, token, topic. */
+/** HTTP statuses of a refused upgrade that stop the client: bad request, token, topic. Any other retries. */
 const REFUSALS: readonly number[] = [400, 401, 403];
 
 /** How long a connection must stay up before the backoff starts over. */
@@ -164,8 +178,10 @@ export interface ClientOptions {
   maxQueued?: number;
   /**
    * Asks why an upgrade failed before the socket opened (a browser's
-   * WebSocket hides the HTTP status). Default: a `fetch` of the same URL over
-   * HTTP with the token; 401 and 403 stop the client.
+   * WebSocket hides the HTTP status): resolves with the HTTP status of a
+   * plain GET of `httpUrl` (the socket's URL over HTTP), or `undefined`.
+   * Default: a `fetch` with the token. 400, 401 and 403 stop the client;
+   * anything else (426, 429, 503, no answer, a rejection) retries.
    */
   refusal?: (httpUrl: string, token: string | undefined) => Promise<number | undefined>;
 }
@@ -176,6 +192,21 @@ export interface CallOptions {
   topic?: string;
   /** Overrides `callTimeoutMs`. */
   timeoutMs?: number;
+  /**
+   * Carry an idempotency key, and when the connection drops before the
+   * answer, send the call again (same key) after the reconnect instead of
+   * failing it. The server publishes a broadcast once per key (within its
+   * window, 2 minutes by default) and acknowledges a repeat as the first;
+   * a direct method ignores the key, so it would run again: mark only those
+   * that may.
+   */
+  idempotent?: boolean;
+  /**
+   * The key to send, 1 to 64 bytes of UTF-8, for a key the application
+   * keeps (say, across page loads); implies `idempotent` unless that is
+   * `false`. Default: a random one per call.
+   */
+  idempotencyKey?: string;
 }
 
 /** An event of a topic, as a subscription's handler receives it. */
@@ -200,9 +231,15 @@ export interface ClientEvents {
   join: { topic: string; user: Json };
   /** A user's last connection left such a topic. */
   leave: { topic: string; user: Json };
+  /**
+   * The whole list of who is in such a topic, replacing what the joins and
+   * leaves built: the server's link to its broker came back, and joins and
+   * leaves of meanwhile may be lost.
+   */
+  presence: { topic: string; presence: Presence };
   /** An open connection was lost; the client reconnects. */
   lost: { code: number; reason: string };
-  /** An error frame that answered no call, or a failed resubscription. */
+  /** An error frame that answered no call, or a failed `$join` (each try) or `$leave`. */
   error: { error: Error; topic?: string };
   /** The client stopped: `close()`, a close code that means "stop", or a refused upgrade. */
   stopped: { code?: number; reason: string };
@@ -211,20 +248,41 @@ export interface ClientEvents {
 type Listener<K extends keyof ClientEvents> = (event: ClientEvents[K]) => void;
 type EventHandler = (event: Json, meta: EventMeta) => void;
 
-interface Pending {
-  resolve(value: Json): void;
-  reject(error: Error): void;
-  timer: unknown;
+/** What the client sends, but for the `id` each sending gets. */
+interface Request {
+  type: string;
+  data?: Json;
+  topic?: string;
+  idempotency_key?: string;
 }
 
-interface Queued {
-  frame: { type: string; data?: Json; topic?: string };
+interface ErrorBody {
+  code: number;
+  message: string;
+}
+
+/** The frames a server sends (realtime/docs/protocol.md, "Server to client"). */
+type ServerFrame =
+  | { reply_to: number | string; ok?: Json; error?: ErrorBody }
+  | { error: ErrorBody }
+  | { topic: string; event: Json; offset?: number }
+  | { topic: string; subscribed: { offset: number; epoch: string; recovered?: boolean } }
+  | { topic: string; reset: Position }
+  | { topic: string; join: { user: Json } }
+  | { topic: string; leave: { user: Json } }
+  | { topic: string; presence: Presence };
+
+/** A call until it is answered: sent and pending, or queued for a connection. */
+interface Call {
+  request: Request;
   timeoutMs: number;
+  /** Its timeout runs from the moment it was made, across queues and connections. */
+  deadline: number;
   resolve(value: Json): void;
   reject(error: Error): void;
-  /** Its timeout, running since `since`. */
   timer: unknown;
-  since: number;
+  /** Queued again when its connection drops, rather than failed. */
+  idempotent: boolean;
 }
 
 /** One topic this client follows. */
@@ -233,6 +291,9 @@ interface Followed {
   position?: Position;
   /** The URL's topic, followed without `$join`. */
   home: boolean;
+  /** Failed `$join`s on the current connection, for the backoff. */
+  joinAttempt: number;
+  joinTimer: unknown;
 }
 
 /**
@@ -256,8 +317,8 @@ export class Client {
   private current: State = "idle";
   private attempt = 0;
   private nextId = 1;
-  private readonly pending = new Map<number, Pending>();
-  private readonly queued: Queued[] = [];
+  private readonly pending = new Map<number, Call>();
+  private readonly queued: Call[] = [];
   private readonly topics = new Map<string, Followed>();
   private readonly listeners = new Map<keyof ClientEvents, Set<(event: never) => void>>();
   private retryTimer: unknown = null;
@@ -294,7 +355,7 @@ export class Client {
     this.refusal = options.refusal ?? fetchStatus;
     const path = new URL(options.url).pathname;
     this.topic = decodeURIComponent(path.slice(path.lastIndexOf("/") + 1));
-    this.topics.set(this.topic, { handlers: new Set(), home: true });
+    this.topics.set(this.topic, { handlers: new Set(), home: true, joinAttempt: 0, joinTimer: null });
   }
 
   /** The connection's state. */
@@ -311,7 +372,8 @@ export class Client {
   /**
    * Who is in `topic` (default: the URL's), on every server instance: a
    * `$presence` call. Joins and leaves after it come as `join` and `leave`
-   * client events, where the server announces them.
+   * client events, where the server announces them, and the whole list
+   * again as a `presence` event when joins and leaves may have been lost.
    */
   async presence(topic: string = this.topic, options: CallOptions = {}): Promise<Presence> {
     return (await this.call("$presence", { topic }, options)) as unknown as Presence;
@@ -343,22 +405,44 @@ export class Client {
 
   /**
    * Sends a message and resolves with its answer: the reply of a direct
-   * method, `null` for a broadcast's acknowledgement. Rejects with a
+   * method; for a broadcast's acknowledgement, its event's {@link Position}
+   * on a topic with history, else `null`. Rejects with a
    * {@link RealtimeError} for an error answer, a {@link TimeoutError}, or a
-   * {@link ClosedError}.
+   * {@link ClosedError}; a `RangeError` for an idempotency key past 64
+   * bytes. An `idempotent` call outlives a dropped connection (see
+   * {@link CallOptions}).
    */
   call(type: string, data?: Json, options: CallOptions = {}): Promise<Json> {
     const timeoutMs = options.timeoutMs ?? this.options.callTimeoutMs;
-    const frame: Queued["frame"] = { type };
-    if (data !== undefined) frame.data = data;
-    if (options.topic !== undefined && options.topic !== this.topic) frame.topic = options.topic;
+    const request: Request = { type };
+    if (data !== undefined) request.data = data;
+    if (options.topic !== undefined && options.topic !== this.topic) request.topic = options.topic;
+    const idempotent = options.idempotent ?? options.idempotencyKey !== undefined;
     return new Promise<Json>((resolve, reject) => {
+      if (idempotent) {
+        const key = options.idempotencyKey ?? this.idempotencyKey();
+        const bytes = new TextEncoder().encode(key).length;
+        if (bytes === 0 || bytes > 64) {
+          reject(new RangeError(`an idempotency key has 1 to 64 bytes, not ${bytes}`));
+          return;
+        }
+        request.idempotency_key = key;
+      }
+      const call: Call = {
+        request,
+        timeoutMs,
+        deadline: this.clock.now() + timeoutMs,
+        resolve,
+        reject,
+        timer: null,
+        idempotent,
+      };
       if (this.current === "stopped") {
         reject(new ClosedError("the client has stopped"));
         return;
       }
       if (this.current === "open") {
-        this.send(frame, timeoutMs, resolve, reject);
+        this.send(call);
         return;
       }
       if (this.options.offline === "fail") {
@@ -369,15 +453,7 @@ export class Client {
         reject(new ClosedError(`not connected, and ${this.options.maxQueued} calls wait already`));
         return;
       }
-      // The call's time runs from now, connected or not.
-      const queued: Queued = { frame, timeoutMs, resolve, reject, timer: null, since: this.clock.now() };
-      queued.timer = this.clock.setTimeout(() => {
-        const at = this.queued.indexOf(queued);
-        if (at < 0) return;
-        this.queued.splice(at, 1);
-        reject(new TimeoutError(`no answer to \`${type}\` within ${timeoutMs} ms (not connected)`));
-      }, timeoutMs);
-      this.queued.push(queued);
+      this.enqueue(call);
     });
   }
 
@@ -391,7 +467,7 @@ export class Client {
     let followed = this.topics.get(topic);
     const fresh = !followed;
     if (!followed) {
-      followed = { handlers: new Set(), home: false };
+      followed = { handlers: new Set(), home: false, joinAttempt: 0, joinTimer: null };
       this.topics.set(topic, followed);
     }
     followed.handlers.add(handler);
@@ -402,6 +478,7 @@ export class Client {
       current.handlers.delete(handler);
       if (current.handlers.size === 0 && !current.home) {
         this.topics.delete(topic);
+        this.clock.clearTimeout(current.joinTimer);
         if (this.current === "open") {
           this.call("$leave", { topic }).catch((error: Error) => this.emit("error", { error, topic }));
         }
@@ -437,9 +514,10 @@ export class Client {
   private open(): void {
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     const protocols = this.options.token === undefined ? undefined : ["bearer", this.options.token];
+    const url = this.socketUrl();
     let socket: WebSocketLike;
     try {
-      socket = new this.WebSocketImpl(this.socketUrl(), protocols);
+      socket = new this.WebSocketImpl(url, protocols);
     } catch (error) {
       this.stop(undefined, `cannot open a WebSocket: ${String(error)}`);
       return;
@@ -450,7 +528,7 @@ export class Client {
       if (this.socket !== socket || opened) return;
       this.socket = null;
       socket.close();
-      this.lost(1006, "the upgrade did not finish in time", false);
+      this.lost(1006, "the upgrade did not finish in time", false, url);
     }, this.options.callTimeoutMs);
     socket.onopen = () => {
       if (this.socket !== socket) return;
@@ -459,13 +537,14 @@ export class Client {
       this.clock.clearTimeout(this.connectTimer);
       this.heard();
       for (const [topic, followed] of this.topics) {
-        if (!followed.home) this.join(topic, followed);
+        if (followed.home) continue;
+        followed.joinAttempt = 0;
+        this.join(topic, followed);
       }
       // Behind the `$join`s: the server handles a connection's frames in order.
-      for (const queued of this.queued.splice(0)) {
-        this.clock.clearTimeout(queued.timer);
-        const left = Math.max(1, queued.timeoutMs - (this.clock.now() - queued.since));
-        this.send(queued.frame, left, queued.resolve, queued.reject);
+      for (const call of this.queued.splice(0)) {
+        this.clock.clearTimeout(call.timer);
+        this.send(call);
       }
       this.setState("open");
     };
@@ -479,36 +558,48 @@ export class Client {
       // implementations (Node 20's) send no close event at all.
       if (this.socket !== socket || opened) return;
       this.socket = null;
-      this.lost(1006, "could not connect", false);
+      this.lost(1006, "could not connect", false, url);
     };
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      this.lost(event.code, event.reason, opened);
+      this.lost(event.code, event.reason, opened, url);
     };
   }
 
-  /** The connection ended: fail what was in flight, then stop or retry. */
-  private lost(code: number, reason: string, opened: boolean): void {
+  /**
+   * The connection ended: fail what was in flight (or queue it again), then
+   * stop or retry. `url` is the socket's, asked over HTTP if it never opened.
+   */
+  private lost(code: number, reason: string, opened: boolean, url: string = this.options.url): void {
     this.clock.clearTimeout(this.watchdogTimer);
     this.clock.clearTimeout(this.connectTimer);
+    this.cancelJoinRetries();
     // Only a connection that stayed up starts the backoff over: a server
     // that accepts and closes at once (draining, overloaded) is not hammered.
     if (opened && this.clock.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
-    for (const [id, pending] of this.pending) {
-      this.clock.clearTimeout(pending.timer);
-      pending.reject(new ClosedError("the connection was lost before the answer came"));
+    const again = this.current !== "stopped" && closeAction(code) === "reconnect";
+    const resend: Call[] = [];
+    for (const [id, call] of this.pending) {
+      this.clock.clearTimeout(call.timer);
       this.pending.delete(id);
+      // An idempotent call may have run: its key makes the server answer a
+      // second sending as the first instead of running it twice.
+      if (again && call.idempotent) resend.push(call);
+      else call.reject(new ClosedError("the connection was lost before the answer came"));
     }
+    // Ahead of any call made since: they were made first.
+    for (const call of resend.reverse()) this.enqueue(call, true);
     if (this.current === "stopped") return;
-    if (closeAction(code) === "stop") {
+    if (!again) {
       this.stop(code, reason || `closed by the server with ${code}`);
       return;
     }
     if (opened) this.emit("lost", { code, reason });
     if (!opened) {
-      // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why.
-      const httpUrl = this.options.url.replace(/^ws/, "http");
+      // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why,
+      // with the very URL (and `since`) the socket asked for.
+      const httpUrl = url.replace(/^ws/, "http");
       const session = this.session;
       this.refusal(httpUrl, this.options.token).then(
         (status) => {
@@ -543,17 +634,18 @@ export class Client {
     this.clock.clearTimeout(this.retryTimer);
     this.clock.clearTimeout(this.watchdogTimer);
     this.clock.clearTimeout(this.connectTimer);
+    this.cancelJoinRetries();
     const socket = this.socket;
     this.socket = null;
     if (socket) socket.close(1000);
-    for (const [id, pending] of this.pending) {
-      this.clock.clearTimeout(pending.timer);
-      pending.reject(new ClosedError(reason));
+    for (const [id, call] of this.pending) {
+      this.clock.clearTimeout(call.timer);
+      call.reject(new ClosedError(reason));
       this.pending.delete(id);
     }
-    for (const queued of this.queued.splice(0)) {
-      this.clock.clearTimeout(queued.timer);
-      queued.reject(new ClosedError(reason));
+    for (const call of this.queued.splice(0)) {
+      this.clock.clearTimeout(call.timer);
+      call.reject(new ClosedError(reason));
     }
     // Told last, when the bookkeeping is done.
     this.emit("state", { state: "stopped" });
@@ -584,77 +676,148 @@ export class Client {
   }
 
   private join(topic: string, followed: Followed): void {
+    const socket = this.socket;
     const data: { [key: string]: Json } = { topic };
     if (followed.position) data.since = { offset: followed.position.offset, epoch: followed.position.epoch };
-    this.send({ type: "$join", data }, this.options.callTimeoutMs, () => {}, (error) => {
-      // Forbidden stays forbidden: do not ask again after every reconnect.
-      if (error instanceof RealtimeError && (error.code === 403 || error.code === 400)) this.topics.delete(topic);
-      this.emit("error", { error, topic });
-    });
+    const timeoutMs = this.options.callTimeoutMs;
+    const join: Call = {
+      request: { type: "$join", data },
+      timeoutMs,
+      deadline: this.clock.now() + timeoutMs,
+      resolve: () => {},
+      reject: (error) => {
+        const still = this.topics.get(topic) === followed;
+        if (error instanceof RealtimeError && (error.code === 403 || error.code === 400)) {
+          // Forbidden stays forbidden: do not ask again after every reconnect.
+          if (still) this.topics.delete(topic);
+        } else if (still && socket !== null && this.socket === socket) {
+          // A broker that could not subscribe now (503), or a lost answer:
+          // without another try the topic stays silent as long as this
+          // connection lives, while the application believes it follows it.
+          const { backoffMinMs, backoffMaxMs, random } = this.options;
+          const delay = backoffDelay(followed.joinAttempt, backoffMinMs, backoffMaxMs, random);
+          followed.joinAttempt += 1;
+          followed.joinTimer = this.clock.setTimeout(() => {
+            followed.joinTimer = null;
+            if (this.socket === socket && this.topics.get(topic) === followed) this.join(topic, followed);
+          }, delay);
+        }
+        this.emit("error", { error, topic });
+      },
+      timer: null,
+      idempotent: false,
+    };
+    this.send(join);
   }
 
-  private send(
-    frame: Queued["frame"],
-    timeoutMs: number,
-    resolve: (value: Json) => void,
-    reject: (error: Error) => void,
-  ): void {
+  /** A new connection joins every topic anew; a closed one retries nothing. */
+  private cancelJoinRetries(): void {
+    for (const followed of this.topics.values()) {
+      this.clock.clearTimeout(followed.joinTimer);
+      followed.joinTimer = null;
+    }
+  }
+
+  /** Makes a call wait for the next connection, until its deadline. */
+  private enqueue(call: Call, first = false): void {
+    call.timer = this.clock.setTimeout(
+      () => {
+        const at = this.queued.indexOf(call);
+        if (at < 0) return;
+        this.queued.splice(at, 1);
+        call.reject(
+          new TimeoutError(`no answer to \`${call.request.type}\` within ${call.timeoutMs} ms (not connected)`),
+        );
+      },
+      Math.max(0, call.deadline - this.clock.now()),
+    );
+    if (first) this.queued.unshift(call);
+    else this.queued.push(call);
+  }
+
+  private send(call: Call): void {
     const socket = this.socket;
     if (!socket) {
-      reject(new ClosedError("not connected"));
+      call.reject(new ClosedError("not connected"));
       return;
     }
     const id = this.nextId++;
-    const timer = this.clock.setTimeout(() => {
-      if (this.pending.delete(id)) reject(new TimeoutError(`no answer to \`${frame.type}\` within ${timeoutMs} ms`));
-    }, timeoutMs);
-    this.pending.set(id, { resolve, reject, timer });
-    socket.send(JSON.stringify({ ...frame, id }));
+    call.timer = this.clock.setTimeout(
+      () => {
+        if (this.pending.delete(id)) {
+          call.reject(new TimeoutError(`no answer to \`${call.request.type}\` within ${call.timeoutMs} ms`));
+        }
+      },
+      Math.max(1, call.deadline - this.clock.now()),
+    );
+    this.pending.set(id, call);
+    socket.send(JSON.stringify({ ...call.request, id }));
+  }
+
+  /** A key for an idempotent call: random enough that two calls never share one. */
+  private idempotencyKey(): string {
+    // `randomUUID` is missing where pages are served over plain HTTP (it
+    // needs a secure context), and in older runtimes.
+    const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+    if (typeof crypto?.randomUUID === "function") return crypto.randomUUID();
+    let key = "";
+    for (let n = 0; n < 32; n++) key += Math.floor(this.options.random() * 16).toString(16);
+    return key;
   }
 
   private receive(text: string): void {
-    let frame: { [key: string]: unknown };
+    let parsed: unknown;
     try {
-      frame = JSON.parse(text) as { [key: string]: unknown };
+      parsed = JSON.parse(text);
     } catch {
       this.emit("error", { error: new Error("the server sent a frame that is not JSON") });
       return;
     }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      this.emit("error", { error: new Error("the server sent a frame that is not a JSON object") });
+      return;
+    }
+    // Trusted to follow the protocol past this point; unknown frames fall through.
+    const frame = parsed as ServerFrame;
     if ("reply_to" in frame) {
       const id = frame.reply_to;
-      const pending = typeof id === "number" ? this.pending.get(id) : undefined;
-      if (!pending || typeof id !== "number") return; // a `$ping`'s, or too late
+      const call = typeof id === "number" ? this.pending.get(id) : undefined;
+      if (!call || typeof id !== "number") return; // a `$ping`'s, or too late
       this.pending.delete(id);
-      this.clock.clearTimeout(pending.timer);
-      const error = frame.error as { code: number; message: string } | undefined;
-      if (error) pending.reject(new RealtimeError(error.code, error.message));
-      else pending.resolve((frame.ok ?? null) as Json);
+      this.clock.clearTimeout(call.timer);
+      if (frame.error) call.reject(new RealtimeError(frame.error.code, frame.error.message));
+      else call.resolve(frame.ok ?? null);
       return;
     }
     if ("error" in frame) {
-      const error = frame.error as { code: number; message: string };
-      this.emit("error", { error: new RealtimeError(error.code, error.message) });
+      this.emit("error", { error: new RealtimeError(frame.error.code, frame.error.message) });
       return;
     }
     const topic = frame.topic;
     if (typeof topic !== "string") return;
     const followed = this.topics.get(topic);
     if ("subscribed" in frame) {
-      const live = frame.subscribed as { offset: number; epoch: string; recovered?: boolean };
+      const live = frame.subscribed;
       if (followed) followed.position = { offset: live.offset, epoch: live.epoch };
       this.emit("subscribed", { topic, ...live });
       return;
     }
     if ("reset" in frame) {
-      const reset = frame.reset as Position;
+      const reset = frame.reset;
       if (followed) followed.position = { offset: reset.offset, epoch: reset.epoch };
       this.emit("reset", { topic, ...reset });
       return;
     }
-    if ("join" in frame || "leave" in frame) {
-      const kind = "join" in frame ? "join" : "leave";
-      const { user } = frame[kind] as { user: Json };
-      this.emit(kind, { topic, user });
+    if ("join" in frame) {
+      this.emit("join", { topic, user: frame.join.user });
+      return;
+    }
+    if ("leave" in frame) {
+      this.emit("leave", { topic, user: frame.leave.user });
+      return;
+    }
+    if ("presence" in frame) {
+      this.emit("presence", { topic, presence: frame.presence });
       return;
     }
     if (!("event" in frame) || !followed) return;
@@ -663,7 +826,7 @@ export class Client {
       meta.offset = frame.offset;
       if (followed.position) followed.position.offset = frame.offset;
     }
-    for (const handler of followed.handlers) handler(frame.event as Json, meta);
+    for (const handler of followed.handlers) handler(frame.event, meta);
   }
 }
 

@@ -2,6 +2,7 @@
 // port, a loopback proxy the test can cut or freeze, and waits with a
 // deadline.
 
+import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
@@ -35,6 +36,18 @@ async function waitForPort(port: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
     await sleep(20);
   }
+}
+
+/**
+ * A broadcast's acknowledgement on a chat room (a topic with history): its
+ * event's position, or `null` from a chat built before acknowledgements
+ * carried one.
+ */
+export function assertAck(ack: unknown): void {
+  if (ack === null) return;
+  const position = ack as { offset?: unknown; epoch?: unknown };
+  assert.equal(typeof position.offset, "number", `an acknowledgement: ${JSON.stringify(ack)}`);
+  assert.equal(typeof position.epoch, "string", `an acknowledgement: ${JSON.stringify(ack)}`);
 }
 
 export function sleep(ms: number): Promise<void> {

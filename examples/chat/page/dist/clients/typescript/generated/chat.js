@@ -9,10 +9,12 @@ export class ChatClient {
     /**
      * Posts a line to the room: every member, on every instance, gets it.
      *
-     * Broadcast: resolves with `null` once the server acknowledged it.
+     * Broadcast: resolves once the server acknowledged it, with the event's
+     * position on a topic with history (`null` on one without). Sent with an
+     * idempotency key, and again after a reconnect: published once.
      */
     say(data, options) {
-        return this.client.call("say", data, options);
+        return this.client.call("say", data, { idempotent: true, ...options });
     }
     /**
      * The room's last `limit` lines (at most 100), oldest first.

@@ -5,7 +5,8 @@
 // the page reloads a room's lines only when the server could not resend
 // them (`recovered: false`, `reset`). The list of people in the room comes
 // from `$presence` at each (re)connect, then follows the `join` and `leave`
-// events.
+// events; a `presence` snapshot (the server's broker link came back, and
+// joins and leaves may have been lost meanwhile) replaces it.
 //
 // Compiled with `npm run build:page` in clients/typescript; the JavaScript
 // is committed, so that `cargo run --example chat` needs no Node.
@@ -139,18 +140,32 @@ function applyPresence(current, kind, user) {
 }
 /** Asks who is in the room; joins and leaves wait meanwhile. */
 async function loadPresence(current) {
-    current.heldPresence = [];
+    const held = [];
+    current.heldPresence = held;
+    let users = null;
     try {
         const presence = await current.client.presence(current.room);
-        current.users = new Set(Object.keys(presence.users));
+        users = new Set(Object.keys(presence.users));
     }
     catch (error) {
         showError(`who is in ${current.room}: ${error.message}`);
     }
-    const waiting = current.heldPresence;
+    // A snapshot, or a later `$presence`, took over meanwhile: theirs is the list.
+    if (current.heldPresence !== held)
+        return;
     current.heldPresence = null;
-    for (const { kind, user } of waiting)
+    if (users)
+        current.users = users;
+    for (const { kind, user } of held)
         applyPresence(current, kind, user);
+    showUsers(current);
+}
+/** The whole list, from the server: it replaces the page's. */
+function replacePresence(current, presence) {
+    current.users = new Set(Object.keys(presence.users));
+    // Joins and leaves after the snapshot come as events on top of it, so a
+    // `$presence` in flight, and what was held for it, add nothing.
+    current.heldPresence = null;
     showUsers(current);
 }
 function watch(current, room) {
@@ -222,6 +237,10 @@ function start(name, room) {
                 applyPresence(current, kind, userName(user));
         });
     }
+    client.on("presence", ({ topic, presence }) => {
+        if (session === current && topic === room)
+            replacePresence(current, presence);
+    });
     client.on("reset", ({ topic, offset }) => {
         if (session !== current)
             return;
