@@ -305,3 +305,56 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     }
     let _ = std::fs::remove_dir_all(&profiles);
 }
+
+/// A page opened while Redis is down (the chat up, its broker away): the
+/// upgrade is refused with 503 and the page keeps trying, rather than stop
+/// for good, and comes up once Redis is back; then it talks as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_opened_while_redis_is_down_comes_up_once_redis_is_back() {
+    let mut redis = RedisServer::start().await;
+    let (_node, port) = start_chat(&redis.url());
+    let (_driver, driver_port) = start_chromedriver();
+    let profile = std::env::temp_dir().join(format!(
+        "realtime-chat-browser-outage-{}",
+        std::process::id()
+    ));
+    let page = browser(driver_port, &profile).await;
+
+    redis.stop();
+    join(&page, port, "dana", "lobby").await;
+    wait_for(
+        &page,
+        "the page is trying again",
+        "document.getElementById('status').dataset.state === 'reconnecting'",
+    )
+    .await;
+    // Several refused attempts later it still is: no refusal stops it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = page
+        .execute(
+            "return document.getElementById('status').dataset.state;",
+            vec![],
+        )
+        .await
+        .expect("read the page's state");
+    assert_eq!(state, serde_json::json!("reconnecting"));
+    screenshot(&page, "chat-redis-down.png").await;
+
+    redis.restart().await;
+    wait_for(
+        &page,
+        "the page comes up once Redis is back",
+        "document.getElementById('status').dataset.state === 'open'",
+    )
+    .await;
+    say(&page, "back with Redis").await;
+    wait_for(
+        &page,
+        "the page shows its own line",
+        &shows("dana", "back with Redis"),
+    )
+    .await;
+    wait_for(&page, "the page lists dana", &lists(&["dana"])).await;
+    let _ = page.close().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
