@@ -110,7 +110,14 @@ fn check(root: &Path, api: &realtime::describe::Api) -> Option<String> {
     };
     copy("examples/chat/page/app.ts");
     copy("examples/chat/page/tsconfig.json");
-    copy("clients/typescript/src/index.ts");
+    // The whole client library: its entry point imports its modules.
+    for module in std::fs::read_dir(repository().join("clients/typescript/src")).unwrap() {
+        let name = module.unwrap().file_name();
+        copy(&format!(
+            "clients/typescript/src/{}",
+            name.to_str().unwrap()
+        ));
+    }
     let generated = root.join("clients/typescript/generated");
     std::fs::create_dir_all(&generated).unwrap();
     std::fs::write(generated.join("chat.ts"), api.typescript("../src/index.js")).unwrap();

@@ -411,6 +411,6 @@ fn a_broker_without_history_is_refused() {
     .build();
     assert!(matches!(
         built,
-        Err(realtime::ConfigError::HistoryUnsupported)
+        Err(realtime::service::BuildError::HistoryUnsupported)
     ));
 }

@@ -90,6 +90,46 @@ const PAGE_SCRIPTS: &[(&str, &str)] = &[
         "/static/clients/typescript/src/index.js",
         include_str!("page/dist/clients/typescript/src/index.js"),
     ),
+    (
+        "/static/clients/typescript/src/client.js",
+        include_str!("page/dist/clients/typescript/src/client.js"),
+    ),
+    (
+        "/static/clients/typescript/src/backoff.js",
+        include_str!("page/dist/clients/typescript/src/backoff.js"),
+    ),
+    (
+        "/static/clients/typescript/src/calls.js",
+        include_str!("page/dist/clients/typescript/src/calls.js"),
+    ),
+    (
+        "/static/clients/typescript/src/close.js",
+        include_str!("page/dist/clients/typescript/src/close.js"),
+    ),
+    (
+        "/static/clients/typescript/src/emitter.js",
+        include_str!("page/dist/clients/typescript/src/emitter.js"),
+    ),
+    (
+        "/static/clients/typescript/src/errors.js",
+        include_str!("page/dist/clients/typescript/src/errors.js"),
+    ),
+    (
+        "/static/clients/typescript/src/frames.js",
+        include_str!("page/dist/clients/typescript/src/frames.js"),
+    ),
+    (
+        "/static/clients/typescript/src/heartbeat.js",
+        include_str!("page/dist/clients/typescript/src/heartbeat.js"),
+    ),
+    (
+        "/static/clients/typescript/src/options.js",
+        include_str!("page/dist/clients/typescript/src/options.js"),
+    ),
+    (
+        "/static/clients/typescript/src/topics.js",
+        include_str!("page/dist/clients/typescript/src/topics.js"),
+    ),
 ];
 
 /// Lines kept per room, and for how long after the room's last line.

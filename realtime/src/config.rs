@@ -177,15 +177,6 @@ pub enum ConfigError {
     /// token count loses whole tokens.
     #[error("`rate_burst` must be at most 16777216")]
     BurstTooLarge,
-    /// The service keeps history for some topics (`ServiceBuilder::history`)
-    /// but its broker cannot (`Broker::supports_history` is false).
-    #[error("the history policy names topics, but the broker keeps no history")]
-    HistoryUnsupported,
-    /// The service tracks presence for some topics
-    /// (`ServiceBuilder::presence`) but its broker cannot
-    /// (`Broker::supports_presence` is false).
-    #[error("the presence policy names topics, but the broker keeps no presence")]
-    PresenceUnsupported,
 }
 
 impl Config {

@@ -57,8 +57,10 @@
 //! - With the `testing` feature, `realtime::testing` serves a router on
 //!   127.0.0.1 and speaks the protocol over a real socket, so an
 //!   application's tests need no mock.
-//! - Features: `redis` (default: [`RedisBroker`]), `testing`, `coalesce`.
-//!   Without `redis` the redis crate is not built.
+//! - Features: `redis` (default: [`RedisBroker`]), `testing`, `coalesce`,
+//!   `describe` (a handler's messages as JSON Schema, a typed TypeScript
+//!   client and an AsyncAPI document). Without `redis` the redis crate is
+//!   not built.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -80,6 +82,7 @@ pub mod describe;
 pub mod handler;
 pub mod health;
 pub mod history;
+mod hub;
 mod pattern;
 pub mod presence;
 pub mod protocol;
@@ -90,7 +93,6 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
-mod track;
 
 pub use auth::{AuthError, TokenValidator};
 pub use broker::{Broker, BrokerError, MemoryBroker};
@@ -102,7 +104,7 @@ pub use connection::ConnectionId;
 pub use handler::{Context, HandlerError, MessageHandler};
 pub use route::UpgradeError;
 pub use serve::serve;
-pub use service::{Metrics, PublishError, Service};
+pub use service::{BuildError, Metrics, PublishError, Service};
 
 #[doc = include_str!("../docs/macro.md")]
 pub use realtime_macros::realtime_handler;

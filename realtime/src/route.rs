@@ -26,7 +26,7 @@ use crate::auth::{self, AuthError, Authenticator, BEARER_PROTOCOL, TokenSource};
 use crate::broker::{Broker, BrokerError};
 use crate::handler::MessageHandler;
 use crate::history::Position;
-use crate::service::{Full, Service};
+use crate::service::{Refusal, Service};
 use crate::telemetry;
 
 /// The router with one route, `path`, that upgrades to `service`.
@@ -139,10 +139,10 @@ fn probe<H: MessageHandler, B: Broker>(service: &Service<H, B>) -> Result<Respon
     Ok(response.into_response())
 }
 
-fn refused_for(full: Full) -> UpgradeError {
-    match full {
-        Full::AtCapacity => UpgradeError::AtCapacity,
-        Full::ShuttingDown => UpgradeError::ShuttingDown,
+fn refused_for(refusal: Refusal) -> UpgradeError {
+    match refusal {
+        Refusal::AtCapacity => UpgradeError::AtCapacity,
+        Refusal::ShuttingDown => UpgradeError::ShuttingDown,
     }
 }
 

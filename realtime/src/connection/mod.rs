@@ -21,6 +21,7 @@ use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, MessageHandler};
 use crate::history::Position;
+use crate::hub::Feed;
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
 
@@ -31,7 +32,7 @@ mod subscriptions;
 mod writer;
 
 pub use outbox::ConnectionId;
-pub(crate) use outbox::{Counters, Event, Feed, Outbox, Ring, Signal, bump};
+pub(crate) use outbox::{Counters, Outbox, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
-use tokio::sync::{Notify, broadcast};
 
 use super::queue::{Queue, Refused};
+use crate::hub::Feed;
 use crate::protocol::{Frame, close_code};
 
 /// Identifies one connection within one service instance.
@@ -37,54 +38,6 @@ impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "conn-{}", self.0)
     }
-}
-
-/// One topic's events as a connection's writer reads them: the receiving
-/// end of the topic's ring, shared by every local subscriber.
-pub(crate) type Ring = broadcast::Receiver<Event>;
-
-/// One item of a topic's ring: a frame, and its offset when the topic keeps
-/// history.
-#[derive(Debug, Clone)]
-pub(crate) struct Event {
-    /// The event's offset; [`Event::PLAIN`] for a topic without history,
-    /// [`Event::RESET`] for a `reset` frame.
-    pub(crate) offset: u64,
-    pub(crate) frame: Frame,
-}
-
-impl Event {
-    /// The offset of every event of a topic without history.
-    pub(crate) const PLAIN: u64 = 0;
-    /// The offset of a `reset` frame: never skipped, and what follows it
-    /// counts from a new epoch.
-    pub(crate) const RESET: u64 = u64::MAX;
-}
-
-/// A topic as a connection's writer follows it: its ring, and for a
-/// subscription that resumed, where the ring's events start to be new.
-#[derive(Debug)]
-pub(crate) struct Feed {
-    pub(crate) topic: Arc<str>,
-    pub(crate) ring: Ring,
-    /// The start of a subscription to a topic with history: the events the
-    /// client missed and the `subscribed` frame. They go in the
-    /// connection's queue ahead of the feed (so its bounds count them), and
-    /// are written before any of the ring's events.
-    pub(crate) catch_up: Vec<Frame>,
-    /// Ring events up to this offset were in the catch-up already (the ring
-    /// was subscribed before the history was read, so it may hold some of
-    /// them again); they are skipped. 0: nothing to skip.
-    pub(crate) sent_through: u64,
-    /// For a catch-up that recovers missed events: the `subscribed` frame
-    /// that says they could not be (`recovered: false`), sent alone if the
-    /// events do not fit the connection's queue now. A client told so
-    /// reloads its state instead of being closed with 1013, which it would
-    /// meet again at every reconnect while the topic stays quiet.
-    pub(crate) fallback: Option<Frame>,
-    /// Whether the subscription resumed with every missed event; `None`
-    /// when it did not ask to resume. Counted once the client is told.
-    pub(crate) recovered: Option<bool>,
 }
 
 /// What the write task does next, besides the events it reads from its

@@ -12,7 +12,8 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::outbox::{Event, Feed, Outbound, Ring, Status};
+use super::outbox::{Outbound, Status};
+use crate::hub::{Event, Feed, Ring};
 use crate::protocol::{Frame, close_reason};
 
 type Sink = SplitSink<WebSocket, Message>;

@@ -1,20 +1,20 @@
-//! [`Track`]: how an instance keeps the ring of a topic with history
+//! [`Sequencer`]: how an instance keeps the ring of a topic with history
 //! gapless. The ring gets every offset once, in order. A live event that
 //! does not follow the last one (a gap, or a new epoch), or a broker link
-//! that came back, makes the track hold live events while the missing ones
+//! that came back, makes the sequencer hold live events while the missing ones
 //! are read from the history; the read is applied, then the held events.
 //! Only when the history cannot fill the gap does the ring get a `reset`.
 
 use tokio::sync::broadcast;
 
-use crate::connection::Event;
+use super::Event;
 use crate::history::{History, Position};
 use crate::protocol::{self, Frame};
 
 /// Where a topic's ring stands.
 #[derive(Debug)]
-pub(crate) struct Track {
-    /// Tells this track from a later one of the same topic (the topic lost
+pub(crate) struct Sequencer {
+    /// Tells this sequencer from a later one of the same topic (the topic lost
     /// its last local subscriber and got a new one), so that a read made
     /// for the old one is not applied to it.
     id: u64,
@@ -42,18 +42,18 @@ struct Held {
     frame: Frame,
 }
 
-/// Where a read of the history for a track starts.
+/// Where a read of the history for a sequencer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReadFrom {
-    /// The track it is for.
-    pub(crate) track: u64,
+    /// The sequencer it is for.
+    pub(crate) sequencer: u64,
     /// The last offset in the ring; `None` for a ring without a position
     /// yet, which reads the position alone.
     pub(crate) since: Option<u64>,
 }
 
-impl Track {
-    /// A new topic's track: no position yet, live events held until the
+impl Sequencer {
+    /// A new topic's sequencer: no position yet, live events held until the
     /// first read.
     pub(crate) fn new(id: u64) -> Self {
         Self {
@@ -76,7 +76,7 @@ impl Track {
 
     pub(crate) fn read_from(&self) -> ReadFrom {
         ReadFrom {
-            track: self.id,
+            sequencer: self.id,
             since: self.epoch.as_ref().map(|_| self.last),
         }
     }
@@ -145,10 +145,10 @@ impl Track {
         from: ReadFrom,
         read: History,
     ) -> bool {
-        if from.track != self.id || from != self.read_from() {
-            // Made for an earlier track, or before this one moved: the read
+        if from.sequencer != self.id || from != self.read_from() {
+            // Made for an earlier sequencer, or before this one moved: the read
             // due for its present state is another.
-            return from.track != self.id;
+            return from.sequencer != self.id;
         }
         match (&self.epoch, from.since) {
             (None, _) => {
@@ -259,71 +259,77 @@ mod tests {
             .collect()
     }
 
-    /// A track at offset `last` of epoch "e", live.
-    fn live_at(last: u64) -> (Track, broadcast::Sender<Event>, broadcast::Receiver<Event>) {
+    /// A sequencer at offset `last` of epoch "e", live.
+    fn live_at(
+        last: u64,
+    ) -> (
+        Sequencer,
+        broadcast::Sender<Event>,
+        broadcast::Receiver<Event>,
+    ) {
         let (ring, receiver) = broadcast::channel(64);
-        let mut track = Track::new(1);
-        let from = track.read_from();
-        assert!(track.apply(&ring, "t", from, read("e", last, &[])));
-        (track, ring, receiver)
+        let mut sequencer = Sequencer::new(1);
+        let from = sequencer.read_from();
+        assert!(sequencer.apply(&ring, "t", from, read("e", last, &[])));
+        (sequencer, ring, receiver)
     }
 
     #[test]
     fn a_gap_is_read_before_newer_events() {
-        let (mut track, ring, mut receiver) = live_at(3);
-        assert!(!track.live(&ring, 4, "e", frame(4), 16));
+        let (mut sequencer, ring, mut receiver) = live_at(3);
+        assert!(!sequencer.live(&ring, 4, "e", frame(4), 16));
         assert!(
-            track.live(&ring, 7, "e", frame(7), 16),
+            sequencer.live(&ring, 7, "e", frame(7), 16),
             "a gap starts a read"
         );
         assert!(
-            !track.live(&ring, 8, "e", frame(8), 16),
+            !sequencer.live(&ring, 8, "e", frame(8), 16),
             "held while reading"
         );
-        let from = track.read_from();
+        let from = sequencer.read_from();
         assert_eq!(from.since, Some(4));
-        assert!(track.apply(&ring, "t", from, read("e", 7, &[5, 6, 7])));
+        assert!(sequencer.apply(&ring, "t", from, read("e", 7, &[5, 6, 7])));
         assert_eq!(drain(&mut receiver), [4, 5, 6, 7, 8]);
     }
 
     #[test]
     fn a_stale_read_is_ignored() {
-        let (mut track, ring, mut receiver) = live_at(3);
-        assert!(track.live(&ring, 6, "e", frame(6), 16));
+        let (mut sequencer, ring, mut receiver) = live_at(3);
+        assert!(sequencer.live(&ring, 6, "e", frame(6), 16));
         let stale = ReadFrom {
-            track: 0,
+            sequencer: 0,
             since: Some(3),
         };
-        assert!(track.apply(&ring, "t", stale, read("e", 9, &[4, 5, 6, 7, 8, 9])));
+        assert!(sequencer.apply(&ring, "t", stale, read("e", 9, &[4, 5, 6, 7, 8, 9])));
         assert!(drain(&mut receiver).is_empty());
     }
 
     #[test]
     fn a_new_epoch_resets_then_fills_from_its_start() {
-        let (mut track, ring, mut receiver) = live_at(3);
-        assert!(track.live(&ring, 2, "f", frame(2), 16));
+        let (mut sequencer, ring, mut receiver) = live_at(3);
+        assert!(sequencer.live(&ring, 2, "f", frame(2), 16));
         // An event of the lost epoch, held too: dropped once the new one is read.
-        assert!(!track.live(&ring, 5, "e", frame(5), 16));
-        let from = track.read_from();
-        assert!(!track.apply(&ring, "t", from, read("f", 2, &[])));
-        assert_eq!(track.generation(), 1);
-        let from = track.read_from();
+        assert!(!sequencer.live(&ring, 5, "e", frame(5), 16));
+        let from = sequencer.read_from();
+        assert!(!sequencer.apply(&ring, "t", from, read("f", 2, &[])));
+        assert_eq!(sequencer.generation(), 1);
+        let from = sequencer.read_from();
         assert_eq!(from.since, Some(0));
-        assert!(track.apply(&ring, "t", from, read("f", 2, &[1, 2])));
+        assert!(sequencer.apply(&ring, "t", from, read("f", 2, &[1, 2])));
         assert_eq!(drain(&mut receiver), [Event::RESET, 1, 2]);
     }
 
     #[test]
     fn a_long_gap_is_filled_in_parts() {
-        let (mut track, ring, mut receiver) = live_at(3);
-        assert!(track.live(&ring, 20, "e", frame(20), 16));
-        let from = track.read_from();
-        assert!(!track.apply(&ring, "t", from, read("e", 20, &[4, 5, 6, 7, 8, 9, 10, 11])));
-        let from = track.read_from();
+        let (mut sequencer, ring, mut receiver) = live_at(3);
+        assert!(sequencer.live(&ring, 20, "e", frame(20), 16));
+        let from = sequencer.read_from();
+        assert!(!sequencer.apply(&ring, "t", from, read("e", 20, &[4, 5, 6, 7, 8, 9, 10, 11])));
+        let from = sequencer.read_from();
         assert_eq!(from.since, Some(11));
         let rest: Vec<u64> = (12..=20).collect();
-        assert!(track.apply(&ring, "t", from, read("e", 20, &rest)));
+        assert!(sequencer.apply(&ring, "t", from, read("e", 20, &rest)));
         assert_eq!(drain(&mut receiver), (4..=20).collect::<Vec<_>>());
-        assert_eq!(track.generation(), 0, "no reset");
+        assert_eq!(sequencer.generation(), 0, "no reset");
     }
 }

@@ -1,0 +1,150 @@
+// The topics a client follows: the URL's, and those it `$join`s (again
+// after every reconnect, resuming with `since`, and retried with backoff on
+// the same connection when a `$join` fails for now); where each stands;
+// `$leave`; and the frames about them.
+import { Backoff } from "./backoff.js";
+import { newCall } from "./calls.js";
+import { RealtimeError } from "./errors.js";
+/** The followed topics of one client. */
+export class Topics {
+    home;
+    host;
+    followed = new Map();
+    constructor(
+    /** The URL's topic. */
+    home, host) {
+        this.home = home;
+        this.host = host;
+        this.followed.set(home, this.entry(true));
+    }
+    /** The last position seen on `topic` (topics with history), a copy. */
+    position(topic) {
+        const position = this.followed.get(topic)?.position;
+        return position && { ...position };
+    }
+    /** The URL to open: the topic's, with `since` when it has a position. */
+    socketUrl(url) {
+        const socketUrl = new URL(url);
+        const position = this.followed.get(this.home)?.position;
+        if (position)
+            socketUrl.searchParams.set("since", `${position.offset}.${position.epoch}`);
+        return socketUrl.toString();
+    }
+    /** Adds `handler` to `topic`; a topic not followed yet is `$join`ed now if connected. */
+    follow(topic, handler) {
+        let followed = this.followed.get(topic);
+        const fresh = !followed;
+        if (!followed) {
+            followed = this.entry(false);
+            this.followed.set(topic, followed);
+        }
+        followed.handlers.add(handler);
+        if (fresh && this.host.open())
+            this.join(topic, followed);
+    }
+    /** Removes `handler`; a topic left with none is given up (`$leave`), but the URL's. */
+    unfollow(topic, handler) {
+        const current = this.followed.get(topic);
+        if (!current)
+            return;
+        current.handlers.delete(handler);
+        if (current.handlers.size === 0 && !current.home) {
+            this.followed.delete(topic);
+            this.host.clock.clearTimeout(current.joinTimer);
+            if (this.host.open()) {
+                this.host.call("$leave", { topic }).catch((error) => this.host.events.emit("error", { error, topic }));
+            }
+        }
+    }
+    /** A connection opened: `$join`s every topic but the URL's, each with its backoff anew. */
+    joinAll() {
+        for (const [topic, followed] of this.followed) {
+            if (followed.home)
+                continue;
+            followed.joins.reset();
+            this.join(topic, followed);
+        }
+    }
+    /** A new connection joins every topic anew; a closed one retries nothing. */
+    cancelJoinRetries() {
+        for (const followed of this.followed.values()) {
+            this.host.clock.clearTimeout(followed.joinTimer);
+            followed.joinTimer = null;
+        }
+    }
+    /** A frame about a topic: positions, handlers, client events. */
+    receive(frame) {
+        const topic = frame.topic;
+        if (typeof topic !== "string")
+            return;
+        const events = this.host.events;
+        const followed = this.followed.get(topic);
+        if ("subscribed" in frame) {
+            const live = frame.subscribed;
+            if (followed)
+                followed.position = { offset: live.offset, epoch: live.epoch };
+            events.emit("subscribed", { topic, ...live });
+            return;
+        }
+        if ("reset" in frame) {
+            const reset = frame.reset;
+            if (followed)
+                followed.position = { offset: reset.offset, epoch: reset.epoch };
+            events.emit("reset", { topic, ...reset });
+            return;
+        }
+        if ("join" in frame) {
+            events.emit("join", { topic, user: frame.join.user });
+            return;
+        }
+        if ("leave" in frame) {
+            events.emit("leave", { topic, user: frame.leave.user });
+            return;
+        }
+        if ("presence" in frame) {
+            events.emit("presence", { topic, presence: frame.presence });
+            return;
+        }
+        if (!("event" in frame) || !followed)
+            return;
+        const meta = { topic };
+        if (typeof frame.offset === "number") {
+            meta.offset = frame.offset;
+            if (followed.position)
+                followed.position.offset = frame.offset;
+        }
+        for (const handler of followed.handlers)
+            handler(frame.event, meta);
+    }
+    entry(home) {
+        return { handlers: new Set(), home, joins: new Backoff(this.host.backoff), joinTimer: null };
+    }
+    join(topic, followed) {
+        const { clock, callTimeoutMs } = this.host;
+        const socket = this.host.socket();
+        const data = { topic };
+        if (followed.position)
+            data.since = { offset: followed.position.offset, epoch: followed.position.epoch };
+        const reject = (error) => {
+            const still = this.followed.get(topic) === followed;
+            if (error instanceof RealtimeError && (error.code === 403 || error.code === 400)) {
+                // Forbidden stays forbidden: do not ask again after every reconnect.
+                if (still)
+                    this.followed.delete(topic);
+            }
+            else if (still && socket !== null && this.host.socket() === socket) {
+                // A broker that could not subscribe now (503), or a lost answer:
+                // without another try the topic stays silent as long as this
+                // connection lives, while the application believes it follows it.
+                const delay = followed.joins.next();
+                followed.joinTimer = clock.setTimeout(() => {
+                    followed.joinTimer = null;
+                    if (this.host.socket() === socket && this.followed.get(topic) === followed)
+                        this.join(topic, followed);
+                }, delay);
+            }
+            this.host.events.emit("error", { error, topic });
+        };
+        this.host.send(newCall(clock, { type: "$join", data }, callTimeoutMs, false, () => { }, reject));
+    }
+}

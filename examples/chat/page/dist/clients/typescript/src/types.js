@@ -1,0 +1,3 @@
+// The types the application sees: values, options, events. No runtime code;
+// every other module may import it.
+export {};

@@ -1,0 +1,288 @@
+//! This instance's topics: a ring per topic with local subscribers, which
+//! every subscriber's writer reads, the [`Sequencer`] that keeps the ring of
+//! a topic with history gapless, and the reads of the history that fill its
+//! gaps ([`fill`]).
+//!
+//! A broker hands every frame of a subscribed topic to the hub ([`Fan`]):
+//! one write into the topic's ring, whatever the number of subscribers.
+//! The hub knows frames, positions and the broker's interface; nothing of
+//! connections, handlers or the service.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+
+use tokio::sync::broadcast;
+
+use crate::connection::{Counters, bump};
+use crate::history::History;
+use crate::protocol::Frame;
+use crate::telemetry;
+
+mod fill;
+mod ring;
+mod sequencer;
+
+pub(crate) use fill::{Fan, Filler, Relinked};
+pub(crate) use ring::{Event, Feed, Ring};
+use sequencer::{ReadFrom, Sequencer};
+
+/// Reads of the history that fill gaps in rings, at most at once per
+/// instance.
+const MAX_CONCURRENT_READS: usize = 16;
+
+/// The topics with local subscribers, each with its ring: what a broker's
+/// frames fan out to.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    topics: RwLock<HashMap<Arc<str>, Topic>>,
+    /// Frames per ring (`Config::topic_backlog`).
+    backlog: usize,
+    pub(crate) counters: Arc<Counters>,
+    /// The id of the next topic's [`Sequencer`].
+    next_sequencer: AtomicU64,
+    /// Bounds the reads of the history that fill gaps at once: after a
+    /// reconnect every topic with history needs one.
+    pub(crate) reads: tokio::sync::Semaphore,
+}
+
+/// A subscriber's place in a topic's ring: see [`Hub::add`].
+pub(crate) struct Added {
+    pub(crate) name: Arc<str>,
+    pub(crate) ring: Ring,
+    pub(crate) generation: u64,
+    pub(crate) new: bool,
+}
+
+/// One topic on this instance.
+#[derive(Debug)]
+struct Topic {
+    /// Every event of the topic goes in once; each subscriber's writer reads
+    /// it from there.
+    ring: broadcast::Sender<Event>,
+    /// Local subscriptions. The writers' ring receivers may outlive theirs
+    /// for a moment, so the ring's own receiver count is not this.
+    subscribers: usize,
+    /// For a topic with history: where its ring stands. A std lock, taken
+    /// per event of the topic and never across an `.await`.
+    sequencer: Option<StdMutex<Sequencer>>,
+}
+
+impl Topic {
+    /// The ring's generation and epoch (0 and none for a topic without
+    /// history).
+    pub(crate) fn position(&self) -> (u64, Option<String>) {
+        self.sequencer.as_ref().map_or((0, None), |sequencer| {
+            let sequencer = sequencer.lock().expect("sequencer lock poisoned");
+            (sequencer.generation(), sequencer.epoch().map(str::to_owned))
+        })
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(backlog: usize, counters: Arc<Counters>) -> Self {
+        Self {
+            topics: RwLock::default(),
+            backlog,
+            counters,
+            next_sequencer: AtomicU64::new(1),
+            reads: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
+        }
+    }
+
+    /// Puts `frame` in `topic`'s ring: one write, whatever the number of
+    /// subscribers, no task, no wait. The ring keeps one order for every
+    /// subscriber; a subscriber that falls a whole ring behind is closed
+    /// with 1013 by its writer.
+    pub(crate) fn deliver(&self, topic: &str, frame: Frame) {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        if let Some(entry) = topics.get(topic) {
+            // No receiver left: every subscriber is leaving; nothing to do.
+            let _ = entry.ring.send(Event {
+                offset: Event::PLAIN,
+                frame,
+            });
+        }
+    }
+
+    /// Puts an event of a topic with history in its ring, in offset order;
+    /// returns whether a read of the history must start to fill a gap.
+    pub(crate) fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) -> bool {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        let Some(entry) = topics.get(topic) else {
+            return false;
+        };
+        match &entry.sequencer {
+            Some(sequencer) => sequencer.lock().expect("sequencer lock poisoned").live(
+                &entry.ring,
+                offset,
+                epoch,
+                frame,
+                self.backlog,
+            ),
+            None => {
+                // The policy keeps no history for it here: a plain event.
+                let _ = entry.ring.send(Event {
+                    offset: Event::PLAIN,
+                    frame,
+                });
+                false
+            }
+        }
+    }
+
+    /// Holds live events of every topic with history, whose rings missed
+    /// what was published while the broker's link was down; returns the
+    /// topics whose read must start.
+    pub(crate) fn hold_all(&self) -> Vec<Arc<str>> {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        topics
+            .iter()
+            .filter(|(_, entry)| {
+                entry.sequencer.as_ref().is_some_and(|sequencer| {
+                    sequencer.lock().expect("sequencer lock poisoned").hold()
+                })
+            })
+            .map(|(name, _)| Arc::clone(name))
+            .collect()
+    }
+
+    /// Holds `topic`'s live events for a read of its history, as after the
+    /// broker's link came back; whether the read must start (none is due).
+    pub(crate) fn hold(&self, topic: &str) -> bool {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        topics
+            .get(topic)
+            .and_then(|entry| entry.sequencer.as_ref())
+            .is_some_and(|sequencer| sequencer.lock().expect("sequencer lock poisoned").hold())
+    }
+
+    /// Where a read of `topic`'s history should start; `None` if the topic
+    /// has no local subscriber or history any more.
+    pub(crate) fn read_from(&self, topic: &str) -> Option<ReadFrom> {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        let sequencer = topics.get(topic)?.sequencer.as_ref()?;
+        Some(
+            sequencer
+                .lock()
+                .expect("sequencer lock poisoned")
+                .read_from(),
+        )
+    }
+
+    /// The most events a read may put in a ring at once: half of it, so
+    /// that subscribers still reading the rest are not overrun.
+    pub(crate) fn max_gap(&self) -> usize {
+        (self.backlog / 2).max(1)
+    }
+
+    /// Events in `topic`'s ring that its slowest subscriber has not read;
+    /// `None` if the topic has no local subscriber.
+    pub(crate) fn unread(&self, topic: &str) -> Option<usize> {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        topics.get(topic).map(|entry| entry.ring.len())
+    }
+
+    /// Applies a read of the history; whether the ring is live again (or
+    /// the topic gone).
+    pub(crate) fn apply_read(&self, topic: &str, from: ReadFrom, read: History) -> bool {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        let Some((entry, sequencer)) = topics
+            .get(topic)
+            .and_then(|entry| Some((entry, entry.sequencer.as_ref()?)))
+        else {
+            return true;
+        };
+        let mut sequencer = sequencer.lock().expect("sequencer lock poisoned");
+        let generation = sequencer.generation();
+        let live = sequencer.apply(&entry.ring, topic, from, read);
+        if sequencer.generation() != generation {
+            bump(&self.counters.resets);
+            metrics::counter!(telemetry::RESETS).increment(1);
+        }
+        live
+    }
+
+    /// A new receiver of `topic`'s ring, and the ring's generation and
+    /// epoch, taken together.
+    pub(crate) fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        let entry = topics.get(topic)?;
+        let (generation, epoch) = entry.position();
+        Some((entry.ring.subscribe(), generation, epoch))
+    }
+
+    /// Adds a subscriber; returns the shared topic name, a receiver of
+    /// every event from now on with the ring's generation at that moment,
+    /// and whether the topic is new here (its ring, if it keeps history,
+    /// has no position yet).
+    pub(crate) fn add(&self, topic: &str, history: bool) -> Added {
+        let mut topics = self.topics.write().expect("hub lock poisoned");
+        if let Some(name) = topics
+            .get_key_value(topic)
+            .map(|(name, _)| Arc::clone(name))
+        {
+            let entry = topics.get_mut(topic).expect("present: just found");
+            entry.subscribers += 1;
+            let (generation, _) = entry.position();
+            return Added {
+                name,
+                ring: entry.ring.subscribe(),
+                generation,
+                new: false,
+            };
+        }
+        let name: Arc<str> = topic.into();
+        metrics::gauge!(telemetry::SUBSCRIBED_TOPICS).increment(1.0);
+        let (ring, receiver) = broadcast::channel(self.backlog);
+        let id = self.next_sequencer.fetch_add(1, Ordering::Relaxed);
+        let sequencer = history.then(|| StdMutex::new(Sequencer::new(id)));
+        topics.insert(
+            Arc::clone(&name),
+            Topic {
+                ring,
+                subscribers: 1,
+                sequencer,
+            },
+        );
+        Added {
+            name,
+            ring: receiver,
+            generation: 0,
+            new: true,
+        }
+    }
+
+    /// Removes a subscriber; returns whether the topic has none left here.
+    pub(crate) fn remove(&self, topic: &str) -> bool {
+        let mut topics = self.topics.write().expect("hub lock poisoned");
+        let Some(entry) = topics.get_mut(topic) else {
+            return true;
+        };
+        entry.subscribers -= 1;
+        if entry.subscribers == 0 {
+            topics.remove(topic);
+            metrics::gauge!(telemetry::SUBSCRIBED_TOPICS).decrement(1.0);
+            return true;
+        }
+        false
+    }
+
+    /// Topics with local subscribers.
+    pub(crate) fn len(&self) -> usize {
+        self.topics.read().expect("hub lock poisoned").len()
+    }
+
+    /// The names of the topics with local subscribers.
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        let topics = self.topics.read().expect("hub lock poisoned");
+        topics.keys().cloned().collect()
+    }
+
+    pub(crate) fn has_subscribers(&self, topic: &str) -> bool {
+        self.topics
+            .read()
+            .expect("hub lock poisoned")
+            .contains_key(topic)
+    }
+}

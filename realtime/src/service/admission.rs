@@ -1,0 +1,205 @@
+//! Admission: a place among the instance's connections, the checks before
+//! an upgrade, the subscription made before it, and the serving of the
+//! upgraded socket.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocket;
+use tokio::sync::watch;
+
+use super::subscribe::{Entry, Subscription};
+use super::{Inner, Service};
+use crate::auth::{AuthError, Authenticator};
+use crate::broker::{Broker, BrokerError};
+use crate::connection::{self, ConnectionId, Outbox, Session};
+use crate::handler::{Context, MessageHandler, Publish};
+use crate::history::Position;
+use crate::hub::Feed;
+use crate::telemetry;
+
+/// Why the instance takes no new connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    AtCapacity,
+    ShuttingDown,
+}
+
+/// A place among the open connections, held from admission to the end of the
+/// connection; dropping it frees the place.
+pub(crate) struct Admission {
+    open: watch::Sender<usize>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.open.send_modify(|open| *open -= 1);
+        metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// A connection accepted and subscribed to its topic but not yet upgraded.
+/// If the upgrade never happens, dropping it unsubscribes it and frees its
+/// place.
+pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
+    id: ConnectionId,
+    topic: Arc<str>,
+    subscription: Subscription<H, B>,
+    feed: Feed,
+    /// The connection's presence in its URL's topic, written at the upgrade.
+    entry: Option<Entry>,
+    user: H::UserId,
+    outbox: Outbox,
+    admission: Admission,
+}
+
+impl<H: MessageHandler, B: Broker> Service<H, B> {
+    /// Whether [`admit`](Self::admit) would take a place now, without
+    /// taking it.
+    pub(crate) fn would_admit(&self) -> Result<(), Refusal> {
+        if self.is_shutting_down() {
+            return Err(Refusal::ShuttingDown);
+        }
+        if *self.inner.open.borrow() >= self.inner.config.max_connections {
+            return Err(Refusal::AtCapacity);
+        }
+        Ok(())
+    }
+
+    /// Takes a place among the open connections.
+    pub(crate) fn admit(&self) -> Result<Admission, Refusal> {
+        if self.is_shutting_down() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let max = self.inner.config.max_connections;
+        let admitted = self.inner.open.send_if_modified(|open| {
+            if *open >= max {
+                return false;
+            }
+            *open += 1;
+            true
+        });
+        if admitted {
+            metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
+            Ok(Admission {
+                open: self.inner.open.clone(),
+            })
+        } else {
+            Err(Refusal::AtCapacity)
+        }
+    }
+
+    /// The token validator, shared.
+    pub(crate) fn authenticator(&self) -> &Authenticator<H::UserId> {
+        &self.inner.validator
+    }
+
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<H::UserId, AuthError> {
+        self.inner.validator.authenticate(token).await
+    }
+
+    pub(crate) async fn authorize(&self, user: &H::UserId, topic: &str) -> Result<(), AuthError> {
+        let allowed = self
+            .inner
+            .handler
+            .authorize_topic(&self.inner.state, user, topic)
+            .await;
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::ForbiddenTopic(topic.to_owned()))
+        }
+    }
+
+    /// Subscribes a new connection to `topic` before its upgrade (and the
+    /// instance at the broker if it is the topic's first local subscriber).
+    /// Events published from now on are kept for it, so a client that saw
+    /// the upgrade succeed misses nothing.
+    pub(crate) async fn accept(
+        &self,
+        topic: &str,
+        since: Option<&Position>,
+        user: H::UserId,
+        admission: Admission,
+    ) -> Result<Accepted<H, B>, BrokerError> {
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let config = &self.inner.config;
+        let outbox = Outbox::new(
+            config.outbound_queue,
+            config.outbound_queue_bytes,
+            Arc::clone(&self.inner.counters),
+        );
+        let (topic, subscription, feed, entry) =
+            Inner::subscribe(&self.inner, topic, since, id, &user).await?;
+        Ok(Accepted {
+            id,
+            topic,
+            subscription,
+            feed,
+            entry,
+            user,
+            outbox,
+            admission,
+        })
+    }
+
+    /// Serves an upgraded socket to the end. The write task starts now; the
+    /// returned future runs the rest (see [`connection::start`] for why the
+    /// socket is not moved into it).
+    pub(crate) fn serve(
+        self,
+        socket: WebSocket,
+        accepted: Accepted<H, B>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let Accepted {
+            id,
+            topic,
+            mut subscription,
+            feed,
+            entry,
+            user,
+            outbox,
+            admission,
+        } = accepted;
+        if let Some(entry) = entry {
+            subscription.enter(entry);
+        }
+        // The catch-up of a resumed URL topic goes first in the queue,
+        // which the write task empties before it reads any ring.
+        let mut feed = feed;
+        outbox.catch_up(&mut feed);
+        let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
+        let mut ctx = Context {
+            conn_id: id,
+            user_id: user,
+            topic,
+            state: Arc::clone(&self.inner.state),
+            outbox,
+            publisher: Arc::clone(&self.inner) as Arc<dyn Publish>,
+        };
+        metrics::counter!(telemetry::ACCEPTED).increment(1);
+        // Every event of the connection's life is logged inside this span:
+        // which connection, whose, on which topic. Frames are `debug`.
+        let span = tracing::info_span!(
+            "connection",
+            conn = %id,
+            user = ?ctx.user_id,
+            topic = &*ctx.topic,
+        );
+        let connection = async move {
+            let inner = &self.inner;
+            let session = Session {
+                handler: &inner.handler,
+                topics: inner,
+                config: &inner.config,
+                shutdown: &inner.shutdown,
+            };
+            connection::run(&mut started, session, &mut ctx, subscription).await;
+            // The socket closes before `on_disconnect` runs.
+            drop(started);
+            inner.handler.on_disconnect(&ctx).await;
+            drop(admission);
+        };
+        tracing::Instrument::instrument(connection, span)
+    }
+}
