@@ -467,7 +467,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         "realtime_broker_reconnects_total",
         "realtime_history_gap_fills_total",
         "realtime_topic_resets_total",
-        "realtime_outbound_queue_full_total",
+        "realtime_slow_closes_total",
         "realtime_client_closes_total",
     ] {
         scraped.push((name, scrape(&ports, name).await));

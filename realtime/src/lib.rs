@@ -83,6 +83,7 @@ pub mod handler;
 pub mod health;
 pub mod history;
 mod hub;
+mod outbox;
 mod pattern;
 pub mod presence;
 pub mod protocol;
@@ -93,6 +94,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod util;
 
 pub use auth::{AuthError, TokenValidator};
 pub use broker::{Broker, BrokerError, MemoryBroker};
@@ -100,7 +102,7 @@ pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use broker::{RedisBroker, RedisConfig, RedisConfigError};
 pub use config::{Config, ConfigError};
-pub use connection::ConnectionId;
+pub use handler::ConnectionId;
 pub use handler::{Context, HandlerError, MessageHandler};
 pub use route::UpgradeError;
 pub use serve::serve;

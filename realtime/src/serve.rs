@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::handler::MessageHandler;
 use crate::service::Service;
+use crate::util::{Backoff, Jitter};
 
 /// Serves `app` on `listener` with the guards of this module; see [`Serve`]
 /// for the settings and their defaults.
@@ -281,12 +282,16 @@ fn raise_file_limit() {
 /// is written once per streak.
 #[derive(Debug, Default)]
 struct AcceptBackoff {
-    pause: Option<Duration>,
+    /// Failed accepts in the current streak; `None` outside one.
+    failures: Option<u32>,
 }
 
 impl AcceptBackoff {
-    const FIRST: Duration = Duration::from_millis(10);
-    const MAX: Duration = Duration::from_secs(1);
+    const PAUSES: Backoff = Backoff::new(
+        Duration::from_millis(10),
+        Duration::from_secs(1),
+        Jitter::None,
+    );
 
     async fn pause(&mut self, error: &io::Error) {
         // One client's connection failing before it was accepted says
@@ -300,19 +305,19 @@ impl AcceptBackoff {
         ) {
             return;
         }
-        let pause = match self.pause {
+        let failures = match self.failures {
             None => {
                 tracing::warn!(%error, "accept failed; pausing before the next one");
-                Self::FIRST
+                0
             }
-            Some(pause) => (pause * 2).min(Self::MAX),
+            Some(failures) => failures.saturating_add(1),
         };
-        self.pause = Some(pause);
-        tokio::time::sleep(pause).await;
+        self.failures = Some(failures);
+        tokio::time::sleep(Self::PAUSES.wait(failures)).await;
     }
 
     fn reset(&mut self) {
-        if self.pause.take().is_some() {
+        if self.failures.take().is_some() {
             tracing::info!("accepting again");
         }
     }

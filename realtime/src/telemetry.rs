@@ -13,7 +13,7 @@
 //! | `realtime_handler_duration_seconds` | histogram | `type`: the handler's wire names (control messages and invalid frames run no handler) |
 //! | `realtime_events_published_total` | counter | |
 //! | `realtime_events_delivered_total` | counter | |
-//! | `realtime_outbound_queue_full_total` | counter: clients closed with 1013 for reading too slowly (their queue full, a topic's backlog passed, or a socket stuck) | |
+//! | `realtime_slow_closes_total` | counter: clients closed with 1013 for reading too slowly (their queue full, a topic's backlog passed, or a socket stuck) | |
 //! | `realtime_broker_publish_errors_total` | counter | |
 //! | `realtime_broker_reconnects_total` | counter | |
 //! | `realtime_broker_publish_duration_seconds` | histogram | |
@@ -35,6 +35,7 @@
 //! and delivered, publish time) use handles registered when the service is
 //! built: install the recorder before that.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
@@ -49,7 +50,7 @@ pub(crate) const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
 pub(crate) const HANDLER_DURATION: &str = "realtime_handler_duration_seconds";
 pub(crate) const EVENTS_PUBLISHED: &str = "realtime_events_published_total";
 pub(crate) const EVENTS_DELIVERED: &str = "realtime_events_delivered_total";
-pub(crate) const QUEUE_FULL: &str = "realtime_outbound_queue_full_total";
+pub(crate) const SLOW_CLOSES: &str = "realtime_slow_closes_total";
 pub(crate) const PUBLISH_ERRORS: &str = "realtime_broker_publish_errors_total";
 #[cfg(feature = "redis")]
 pub(crate) const BROKER_RECONNECTS: &str = "realtime_broker_reconnects_total";
@@ -163,6 +164,105 @@ impl Meters {
     /// The handles of frames that could not be read.
     pub(crate) fn invalid(&self) -> &TypeMeters {
         &self.invalid
+    }
+}
+
+/// What one service instance counts: the atomics behind
+/// [`Metrics`](crate::Metrics), each moved together with its series. It is
+/// the one place where an event is counted, so the snapshot and the series
+/// cannot disagree.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    /// The handles of the series recorded per message.
+    pub(crate) meters: Meters,
+    pub(crate) slow_closes: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+    pub(crate) idle_closes: AtomicU64,
+    pub(crate) gap_fills: AtomicU64,
+    pub(crate) resets: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) not_recovered: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+/// Adds one; the counts are statistics, ordered with nothing.
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Counters whose per-message series have a `type` per wire name in
+    /// `message_types`.
+    pub(crate) fn new(message_types: &'static [&'static str]) -> Self {
+        Self {
+            meters: Meters::new(message_types),
+            slow_closes: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            idle_closes: AtomicU64::new(0),
+            gap_fills: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            not_recovered: AtomicU64::new(0),
+        }
+    }
+
+    /// A client closed with 1013 for reading too slowly.
+    pub(crate) fn slow_close(&self) {
+        bump(&self.slow_closes);
+        metrics::counter!(SLOW_CLOSES).increment(1);
+    }
+
+    /// A client frame refused by the rate limit.
+    pub(crate) fn rate_limited(&self) {
+        bump(&self.rate_limited);
+    }
+
+    /// A client closed with 1008 for staying silent.
+    pub(crate) fn idle_close(&self) {
+        bump(&self.idle_closes);
+    }
+
+    /// A publish through the broker that took `took`, and whether the
+    /// broker took it: every publish (a client's broadcast,
+    /// `Context::publish`, `Service::publish`) is counted here, once.
+    pub(crate) fn published(&self, took: Duration, ok: bool) {
+        self.meters.publish_duration.record(took);
+        if ok {
+            self.meters.published.increment(1);
+        } else {
+            bump(&self.publish_errors);
+            self.meters.publish_errors.increment(1);
+        }
+    }
+
+    /// A read of a topic's history started to fill its ring.
+    pub(crate) fn gap_fill(&self) {
+        bump(&self.gap_fills);
+        metrics::counter!(GAP_FILLS).increment(1);
+    }
+
+    /// A topic's ring restarted with a `reset`.
+    pub(crate) fn reset(&self) {
+        bump(&self.resets);
+        metrics::counter!(RESETS).increment(1);
+    }
+
+    /// A subscription that asked to resume was told whether it got every
+    /// missed event.
+    pub(crate) fn resumed(&self, recovered: bool) {
+        let (counter, result) = match recovered {
+            true => (&self.recovered, "recovered"),
+            false => (&self.not_recovered, "not_recovered"),
+        };
+        bump(counter);
+        metrics::counter!(RECOVERED, "result" => result).increment(1);
     }
 }
 

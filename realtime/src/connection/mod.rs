@@ -19,20 +19,20 @@ use tokio::task::JoinHandle;
 
 use crate::broker::BrokerError;
 use crate::config::Config;
+use crate::handler::ConnectionId;
 use crate::handler::{Context, MessageHandler};
 use crate::history::Position;
 use crate::hub::Feed;
+use crate::outbox::Outbox;
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
+use crate::telemetry::Counters;
+use crate::util::Signal;
 
-mod outbox;
-mod queue;
 mod reader;
 mod subscriptions;
 mod writer;
 
-pub use outbox::ConnectionId;
-pub(crate) use outbox::{Counters, Outbox, Signal, bump};
 pub(crate) use subscriptions::Subscriptions;
 
 /// The service as a connection sees it: where the events its handler

@@ -12,15 +12,16 @@ use futures_util::stream::{FuturesOrdered, SplitStream};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::outbox::{Counters, Outbox, Signal, bump};
 use super::{Subscriptions, Topics};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::history::Position;
+use crate::outbox::Outbox;
 use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 use crate::telemetry::{Meters, TypeMeters};
+use crate::util::Signal;
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +139,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
-                        bump(&self.ctx.outbox.counters().idle_closes);
+                        self.ctx.outbox.counters().idle_close();
                         return End::Close(close_code::POLICY);
                     }
                     self.ctx.outbox.ping();
@@ -196,7 +197,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Counts a frame refused by the rate limit; the 1008 close once the
     /// client has kept flooding (see [`RateLimiter::flooding`]).
     fn flooding(&mut self, now: Instant) -> Option<End> {
-        bump(&self.ctx.outbox.counters().rate_limited);
+        self.ctx.outbox.counters().rate_limited();
         if self.limiter.flooding(now, self.config) {
             tracing::debug!(conn = %self.ctx.conn_id, "client kept flooding past the rate limit");
             return Some(End::Close(close_code::POLICY));
@@ -460,7 +461,6 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             return self.fail(id, error_code::INTERNAL, &message);
         }
         let topics = self.topics;
-        let counters: &'a Counters = topics.counters();
         let topic = Arc::clone(&self.ctx.topic);
         let conn = self.ctx.conn_id;
         // Owned: the frame the id and the key borrow from is gone before
@@ -471,7 +471,6 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             match topics.publish(&topic, frame, key.as_deref()).await {
                 Ok(position) => id.map(|id| protocol::published_frame(&id, position.as_ref())),
                 Err(error) => {
-                    bump(&counters.publish_errors);
                     // While the broker is away every publish fails, and the
                     // broker said so once: one line each would flood the log.
                     if matches!(error, BrokerError::Unavailable(_)) {

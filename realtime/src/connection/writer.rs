@@ -12,8 +12,8 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::outbox::{Outbound, Status};
 use crate::hub::{Event, Feed, Ring};
+use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -181,7 +181,7 @@ async fn write_batches(
                     };
                 }
                 Item::Lagged => {
-                    status.abort_slow();
+                    status.close_slow();
                     return false;
                 }
             };
@@ -328,7 +328,7 @@ async fn unless_stuck<E>(
         let timer = check.get_or_insert_with(|| Box::pin(tokio::time::sleep(LAG_CHECK)));
         while timer.as_mut().poll(cx).is_ready() {
             if sources.lagging() {
-                status.abort_slow();
+                status.close_slow();
                 return Poll::Ready(false);
             }
             let next = tokio::time::Instant::now() + LAG_CHECK;

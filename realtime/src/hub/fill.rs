@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use super::Hub;
 use crate::broker::{Broker, BrokerError, Fanout};
-use crate::connection::bump;
 use crate::history::HistoryPolicy;
 use crate::protocol::Frame;
-use crate::telemetry;
+use crate::util::{Backoff, Jitter};
 
-/// The longest pause between two attempts to read a topic's history to
-/// fill its ring, while the broker fails.
-const FILL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The pauses between attempts to read a topic's history while the broker
+/// fails: a single reader of its topic, so no jitter.
+const RETRY: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(2),
+    Jitter::None,
+);
 
 /// How long a fill waits for the ring's subscribers to read a part before
 /// it adds the next one anyway.
@@ -38,8 +41,7 @@ pub(crate) struct Filler<B> {
 impl<B: Broker> Filler<B> {
     /// Starts the task that fills `topic`'s ring from its history.
     pub(crate) fn start(self: &Arc<Self>, topic: Arc<str>) {
-        bump(&self.hub.counters.gap_fills);
-        metrics::counter!(telemetry::GAP_FILLS).increment(1);
+        self.hub.counters.gap_fill();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(Arc::clone(self).fill(topic));
         }
@@ -72,9 +74,7 @@ impl<B: Broker> Filler<B> {
                 Err(error) => {
                     tracing::debug!(topic = &*topic, %error, "reading history to fill a gap failed; retrying");
                     attempt = attempt.saturating_add(1);
-                    Duration::from_millis(50)
-                        .saturating_mul(1 << attempt.min(6))
-                        .min(FILL_BACKOFF_MAX)
+                    RETRY.wait(attempt - 1)
                 }
             };
             tokio::time::sleep(wait).await;

@@ -9,15 +9,17 @@
 //! connections, handlers or the service.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, RwLock};
+
+use crate::util::{Mutex as StdMutex, RwLock};
 
 use tokio::sync::broadcast;
 
-use crate::connection::{Counters, bump};
 use crate::history::History;
 use crate::protocol::Frame;
 use crate::telemetry;
+use crate::telemetry::Counters;
 
 mod fill;
 mod ring;
@@ -73,7 +75,7 @@ impl Topic {
     /// history).
     pub(crate) fn position(&self) -> (u64, Option<String>) {
         self.sequencer.as_ref().map_or((0, None), |sequencer| {
-            let sequencer = sequencer.lock().expect("sequencer lock poisoned");
+            let sequencer = sequencer.lock();
             (sequencer.generation(), sequencer.epoch().map(str::to_owned))
         })
     }
@@ -95,7 +97,7 @@ impl Hub {
     /// subscriber; a subscriber that falls a whole ring behind is closed
     /// with 1013 by its writer.
     pub(crate) fn deliver(&self, topic: &str, frame: Frame) {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         if let Some(entry) = topics.get(topic) {
             // No receiver left: every subscriber is leaving; nothing to do.
             let _ = entry.ring.send(Event {
@@ -108,18 +110,16 @@ impl Hub {
     /// Puts an event of a topic with history in its ring, in offset order;
     /// returns whether a read of the history must start to fill a gap.
     pub(crate) fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) -> bool {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         let Some(entry) = topics.get(topic) else {
             return false;
         };
         match &entry.sequencer {
-            Some(sequencer) => sequencer.lock().expect("sequencer lock poisoned").live(
-                &entry.ring,
-                offset,
-                epoch,
-                frame,
-                self.backlog,
-            ),
+            Some(sequencer) => {
+                sequencer
+                    .lock()
+                    .live(&entry.ring, offset, epoch, frame, self.backlog)
+            }
             None => {
                 // The policy keeps no history for it here: a plain event.
                 let _ = entry.ring.send(Event {
@@ -135,13 +135,14 @@ impl Hub {
     /// what was published while the broker's link was down; returns the
     /// topics whose read must start.
     pub(crate) fn hold_all(&self) -> Vec<Arc<str>> {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         topics
             .iter()
             .filter(|(_, entry)| {
-                entry.sequencer.as_ref().is_some_and(|sequencer| {
-                    sequencer.lock().expect("sequencer lock poisoned").hold()
-                })
+                entry
+                    .sequencer
+                    .as_ref()
+                    .is_some_and(|sequencer| sequencer.lock().hold())
             })
             .map(|(name, _)| Arc::clone(name))
             .collect()
@@ -150,24 +151,19 @@ impl Hub {
     /// Holds `topic`'s live events for a read of its history, as after the
     /// broker's link came back; whether the read must start (none is due).
     pub(crate) fn hold(&self, topic: &str) -> bool {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         topics
             .get(topic)
             .and_then(|entry| entry.sequencer.as_ref())
-            .is_some_and(|sequencer| sequencer.lock().expect("sequencer lock poisoned").hold())
+            .is_some_and(|sequencer| sequencer.lock().hold())
     }
 
     /// Where a read of `topic`'s history should start; `None` if the topic
     /// has no local subscriber or history any more.
     pub(crate) fn read_from(&self, topic: &str) -> Option<ReadFrom> {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         let sequencer = topics.get(topic)?.sequencer.as_ref()?;
-        Some(
-            sequencer
-                .lock()
-                .expect("sequencer lock poisoned")
-                .read_from(),
-        )
+        Some(sequencer.lock().read_from())
     }
 
     /// The most events a read may put in a ring at once: half of it, so
@@ -179,26 +175,25 @@ impl Hub {
     /// Events in `topic`'s ring that its slowest subscriber has not read;
     /// `None` if the topic has no local subscriber.
     pub(crate) fn unread(&self, topic: &str) -> Option<usize> {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         topics.get(topic).map(|entry| entry.ring.len())
     }
 
     /// Applies a read of the history; whether the ring is live again (or
     /// the topic gone).
     pub(crate) fn apply_read(&self, topic: &str, from: ReadFrom, read: History) -> bool {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         let Some((entry, sequencer)) = topics
             .get(topic)
             .and_then(|entry| Some((entry, entry.sequencer.as_ref()?)))
         else {
             return true;
         };
-        let mut sequencer = sequencer.lock().expect("sequencer lock poisoned");
+        let mut sequencer = sequencer.lock();
         let generation = sequencer.generation();
         let live = sequencer.apply(&entry.ring, topic, from, read);
         if sequencer.generation() != generation {
-            bump(&self.counters.resets);
-            metrics::counter!(telemetry::RESETS).increment(1);
+            self.counters.reset();
         }
         live
     }
@@ -206,7 +201,7 @@ impl Hub {
     /// A new receiver of `topic`'s ring, and the ring's generation and
     /// epoch, taken together.
     pub(crate) fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         let entry = topics.get(topic)?;
         let (generation, epoch) = entry.position();
         Some((entry.ring.subscribe(), generation, epoch))
@@ -217,7 +212,7 @@ impl Hub {
     /// and whether the topic is new here (its ring, if it keeps history,
     /// has no position yet).
     pub(crate) fn add(&self, topic: &str, history: bool) -> Added {
-        let mut topics = self.topics.write().expect("hub lock poisoned");
+        let mut topics = self.topics.write();
         if let Some(name) = topics
             .get_key_value(topic)
             .map(|(name, _)| Arc::clone(name))
@@ -255,7 +250,7 @@ impl Hub {
 
     /// Removes a subscriber; returns whether the topic has none left here.
     pub(crate) fn remove(&self, topic: &str) -> bool {
-        let mut topics = self.topics.write().expect("hub lock poisoned");
+        let mut topics = self.topics.write();
         let Some(entry) = topics.get_mut(topic) else {
             return true;
         };
@@ -270,19 +265,16 @@ impl Hub {
 
     /// Topics with local subscribers.
     pub(crate) fn len(&self) -> usize {
-        self.topics.read().expect("hub lock poisoned").len()
+        self.topics.read().len()
     }
 
     /// The names of the topics with local subscribers.
     pub(crate) fn names(&self) -> Vec<Arc<str>> {
-        let topics = self.topics.read().expect("hub lock poisoned");
+        let topics = self.topics.read();
         topics.keys().cloned().collect()
     }
 
     pub(crate) fn has_subscribers(&self, topic: &str) -> bool {
-        self.topics
-            .read()
-            .expect("hub lock poisoned")
-            .contains_key(topic)
+        self.topics.read().contains_key(topic)
     }
 }

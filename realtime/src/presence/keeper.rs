@@ -9,8 +9,8 @@
 //! comes back (a reload, a reconnect to another instance) never leaves.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::{PresencePolicy, PresenceUpdate};
 use crate::broker::Broker;
+use crate::util::Mutex;
 
 /// Clients in one broker call at most: a refresh of a very large room is
 /// split, so that no single call holds the broker long.
@@ -67,7 +68,7 @@ impl Keeper {
     pub(crate) fn new() -> Self {
         let (messages, receiver) = mpsc::unbounded_channel();
         Self {
-            node: crate::history::new_epoch().into(),
+            node: crate::util::random_id().into(),
             messages,
             started: AtomicBool::new(false),
             waiting: Mutex::new(Some(receiver)),
@@ -94,7 +95,7 @@ impl Keeper {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut waiting = self.waiting.lock().expect("keeper lock poisoned");
+        let mut waiting = self.waiting.lock();
         if let Some(receiver) = waiting.take() {
             let node = self.node.clone();
             runtime.spawn(run(Arc::clone(broker), node, policy.clone(), receiver));

@@ -12,10 +12,12 @@ use super::subscribe::{Entry, Subscription};
 use super::{Inner, Service};
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::{Broker, BrokerError};
-use crate::connection::{self, ConnectionId, Outbox, Session};
+use crate::connection::{self, Session};
+use crate::handler::ConnectionId;
 use crate::handler::{Context, MessageHandler, Publish};
 use crate::history::Position;
 use crate::hub::Feed;
+use crate::outbox::Outbox;
 use crate::telemetry;
 
 /// Why the instance takes no new connection now.

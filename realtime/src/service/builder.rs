@@ -12,12 +12,13 @@ use super::{Inner, Service};
 use crate::auth::{Authenticator, TokenValidator};
 use crate::broker::{Broker, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
-use crate::connection::{Counters, Signal};
 use crate::handler::MessageHandler;
 use crate::history::HistoryPolicy;
 use crate::hub::{Fan, Filler, Hub, Relinked};
 use crate::presence::PresencePolicy;
 use crate::presence::keeper::Keeper;
+use crate::telemetry::Counters;
+use crate::util::Signal;
 
 /// Assembles a [`Service`]: the handler, the app state, the token validator,
 /// then optionally a broker and a config.
@@ -123,7 +124,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
 
     /// Tracks presence in the topics `policy` names: `$presence` and
     /// [`Service::presence`] say who is subscribed, on every instance, and
-    /// topics with [`Tracking::Announced`] send `join` and `leave` events.
+    /// topics with [`Tracking::Announced`](crate::presence::Tracking::Announced) send `join` and `leave` events.
     /// Users are told apart by their id, written as JSON.
     ///
     /// # Examples

@@ -1,5 +1,5 @@
 //! [`Service`]: one instance of a realtime application. This file is the
-//! public handle; the rest is split by seam: [`builder`] assembles it,
+//! public handle; the rest is split by seam: `builder` assembles it,
 //! `admission` lets connections in and serves them, `subscribe` joins them
 //! to topics, and the topics themselves live in the private `hub`.
 
@@ -14,13 +14,14 @@ use tokio::sync::{Mutex, watch};
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, Idempotency, MemoryBroker};
 use crate::config::Config;
-use crate::connection::{Counters, Signal};
 use crate::handler::MessageHandler;
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
 use crate::hub::{Filler, Hub, Relinked};
 use crate::presence::keeper::{self, Keeper};
 use crate::presence::{Presence, PresenceError, PresencePolicy, Tracking};
 use crate::protocol::{self, Frame};
+use crate::telemetry::Counters;
+use crate::util::Signal;
 
 mod admission;
 mod builder;
@@ -124,7 +125,8 @@ pub struct Metrics {
     pub slow_closes: u64,
     /// Client messages refused by the rate limit.
     pub rate_limited: u64,
-    /// Broadcasts the broker did not take (answered with error code 503).
+    /// Publishes the broker did not take: clients' broadcasts (answered
+    /// with error code 503), `Context::publish` and `Service::publish`.
     pub publish_errors: u64,
     /// Clients closed with 1008 for staying silent past the idle timeout.
     pub idle_closes: u64,
@@ -439,12 +441,8 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 .map(Some),
             None => self.broker.publish(topic, frame, once).await.map(|()| None),
         };
-        let meters = &self.counters.meters;
-        meters.publish_duration.record(started.elapsed());
-        match &published {
-            Ok(_) => meters.published.increment(1),
-            Err(_) => meters.publish_errors.increment(1),
-        }
+        self.counters
+            .published(started.elapsed(), published.is_ok());
         published
     }
 

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use super::Inner;
 use crate::broker::{Broker, BrokerError};
-use crate::connection::{ConnectionId, Counters, Topics, bump};
+use crate::connection::Topics;
+use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, Position};
 use crate::hub::{Added, Feed, Ring};
 use crate::presence::keeper;
 use crate::presence::{Presence, PresenceError, Tracking};
 use crate::protocol::{self, Frame};
+use crate::telemetry::Counters;
 
 /// How long a subscriber waits for its topic's ring to reach the epoch of
 /// the history it read (the ring reads the history itself, and restarts
@@ -297,7 +299,6 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
                 .await
                 .map(drop)
                 .map_err(|error| {
-                    bump(&self.counters.publish_errors);
                     HandlerError::new(
                         protocol::error_code::UNAVAILABLE,
                         format!("could not publish on `{topic}`: {error}"),

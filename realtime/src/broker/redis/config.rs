@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::util::{Backoff, Jitter};
+
 /// Settings of a [`RedisBroker`](super::RedisBroker), with documented defaults.
 ///
 /// Start from [`RedisConfig::default()`] and change the fields you need. The
@@ -165,12 +167,12 @@ impl RedisConfig {
     /// that range ("equal jitter": never shorter than half the nominal wait,
     /// never longer than `max`).
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
-        let nominal = self
-            .reconnect_backoff_min
-            .saturating_mul(1 << attempt.min(20))
-            .min(self.reconnect_backoff_max);
-        let half = nominal / 2;
-        half + half.mul_f64(rand::random::<f64>())
+        Backoff::new(
+            self.reconnect_backoff_min,
+            self.reconnect_backoff_max,
+            Jitter::Equal,
+        )
+        .wait(attempt)
     }
 }
 

@@ -16,11 +16,13 @@
 //! not per publish; an idle topic has no lane and no task.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, RedisError, RedisResult, Value};
 use tokio::sync::oneshot;
+
+use crate::util::Mutex;
 
 /// Where a publish's answer goes.
 type Reply = oneshot::Sender<RedisResult<Value>>;
@@ -50,7 +52,7 @@ impl Lanes {
     ) -> RedisResult<Value> {
         let (reply, answer) = oneshot::channel();
         let idle = {
-            let mut lanes = self.lanes.lock().expect("redis lanes lock poisoned");
+            let mut lanes = self.lanes.lock();
             match lanes.get_mut(topic) {
                 Some(waiting) => {
                     waiting.push((cmd, reply));
@@ -79,7 +81,7 @@ impl Lanes {
     async fn drain(self: Arc<Self>, mut conn: ClusterConnection, topic: Box<str>) {
         loop {
             let batch = {
-                let mut lanes = self.lanes.lock().expect("redis lanes lock poisoned");
+                let mut lanes = self.lanes.lock();
                 let Some(waiting) = lanes.get_mut(&topic) else {
                     return;
                 };

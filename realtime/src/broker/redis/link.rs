@@ -129,7 +129,7 @@ impl Publisher {
     pub(super) async fn append(
         &mut self,
         append: super::script::Append<'_>,
-    ) -> Result<crate::history::Position, RedisError> {
+    ) -> Result<crate::protocol::Position, RedisError> {
         let topic = append.topic;
         let cmd = super::script::append(append, &self.run);
         let answer = match &mut self.conn {
@@ -190,7 +190,7 @@ impl Publisher {
         &mut self,
         call: super::script::PresenceCall<'_>,
         read: super::script::PresenceRead<'_>,
-    ) -> Result<crate::presence::Presence, RedisError> {
+    ) -> Result<crate::broker::Presence, RedisError> {
         match &mut self.conn {
             PublishConn::Single(conn) => super::script::presence(conn, call, read).await,
             PublishConn::Cluster(conn) => super::script::presence(conn, call, read).await,
@@ -203,8 +203,8 @@ impl Publisher {
         keys: super::script::Keys,
         since: Option<u64>,
         limit: usize,
-        retention: &crate::history::Retention,
-    ) -> Result<crate::history::History, RedisError> {
+        retention: &crate::broker::Retention,
+    ) -> Result<crate::broker::History, RedisError> {
         let run = Arc::clone(&self.run);
         match &mut self.conn {
             PublishConn::Single(conn) => {

@@ -1,7 +1,7 @@
 #![doc = include_str!("../../../docs/redis.md")]
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
@@ -10,9 +10,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::metrics::{Counters, bump};
 use super::{Broker, BrokerError, Idempotency, Incoming};
-use crate::history::{self, History, Position, Retention};
-use crate::presence::{Presence, PresenceUpdate};
-use crate::protocol::{self, Frame};
+use super::{History, Retention};
+use super::{Presence, PresenceUpdate};
+use crate::protocol::{self, Frame, Position};
+use crate::util::{Mutex, RwLock};
 use supervisor::{Command, Supervisor};
 
 mod cluster;
@@ -389,7 +390,7 @@ impl Broker for RedisBroker {
         once: Option<Idempotency<'_>>,
     ) -> Result<Position, BrokerError> {
         let mut publisher = self.publisher(topic)?;
-        let (head, tail) = history::split_event(&frame)
+        let (head, tail) = protocol::split_event(&frame)
             .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
         let channel = self.shared.channel(topic);
         let append = script::Append {
@@ -510,7 +511,7 @@ impl Shared {
             incoming: OnceLock::new(),
             counters: Counters::default(),
             publisher: RwLock::new(None),
-            node: history::new_epoch().into(),
+            node: crate::util::random_id().into(),
             dropped: Mutex::default(),
             dropped_notify: Notify::new(),
         })
@@ -530,16 +531,13 @@ impl Shared {
         let Some(topic) = self.topic(&channel) else {
             return;
         };
-        self.dropped
-            .lock()
-            .expect("redis dropped lock poisoned")
-            .push(topic.into());
+        self.dropped.lock().push(topic.into());
         self.dropped_notify.notify_one();
     }
 
     /// The topics of the `SUNSUBSCRIBE` pushes since the last call.
     fn take_dropped(&self) -> Vec<Box<str>> {
-        std::mem::take(&mut *self.dropped.lock().expect("redis dropped lock poisoned"))
+        std::mem::take(&mut *self.dropped.lock())
     }
 
     /// `prefix + topic`, or in cluster mode `prefix + {topic}`.
@@ -576,20 +574,14 @@ impl Shared {
     }
 
     fn publisher(&self) -> Option<link::Publisher> {
-        self.publisher
-            .read()
-            .expect("redis publisher lock poisoned")
-            .clone()
+        self.publisher.read().clone()
     }
 
     fn set_publisher(&self, publisher: Option<link::Publisher>) {
         self.counters
             .connected
             .store(publisher.is_some(), std::sync::atomic::Ordering::Relaxed);
-        *self
-            .publisher
-            .write()
-            .expect("redis publisher lock poisoned") = publisher;
+        *self.publisher.write() = publisher;
     }
 
     /// Hands one message push to the local subscribers. Runs in the

@@ -30,9 +30,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::redis::{Script, Value};
 use bytes::Bytes;
 
-use crate::history::{self, History, Position, Retention, Sequenced};
-use crate::presence::{Presence, PresenceUpdate};
+use crate::broker::{History, Retention, Sequenced};
+use crate::broker::{Presence, PresenceUpdate};
 use crate::protocol::Frame;
+use crate::protocol::Position;
 
 /// The start of the append and read scripts: `epoch_of(run, fresh)` gives
 /// the topic's epoch, and starts a new one (`fresh`, with an empty history
@@ -369,7 +370,7 @@ pub(super) fn append(append: Append<'_>, run: &str) -> ::redis::Cmd {
         .arg(append.tail)
         .arg(append.retention.size())
         .arg(append.retention.ttl().as_millis() as u64)
-        .arg(history::new_epoch())
+        .arg(crate::util::random_id())
         .arg(deadline)
         .arg(if append.sharded {
             "SPUBLISH"
@@ -436,7 +437,7 @@ pub(super) async fn read(
         .arg(since.map(|since| since.to_string()).unwrap_or_default())
         .arg(limit)
         .arg(retention.ttl().as_millis() as u64)
-        .arg(history::new_epoch())
+        .arg(crate::util::random_id())
         .arg(run)
         .invoke_async(conn)
         .await?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Presence, PresenceUpdate};
+use crate::broker::{Presence, PresenceUpdate};
 
 /// A user's first connection arrived, or its last one went.
 #[derive(Debug, Clone, PartialEq, Eq)]

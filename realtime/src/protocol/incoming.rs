@@ -1,138 +1,13 @@
-//! Wire protocol version 1: the frames a client sends and receives.
-//!
-#![doc = include_str!("../docs/protocol.md")]
+//! Frames in: the envelope of a client frame, the message it carries, and
+//! the built-in control messages.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
-use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::history::Position;
-
-/// WebSocket close codes the server sends (RFC 6455, section 7.4.1).
-pub mod close_code {
-    /// A normal close. The server does not start one; it answers a client's
-    /// close with the client's code.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down (or restarting).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The client broke the WebSocket protocol: an unmasked frame, a
-    /// reserved opcode or bit.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The client sent a binary frame; this protocol speaks JSON text only.
-    pub const UNSUPPORTED: u16 = 1003;
-    /// The client sent a text frame that is not valid UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
-    /// The client broke a policy: it flooded past the rate limit or stayed
-    /// silent past the idle timeout.
-    pub const POLICY: u16 = 1008;
-    /// The client sent a frame larger than `Config::max_frame_bytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// An internal error the server cannot recover from on this socket.
-    /// Reserved: no path sends it today, since handler errors are answered
-    /// with error frames and the socket stays open.
-    pub const ERROR: u16 = 1011;
-    /// The client read too slowly: its outbound queue was full.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
-
-/// The reason text sent with each close code the server uses.
-pub(crate) fn close_reason(code: u16) -> &'static str {
-    match code {
-        close_code::NORMAL => "bye",
-        close_code::GOING_AWAY => "server shutting down",
-        close_code::PROTOCOL_ERROR => "websocket protocol error",
-        close_code::UNSUPPORTED => "binary frames are not supported; send JSON text",
-        close_code::INVALID_DATA => "text frame is not valid UTF-8",
-        close_code::POLICY => "policy violation: rate limit or idle timeout",
-        close_code::TOO_BIG => "frame too large",
-        close_code::TRY_AGAIN_LATER => "too slow: outbound queue full",
-        _ => "",
-    }
-}
-
-/// Codes carried in the `error` object of an error frame. They follow the
-/// HTTP status codes a web developer already knows.
-pub mod error_code {
-    /// The frame could not be understood: not JSON, no `type`, an unknown
-    /// type, a missing or mistyped field, a topic the connection does not
-    /// follow.
-    pub const BAD_REQUEST: u16 = 400;
-    /// The handler's `authorize_topic` refused a `$join`.
-    pub const FORBIDDEN: u16 = 403;
-    /// The client is sending faster than `Config::max_messages_per_sec`.
-    pub const TOO_MANY_REQUESTS: u16 = 429;
-    /// The handler failed in a way that is not the client's fault.
-    pub const INTERNAL: u16 = 500;
-    /// The broker could not take the event; it reached nobody.
-    pub const UNAVAILABLE: u16 = 503;
-}
-
-/// Prefix of the type names reserved for built-in control messages.
-pub const RESERVED_PREFIX: char = '$';
-
-/// One serialized server frame: the exact JSON text a client receives,
-/// in a shared buffer that is cheap to clone.
-///
-/// An event is serialized once, into a `Frame`; that frame is what crosses
-/// the [`Broker`](crate::Broker) and what every local subscriber's writer
-/// sends. Its UTF-8 is checked once: where it is built, or where it comes
-/// in from the network ([`Frame::from_utf8`]).
-///
-/// # Examples
-///
-/// ```
-/// use realtime::protocol::Frame;
-///
-/// let frame = Frame::from_utf8(bytes::Bytes::from_static(br#"{"topic":"t","event":1}"#))
-///     .expect("valid UTF-8");
-/// assert_eq!(frame.as_str(), r#"{"topic":"t","event":1}"#);
-/// assert!(Frame::from_utf8(bytes::Bytes::from_static(b"\xff")).is_err());
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Frame(Utf8Bytes);
-
-impl Frame {
-    /// Checks that `bytes` are UTF-8, for a frame that came from outside
-    /// the process (a broker's connection).
-    ///
-    /// # Errors
-    ///
-    /// [`std::str::Utf8Error`] when they are not.
-    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Self, std::str::Utf8Error> {
-        Utf8Bytes::try_from(bytes).map(Self)
-    }
-
-    /// The frame's text.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
-    /// The frame's bytes, as a broker sends them.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-
-    /// The text as the WebSocket writer takes it.
-    pub(crate) fn into_text(self) -> Utf8Bytes {
-        self.0
-    }
-}
-
-impl From<String> for Frame {
-    fn from(text: String) -> Self {
-        Self(text.into())
-    }
-}
-
-impl std::fmt::Debug for Frame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+use super::{MAX_IDEMPOTENCY_KEY_BYTES, Position, RESERVED_PREFIX, is_epoch};
 
 /// The built-in control messages: a connection subscribes to more topics
 /// than the one of its URL with `$join`, and unsubscribes with `$leave`.
@@ -142,12 +17,12 @@ pub(crate) enum Control {
     /// `"since": {"offset": 42, "epoch": "x7Fq"}` to resume.
     Join {
         topic: String,
-        since: Option<crate::history::Position>,
+        since: Option<Position>,
     },
     /// `{"type": "$leave", "data": {"topic": "room:2"}}`
     Leave { topic: String },
     /// `{"type": "$presence", "data": {"topic": "lobby"}}`, answered with
-    /// the topic's [`Presence`](crate::presence::Presence).
+    /// the topic's presence.
     Presence { topic: String },
     /// `{"type": "$ping", "id": 3}`, answered `{"reply_to": 3, "ok": "pong"}`:
     /// a client's heartbeat. Browsers neither show the server's WebSocket
@@ -161,7 +36,7 @@ pub(crate) enum Control {
 struct TopicData {
     topic: String,
     #[serde(default)]
-    since: Option<crate::history::Position>,
+    since: Option<Position>,
 }
 
 impl Control {
@@ -194,7 +69,7 @@ impl Control {
         }
         let TopicData { topic, since } = request.decode_data()?;
         if let Some(since) = &since
-            && !crate::history::is_epoch(&since.epoch)
+            && !is_epoch(&since.epoch)
         {
             return Err(FrameError {
                 id: request.id,
@@ -225,10 +100,6 @@ pub(crate) struct Request<'a> {
     /// acknowledged again, not published twice.
     pub(crate) idempotency_key: Option<Cow<'a, str>>,
 }
-
-/// The longest `idempotency_key`, in bytes: room for a UUID in any of its
-/// spellings, and a bound on what a client makes the broker keep per key.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 64;
 
 /// A client frame that could not be turned into a message.
 #[derive(Debug, Clone)]
@@ -436,159 +307,6 @@ impl<'de> MapAccess<'de> for FrameFields<'de> {
     }
 }
 
-/// Serializes `value` as JSON, appended to `buffer`.
-fn to_json<T: Serialize + ?Sized>(
-    buffer: &mut Vec<u8>,
-    value: &T,
-) -> Result<(), serde_json::Error> {
-    serde_json::to_writer(buffer, value)
-}
-
-/// `{"topic": <topic>, "event": <event>}`: the frame every subscriber of
-/// `topic` receives, serialized once.
-///
-/// # Errors
-///
-/// Fails when the event's `Serialize` impl fails.
-pub(crate) fn event_frame<E: Serialize + ?Sized>(
-    topic: &str,
-    event: &E,
-) -> Result<Frame, serde_json::Error> {
-    let mut buffer = Vec::with_capacity(64 + topic.len());
-    buffer.extend_from_slice(b"{\"topic\":");
-    to_json(&mut buffer, topic)?;
-    buffer.extend_from_slice(b",\"event\":");
-    to_json(&mut buffer, event)?;
-    buffer.push(b'}');
-    Ok(utf8(buffer))
-}
-
-/// `{"topic": <topic>, "subscribed": {"offset": .., "epoch": .., "recovered": ..}}`:
-/// a subscription to a topic with history is live. `recovered` is there
-/// when the client asked to resume.
-pub(crate) fn subscribed_frame(topic: &str, position: &Position, recovered: Option<bool>) -> Frame {
-    let mut text = position_frame(topic, "subscribed", position);
-    text.pop();
-    text.pop();
-    if let Some(recovered) = recovered {
-        let _ = write!(text, ",\"recovered\":{recovered}");
-    }
-    text.push_str("}}");
-    Frame::from(text)
-}
-
-/// `{"topic": <topic>, "reset": {"offset": .., "epoch": ..}}`: events of a
-/// live subscription were lost; the client reloads its state.
-pub(crate) fn reset_frame(topic: &str, position: &Position) -> Frame {
-    Frame::from(position_frame(topic, "reset", position))
-}
-
-/// `{"topic":<topic>,`: the start of a `join` or `leave` frame, which a
-/// broker completes with [`presence_frame`] (the Redis broker's script
-/// does the same in Lua).
-pub(crate) fn presence_head(topic: &str) -> String {
-    let mut text = String::with_capacity(12 + topic.len());
-    text.push_str("{\"topic\":");
-    text.push_str(&serde_json::to_string(topic).expect("a string always serializes"));
-    text.push(',');
-    text
-}
-
-/// `{"topic": <topic>, "<join|leave>": {"user": <user as JSON>}}`, from
-/// [`presence_head`].
-pub(crate) fn presence_frame(head: &str, kind: &str, user: &str) -> Frame {
-    Frame::from(format!("{head}\"{kind}\":{{\"user\":{user}}}}}"))
-}
-
-/// `{"topic": <topic>, "presence": {"clients": .., "users": {..}}}`: the
-/// whole of a topic's presence, sent to an instance's subscribers when its
-/// link to the broker came back (the joins and leaves published meanwhile
-/// never came); the client replaces its list with it.
-pub(crate) fn presence_list_frame(topic: &str, presence: &crate::presence::Presence) -> Frame {
-    let mut text = presence_head(topic);
-    text.push_str("\"presence\":");
-    text.push_str(&serde_json::to_string(presence).expect("presence always serializes"));
-    text.push('}');
-    Frame::from(text)
-}
-
-/// `{"topic": <topic>, "<name>": {"offset": .., "epoch": ..}}`.
-fn position_frame(topic: &str, name: &str, position: &Position) -> String {
-    let mut text = String::with_capacity(64 + topic.len());
-    text.push_str("{\"topic\":");
-    text.push_str(&serde_json::to_string(topic).expect("a string always serializes"));
-    // An epoch is letters and digits: nothing to escape.
-    let _ = write!(
-        text,
-        ",\"{name}\":{{\"offset\":{},\"epoch\":\"{}\"}}}}",
-        position.offset, position.epoch
-    );
-    text
-}
-
-/// `{"reply_to": <id>, "ok": <value>}`: a direct method's answer.
-pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Frame {
-    let mut text = String::with_capacity(24 + value.get().len());
-    text.push('{');
-    push_reply_to(&mut text, id);
-    text.push_str("\"ok\":");
-    text.push_str(value.get());
-    text.push('}');
-    Frame::from(text)
-}
-
-/// `{"reply_to": <id>, "ok": null}`: an acknowledgement.
-pub(crate) fn ack_frame(id: &RawValue) -> Frame {
-    published_frame(id, None)
-}
-
-/// A broadcast's acknowledgement: `{"reply_to": <id>, "ok": {"offset": ..,
-/// "epoch": ..}}` with the event's position on a topic with history,
-/// `"ok": null` on one without.
-pub(crate) fn published_frame(id: &RawValue, position: Option<&Position>) -> Frame {
-    let mut text = String::with_capacity(64);
-    text.push('{');
-    push_reply_to(&mut text, Some(id));
-    match position {
-        // An epoch is letters and digits: nothing to escape.
-        Some(position) => {
-            let _ = write!(
-                text,
-                "\"ok\":{{\"offset\":{},\"epoch\":\"{}\"}}}}",
-                position.offset, position.epoch
-            );
-        }
-        None => text.push_str("\"ok\":null}"),
-    }
-    Frame::from(text)
-}
-
-/// `{"reply_to": <id>, "error": {"code": <code>, "message": <message>}}`.
-pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Frame {
-    let mut text = String::with_capacity(48 + message.len());
-    text.push('{');
-    push_reply_to(&mut text, id);
-    // A u16 and a JSON string cannot fail to format.
-    let _ = write!(text, "\"error\":{{\"code\":{code},\"message\":");
-    text.push_str(&serde_json::to_string(message).expect("a string always serializes"));
-    text.push_str("}}");
-    Frame::from(text)
-}
-
-fn push_reply_to(text: &mut String, id: Option<&RawValue>) {
-    if let Some(id) = id {
-        text.push_str("\"reply_to\":");
-        text.push_str(id.get());
-        text.push(',');
-    }
-}
-
-fn utf8(buffer: Vec<u8>) -> Frame {
-    // serde_json writes valid UTF-8 only, so the check cannot fail; it is done
-    // once per event, where the event is serialized, not per subscriber.
-    Frame(Utf8Bytes::try_from(buffer).expect("serde_json writes UTF-8"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,28 +429,6 @@ mod tests {
         let error = read_envelope(r#"{"type":"say","id":{}}"#).unwrap_err();
         assert!(error.id.is_none());
     }
-
-    #[test]
-    fn frames_have_the_documented_shape() {
-        let id = RawValue::from_string("7".into()).unwrap();
-        let ok = RawValue::from_string("[1,2]".into()).unwrap();
-        assert_eq!(
-            reply_frame(Some(&id), &ok).as_str(),
-            r#"{"reply_to":7,"ok":[1,2]}"#
-        );
-        assert_eq!(reply_frame(None, &ok).as_str(), r#"{"ok":[1,2]}"#);
-        assert_eq!(ack_frame(&id).as_str(), r#"{"reply_to":7,"ok":null}"#);
-        assert_eq!(
-            error_frame(Some(&id), 400, "bad \"x\"").as_str(),
-            r#"{"reply_to":7,"error":{"code":400,"message":"bad \"x\""}}"#
-        );
-        assert_eq!(
-            event_frame("room:1", &serde_json::json!({"text": "hi"}))
-                .unwrap()
-                .as_str(),
-            r#"{"topic":"room:1","event":{"text":"hi"}}"#
-        );
-    }
 }
 
 #[cfg(test)]
@@ -761,14 +457,6 @@ mod control_tests {
             control(r#"{"type":"$presence","data":{"topic":"a"}}"#),
             Ok(Control::Presence { topic: "a".into() })
         );
-    }
-
-    #[test]
-    fn presence_frames_escape_the_topic() {
-        let frame = presence_frame(&presence_head("a\"b"), "join", r#""carol""#);
-        let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
-        assert_eq!(value["topic"], "a\"b");
-        assert_eq!(value["join"]["user"], "carol");
     }
 
     #[test]

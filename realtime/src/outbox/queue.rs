@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-use super::outbox::Outbound;
+use super::Outbound;
 
 /// Capacity kept once the queue is empty again; a larger buffer, left by a
 /// burst, is freed.

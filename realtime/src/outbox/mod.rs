@@ -1,44 +1,22 @@
 //! A connection as the rest of the instance reaches it: the bounded queue
-//! of its write task, the switch that ends it, and the counters it moves.
+//! of its write task, and the switch that ends it.
 //!
-//! A leaf: it knows frames and close codes, nothing of handlers, services or
-//! the read loop, so that [`Context`](crate::Context) can hold an [`Outbox`]
-//! without depending on the connection's machinery.
+//! A leaf below both [`handler`](crate::handler) and `connection`: it knows
+//! frames, feeds and close codes, nothing of handlers, services or the read
+//! loop, so that [`Context`](crate::Context) can hold an [`Outbox`] without
+//! depending on the connection's machinery.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU16, Ordering};
 
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
-
-use super::queue::{Queue, Refused};
 use crate::hub::Feed;
 use crate::protocol::{Frame, close_code};
+use crate::telemetry::Counters;
+use crate::util::{Fired, Signal};
 
-/// Identifies one connection within one service instance.
-///
-/// # Examples
-///
-/// ```
-/// use realtime::{ConnectionId, Context};
-///
-/// fn log_line(ctx: &Context<(), String>) -> String {
-///     let id: ConnectionId = ctx.conn_id();
-///     format!("{id} ({})", ctx.user_id()) // "conn-7 (alice)"
-/// }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub(crate) u64);
+mod queue;
 
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conn-{}", self.0)
-    }
-}
+use queue::{Queue, Refused};
 
 /// What the write task does next, besides the events it reads from its
 /// topics' rings.
@@ -68,110 +46,6 @@ impl Outbound {
     }
 }
 
-/// Counters shared by every connection of one service.
-#[derive(Debug)]
-pub(crate) struct Counters {
-    /// The handles of the series recorded per message.
-    pub(crate) meters: crate::telemetry::Meters,
-    pub(crate) slow_closes: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) publish_errors: AtomicU64,
-    pub(crate) idle_closes: AtomicU64,
-    pub(crate) gap_fills: AtomicU64,
-    pub(crate) resets: AtomicU64,
-    pub(crate) recovered: AtomicU64,
-    pub(crate) not_recovered: AtomicU64,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self::new(&[])
-    }
-}
-
-impl Counters {
-    /// Counters whose per-message series have a `type` per wire name in
-    /// `message_types`.
-    pub(crate) fn new(message_types: &'static [&'static str]) -> Self {
-        Self {
-            meters: crate::telemetry::Meters::new(message_types),
-            slow_closes: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            publish_errors: AtomicU64::new(0),
-            idle_closes: AtomicU64::new(0),
-            gap_fills: AtomicU64::new(0),
-            resets: AtomicU64::new(0),
-            recovered: AtomicU64::new(0),
-            not_recovered: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Adds one to a counter; the counts are statistics, ordered with nothing.
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A one-way switch that is cheap to look at: an atomic flag for the loops
-/// to check per frame, and a `Notify` to wake a task that waits for it.
-/// (Not a `CancellationToken`: its `is_cancelled` takes a lock, and it
-/// allocates its own node, which every connection would hold.)
-#[derive(Debug, Default)]
-pub(crate) struct Signal {
-    fired: AtomicBool,
-    notify: Notify,
-}
-
-impl Signal {
-    /// Flips the switch and wakes the waiters; later calls do nothing more.
-    pub(crate) fn fire(&self) {
-        self.fired.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    /// Whether [`fire`](Self::fire) was called.
-    pub(crate) fn is_fired(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
-    }
-
-    /// Resolves once the switch is flipped. Create it once per loop and poll
-    /// it only when there is nothing else to do: each poll takes the
-    /// `Notify`'s lock.
-    pub(crate) fn fired(&self) -> Fired<'_> {
-        Fired {
-            signal: self,
-            notified: self.notify.notified(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Resolves once a [`Signal`] is fired, and again if polled after.
-    ///
-    /// A struct, not an `async fn`: every idle connection's read loop and
-    /// write task hold one, and the `async fn` was a third larger.
-    pub(crate) struct Fired<'a> {
-        signal: &'a Signal,
-        #[pin]
-        notified: Notified<'a>,
-    }
-}
-
-impl Future for Fired<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        // Waiting from here on: a `fire` after the look below wakes this
-        // future, one before is seen by the look.
-        this.notified.as_mut().enable();
-        if this.signal.is_fired() {
-            return Poll::Ready(());
-        }
-        this.notified.poll(cx)
-    }
-}
-
 /// How a connection stands, shared by its read loop, its write task and
 /// every holder of its [`Outbox`]: what waits to be written, whether it must
 /// end at once, with which close code, and the service's counters.
@@ -196,11 +70,11 @@ impl Status {
         self.abort.fire();
     }
 
-    /// Ends the connection with 1013 because it fell behind, counted once.
-    pub(crate) fn abort_slow(&self) {
+    /// Ends the connection with 1013 because it fell behind (a slow
+    /// close), counted once.
+    pub(crate) fn close_slow(&self) {
         if !self.abort.is_fired() {
-            bump(&self.counters.slow_closes);
-            metrics::counter!(crate::telemetry::QUEUE_FULL).increment(1);
+            self.counters.slow_close();
             tracing::debug!("client fell behind its outbound bound; closing it with 1013");
         }
         self.abort(close_code::TRY_AGAIN_LATER);
@@ -295,20 +169,14 @@ impl Outbox {
                     self.push(fallback)
                 }
                 None => {
-                    self.status.abort_slow();
+                    self.status.close_slow();
                     false
                 }
             },
             Err(Refused::Closed) => false,
         };
         if queued && let Some(recovered) = recovered {
-            let counters = self.counters();
-            let (counter, result) = match recovered {
-                true => (&counters.recovered, "recovered"),
-                false => (&counters.not_recovered, "not_recovered"),
-            };
-            bump(counter);
-            metrics::counter!(crate::telemetry::RECOVERED, "result" => result).increment(1);
+            self.counters().resumed(recovered);
         }
         queued
     }
@@ -345,7 +213,7 @@ impl Outbox {
         match self.status.queue.push(item) {
             Ok(()) => true,
             Err(Refused::Full) => {
-                self.status.abort_slow();
+                self.status.close_slow();
                 false
             }
             Err(Refused::Closed) => false,

@@ -1,14 +1,19 @@
 //! [`MemoryBroker`]: fan-out between the services of one process.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use super::{Broker, BrokerError, Idempotency, Incoming};
-use crate::history::{self, History, Position, Retention, Sequenced};
-use crate::presence::table::{Change, Table};
-use crate::presence::{Presence, PresenceUpdate};
-use crate::protocol::{self, Frame};
+use super::{
+    Broker, BrokerError, History, Idempotency, Incoming, Presence, PresenceUpdate, Retention,
+    Sequenced,
+};
+use crate::protocol::{self, Frame, Position};
+use crate::util::{Mutex, RwLock};
+
+mod table;
+
+use table::{Change, Table};
 
 /// Appends and reads between two sweeps of expired histories: often enough
 /// that abandoned topics do not pile up, rare enough to cost nothing per
@@ -153,7 +158,7 @@ impl Histories {
 impl Kept {
     fn new(expires: Instant) -> Self {
         Self {
-            epoch: history::new_epoch(),
+            epoch: crate::util::random_id(),
             offset: 0,
             events: VecDeque::new(),
             expires,
@@ -178,11 +183,7 @@ impl MemoryBroker {
         let index = *self.member.get().ok_or_else(|| {
             BrokerError::Unavailable("the memory broker is not attached to a service".into())
         })?;
-        let members = self
-            .hub
-            .members
-            .lock()
-            .expect("memory broker lock poisoned");
+        let members = self.hub.members.lock();
         Ok((index, members[index].clone()))
     }
 }
@@ -199,11 +200,7 @@ impl Clone for MemoryBroker {
 
 impl Broker for MemoryBroker {
     fn attach(&self, incoming: Incoming) {
-        let mut members = self
-            .hub
-            .members
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut members = self.hub.members.lock();
         members.push(incoming);
         let index = members.len() - 1;
         // A handle attached twice keeps its first place: `Service` attaches once.
@@ -217,21 +214,17 @@ impl Broker for MemoryBroker {
         once: Option<Idempotency<'_>>,
     ) -> Result<(), BrokerError> {
         if let Some(once) = once {
-            let mut remembered = self
-                .hub
-                .remembered
-                .lock()
-                .expect("memory broker lock poisoned");
+            let mut remembered = self.hub.remembered.lock();
             if remembered.seen(topic, once.key).is_some() {
                 return Ok(());
             }
             remembered.remember(topic, once, None);
         }
-        let topics = self.hub.topics.read().expect("memory broker lock poisoned");
+        let topics = self.hub.topics.read();
         if let Some(members) = topics.get(topic) {
             // Delivery only puts the frame in each node's ring: short, and
             // never waits, so holding the topic's lock across it is cheap.
-            let members = members.lock().expect("memory broker lock poisoned");
+            let members = members.lock();
             for (_, incoming) in members.iter() {
                 incoming.deliver(topic, frame.clone());
             }
@@ -250,24 +243,16 @@ impl Broker for MemoryBroker {
         retention: &Retention,
         once: Option<Idempotency<'_>>,
     ) -> Result<Position, BrokerError> {
-        let mut histories = self
-            .hub
-            .histories
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut histories = self.hub.histories.lock();
         if let Some(once) = once {
-            let mut remembered = self
-                .hub
-                .remembered
-                .lock()
-                .expect("memory broker lock poisoned");
+            let mut remembered = self.hub.remembered.lock();
             if let Some(Some(position)) = remembered.seen(topic, once.key) {
                 return Ok(position);
             }
         }
         let kept = histories.get(topic, retention, true);
         let offset = kept.offset + 1;
-        let frame = history::with_offset(&frame, offset)
+        let frame = protocol::with_offset(&frame, offset)
             .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
         kept.offset = offset;
         kept.events.push_back(Sequenced {
@@ -282,14 +267,13 @@ impl Broker for MemoryBroker {
             self.hub
                 .remembered
                 .lock()
-                .expect("memory broker lock poisoned")
                 .remember(topic, once, Some(position.clone()));
         }
         // Delivered under the histories' lock: offsets reach every node in
         // their order.
-        let topics = self.hub.topics.read().expect("memory broker lock poisoned");
+        let topics = self.hub.topics.read();
         if let Some(members) = topics.get(topic) {
-            let members = members.lock().expect("memory broker lock poisoned");
+            let members = members.lock();
             for (_, incoming) in members.iter() {
                 incoming.deliver_at(topic, offset, &position.epoch, frame.clone());
             }
@@ -304,11 +288,7 @@ impl Broker for MemoryBroker {
         limit: usize,
         retention: &Retention,
     ) -> Result<History, BrokerError> {
-        let mut histories = self
-            .hub
-            .histories
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut histories = self.hub.histories.lock();
         let kept = histories.get(topic, retention, false);
         let skip = match since {
             Some(since) => kept.events.partition_point(|event| event.offset <= since),
@@ -329,11 +309,7 @@ impl Broker for MemoryBroker {
         topic: &str,
         update: PresenceUpdate<'_>,
     ) -> Result<(), BrokerError> {
-        let mut presences = self
-            .hub
-            .presences
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut presences = self.hub.presences.lock();
         let table = presences.entry(topic.into()).or_default();
         let changes = table.apply(Instant::now(), &update);
         if table.is_empty() {
@@ -346,11 +322,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn presence(&self, topic: &str, announce: bool) -> Result<Presence, BrokerError> {
-        let mut presences = self
-            .hub
-            .presences
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut presences = self.hub.presences.lock();
         let Some(table) = presences.get_mut(topic) else {
             return Ok(Presence::default());
         };
@@ -370,11 +342,7 @@ impl Broker for MemoryBroker {
         let (_, incoming) = self.member()?;
         // Under the presences' lock, which joins and leaves are delivered
         // under too: the list and the events keep one order.
-        let mut presences = self
-            .hub
-            .presences
-            .lock()
-            .expect("memory broker lock poisoned");
+        let mut presences = self.hub.presences.lock();
         let presence = match presences.get_mut(topic) {
             Some(table) => {
                 let mut changes = Vec::new();
@@ -390,16 +358,8 @@ impl Broker for MemoryBroker {
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         let (index, incoming) = self.member()?;
-        let mut topics = self
-            .hub
-            .topics
-            .write()
-            .expect("memory broker lock poisoned");
-        let members = topics
-            .entry(topic.into())
-            .or_default()
-            .get_mut()
-            .expect("memory broker lock poisoned");
+        let mut topics = self.hub.topics.write();
+        let members = topics.entry(topic.into()).or_default().get_mut();
         if !members.iter().any(|(member, _)| *member == index) {
             members.push((index, incoming));
         }
@@ -408,13 +368,9 @@ impl Broker for MemoryBroker {
 
     async fn unsubscribe(&self, topic: &str) -> Result<(), BrokerError> {
         let (index, _) = self.member()?;
-        let mut topics = self
-            .hub
-            .topics
-            .write()
-            .expect("memory broker lock poisoned");
+        let mut topics = self.hub.topics.write();
         if let Some(members) = topics.get_mut(topic) {
-            let members = members.get_mut().expect("memory broker lock poisoned");
+            let members = members.get_mut();
             members.retain(|(member, _)| *member != index);
             if members.is_empty() {
                 topics.remove(topic);
@@ -431,11 +387,11 @@ impl Hub {
         if changes.is_empty() {
             return;
         }
-        let topics = self.topics.read().expect("memory broker lock poisoned");
+        let topics = self.topics.read();
         let Some(members) = topics.get(topic) else {
             return;
         };
-        let members = members.lock().expect("memory broker lock poisoned");
+        let members = members.lock();
         let head = protocol::presence_head(topic);
         for change in changes {
             let frame = match change {
@@ -456,16 +412,10 @@ impl MemoryBroker {
         let Some(index) = self.member.get() else {
             return Vec::new();
         };
-        let topics = self.hub.topics.read().expect("memory broker lock poisoned");
+        let topics = self.hub.topics.read();
         let mut names: Vec<String> = topics
             .iter()
-            .filter(|(_, members)| {
-                members
-                    .lock()
-                    .expect("memory broker lock poisoned")
-                    .iter()
-                    .any(|(member, _)| member == index)
-            })
+            .filter(|(_, members)| members.lock().iter().any(|(member, _)| member == index))
             .map(|(topic, _)| topic.to_string())
             .collect();
         names.sort();
