@@ -33,7 +33,7 @@ async fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
 async fn until_frame(
     client: &mut TestClient,
     what: &str,
-    wanted: impl Fn(&Value) -> bool,
+    mut wanted: impl FnMut(&Value) -> bool,
 ) -> Value {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -132,5 +132,103 @@ async fn more_than_a_thousand_expired_entries_leave_together() {
         last - written <= ttl + policy.refresh_every() + Duration::from_secs(2),
         "the last leave came {:?} after the write",
         last - written
+    );
+}
+
+/// Users in a `$presence` answer or a `presence` frame.
+fn users(presence: &Value) -> Vec<String> {
+    presence["users"]
+        .as_object()
+        .map(|users| users.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Connects and disconnects `user` on `node` until `stop`; after each
+/// connect it asks `$presence` at once, which must count it: its own
+/// subscription is written before the read. Returns the answers that
+/// left it out.
+async fn churn(
+    node: Arc<Node>,
+    user: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Value> {
+    let mut missing = Vec::new();
+    let mut id = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut client = node.connect("lobby", &user).await;
+        id += 1;
+        client
+            .send(serde_json::json!({"type": "$presence", "data": {"topic": "lobby"}, "id": id}))
+            .await;
+        let answer = until_frame(&mut client, "the answer", |frame| frame["reply_to"] == id).await;
+        if !users(&answer["ok"]).contains(&user) {
+            missing.push(answer);
+        }
+        client.close().await;
+    }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_answer_counts_the_asker_and_keeps_the_order_of_joins_and_leaves() {
+    let redis = RedisServer::start().await;
+    // No linger: every close is a leave, as many as the churn can make.
+    let policy = announced(Duration::from_secs(30)).linger(Duration::ZERO);
+    let a = Node::with_presence(broker(&redis, "p10:").await, policy.clone()).await;
+    let b = Arc::new(Node::with_presence(broker(&redis, "p10:").await, policy).await);
+    let mut watcher = a.connect("lobby", "watcher").await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(churn(Arc::clone(&b), format!("c{n}"), Arc::clone(&stop))))
+        .collect();
+
+    // The watcher asks again and again. A join or leave that comes before
+    // an answer must agree with it: the answer is the list at one point
+    // of the topic's stream, so what came before it is in it, and what it
+    // lacks comes after it.
+    let mut contradicted = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut id = 0;
+    while Instant::now() < until {
+        // Within the rate limit.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        id += 1;
+        watcher
+            .send(serde_json::json!({"type": "$presence", "data": {"topic": "lobby"}, "id": id}))
+            .await;
+        let mut last: std::collections::HashMap<String, bool> = Default::default();
+        let answer = until_frame(&mut watcher, "the answer", |frame| {
+            if let Some(user) = frame["join"]["user"].as_str() {
+                last.insert(user.to_owned(), true);
+            }
+            if let Some(user) = frame["leave"]["user"].as_str() {
+                last.insert(user.to_owned(), false);
+            }
+            frame["reply_to"] == id
+        })
+        .await;
+        let listed = users(&answer["ok"]);
+        for (user, joined) in last {
+            if joined != listed.contains(&user) {
+                contradicted.push(format!(
+                    "{} {user} before {answer}",
+                    if joined { "join" } else { "leave" }
+                ));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut missing = Vec::new();
+    for churner in churners {
+        missing.extend(churner.await.expect("the churner"));
+    }
+    assert!(
+        missing.is_empty() && contradicted.is_empty(),
+        "{} answers without their asker ({:?}); {} of {id} answers overtaken by a join or leave ({:?})",
+        missing.len(),
+        missing.first(),
+        contradicted.len(),
+        contradicted.first()
     );
 }

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::protocol::Frame;
+use super::Presence;
+use crate::protocol::{self, Frame};
 
 /// Where a broker hands the frames it receives: the service's local fan-out.
 ///
@@ -64,6 +65,18 @@ pub trait Fanout: Send + Sync + 'static {
     /// never came, and topics with history should be read from where they
     /// stopped.
     fn reconnected(&self) {}
+
+    /// `topic`'s whole presence, read in order with its joins and leaves
+    /// ([`Broker::resend_presence`](super::Broker::resend_presence)): for
+    /// every local subscriber when `asker` is `None`, else the answer to the
+    /// `$presence` that asker number stands for. The default hands the list
+    /// to every subscriber as a `{"topic":..,"presence":{..}}` frame and
+    /// drops an answer, which only the service can route.
+    fn presence(&self, topic: &str, asker: Option<u64>, presence: &Presence) {
+        if asker.is_none() {
+            self.deliver(topic, protocol::presence_list_frame(topic, presence));
+        }
+    }
 }
 
 /// A function of `(topic, frame)` as a [`Fanout`].
@@ -101,6 +114,13 @@ impl Incoming {
     /// for an example.
     pub fn reconnected(&self) {
         self.0.reconnected();
+    }
+
+    /// Hands `topic`'s whole presence, read in order with its joins and
+    /// leaves, to every local subscriber or to one asker; see
+    /// [`Fanout::presence`].
+    pub fn presence(&self, topic: &str, asker: Option<u64>, presence: &Presence) {
+        self.0.presence(topic, asker, presence);
     }
 }
 

@@ -220,18 +220,28 @@ pub trait Broker: Send + Sync + 'static {
         std::future::ready(Err(BrokerError::Unsupported("presence")))
     }
 
-    /// Hands this instance's subscribers of `topic` its whole presence, as
-    /// one frame ([`Incoming::deliver`] of
-    /// `{"topic": .., "presence": {"clients": .., "users": {..}}}`), in
-    /// order with the topic's joins and leaves. The service asks for it
-    /// after the broker's link came back ([`Incoming::reconnected`]): the
-    /// joins and leaves published meanwhile never came, and a user who left
-    /// while the broker lost its entries is never announced at all.
+    /// Reads `topic`'s whole presence and hands it to this instance through
+    /// [`Incoming::presence`] with `asker`, at its place among the topic's
+    /// joins and leaves: after every one published before the read, before
+    /// every one published after it.
     ///
-    /// The default refuses: a broker without presence support. See
+    /// The service asks for it with no asker after the broker's link came
+    /// back ([`Incoming::reconnected`]): the joins and leaves published
+    /// meanwhile never came, and a user who left while the broker lost its
+    /// entries is never announced at all. It asks with an asker to answer
+    /// a client's `$presence` of a topic it follows: an answer read apart
+    /// from the stream could reach the client after a join it does not
+    /// count, and the client would drop that user from its list.
+    ///
+    /// The default refuses: a broker without presence support (the service
+    /// then answers `$presence` with [`presence`](Self::presence)). See
     /// [`update_presence`](Self::update_presence) for an example.
-    fn resend_presence(&self, topic: &str) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        let _ = topic;
+    fn resend_presence(
+        &self,
+        topic: &str,
+        asker: Option<u64>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (topic, asker);
         std::future::ready(Err(BrokerError::Unsupported("presence")))
     }
 }

@@ -12,6 +12,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
@@ -76,6 +78,18 @@ pub(crate) trait Topics: Send + Sync {
     /// Who is subscribed to `topic`, on every instance.
     fn presence(&self, topic: &str)
     -> impl Future<Output = Result<Presence, PresenceError>> + Send;
+
+    /// Who is subscribed to `topic`, on every instance, for connection
+    /// `conn`, which follows it: counting `conn`, and on a topic that
+    /// announces joins and leaves, queued on `outbox` (answering `id`) to
+    /// be written at its place among them, which returns `None`.
+    fn presence_for(
+        &self,
+        topic: &str,
+        conn: ConnectionId,
+        outbox: &Outbox,
+        id: Option<&RawValue>,
+    ) -> impl Future<Output = Result<Option<Presence>, PresenceError>> + Send;
 }
 
 /// What every connection of one service shares.
@@ -120,11 +134,17 @@ impl Drop for Started {
 /// `async fn` keeps the space of each argument it was given for as long as
 /// it runs, and the socket (368 bytes, moved into the split's shared half)
 /// would cost every idle connection that much again.
-pub(crate) fn start(socket: WebSocket, outbox: &Outbox, home: Feed, config: &Config) -> Started {
+pub(crate) fn start(
+    socket: WebSocket,
+    conn: ConnectionId,
+    outbox: &Outbox,
+    home: Feed,
+    config: &Config,
+) -> Started {
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(writer::write(
         sink,
-        writer::Sources::new(home, config.topic_backlog),
+        writer::Sources::new(home, config.topic_backlog, conn.0),
         Arc::clone(outbox.status()),
         config.write_batch,
         config.close_timeout,

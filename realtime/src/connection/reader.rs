@@ -396,11 +396,22 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
         // A topic the connection follows was authorized when it subscribed.
-        if self.subscriptions.find(topic).is_none() && !self.may_subscribe(topic).await {
+        let follows = self.subscriptions.find(topic).is_some();
+        if !follows && !self.may_subscribe(topic).await {
             return self.forbidden(id, topic);
         }
-        match self.topics.presence(topic).await {
-            Ok(presence) => {
+        let answer = if follows {
+            // The answer may be queued at its place in the topic's stream,
+            // so the answers before it go first.
+            self.answers.flush(&self.ctx.outbox).await;
+            let conn = self.ctx.conn_id;
+            (self.topics.presence_for(topic, conn, &self.ctx.outbox, id)).await
+        } else {
+            self.topics.presence(topic).await.map(Some)
+        };
+        match answer {
+            Ok(None) => {}
+            Ok(Some(presence)) => {
                 let value =
                     serde_json::value::to_raw_value(&presence).expect("presence always serializes");
                 self.answer(protocol::reply_frame(id, &value));
@@ -567,6 +578,15 @@ impl<'a> Answers<'a> {
             }
         } else {
             self.push(Answer::Ready(answer));
+        }
+    }
+
+    /// Sends every waiting answer, once each is known.
+    async fn flush(&mut self, outbox: &Outbox) {
+        while let Some(answer) = self.next().await {
+            if let Some(frame) = answer {
+                outbox.push(frame);
+            }
         }
     }
 

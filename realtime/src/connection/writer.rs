@@ -35,14 +35,18 @@ pub(super) struct Sources {
     /// Frames a ring may hold unread before this client counts as lagging
     /// (`Config::topic_backlog`).
     backlog: usize,
+    /// The connection's id: a ring's mark with it is where its `$presence`
+    /// answer goes.
+    conn: u64,
 }
 
 impl Sources {
-    pub(super) fn new(home: Feed, backlog: usize) -> Self {
+    pub(super) fn new(home: Feed, backlog: usize, conn: u64) -> Self {
         Self {
             rings: vec![Source::from(home)],
             next_ring: 0,
             backlog,
+            conn,
         }
     }
 
@@ -78,6 +82,8 @@ impl From<Feed> for Source {
 enum Item {
     Queued(Outbound),
     Event(Frame),
+    /// The place of this connection's `$presence` answer in a ring.
+    Marked,
     /// A ring overwrote events this client had not read yet.
     Lagged,
 }
@@ -143,6 +149,11 @@ async fn write_batches(
     // each poll takes a lock. Between frames the flag is checked instead.
     let aborted = status.aborted();
     tokio::pin!(aborted);
+    // A `$presence` answer waits for its mark in the topic's ring, or the
+    // mark (read first) for the answer; one at a time, since the read loop
+    // waits for each to be queued.
+    let mut answer: Option<Frame> = None;
+    let mut marked = false;
     loop {
         if status.is_aborted() {
             return false;
@@ -150,7 +161,7 @@ async fn write_batches(
         let first = tokio::select! {
             biased;
             item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
-            item = next_event(&mut sources.rings) => item,
+            item = next_event(&mut sources.rings, sources.conn) => item,
             () = &mut aborted => return false,
         };
         let mut next = Some(first);
@@ -162,6 +173,20 @@ async fn write_batches(
                 Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
                     Message::Text(frame.into_text())
                 }
+                Item::Queued(Outbound::Answer(frame)) if !std::mem::take(&mut marked) => {
+                    answer = Some(frame);
+                    next = try_next(sources, status);
+                    continue;
+                }
+                Item::Queued(Outbound::Answer(frame)) => Message::Text(frame.into_text()),
+                Item::Marked => match answer.take() {
+                    Some(frame) => Message::Text(frame.into_text()),
+                    None => {
+                        marked = true;
+                        next = try_next(sources, status);
+                        continue;
+                    }
+                },
                 Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
                 Item::Queued(Outbound::Subscribe(feed)) => {
                     sources.rings.push(Source::from(*feed));
@@ -170,8 +195,15 @@ async fn write_batches(
                 }
                 Item::Queued(Outbound::Unsubscribe(topic)) => {
                     sources.rings.retain(|feed| feed.topic != topic);
-                    next = try_next(sources, status);
-                    continue;
+                    // Its mark may be in the ring just dropped: the client
+                    // left that topic, so no event of it follows anyway.
+                    match answer.take() {
+                        Some(frame) => Message::Text(frame.into_text()),
+                        None => {
+                            next = try_next(sources, status);
+                            continue;
+                        }
+                    }
                 }
                 Item::Queued(Outbound::Close(code)) => {
                     return tokio::select! {
@@ -229,11 +261,11 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
     let count = sources.rings.len();
     if count == 1 {
         // The usual case: the URL's topic alone, no turn to take.
-        return try_feed(&mut sources.rings[0]);
+        return try_feed(&mut sources.rings[0], sources.conn);
     }
     for step in 0..count {
         let at = (sources.next_ring + step) % count;
-        if let Some(item) = try_feed(&mut sources.rings[at]) {
+        if let Some(item) = try_feed(&mut sources.rings[at], sources.conn) {
             sources.next_ring = (at + 1) % count;
             return Some(item);
         }
@@ -242,12 +274,12 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
 }
 
 /// The next item of one topic, if one is waiting.
-fn try_feed(feed: &mut Source) -> Option<Item> {
+fn try_feed(feed: &mut Source, conn: u64) -> Option<Item> {
     loop {
         match feed.ring.try_recv() {
             Ok(event) => {
-                if let Some(frame) = pass(feed, event) {
-                    return Some(Item::Event(frame));
+                if let Some(item) = pass(feed, event, conn) {
+                    return Some(item);
                 }
             }
             Err(TryRecvError::Lagged(_)) => return Some(Item::Lagged),
@@ -263,8 +295,12 @@ fn try_feed(feed: &mut Source) -> Option<Item> {
 /// catch-up held it already. The ring's offsets rise one by one, so the
 /// first event past the catch-up ends the skipping, as does a `reset`
 /// (offsets count from a new epoch after it). A frame without an offset
-/// (published with no history) passes and changes nothing.
-fn pass(feed: &mut Source, event: Event) -> Option<Frame> {
+/// (published with no history) passes and changes nothing. A mark passes
+/// for the connection it names alone.
+fn pass(feed: &mut Source, event: Event, conn: u64) -> Option<Item> {
+    if let Some(asker) = event.asker() {
+        return (asker == conn).then_some(Item::Marked);
+    }
     if feed.sent_through != 0 {
         match event.offset {
             Event::PLAIN => {}
@@ -273,12 +309,12 @@ fn pass(feed: &mut Source, event: Event) -> Option<Frame> {
             _ => feed.sent_through = 0,
         }
     }
-    Some(event.frame)
+    Some(Item::Event(event.frame))
 }
 
 /// Waits for the next event of any ring. With one ring (the usual case) it
 /// waits on it directly; with several it waits on all at once.
-async fn next_event(rings: &mut Vec<Source>) -> Item {
+async fn next_event(rings: &mut Vec<Source>, conn: u64) -> Item {
     loop {
         let (received, at) = match rings.as_mut_slice() {
             [] => return std::future::pending().await,
@@ -291,8 +327,8 @@ async fn next_event(rings: &mut Vec<Source>) -> Item {
         };
         match received {
             Ok(event) => {
-                if let Some(frame) = pass(&mut rings[at], event) {
-                    return Item::Event(frame);
+                if let Some(item) = pass(&mut rings[at], event, conn) {
+                    return item;
                 }
             }
             Err(RecvError::Lagged(_)) => return Item::Lagged,

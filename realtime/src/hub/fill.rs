@@ -6,9 +6,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Hub;
-use crate::broker::{Broker, BrokerError, Fanout};
+use crate::broker::{Broker, BrokerError, Fanout, Presence};
 use crate::history::HistoryPolicy;
-use crate::protocol::Frame;
+use crate::protocol::{self, Frame};
 use crate::util::{Backoff, Jitter};
 
 /// The pauses between attempts to read a topic's history while the broker
@@ -23,10 +23,15 @@ const RETRY: Backoff = Backoff::new(
 /// it adds the next one anyway.
 const PART_WAIT: Duration = Duration::from_secs(1);
 
-/// What else the service does when the broker's link comes back (presence:
-/// its entries written again, its clients sent the whole list).
-pub(crate) trait Relinked: Send + Sync + 'static {
+/// What the hub hands back to the service that owns it.
+pub(crate) trait Owner: Send + Sync + 'static {
+    /// The broker's link came back: presence entries are written again,
+    /// clients sent the whole list.
     fn relinked(self: Arc<Self>);
+
+    /// The answer to the `$presence` numbered `asker`, at its place in
+    /// the topic's stream.
+    fn answer_presence(&self, topic: &str, asker: u64, presence: &Presence);
 }
 
 /// Reads topics' histories into their rings: the hub, the broker, and the
@@ -127,7 +132,7 @@ pub(crate) struct Fan<B> {
     /// Strong: the hub holds no broker, and every frame goes through here.
     pub(crate) hub: Arc<Hub>,
     pub(crate) filler: Weak<Filler<B>>,
-    pub(crate) relinked: Weak<dyn Relinked>,
+    pub(crate) owner: Weak<dyn Owner>,
 }
 
 impl<B: Broker> Fan<B> {
@@ -158,8 +163,19 @@ impl<B: Broker> Fanout for Fan<B> {
         for topic in self.hub.hold_all() {
             self.fill(topic);
         }
-        if let Some(relinked) = self.relinked.upgrade() {
-            relinked.relinked();
+        if let Some(owner) = self.owner.upgrade() {
+            owner.relinked();
+        }
+    }
+
+    fn presence(&self, topic: &str, asker: Option<u64>, presence: &Presence) {
+        match asker {
+            None => self.deliver(topic, protocol::presence_list_frame(topic, presence)),
+            Some(asker) => {
+                if let Some(owner) = self.owner.upgrade() {
+                    owner.answer_presence(topic, asker, presence);
+                }
+            }
         }
     }
 }

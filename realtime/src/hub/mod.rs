@@ -25,7 +25,7 @@ mod fill;
 mod ring;
 mod sequencer;
 
-pub(crate) use fill::{Fan, Filler, Relinked};
+pub(crate) use fill::{Fan, Filler, Owner};
 pub(crate) use ring::{Event, Feed, Ring};
 use sequencer::{ReadFrom, Sequencer};
 
@@ -104,6 +104,15 @@ impl Hub {
                 offset: Event::PLAIN,
                 frame,
             });
+        }
+    }
+
+    /// Puts the mark of connection `conn`'s `$presence` answer in
+    /// `topic`'s ring, after every frame delivered so far.
+    pub(crate) fn mark_answer(&self, topic: &str, conn: u64) {
+        let topics = self.topics.read();
+        if let Some(entry) = topics.get(topic) {
+            let _ = entry.ring.send(Event::asked(conn));
         }
     }
 

@@ -25,6 +25,10 @@ pub(crate) enum Outbound {
     /// A text frame for this client alone: an answer, an error, or an event
     /// sent with `Context::send`.
     Frame(Frame),
+    /// The answer to a `$presence`, written when the writer reaches the
+    /// connection's mark in the topic's ring (`Event::asked`): after the
+    /// joins and leaves the answer counts, before those it does not.
+    Answer(Frame),
     /// A heartbeat ping.
     Ping,
     /// Start writing the events of one more topic.
@@ -40,7 +44,7 @@ impl Outbound {
     /// The bytes it holds, as the queue's byte bound counts them.
     pub(crate) fn size(&self) -> usize {
         match self {
-            Self::Frame(frame) => frame.as_str().len(),
+            Self::Frame(frame) | Self::Answer(frame) => frame.as_str().len(),
             _ => 0,
         }
     }
@@ -136,6 +140,12 @@ impl Outbox {
     /// no one else waits for it. Returns whether the frame was queued.
     pub(crate) fn push(&self, frame: Frame) -> bool {
         self.queue(Outbound::Frame(frame))
+    }
+
+    /// Queues the answer to a `$presence`, which waits for the
+    /// connection's mark in the topic's ring; as [`push`](Self::push).
+    pub(crate) fn push_answer(&self, frame: Frame) -> bool {
+        self.queue(Outbound::Answer(frame))
     }
 
     /// Queues a heartbeat ping, unless the queue is full: a client that far

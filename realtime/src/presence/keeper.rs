@@ -50,6 +50,9 @@ pub(crate) enum Message {
     /// The service stopped: remove every lingering connection now, write,
     /// and answer.
     Flush(oneshot::Sender<()>),
+    /// Answer once every change sent before is written: a `$presence`
+    /// counts its own connection.
+    Written(oneshot::Sender<()>),
 }
 
 /// The sending side, held by the service; the task starts with the first
@@ -245,6 +248,7 @@ async fn run<B: Broker>(
                             state.end_lingering(None);
                             flushed.push(done);
                         }
+                        Message::Written(done) => flushed.push(done),
                     }
                 }
             }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::broker::BrokerError;
 use crate::pattern::Rules;
 
+pub(crate) mod asks;
 pub(crate) mod keeper;
 
 pub use crate::broker::{Presence, PresenceUpdate};

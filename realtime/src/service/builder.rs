@@ -14,8 +14,9 @@ use crate::broker::{Broker, Incoming, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::handler::MessageHandler;
 use crate::history::HistoryPolicy;
-use crate::hub::{Fan, Filler, Hub, Relinked};
+use crate::hub::{Fan, Filler, Hub, Owner};
 use crate::presence::PresencePolicy;
+use crate::presence::asks::Asks;
 use crate::presence::keeper::Keeper;
 use crate::telemetry::Counters;
 use crate::util::Signal;
@@ -182,11 +183,11 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
         });
         let (open, _) = watch::channel(0);
         let inner = Arc::new_cyclic(|inner: &Weak<Inner<H, B>>| {
-            let relinked: Weak<dyn Relinked> = inner.clone();
+            let owner: Weak<dyn Owner> = inner.clone();
             broker.attach(Incoming::with_fanout(Fan {
                 hub: Arc::clone(&hub),
                 filler: Arc::downgrade(&filler),
-                relinked,
+                owner,
             }));
             Inner {
                 handler: self.handler,
@@ -198,6 +199,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 presence: self.presence,
                 user_json: self.user_json,
                 keeper: Keeper::new(),
+                asks: Asks::default(),
                 hub,
                 filler,
                 subscribed: Mutex::default(),

@@ -9,14 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, Idempotency, MemoryBroker};
 use crate::config::Config;
-use crate::handler::MessageHandler;
+use crate::handler::{ConnectionId, MessageHandler};
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
-use crate::hub::{Filler, Hub, Relinked};
+use crate::hub::{Filler, Hub, Owner};
+use crate::outbox::Outbox;
+use crate::presence::asks::Asks;
 use crate::presence::keeper::{self, Keeper};
 use crate::presence::{Presence, PresenceError, PresencePolicy, Tracking};
 use crate::protocol::{self, Frame};
@@ -33,6 +36,11 @@ pub use builder::{BuildError, ServiceBuilder};
 /// The longest [`Service::shutdown`] waits for the broker to remove the
 /// instance's presence entries.
 pub const SHUTDOWN_PRESENCE_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest a client's `$presence` of a topic it follows waits for this
+/// instance's entries to be written, then for the answer's place among the
+/// topic's joins and leaves; past it the client is answered 503.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// One server instance of a realtime application: its connections, the topics
 /// they follow, and the broker that links it to the other instances.
@@ -93,6 +101,8 @@ struct Inner<H: MessageHandler, B> {
     /// user id type is known to serialize.
     user_json: Option<UserJson<H::UserId>>,
     keeper: Keeper,
+    /// `$presence` answers waiting for their place in a topic's stream.
+    asks: Asks,
     /// This instance's topics and their rings.
     hub: Arc<Hub>,
     /// Reads topics' histories into their rings (shares the broker).
@@ -405,7 +415,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             if inner.presence.tracking(&topic) != Some(Tracking::Announced) {
                 continue;
             }
-            if let Err(error) = inner.broker.resend_presence(&topic).await {
+            if let Err(error) = inner.broker.resend_presence(&topic, None).await {
                 tracing::debug!(topic = &*topic, %error, "sending the presence list again failed");
             }
         }
@@ -420,6 +430,54 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             .ok_or_else(|| PresenceError::NotTracked(topic.to_owned()))?;
         let announce = tracking == Tracking::Announced;
         Ok(self.broker.presence(topic, announce).await?)
+    }
+
+    /// Answers a `$presence` of `topic` from the connection behind
+    /// `outbox`, which follows it: once this instance's own entries, the
+    /// asker's among them, are written; and on a topic that announces joins
+    /// and leaves, at its place among them, queued on `outbox` here
+    /// (`Ok(None)`: see [`Asks`]). `Ok(Some(..))` is for the caller to send.
+    pub(super) async fn presence_for(
+        &self,
+        topic: &str,
+        conn: ConnectionId,
+        outbox: &Outbox,
+        id: Option<&RawValue>,
+    ) -> Result<Option<Presence>, PresenceError> {
+        let tracking = self
+            .presence
+            .tracking(topic)
+            .filter(|_| self.user_json.is_some())
+            .ok_or_else(|| PresenceError::NotTracked(topic.to_owned()))?;
+        let timed_out = || PresenceError::Broker(BrokerError::Timeout(ANSWER_WAIT));
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.tell_keeper(keeper::Message::Written(done));
+        // A keeper that is gone (the service shutting down) answers nothing:
+        // the read goes on.
+        if tokio::time::timeout(ANSWER_WAIT, written).await.is_err() {
+            return Err(timed_out());
+        }
+        if tracking != Tracking::Announced {
+            return Ok(Some(self.broker.presence(topic, false).await?));
+        }
+        let (asker, queued) = self.asks.add(conn.0, outbox, id);
+        match self.broker.resend_presence(topic, Some(asker)).await {
+            Ok(()) => {}
+            Err(BrokerError::Unsupported(_)) => {
+                // A broker that cannot place a read in the stream.
+                self.asks.cancel(asker);
+                return Ok(Some(self.broker.presence(topic, true).await?));
+            }
+            Err(error) if self.asks.cancel(asker) => return Err(error.into()),
+            // Answered, though the call failed after its script ran.
+            Err(_) => return Ok(None),
+        }
+        match tokio::time::timeout(ANSWER_WAIT, queued).await {
+            Ok(Ok(())) => Ok(None),
+            // The marker never came (the link dropped meanwhile).
+            _ if self.asks.cancel(asker) => Err(timed_out()),
+            _ => Ok(None),
+        }
     }
 
     /// Publishes an event frame: with its position and into the history if
@@ -461,7 +519,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 }
 
-impl<H: MessageHandler, B: Broker> Relinked for Inner<H, B> {
+impl<H: MessageHandler, B: Broker> Owner for Inner<H, B> {
     /// The broker may have lost every presence entry (a Redis restarted
     /// without its data): this instance writes its own again now, not at
     /// the next refresh. Then its clients get the whole list: joins and
@@ -475,6 +533,12 @@ impl<H: MessageHandler, B: Broker> Relinked for Inner<H, B> {
         self.tell_keeper(keeper::Message::Refresh(done));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(Inner::resend_presence(self, written));
+        }
+    }
+
+    fn answer_presence(&self, topic: &str, asker: u64, presence: &Presence) {
+        if let Some(ask) = self.asks.take(asker) {
+            ask.answer(presence, |conn| self.hub.mark_answer(topic, conn));
         }
     }
 }

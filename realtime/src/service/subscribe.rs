@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
+
 use super::Inner;
 use crate::broker::{Broker, BrokerError};
 use crate::connection::Topics;
@@ -12,6 +14,7 @@ use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, Position};
 use crate::hub::{Added, Feed, Ring};
+use crate::outbox::Outbox;
 use crate::presence::keeper;
 use crate::presence::{Presence, PresenceError, Tracking};
 use crate::protocol::{self, Frame};
@@ -284,6 +287,16 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         topic: &str,
     ) -> impl std::future::Future<Output = Result<Presence, PresenceError>> + Send {
         Inner::presence(self, topic)
+    }
+
+    fn presence_for(
+        &self,
+        topic: &str,
+        conn: ConnectionId,
+        outbox: &Outbox,
+        id: Option<&RawValue>,
+    ) -> impl std::future::Future<Output = Result<Option<Presence>, PresenceError>> + Send {
+        Inner::presence_for(self, topic, conn, outbox, id)
     }
 }
 

@@ -338,7 +338,7 @@ impl Broker for MemoryBroker {
         Ok(presence)
     }
 
-    async fn resend_presence(&self, topic: &str) -> Result<(), BrokerError> {
+    async fn resend_presence(&self, topic: &str, asker: Option<u64>) -> Result<(), BrokerError> {
         let (_, incoming) = self.member()?;
         // Under the presences' lock, which joins and leaves are delivered
         // under too: the list and the events keep one order.
@@ -352,7 +352,7 @@ impl Broker for MemoryBroker {
             }
             None => Presence::default(),
         };
-        incoming.deliver(topic, protocol::presence_list_frame(topic, &presence));
+        incoming.presence(topic, asker, &presence);
         Ok(())
     }
 

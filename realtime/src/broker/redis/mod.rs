@@ -457,12 +457,15 @@ impl Broker for RedisBroker {
             .await
     }
 
-    async fn resend_presence(&self, topic: &str) -> Result<(), BrokerError> {
+    async fn resend_presence(&self, topic: &str, asker: Option<u64>) -> Result<(), BrokerError> {
         // Published on the topic's channel, after whatever joins and leaves
         // came before it: the instance's clients get the list in order with
         // them, where a read and a local delivery could cross one.
         let update = PresenceUpdate::new(&[], &[], Duration::ZERO, true);
-        let marker = self.shared.resend_marker();
+        let mut marker = self.shared.resend_marker();
+        if let Some(asker) = asker {
+            marker = format!("{marker}{asker}:");
+        }
         self.run_presence(topic, update, script::PresenceRead::Resend(&marker))
             .await
             .map(drop)
@@ -631,8 +634,20 @@ impl Shared {
     /// subscribers if it is this one's, dropped otherwise.
     fn deliver_presence(&self, topic: &str, payload: &[u8], incoming: &Incoming) {
         let marker = self.resend_marker();
-        let Some(users) = payload.strip_prefix(marker.as_bytes()) else {
+        let Some(rest) = payload.strip_prefix(marker.as_bytes()) else {
             return;
+        };
+        // `@<instance>:<asker>:<list>` answers one asker; the list is JSON,
+        // which never starts with a digit.
+        let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
+        let (asker, users) = match rest[digits..].split_first() {
+            Some((b':', users)) if digits > 0 => {
+                let asker = std::str::from_utf8(&rest[..digits])
+                    .ok()
+                    .and_then(|digits| digits.parse().ok());
+                (asker, users)
+            }
+            _ => (None, rest),
         };
         // Lua's cjson writes an empty table as an object.
         let flat: Vec<String> = match serde_json::from_slice::<serde_json::Value>(users) {
@@ -652,7 +667,7 @@ impl Shared {
             counts.push((user, count.parse().unwrap_or(0)));
         }
         let presence = Presence::from_counts(counts);
-        incoming.deliver(topic, protocol::presence_list_frame(topic, &presence));
+        incoming.presence(topic, asker, &presence);
     }
 }
 
