@@ -6,7 +6,7 @@ mod common;
 use std::error::Error as _;
 use std::time::Duration;
 
-use realtime::broker::RedisConfig;
+use realtime::RedisConfig;
 use realtime::{BrokerError, RedisBroker};
 use tokio::time::Instant;
 

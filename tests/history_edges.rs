@@ -12,8 +12,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Node, RedisServer, redis_config};
+use realtime::RedisConfig;
+use realtime::broker::Broker;
 use realtime::broker::redis::Durability;
-use realtime::broker::{Broker, RedisConfig};
 use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, MemoryBroker, RedisBroker};

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Node, RedisCluster, RedisServer, redis_config};
-use realtime::broker::RedisConfig;
+use realtime::RedisConfig;
 use realtime::broker::redis::Durability;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;

@@ -192,14 +192,7 @@ impl<U: Send + 'static> Authenticator<U> {
 /// use axum::routing::get;
 /// use realtime::auth::{HttpAuth, validate_with};
 /// use realtime::Service;
-/// # use realtime::{Context, HandlerError, MessageHandler};
-/// # struct Chat;
-/// # impl MessageHandler for Chat {
-/// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-/// # }
-/// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+/// # use realtime::__private::doc::Chat;
 ///
 /// /// `GET /me` with `Authorization: Bearer alice` answers "alice".
 /// async fn me(HttpAuth(user): HttpAuth<String>) -> String {

@@ -13,14 +13,8 @@
 //! # Examples
 //!
 //! ```
-//! # use realtime::{Context, HandlerError, MessageHandler, Service};
-//! # struct Chat;
-//! # impl MessageHandler for Chat {
-//! #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-//! #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-//! #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-//! # }
-//! # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+//! # use realtime::Service;
+//! # use realtime::__private::doc::Chat;
 //! use realtime::auth::validate_with;
 //!
 //! let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))

@@ -97,10 +97,10 @@ pub mod testing;
 mod util;
 
 pub use auth::{AuthError, TokenValidator};
-pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use broker::{RedisBroker, RedisConfig, RedisConfigError};
+pub use broker::redis::{RedisBroker, RedisConfig, RedisConfigError};
+pub use broker::{Broker, BrokerError, MemoryBroker};
 pub use config::{Config, ConfigError};
 pub use handler::ConnectionId;
 pub use handler::{Context, HandlerError, MessageHandler};
@@ -211,9 +211,43 @@ pub mod __private {
     {
         T::deserialize(deserializer)
     }
+
+    /// A handler for the examples in this crate's docs, so that each does
+    /// not carry its own hidden one.
+    pub mod doc {
+        use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
+
+        /// A handler that takes one message, `nop`, and does nothing.
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct Chat;
+
+        /// `Chat`'s one message.
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+        pub enum Message {
+            /// Does nothing.
+            Nop {},
+        }
+
+        impl MessageHandler for Chat {
+            type ClientMessage = Message;
+            type ServerEvent = String;
+            type AppState = ();
+            type UserId = String;
+
+            async fn handle(
+                &self,
+                _: Message,
+                _: &Context<(), String>,
+            ) -> Result<Outcome<String>, HandlerError> {
+                Ok(Outcome::Handled)
+            }
+        }
+    }
 }
 
-// The README's examples compile as doc tests.
-#[cfg(doctest)]
+// The README's examples compile as doc tests; one uses `describe`, so they
+// run with it (the README's test command turns on every feature).
+#[cfg(all(doctest, feature = "describe"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -34,31 +34,54 @@
 //! The series recorded per message (frames, handler time, events published
 //! and delivered, publish time) use handles registered when the service is
 //! built: install the recorder before that.
+//!
+//! The constants below are the series' names, for dashboards and tests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
 use crate::protocol::Control;
+use crate::util::bump;
 
-pub(crate) const CONNECTIONS: &str = "realtime_connections";
-pub(crate) const ACCEPTED: &str = "realtime_connections_accepted_total";
-pub(crate) const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
-pub(crate) const CLIENT_CLOSES: &str = "realtime_client_closes_total";
-pub(crate) const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
-pub(crate) const HANDLER_DURATION: &str = "realtime_handler_duration_seconds";
-pub(crate) const EVENTS_PUBLISHED: &str = "realtime_events_published_total";
-pub(crate) const EVENTS_DELIVERED: &str = "realtime_events_delivered_total";
-pub(crate) const SLOW_CLOSES: &str = "realtime_slow_closes_total";
-pub(crate) const PUBLISH_ERRORS: &str = "realtime_broker_publish_errors_total";
+/// Connections admitted and not yet ended (gauge).
+pub const CONNECTIONS: &str = "realtime_connections";
+/// Connections upgraded.
+pub const ACCEPTED: &str = "realtime_connections_accepted_total";
+/// Upgrades refused, by `status`.
+pub const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
+/// Closes the server sent, by `code`.
+pub const CLIENT_CLOSES: &str = "realtime_client_closes_total";
+/// Client frames, by `type`.
+pub const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
+/// Handler time in seconds, by `type` (histogram).
+pub const HANDLER_DURATION: &str = "realtime_handler_duration_seconds";
+/// Events this instance published.
+pub const EVENTS_PUBLISHED: &str = "realtime_events_published_total";
+/// Frames a topic's ring handed to a client.
+pub const EVENTS_DELIVERED: &str = "realtime_events_delivered_total";
+/// Clients closed with 1013 for reading too slowly.
+///
+/// ```
+/// assert_eq!(realtime::telemetry::SLOW_CLOSES, "realtime_slow_closes_total");
+/// ```
+pub const SLOW_CLOSES: &str = "realtime_slow_closes_total";
+/// Publishes the broker did not take.
+pub const PUBLISH_ERRORS: &str = "realtime_broker_publish_errors_total";
 #[cfg(feature = "redis")]
-pub(crate) const BROKER_RECONNECTS: &str = "realtime_broker_reconnects_total";
-pub(crate) const PUBLISH_DURATION: &str = "realtime_broker_publish_duration_seconds";
-pub(crate) const SUBSCRIBED_TOPICS: &str = "realtime_subscribed_topics";
-pub(crate) const RECOVERED: &str = "realtime_history_recovered_total";
-pub(crate) const GAP_FILLS: &str = "realtime_history_gap_fills_total";
-pub(crate) const RESETS: &str = "realtime_topic_resets_total";
+/// Times the Redis broker linked again after a loss.
+pub const BROKER_RECONNECTS: &str = "realtime_broker_reconnects_total";
+/// Time of a publish at the broker in seconds (histogram).
+pub const PUBLISH_DURATION: &str = "realtime_broker_publish_duration_seconds";
+/// Topics this instance is subscribed to at the broker (gauge).
+pub const SUBSCRIBED_TOPICS: &str = "realtime_subscribed_topics";
+/// Resumes, by `result` (`recovered`, `not_recovered`).
+pub const RECOVERED: &str = "realtime_history_recovered_total";
+/// Reads of a topic's history that filled a gap in its ring.
+pub const GAP_FILLS: &str = "realtime_history_gap_fills_total";
+/// `reset` frames: a topic's history started again.
+pub const RESETS: &str = "realtime_topic_resets_total";
 
 /// The label of a frame type no handler or control message knows.
 const INVALID: &str = "invalid";
@@ -189,11 +212,6 @@ impl Default for Counters {
     fn default() -> Self {
         Self::new(&[])
     }
-}
-
-/// Adds one; the counts are statistics, ordered with nothing.
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Counters {

@@ -18,9 +18,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use realtime::RedisConfig;
 use realtime::auth::validate_with;
 use realtime::broker::Broker;
-use realtime::broker::RedisConfig;
 use realtime::broker::redis::RedisMetrics;
 use realtime::history::HistoryPolicy;
 use realtime::presence::PresencePolicy;

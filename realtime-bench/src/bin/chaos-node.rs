@@ -20,8 +20,8 @@
 
 use std::time::Duration;
 
+use realtime::RedisConfig;
 use realtime::auth::validate_with;
-use realtime::broker::RedisConfig;
 use realtime::broker::redis::Durability;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;

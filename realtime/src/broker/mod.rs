@@ -25,9 +25,6 @@ pub use history::{History, Retention, Sequenced};
 pub use incoming::{Fanout, Incoming};
 pub use memory::MemoryBroker;
 pub use presence::{Presence, PresenceUpdate};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisBroker, RedisConfig, RedisConfigError};
 
 /// Moves serialized event frames between the instances of one application.
 ///

@@ -31,6 +31,7 @@ use crate::protocol::Frame;
 use crate::telemetry::Counters;
 use crate::util::Signal;
 
+mod answers;
 mod reader;
 mod subscriptions;
 mod writer;

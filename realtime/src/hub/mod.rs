@@ -16,7 +16,7 @@ use crate::util::{Mutex as StdMutex, RwLock};
 
 use tokio::sync::broadcast;
 
-use crate::history::History;
+use crate::broker::History;
 use crate::protocol::Frame;
 use crate::telemetry;
 use crate::telemetry::Counters;

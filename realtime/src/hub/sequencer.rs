@@ -8,8 +8,8 @@
 use tokio::sync::broadcast;
 
 use super::Event;
-use crate::history::{History, Position};
-use crate::protocol::{self, Frame};
+use crate::broker::{History, Sequenced};
+use crate::protocol::{self, Frame, Position};
 
 /// Where a topic's ring stands.
 #[derive(Debug)]
@@ -34,12 +34,11 @@ pub(crate) struct Sequencer {
     again: bool,
 }
 
-/// A live event held while the history is read.
+/// A live event held while the history is read, with its epoch.
 #[derive(Debug)]
 struct Held {
-    offset: u64,
     epoch: String,
-    frame: Frame,
+    event: Sequenced,
 }
 
 /// Where a read of the history for a sequencer starts.
@@ -95,9 +94,8 @@ impl Sequencer {
         if let Some(held) = &mut self.held {
             if held.len() < max_held {
                 held.push(Held {
-                    offset,
                     epoch: epoch.to_owned(),
-                    frame,
+                    event: Sequenced { offset, frame },
                 });
             } else {
                 self.again = true;
@@ -115,9 +113,8 @@ impl Sequencer {
             }
         }
         self.held = Some(vec![Held {
-            offset,
             epoch: epoch.to_owned(),
-            frame,
+            event: Sequenced { offset, frame },
         }]);
         true
     }
@@ -194,28 +191,29 @@ impl Sequencer {
         let synced = self.epoch.as_deref() == Some(&*read.position.epoch);
         let behind = synced && self.last < read.position.offset;
         let mut held = self.held.take().unwrap_or_default();
-        held.sort_by_key(|held| held.offset);
+        held.sort_by_key(|held| held.event.offset);
         let mut rest = Vec::new();
-        for event in held {
-            if self.epoch.as_deref() != Some(&*event.epoch) {
+        for held in held {
+            if self.epoch.as_deref() != Some(&*held.epoch) {
                 if !synced {
-                    rest.push(event);
+                    rest.push(held);
                 }
                 // Else an epoch the history no longer has: it is gone.
                 continue;
             }
-            if rest.is_empty() && event.offset <= self.last {
+            let offset = held.event.offset;
+            if rest.is_empty() && offset <= self.last {
                 continue;
             }
-            if rest.is_empty() && event.offset == self.last + 1 {
-                self.last = event.offset;
+            if rest.is_empty() && offset == self.last + 1 {
+                self.last = offset;
                 let _ = ring.send(Event {
-                    offset: event.offset,
-                    frame: event.frame,
+                    offset,
+                    frame: held.event.frame,
                 });
                 continue;
             }
-            rest.push(event);
+            rest.push(held);
         }
         if rest.is_empty() && !behind && !self.again {
             return true;
@@ -229,7 +227,6 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Sequenced;
 
     fn frame(offset: u64) -> Frame {
         Frame::from(format!(

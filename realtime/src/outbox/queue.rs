@@ -40,7 +40,7 @@ pub(crate) struct Queue {
     /// nearly always finds it empty.
     len: AtomicUsize,
     reader: AtomicWaker,
-    max_items: usize,
+    max_frames: usize,
     max_bytes: usize,
 }
 
@@ -53,14 +53,14 @@ struct State {
 }
 
 impl Queue {
-    /// An empty queue of at most `max_items` items and `max_bytes` bytes of
+    /// An empty queue of at most `max_frames` items and `max_bytes` bytes of
     /// frames; it allocates nothing yet.
-    pub(crate) fn new(max_items: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::default(),
             len: AtomicUsize::new(0),
             reader: AtomicWaker::new(),
-            max_items,
+            max_frames,
             max_bytes,
         }
     }
@@ -89,7 +89,7 @@ impl Queue {
             if state.closed {
                 return Err(Refused::Closed);
             }
-            if state.items.len() + count > self.max_items || state.bytes + size > self.max_bytes {
+            if state.items.len() + count > self.max_frames || state.bytes + size > self.max_bytes {
                 return Err(Refused::Full);
             }
             state.bytes += size;
@@ -107,7 +107,7 @@ impl Queue {
             if state.closed {
                 return Err(Refused::Closed);
             }
-            let over = state.items.len() >= self.max_items || state.bytes + size > self.max_bytes;
+            let over = state.items.len() >= self.max_frames || state.bytes + size > self.max_bytes;
             if bounded && over {
                 return Err(Refused::Full);
             }

@@ -100,14 +100,8 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// use std::time::Duration;
     /// use realtime::auth::validate_with;
     /// use realtime::history::{HistoryPolicy, Retention};
@@ -131,14 +125,8 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// use realtime::auth::validate_with;
     /// use realtime::presence::{PresencePolicy, Tracking};
     ///

@@ -50,16 +50,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// # Examples
 ///
 /// ```
-/// use realtime::{Context, HandlerError, MemoryBroker, Service};
+/// use realtime::{MemoryBroker, Service};
 /// use realtime::auth::validate_with;
-/// # use realtime::MessageHandler;
-/// # struct Chat;
-/// # impl MessageHandler for Chat {
-/// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-/// # }
-/// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+/// # use realtime::__private::doc::Chat;
 ///
 /// let service = Service::builder(Chat, (), validate_with(|t: &str| Ok(t.to_owned())))
 ///     .with_broker(MemoryBroker::new())
@@ -178,14 +171,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// async fn announce(service: &Service<Chat>) -> Result<(), realtime::service::PublishError> {
     ///     service.publish("lobby", &"maintenance at noon".to_owned()).await
     /// }
@@ -210,14 +197,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// async fn last_lines(service: &Service<Chat>) -> Vec<String> {
     ///     match service.history("room:1", None, 50).await {
     ///         Ok(history) => history.events.iter().filter_map(|line| line.event().ok()).collect(),
@@ -243,14 +224,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// /// A link that resumes `room:1` from now: `/ws/room:1?since=<offset>.<epoch>`.
     /// async fn resume_link(service: &Service<Chat>) -> Option<String> {
     ///     let position = service.position("room:1").await.ok()?;
@@ -272,14 +247,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// # Examples
     ///
     /// ```
-    /// # use realtime::{Context, HandlerError, MessageHandler, Service};
-    /// # struct Chat;
-    /// # impl MessageHandler for Chat {
-    /// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-    /// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-    /// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-    /// # }
-    /// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+    /// # use realtime::Service;
+    /// # use realtime::__private::doc::Chat;
     /// async fn is_online(service: &Service<Chat>, user: &str) -> bool {
     ///     match service.presence("lobby").await {
     ///         Ok(presence) => presence.users.contains_key(user),

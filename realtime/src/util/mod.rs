@@ -1,6 +1,6 @@
 //! Small tools every part of the crate may use, and that depend on nothing
-//! in it: a backoff, locks that a panic does not poison, random ids, and a
-//! one-way switch.
+//! in it: a backoff, locks that a panic does not poison, random ids, a
+//! one-way switch, and the bump of a statistics counter.
 
 mod backoff;
 mod id;
@@ -11,3 +11,11 @@ pub(crate) use backoff::{Backoff, Jitter};
 pub(crate) use id::random_id;
 pub(crate) use lock::{Mutex, RwLock};
 pub(crate) use signal::{Fired, Signal};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Adds one to a statistics counter. Relaxed: each counter is read on its
+/// own, never to order other memory accesses.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

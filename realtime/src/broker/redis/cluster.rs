@@ -31,9 +31,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::{Durability, RedisConfig};
 use super::link::{self, OpenError, PublishConn, Publisher};
-use super::metrics::bump;
 use super::supervisor::{Command, is_link_failure};
 use super::{Shared, broker_error};
+use crate::util::bump;
 
 /// The subscriber and publisher cluster connections, and the signal their
 /// push handlers raise on a disconnection.

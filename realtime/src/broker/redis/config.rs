@@ -13,7 +13,7 @@ use crate::util::{Backoff, Jitter};
 ///
 /// ```
 /// use std::time::Duration;
-/// use realtime::broker::RedisConfig;
+/// use realtime::RedisConfig;
 ///
 /// let mut config = RedisConfig::default();
 /// config.channel_prefix = "chat:".to_owned();
@@ -78,7 +78,7 @@ pub struct RedisConfig {
 /// # Examples
 ///
 /// ```
-/// use realtime::broker::RedisConfig;
+/// use realtime::RedisConfig;
 /// use realtime::broker::redis::Durability;
 ///
 /// // Redis runs with `appendonly yes` and `appendfsync always`, no replica

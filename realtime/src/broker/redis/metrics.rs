@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 /// ```no_run
 /// # async fn demo() -> Result<(), realtime::BrokerError> {
 /// use realtime::RedisBroker;
-/// use realtime::broker::RedisConfig;
+/// use realtime::RedisConfig;
 ///
 /// let broker = RedisBroker::connect("redis://127.0.0.1:6379", RedisConfig::default()).await?;
 /// let metrics = broker.metrics();
@@ -52,7 +52,7 @@ pub struct RedisMetrics {
 /// The live counters behind [`RedisMetrics`], shared by the broker handle,
 /// its supervisor task and its subscriber connection.
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub(super) struct LinkCounters {
     pub(super) connected: AtomicBool,
     pub(super) subscribed_topics: AtomicUsize,
     pub(super) disconnects: AtomicU64,
@@ -64,13 +64,7 @@ pub(super) struct Counters {
     pub(super) received: AtomicU64,
 }
 
-/// Adds one to a counter. Relaxed: each counter is read on its own, never
-/// to order other memory accesses.
-pub(super) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
+impl LinkCounters {
     pub(super) fn snapshot(&self) -> RedisMetrics {
         RedisMetrics {
             connected: self.connected.load(Ordering::Relaxed),

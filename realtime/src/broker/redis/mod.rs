@@ -8,11 +8,12 @@ use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Redis
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use self::metrics::{Counters, bump};
+use self::metrics::LinkCounters;
 use super::{Broker, BrokerError, Idempotency, Incoming};
 use super::{History, Retention};
 use super::{Presence, PresenceUpdate};
 use crate::protocol::{self, Frame, Position};
+use crate::util::bump;
 use crate::util::{Mutex, RwLock};
 use supervisor::{Command, Supervisor};
 
@@ -41,17 +42,10 @@ const COMMAND_QUEUE: usize = 32;
 /// # Examples
 ///
 /// ```no_run
-/// use realtime::{Context, HandlerError, RedisBroker, Service};
-/// use realtime::broker::RedisConfig;
+/// use realtime::{RedisBroker, Service};
+/// use realtime::RedisConfig;
 /// use realtime::auth::validate_with;
-/// # use realtime::MessageHandler;
-/// # struct Chat;
-/// # impl MessageHandler for Chat {
-/// #     type ClientMessage = Msg; type ServerEvent = String; type AppState = (); type UserId = String;
-/// #     async fn handle(&self, _: Msg, _: &Context<(), String>)
-/// #         -> Result<realtime::handler::Outcome<String>, HandlerError> { Ok(realtime::handler::Outcome::Handled) }
-/// # }
-/// # #[derive(serde::Deserialize)] #[serde(tag = "type", content = "data")] enum Msg { Nop {} }
+/// # use realtime::__private::doc::Chat;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -105,7 +99,7 @@ impl RedisBroker {
     ///
     /// ```no_run
     /// use realtime::RedisBroker;
-    /// use realtime::broker::RedisConfig;
+    /// use realtime::RedisConfig;
     ///
     /// # async fn demo() {
     /// let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -162,7 +156,7 @@ impl RedisBroker {
     ///
     /// ```no_run
     /// use realtime::RedisBroker;
-    /// use realtime::broker::RedisConfig;
+    /// use realtime::RedisConfig;
     ///
     /// # async fn demo() -> Result<(), realtime::BrokerError> {
     /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
@@ -492,7 +486,7 @@ struct Shared {
     sharded: bool,
     /// The service's fan-out, set by `attach`.
     incoming: OnceLock<Incoming>,
-    counters: Counters,
+    counters: LinkCounters,
     /// The publishing connection while the broker is connected; `None` while
     /// it reconnects. A std lock, held only to clone or replace the handle,
     /// never across an `.await`.
@@ -512,7 +506,7 @@ impl Shared {
             prefix: config.channel_prefix.as_bytes().into(),
             sharded,
             incoming: OnceLock::new(),
-            counters: Counters::default(),
+            counters: LinkCounters::default(),
             publisher: RwLock::new(None),
             node: crate::util::random_id().into(),
             dropped: Mutex::default(),
@@ -748,7 +742,7 @@ mod tests {
             prefix: prefix.as_bytes().into(),
             sharded: false,
             incoming: OnceLock::new(),
-            counters: Counters::default(),
+            counters: LinkCounters::default(),
             publisher: RwLock::new(None),
             node: "n".into(),
             dropped: Mutex::default(),

@@ -22,9 +22,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::RedisConfig;
 use super::link::{self, Link};
-use super::metrics::bump;
 use super::{Shared, Unavailable};
 use crate::broker::BrokerError;
+use crate::util::bump;
 
 /// The answer to one subscriber command.
 pub(super) type Reply = oneshot::Sender<Result<(), BrokerError>>;
