@@ -32,6 +32,8 @@ use crate::telemetry::Counters;
 use crate::util::Signal;
 
 mod answers;
+#[cfg(test)]
+mod idle_memory;
 mod reader;
 mod subscriptions;
 mod writer;

@@ -567,7 +567,7 @@ fn read_error(error: axum::Error) -> End {
 /// stay right across the wrap after 49 days) rather than 16-byte
 /// `Instant`s.
 #[derive(Debug)]
-struct RateLimiter {
+pub(super) struct RateLimiter {
     tokens: f32,
     /// When the last frame was counted.
     last: u32,
