@@ -88,6 +88,14 @@ enum Item {
     Lagged,
 }
 
+/// A `$presence` answer that came before its mark, or the mark that came
+/// before its answer. Boxed where it is held: it is rare, and the write
+/// task's state is kept by every idle connection.
+enum Pending {
+    Answer(Frame),
+    Marked,
+}
+
 /// Runs until a close frame is sent, a write fails or the connection is
 /// aborted. On its way out it aborts the connection, so the read loop stops
 /// too.
@@ -152,8 +160,7 @@ async fn write_batches(
     // A `$presence` answer waits for its mark in the topic's ring, or the
     // mark (read first) for the answer; one at a time, since the read loop
     // waits for each to be queued.
-    let mut answer: Option<Frame> = None;
-    let mut marked = false;
+    let mut pending: Option<Box<Pending>> = None;
     loop {
         if status.is_aborted() {
             return false;
@@ -173,16 +180,18 @@ async fn write_batches(
                 Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
                     Message::Text(frame.into_text())
                 }
-                Item::Queued(Outbound::Answer(frame)) if !std::mem::take(&mut marked) => {
-                    answer = Some(frame);
-                    next = try_next(sources, status);
-                    continue;
-                }
-                Item::Queued(Outbound::Answer(frame)) => Message::Text(frame.into_text()),
-                Item::Marked => match answer.take() {
-                    Some(frame) => Message::Text(frame.into_text()),
-                    None => {
-                        marked = true;
+                Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
+                    Some(Pending::Marked) => Message::Text(frame.into_text()),
+                    _ => {
+                        pending = Some(Box::new(Pending::Answer(frame)));
+                        next = try_next(sources, status);
+                        continue;
+                    }
+                },
+                Item::Marked => match pending.take().map(|p| *p) {
+                    Some(Pending::Answer(frame)) => Message::Text(frame.into_text()),
+                    _ => {
+                        pending = Some(Box::new(Pending::Marked));
                         next = try_next(sources, status);
                         continue;
                     }
@@ -197,9 +206,9 @@ async fn write_batches(
                     sources.rings.retain(|feed| feed.topic != topic);
                     // Its mark may be in the ring just dropped: the client
                     // left that topic, so no event of it follows anyway.
-                    match answer.take() {
-                        Some(frame) => Message::Text(frame.into_text()),
-                        None => {
+                    match pending.take().map(|p| *p) {
+                        Some(Pending::Answer(frame)) => Message::Text(frame.into_text()),
+                        _ => {
                             next = try_next(sources, status);
                             continue;
                         }
