@@ -2,12 +2,12 @@
 //! Redis does to a subscriber past its output-buffer limit) is detected and
 //! recovered like a restart, with clients still connected.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, recv_event, recv_reply, said, say, wait_until};
 use serde_json::Value;
+use support::{Node, RedisServer, recv_event, recv_reply, said, say, wait_until};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

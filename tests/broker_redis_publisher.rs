@@ -2,13 +2,13 @@
 //! connection stays healthy (one TCP path cut, the other not): the broker
 //! gives the link up and opens a new one, so publishes work again.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::{Node, RedisServer, redis_config};
 use realtime::{Config, RedisBroker};
+use support::proxy::Proxy;
+use support::{Node, RedisServer, redis_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_that_only_times_out_is_replaced() {
@@ -27,7 +27,7 @@ async fn a_publisher_that_only_times_out_is_replaced() {
     assert_eq!(client.recv_event().await["event"]["text"], "before");
 
     proxy.freeze(1);
-    let said = |text: &str| common::Said {
+    let said = |text: &str| support::Said {
         from: "server".to_owned(),
         text: text.to_owned(),
     };
@@ -35,7 +35,7 @@ async fn a_publisher_that_only_times_out_is_replaced() {
         node.service.publish("room:p", &said("lost")).await.is_err(),
         "a publish on the frozen connection times out"
     );
-    common::wait_until("a publish goes through a new connection", || async {
+    support::wait_until("a publish goes through a new connection", || async {
         node.service.publish("room:p", &said("after")).await.is_ok()
     })
     .await;

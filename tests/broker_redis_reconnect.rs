@@ -2,14 +2,14 @@
 //! sent meanwhile are answered with an error frame, every node resubscribes
 //! within 2 s of Redis coming back, and delivery resumes.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, recv_event, recv_reply, said, say, wait_until};
 use realtime::Config;
 use realtime::testing::TestClient;
 use serde_json::Value;
+use support::{Node, RedisServer, recv_event, recv_reply, said, say, wait_until};
 use tokio::time::Instant;
 
 /// The longest a sender may wait for the error frame of a broadcast sent
@@ -122,7 +122,7 @@ async fn redis_restart_mid_stream_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_is_detected_by_the_watchdog() {
     let redis = RedisServer::start().await;
-    let mut config = common::redis_config("frozen:");
+    let mut config = support::redis_config("frozen:");
     config.command_timeout = Duration::from_millis(500);
     config.ping_interval = Duration::from_millis(200);
     config.connect_timeout = Duration::from_millis(500);

@@ -3,17 +3,17 @@
 //! still come out in the order it sent them, every acknowledged one is
 //! delivered, and none that was refused.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Node, RedisCluster, RedisServer, redis_config, say};
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, RedisBroker};
+use support::{Node, RedisCluster, RedisServer, redis_config, say};
 
 /// Broadcasts sent by one connection.
 const SENT: u64 = 3000;
@@ -103,15 +103,15 @@ async fn order_holds_while_scripts_vanish(node: &Node<RedisBroker>, flush: Vec<S
     let flushes = flushing.await.expect("the flusher");
     // The first publish after the last flush is refused (it finds no
     // script, and loads them again for the next one).
-    let end = common::Said {
+    let end = support::Said {
         from: "server".to_owned(),
         text: "end".to_owned(),
     };
-    common::wait_until("the end marker is published", || async {
+    support::wait_until("the end marker is published", || async {
         node.service.publish("room:o", &end).await.is_ok()
     })
     .await;
-    let received = tokio::time::timeout(common::DEADLINE, watching)
+    let received = tokio::time::timeout(support::DEADLINE, watching)
         .await
         .expect("the watcher sees the end")
         .expect("the watcher");
@@ -178,12 +178,12 @@ async fn publishes_go_through_at_once_after_a_master_restarts_empty() {
     let before = node.service.broker().metrics().reconnects;
     cluster.nodes[0].restart().await;
     cluster.wait_ok().await;
-    common::wait_until("the broker resubscribes", || async {
+    support::wait_until("the broker resubscribes", || async {
         node.service.broker().metrics().reconnects > before
     })
     .await;
     for topic in &topics {
-        let said = common::Said {
+        let said = support::Said {
             from: "server".to_owned(),
             text: "after".to_owned(),
         };

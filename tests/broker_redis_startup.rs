@@ -1,7 +1,7 @@
 //! `RedisBroker::connect` when Redis cannot be used: a clear error in bounded
 //! time, never a panic.
 
-mod common;
+mod support;
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -23,14 +23,14 @@ fn chain(error: &BrokerError) -> String {
 }
 
 fn quick_config() -> RedisConfig {
-    let mut config = common::redis_config("startup:");
+    let mut config = support::redis_config("startup:");
     config.connect_timeout = Duration::from_millis(500);
     config
 }
 
 #[tokio::test]
 async fn nothing_listening_is_a_clear_error() {
-    let port = common::free_port();
+    let port = support::free_port();
     let started = Instant::now();
     let error = RedisBroker::connect(&format!("redis://127.0.0.1:{port}"), quick_config())
         .await

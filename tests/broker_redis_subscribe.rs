@@ -2,13 +2,13 @@
 //! subscribing and unsubscribing other topics loses, duplicates and reorders
 //! nothing on a busy topic.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Node, RedisServer, Said, recv_event, said, say};
 use realtime::Config;
+use support::{Node, RedisServer, Said, recv_event, said, say};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_subscriptions_loses_nothing_on_a_busy_topic() {
@@ -17,7 +17,7 @@ async fn changing_subscriptions_loses_nothing_on_a_busy_topic() {
     // and must not be closed as a slow client.
     let mut config = Config::default();
     config.topic_backlog = 1 << 16;
-    let a = Node::start_with(&redis.url(), common::redis_config("churn:"), config).await;
+    let a = Node::start_with(&redis.url(), support::redis_config("churn:"), config).await;
     let b = Node::start(&redis.url(), "churn:").await;
     let mut steady = a.connect("steady", "reader").await;
 

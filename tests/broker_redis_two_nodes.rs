@@ -1,13 +1,13 @@
 //! Two nodes on one Redis: cross-node delivery in publisher order, Redis
 //! subscriptions that follow local subscribers, frames forwarded byte for byte.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, recv_event, recv_reply, said, say};
 use futures_util::StreamExt;
 use serde_json::json;
+use support::{Node, RedisServer, recv_event, recv_reply, said, say};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +116,7 @@ async fn frames_cross_redis_byte_for_byte() {
     assert_eq!(receivers, 1);
 
     let mut socket = client.into_inner();
-    let received = tokio::time::timeout(common::DEADLINE, async {
+    let received = tokio::time::timeout(support::DEADLINE, async {
         loop {
             match socket.next().await {
                 Some(Ok(Message::Text(text))) => return text.to_string(),
@@ -139,7 +139,7 @@ async fn server_side_publish_reaches_the_other_node() {
     a.service
         .publish(
             "news",
-            &common::Said {
+            &support::Said {
                 from: "server".to_owned(),
                 text: "maintenance".to_owned(),
             },

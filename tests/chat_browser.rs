@@ -4,17 +4,19 @@
 //! Needs `chromium` and `chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `.ci/run` installs them) and `redis-server`.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::chat::{Process, start_chat, start_chat_on, terminate, wait_for_port};
-use common::{RedisServer, free_port};
 use fantoccini::{Client, ClientBuilder, Locator};
+use support::chat::{Process, start_chat, start_chat_on, terminate, wait_for_port};
+use support::{DEADLINE, RedisServer, free_port};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+/// A page's waits: the suite's deadline, and time for Chromium to lay out
+/// and run the page on a loaded machine.
+const PAGE_DEADLINE: Duration = Duration::from_secs(DEADLINE.as_secs() + 5);
 
 fn start_chromedriver() -> (Process, u16) {
     let port = free_port();
@@ -98,7 +100,7 @@ async fn screenshot(page: &Client, name: &str) {
 
 /// Waits until `script` (a JS expression) is true on the page.
 async fn wait_for(page: &Client, what: &str, script: &str) {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + PAGE_DEADLINE;
     loop {
         let value = page
             .execute(&format!("return Boolean({script});"), vec![])

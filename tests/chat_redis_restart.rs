@@ -5,14 +5,14 @@
 //! `say` and `history` work on both instances, for connected and new
 //! clients.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::RedisServer;
-use common::chat::start_chat;
 use realtime::testing::TestClient;
 use serde_json::{Value, json};
+use support::RedisServer;
+use support::chat::start_chat;
 use tokio::time::Instant;
 
 async fn connect(port: u16, user: &str) -> TestClient {

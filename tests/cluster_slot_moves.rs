@@ -3,12 +3,12 @@
 //! subscribes again where the slot now lives, and the topic's events come
 //! back.
 
-mod common;
+mod support;
 
-use common::{Node, RedisCluster, redis_config};
 use realtime::{Config, RedisBroker};
+use support::{Node, RedisCluster, redis_config};
 
-async fn query<T: redis::FromRedisValue>(server: &common::RedisServer, command: &redis::Cmd) -> T {
+async fn query<T: redis::FromRedisValue>(server: &support::RedisServer, command: &redis::Cmd) -> T {
     let mut admin = server.admin().await;
     command
         .query_async(&mut admin)
@@ -75,7 +75,7 @@ async fn a_topic_whose_slot_moved_is_subscribed_again() {
         .await;
     }
 
-    common::wait_until("the subscriber is on the slot's new master", || async {
+    support::wait_until("the subscriber is on the slot's new master", || async {
         cluster.nodes[target].shardnumsub_here(channel).await == 1
     })
     .await;

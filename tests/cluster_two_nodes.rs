@@ -2,21 +2,21 @@
 //! delivery on topics spread over every shard, and every topic back after a
 //! master restarts.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisCluster, recv_event, said, say, wait_until};
 use realtime::testing::TestClient;
 use realtime::{Config, RedisBroker};
 use serde_json::Value;
+use support::{Node, RedisCluster, recv_event, said, say, wait_until};
 use tokio::time::Instant;
 
 /// Enough topics that every master owns some (12 channels over 3 masters).
 const TOPICS: usize = 12;
 
 async fn cluster_node(cluster: &RedisCluster, prefix: &str) -> Node {
-    let broker = RedisBroker::connect_cluster(cluster.urls(), common::redis_config(prefix))
+    let broker = RedisBroker::connect_cluster(cluster.urls(), support::redis_config(prefix))
         .await
         .expect("connect the broker to the test cluster");
     Node::with_broker(broker, Config::default()).await
@@ -191,7 +191,7 @@ async fn presence_counts_and_announces_on_every_shard() {
         .track("*", Tracking::Announced)
         .linger(Duration::ZERO);
     let broker = |prefix: &'static str| {
-        RedisBroker::connect_cluster(cluster.urls(), common::redis_config(prefix))
+        RedisBroker::connect_cluster(cluster.urls(), support::redis_config(prefix))
     };
     let a = Node::with_presence(broker("p:").await.expect("connect"), policy.clone()).await;
     let b = Node::with_presence(broker("p:").await.expect("connect"), policy).await;

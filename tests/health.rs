@@ -4,14 +4,14 @@
 //! SIGTERM and the close of the sockets), `/metrics` in Prometheus text,
 //! and JSON logs with `LOG_FORMAT=json`.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::chat::start_chat_with;
-use common::{DEADLINE, RedisServer, free_port};
+use support::chat::start_chat_with;
+use support::{DEADLINE, RedisServer, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -86,7 +86,7 @@ async fn ready_follows_redis_and_the_drain_while_live_stays() {
 async fn metrics_are_prometheus_text_and_logs_are_json_lines() {
     let redis = RedisServer::start().await;
     let port = free_port();
-    let mut chat = Command::new(common::chat::chat_binary())
+    let mut chat = Command::new(support::chat::chat_binary())
         .env("PORT", port.to_string())
         .env("REDIS_URL", redis.url())
         .env("LOG_FORMAT", "json")
@@ -96,8 +96,8 @@ async fn metrics_are_prometheus_text_and_logs_are_json_lines() {
         .spawn()
         .expect("start the chat");
     let logs = chat.stderr.take().expect("piped");
-    let chat = common::chat::Process(chat);
-    common::chat::wait_for_port(port, "the chat");
+    let chat = support::chat::Process(chat);
+    support::chat::wait_for_port(port, "the chat");
 
     let url = format!("ws://127.0.0.1:{port}/ws/lobby");
     let mut alice = realtime::testing::TestClient::connect(&url, "alice")

@@ -7,11 +7,10 @@
 //! that would fill the outbound queue ends in `recovered: false` rather than
 //! a 1013 the client would meet again at every reconnect.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, redis_config};
 use realtime::RedisConfig;
 use realtime::broker::Broker;
 use realtime::broker::redis::Durability;
@@ -19,25 +18,10 @@ use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
+use support::{Node, RedisServer, redis_config, subscribed};
 
 fn policy(ttl: Duration) -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(1000, ttl))
-}
-
-async fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
-    RedisBroker::connect(&redis.url(), redis_config(prefix))
-        .await
-        .expect("connect to the test Redis")
-}
-
-/// The `subscribed` frame, which comes before any live event.
-async fn subscribed(client: &mut TestClient) -> Value {
-    let frame = client.recv().await;
-    assert!(
-        frame.get("subscribed").is_some(),
-        "expected `subscribed`, got {frame}"
-    );
-    frame
 }
 
 fn position(frame: &Value, key: &str) -> Position {
@@ -49,7 +33,7 @@ fn data_dir(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!(
         "realtime-{name}-{}-{}",
         std::process::id(),
-        common::free_port()
+        support::free_port()
     ));
     std::fs::create_dir_all(&dir).expect("create a data directory");
     dir.to_str().expect("a UTF-8 temp path").to_owned()
@@ -94,7 +78,7 @@ async fn newcomers_get_in<B: Broker>(node: &Node<B>, member: &mut TestClient, be
 async fn a_quiet_topic_whose_history_expired_lets_newcomers_in_on_redis() {
     let redis = RedisServer::start().await;
     let node = Node::with_history(
-        broker(&redis, "quiet:").await,
+        redis.broker("quiet:").await,
         policy(Duration::from_secs(600)),
     )
     .await;
@@ -134,11 +118,11 @@ async fn a_quiet_topic_whose_history_expired_lets_newcomers_in_in_memory() {
 /// reconnects.
 async fn publish_all<B: Broker>(node: &Node<B>, texts: impl IntoIterator<Item = String>) {
     for text in texts {
-        let said = common::Said {
+        let said = support::Said {
             from: "server".to_owned(),
             text,
         };
-        common::wait_until("a publish goes through", || async {
+        support::wait_until("a publish goes through", || async {
             node.service.publish("room:s", &said).await.is_ok()
         })
         .await;
@@ -186,7 +170,7 @@ async fn resume_across_a_restart(
     before_kill(&redis).await;
 
     redis.restart().await;
-    common::wait_until("the broker reconnects", || async {
+    support::wait_until("the broker reconnects", || async {
         node.service.broker().metrics().reconnects >= 1
     })
     .await;

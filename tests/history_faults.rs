@@ -4,18 +4,18 @@
 //! whose publish was acknowledged, in order, once each; a publish that got
 //! an error was not delivered (after a freeze), or at least not twice.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Node, RedisCluster, RedisServer, redis_config};
 use realtime::RedisConfig;
 use realtime::broker::redis::Durability;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, RedisBroker};
 use serde_json::Value;
+use support::{Node, RedisCluster, RedisServer, redis_config};
 use tokio::time::Instant;
 
 const TOPIC: &str = "room:f";
@@ -96,7 +96,7 @@ async fn publish_through<F: Future<Output = ()>>(
             () = &mut fault, if !faulted => faulted = true,
             _ = ticker.tick() => {
                 n += 1;
-                let said = common::Said { from: "c".to_owned(), text: n.to_string() };
+                let said = support::Said { from: "c".to_owned(), text: n.to_string() };
                 let began = Instant::now();
                 match publisher.service.publish(TOPIC, &said).await {
                     Ok(()) => published.acked.push(n),
@@ -116,7 +116,7 @@ async fn publish_through<F: Future<Output = ()>>(
 /// other frames are skipped.
 async fn received_through(client: &mut TestClient, last: u64) -> Vec<u64> {
     let mut numbers = Vec::new();
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     while numbers.last() != Some(&last) {
         assert!(
             Instant::now() < deadline,
@@ -181,7 +181,7 @@ async fn clients(subscribers: &[Node<RedisBroker>; 2]) -> Vec<TestClient> {
 }
 
 async fn until_connected<'a>(nodes: impl Iterator<Item = &'a Node<RedisBroker>>) {
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     for node in nodes {
         while !node.service.broker().metrics().connected {
             assert!(Instant::now() < deadline, "a broker did not reconnect");
@@ -237,11 +237,11 @@ async fn through_a_fault(
     until_connected(subscribers.iter().chain([publisher])).await;
     // One more, acknowledged, so that each client knows where to stop.
     let last = published.acked.len() as u64 + published.refused.len() as u64 + 1;
-    let said = common::Said {
+    let said = support::Said {
         from: "c".to_owned(),
         text: last.to_string(),
     };
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     while publisher.service.publish(TOPIC, &said).await.is_err() {
         assert!(Instant::now() < deadline, "publishing works again");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,16 +4,16 @@
 //! the history cannot give it all. The same cases run on the memory broker
 //! and on a real Redis.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, redis_config};
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
 use realtime::{MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
+use support::{Node, RedisServer, subscribed};
 
 /// Events published while the client is away.
 const MISSED: u64 = 1000;
@@ -27,16 +27,6 @@ fn policy(ttl: Duration) -> HistoryPolicy {
 /// The position in a `subscribed` frame.
 fn position(subscribed: &Value) -> Position {
     serde_json::from_value(subscribed["subscribed"].clone()).expect("a position")
-}
-
-/// Receives the `subscribed` frame, which comes before any live event.
-async fn subscribed(client: &mut TestClient) -> Value {
-    let frame = client.recv().await;
-    assert!(
-        frame.get("subscribed").is_some(),
-        "expected `subscribed`, got {frame}"
-    );
-    frame
 }
 
 /// The two nodes of one case, on one broker.
@@ -53,11 +43,7 @@ async fn redis_nodes(
     prefix: &str,
     policy: HistoryPolicy,
 ) -> (Node<RedisBroker>, Node<RedisBroker>) {
-    let broker = || async {
-        RedisBroker::connect(&redis.url(), redis_config(prefix))
-            .await
-            .expect("connect to the test Redis")
-    };
+    let broker = || redis.broker(prefix);
     (
         Node::with_history(broker().await, policy.clone()).await,
         Node::with_history(broker().await, policy).await,
@@ -246,13 +232,13 @@ async fn redis_history_lost() {
         .query_async(&mut admin)
         .await
         .expect("SCRIPT FLUSH");
-    let said = common::Said {
+    let said = support::Said {
         from: "server".to_owned(),
         text: "after delete".to_owned(),
     };
     let refused = b.service.publish("room:l", &said).await;
     assert!(format!("{refused:?}").contains("NoScript"), "{refused:?}");
-    common::wait_until("a publish goes through again", || async {
+    support::wait_until("a publish goes through again", || async {
         b.service.publish("room:l", &said).await.is_ok()
     })
     .await;
@@ -266,7 +252,7 @@ async fn redis_history_lost() {
 
     // Redis restarted empty.
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
     while !(a.service.broker().metrics().connected && b.service.broker().metrics().connected) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -402,8 +388,8 @@ fn a_broker_without_history_is_refused() {
         }
     }
     let built = realtime::Service::builder(
-        common::Room,
-        std::sync::Arc::new(common::Hooks::default()),
+        support::Room,
+        std::sync::Arc::new(support::Hooks::default()),
         realtime::auth::validate_with(|t: &str| Ok(t.to_owned())),
     )
     .with_broker(Plain)

@@ -3,17 +3,17 @@
 //! type, a refused upgrade, a slow client's 1013, a close code, publishes and
 //! deliveries, a Redis restart), and no label holds a topic or a user.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Node, RedisServer, redis_config, wait_until};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use realtime::prelude::*;
 use realtime::testing::TestClient;
 use realtime::{Config, MessageHandler};
 use serde_json::json;
+use support::{Node, RedisServer, redis_config, wait_until};
 
 /// Every series so far: name and sorted labels → value (histograms:
 /// their number of samples). A snapshot of the debugging recorder swaps

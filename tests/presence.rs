@@ -4,18 +4,18 @@
 //! that moves to another instance causes no leave and join; `$presence`
 //! needs the right to subscribe. The memory broker keeps the same rules.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::chat::{Process, start_chat_with};
-use common::{DEADLINE, Node, RedisServer, free_port, wait_until};
 use futures_util::future::join_all;
 use realtime::MemoryBroker;
 use realtime::presence::{PresencePolicy, Tracking};
 use realtime::testing::TestClient;
 use serde_json::{Value, json};
+use support::chat::{Process, start_chat_with};
+use support::{DEADLINE, Node, RedisServer, free_port, wait_until};
 use tokio::time::Instant;
 
 /// The chat's presence time to live in these tests: a dead instance drops
@@ -318,7 +318,7 @@ async fn presence_comes_back_after_redis_restarts_empty() {
 }
 
 async fn connect(url: &str) -> realtime::RedisBroker {
-    realtime::RedisBroker::connect(url, common::redis_config("presence:"))
+    realtime::RedisBroker::connect(url, support::redis_config("presence:"))
         .await
         .expect("connect to the test Redis")
 }

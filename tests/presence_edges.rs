@@ -3,30 +3,24 @@
 //! clients the whole list again once it relinks; and more than a thousand
 //! entries that expire together all leave at once, within the bound.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{DEADLINE, Node, RedisServer, redis_config};
 use realtime::broker::Broker;
 use realtime::history::HistoryPolicy;
 use realtime::presence::{PresencePolicy, PresenceUpdate, Tracking};
 use realtime::testing::TestClient;
-use realtime::{Config, RedisBroker};
+use realtime::Config;
 use serde_json::Value;
+use support::{DEADLINE, Node, RedisServer};
 use tokio::time::Instant;
 
 fn announced(ttl: Duration) -> PresencePolicy {
     PresencePolicy::none()
         .track("lobby", Tracking::Announced)
         .ttl(ttl)
-}
-
-async fn broker(redis: &RedisServer, prefix: &str) -> RedisBroker {
-    RedisBroker::connect(&redis.url(), redis_config(prefix))
-        .await
-        .expect("connect to the test Redis")
 }
 
 /// Reads frames until one satisfies `wanted`; panics after the deadline.
@@ -51,8 +45,8 @@ async fn after_redis_restarts_empty_clients_get_the_whole_list_again() {
     let mut redis = RedisServer::start().await;
     // No linger: the leave is due at once, while Redis is down.
     let policy = announced(Duration::from_secs(30)).linger(Duration::ZERO);
-    let a = Node::with_presence(broker(&redis, "p6:").await, policy.clone()).await;
-    let b = Node::with_presence(broker(&redis, "p6:").await, policy).await;
+    let a = Node::with_presence(redis.broker("p6:").await, policy.clone()).await;
+    let b = Node::with_presence(redis.broker("p6:").await, policy).await;
     let mut watcher = a.connect("lobby", "watcher").await;
     let leaver = b.connect("lobby", "leaver").await;
     until_frame(&mut watcher, "the leaver's join", |frame| {
@@ -86,7 +80,7 @@ async fn more_than_a_thousand_expired_entries_leave_together() {
     config.outbound_queue = 4096;
     let policy = announced(Duration::from_secs(6));
     let node = Node::serve_all(
-        broker(&redis, "p9:").await,
+        redis.broker("p9:").await,
         HistoryPolicy::none(),
         policy.clone(),
         config,
@@ -99,7 +93,7 @@ async fn more_than_a_thousand_expired_entries_leave_together() {
     .await;
 
     // An instance that wrote 1,500 entries and died without a word.
-    let ghost = broker(&redis, "p9:").await;
+    let ghost = redis.broker("p9:").await;
     let joined: Vec<(String, Arc<str>)> = (0..GHOSTS)
         .map(|n| (format!("ghost:{n}"), format!("\"g{n}\"").into()))
         .collect();
@@ -174,8 +168,8 @@ async fn a_presence_answer_counts_the_asker_and_keeps_the_order_of_joins_and_lea
     let redis = RedisServer::start().await;
     // No linger: every close is a leave, as many as the churn can make.
     let policy = announced(Duration::from_secs(30)).linger(Duration::ZERO);
-    let a = Node::with_presence(broker(&redis, "p10:").await, policy.clone()).await;
-    let b = Arc::new(Node::with_presence(broker(&redis, "p10:").await, policy).await);
+    let a = Node::with_presence(redis.broker("p10:").await, policy.clone()).await;
+    let b = Arc::new(Node::with_presence(redis.broker("p10:").await, policy).await);
     let mut watcher = a.connect("lobby", "watcher").await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -3,24 +3,13 @@
 //! ask: 503 while the instance would refuse (its broker down, full, or
 //! shutting down), 426 once it would upgrade.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, redis_config};
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::{Config, MemoryBroker, RedisBroker};
-
-/// The status of a plain HTTP/1.1 GET of `path` on `addr`.
-async fn plain_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response[9..12].parse().expect("a status")
-}
+use support::{Node, RedisServer, plain_get, redis_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_gets_503_while_redis_is_down_and_426_once_it_is_back() {
@@ -34,7 +23,7 @@ async fn a_probe_gets_503_while_redis_is_down_and_426_once_it_is_back() {
     assert_eq!(plain_get(addr, "/ws/room:1?token=alice").await, 426);
 
     redis.stop();
-    common::wait_until("the broker sees Redis go", || async {
+    support::wait_until("the broker sees Redis go", || async {
         !realtime::Broker::is_connected(node.service.broker())
     })
     .await;
@@ -47,7 +36,7 @@ async fn a_probe_gets_503_while_redis_is_down_and_426_once_it_is_back() {
     assert_eq!(error.status(), Some(503));
 
     redis.restart().await;
-    common::wait_until("a probe is told to upgrade again", || async {
+    support::wait_until("a probe is told to upgrade again", || async {
         plain_get(addr, "/ws/room:1?token=alice").await == 426
     })
     .await;
@@ -62,7 +51,7 @@ async fn a_probe_gets_503_when_the_instance_is_full_or_shutting_down() {
     let client = node.connect("lobby", "alice").await;
     assert_eq!(plain_get(addr, "/ws/lobby?token=bob").await, 503);
     drop(client);
-    common::wait_until("the place is free again", || async {
+    support::wait_until("the place is free again", || async {
         node.service.connections() == 0
     })
     .await;

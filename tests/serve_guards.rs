@@ -2,8 +2,7 @@
 //! (a deadline for request heads, a bound on connections not yet upgraded,
 //! a pause on accept errors) and one deadline for the whole shutdown.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use realtime::auth::validate_with;
-use realtime::testing::{DEADLINE, TestClient};
+use realtime::testing::TestClient;
 use realtime::{Config, Service};
-use room::{Hooks, Room};
+use support::DEADLINE;
+use support::room::{Hooks, Room};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

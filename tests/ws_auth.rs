@@ -1,10 +1,10 @@
 //! Authentication and topic authorization happen before the upgrade.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use realtime::testing::TestClient;
-use room::RoomServer;
+use support::plain_get;
+use support::room::RoomServer;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
@@ -68,33 +68,28 @@ async fn token_in_subprotocol_is_accepted_and_the_protocol_answered() {
     assert_eq!(answer["ok"], "carol");
 }
 
-/// A plain HTTP GET of the route, as a browser page can send with `fetch`.
-async fn plain_get(server: &RoomServer, path_and_query: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.server.addr())
-        .await
-        .unwrap();
-    let request =
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response[9..12].parse().unwrap()
-}
-
 #[tokio::test]
 async fn plain_request_learns_why_an_upgrade_would_be_refused() {
     let server = RoomServer::start().await;
-    assert_eq!(plain_get(&server, "/ws/lobby").await, 401);
-    assert_eq!(plain_get(&server, "/ws/lobby?token=bad").await, 401);
-    assert_eq!(plain_get(&server, "/ws/forbidden?token=bob").await, 403);
+    assert_eq!(plain_get(server.server.addr(), "/ws/lobby").await, 401);
     assert_eq!(
-        plain_get(&server, "/ws/lobby?token=bob&since=nope").await,
+        plain_get(server.server.addr(), "/ws/lobby?token=bad").await,
+        401
+    );
+    assert_eq!(
+        plain_get(server.server.addr(), "/ws/forbidden?token=bob").await,
+        403
+    );
+    assert_eq!(
+        plain_get(server.server.addr(), "/ws/lobby?token=bob&since=nope").await,
         400
     );
     // Allowed: the upgrade would be taken, so "use an upgrade" (426), not
     // a 400 that a client would read as a request it must not repeat.
-    assert_eq!(plain_get(&server, "/ws/lobby?token=bob").await, 426);
+    assert_eq!(
+        plain_get(server.server.addr(), "/ws/lobby?token=bob").await,
+        426
+    );
     assert_eq!(server.service.connections(), 0);
 }
 

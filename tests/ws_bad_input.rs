@@ -1,13 +1,12 @@
 //! Every kind of bad input gets its exact error frame or close code, and a
 //! bystander on the same topic keeps receiving.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use realtime::Config;
 use realtime::testing::{Closed, TestClient};
-use room::RoomServer;
 use serde_json::{Value, json};
+use support::room::RoomServer;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Sends `text` from a fresh client and returns the frame it gets back;

@@ -2,8 +2,7 @@
 //! subscribers: an application that counts the members of each board sees
 //! every subscription come and go, however it ends.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +11,8 @@ use realtime::auth::validate_with;
 use realtime::prelude::*;
 use realtime::testing::{TestClient, TestServer};
 use realtime::{MemoryBroker, Service};
-use room::wait_until;
 use serde_json::{Value, json};
+use support::wait_until;
 
 /// Members per `$join`ed topic, as the hooks count them.
 #[derive(Debug, Default)]
@@ -117,7 +116,10 @@ async fn a_connection_that_ends_while_joined_runs_on_leave() {
     drop(bob);
     // Once both connections are gone every hook has run; then the counts
     // show each on_leave ran exactly once.
-    wait_until("both connections ended", || service.connections() == 0).await;
+    wait_until("both connections ended", || async {
+        service.connections() == 0
+    })
+    .await;
     assert_eq!(service.state().of("board:1"), 0);
     assert_eq!(service.state().of("board:2"), 0);
 }
@@ -135,7 +137,7 @@ async fn the_service_lists_the_topics_with_local_subscribers() {
     assert_eq!(sorted(service.topics()), ["home"]);
 
     alice.close().await;
-    wait_until("the last subscriber's topics are gone", || {
+    wait_until("the last subscriber's topics are gone", || async {
         service.topics().is_empty()
     })
     .await;

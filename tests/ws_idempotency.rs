@@ -4,27 +4,23 @@
 //! again with the first one's position and published once, on Redis and in
 //! memory; a key too long is refused.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Node, RedisServer, redis_config};
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
 use realtime::{MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
+use support::{Node, RedisServer};
 
 fn policy() -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(600)))
 }
 
 async fn redis_nodes(redis: &RedisServer, prefix: &str) -> (Node<RedisBroker>, Node<RedisBroker>) {
-    let broker = || async {
-        RedisBroker::connect(&redis.url(), redis_config(prefix))
-            .await
-            .expect("connect to the test Redis")
-    };
+    let broker = || redis.broker(prefix);
     (
         Node::with_history(broker().await, policy()).await,
         Node::with_history(broker().await, policy()).await,

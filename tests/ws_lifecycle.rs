@@ -1,13 +1,13 @@
 //! `on_connect` and `on_disconnect` run exactly once per connection, however
 //! it ends.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::sync::atomic::Ordering;
 
-use room::{RoomServer, wait_until};
 use serde_json::json;
+use support::room::RoomServer;
+use support::wait_until;
 
 #[tokio::test]
 async fn hooks_run_once_per_connection_for_every_way_it_ends() {
@@ -40,7 +40,7 @@ async fn hooks_run_once_per_connection_for_every_way_it_ends() {
     assert_eq!(offender.recv_close().await.code(), Some(1003));
 
     // A connection is counted until after its on_disconnect has returned.
-    wait_until("every connection has ended", || {
+    wait_until("every connection has ended", || async {
         server.service.connections() == 0
     })
     .await;

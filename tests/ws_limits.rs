@@ -1,14 +1,14 @@
 //! Backpressure, the connection limit and the heartbeat.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::time::Duration;
 
 use realtime::Config;
 use realtime::testing::{Closed, TestClient};
-use room::{RoomServer, Said, wait_until};
 use serde_json::json;
+use support::room::{RoomServer, Said};
+use support::wait_until;
 
 #[tokio::test]
 async fn client_that_never_reads_is_closed_while_a_fast_one_gets_everything() {
@@ -44,7 +44,7 @@ async fn client_that_never_reads_is_closed_while_a_fast_one_gets_everything() {
         1,
         "only the slow client was closed"
     );
-    wait_until("the slow client's connection ends", || {
+    wait_until("the slow client's connection ends", || async {
         server.service.connections() == 1
     })
     .await;
@@ -72,7 +72,10 @@ async fn connections_past_the_limit_get_503_before_the_upgrade() {
     assert_eq!(refused.status(), Some(503));
 
     first.close().await;
-    wait_until("a place frees up", || server.service.connections() == 1).await;
+    wait_until("a place frees up", || async {
+        server.service.connections() == 1
+    })
+    .await;
     server.connect("lobby", "c").await;
 }
 
@@ -88,7 +91,7 @@ async fn silent_peer_is_closed_with_1008_after_the_idle_timeout() {
     let server = RoomServer::with_config(config).await;
     // Never reads, so never answers the server's pings.
     let mut silent = server.connect("lobby", "silent").await;
-    wait_until("the server gives up on the silent client", || {
+    wait_until("the server gives up on the silent client", || async {
         server.service.metrics().idle_closes == 1
     })
     .await;
@@ -97,7 +100,10 @@ async fn silent_peer_is_closed_with_1008_after_the_idle_timeout() {
         Closed::Frame(1008, "policy violation: rate limit or idle timeout".into())
     );
     silent.close().await;
-    wait_until("the connection ends", || server.service.connections() == 0).await;
+    wait_until("the connection ends", || async {
+        server.service.connections() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -133,11 +139,11 @@ async fn client_that_sends_without_ever_reading_is_closed_too() {
     let frame = format!(r#"{{"type": "echo", "data": {{"text": "{text}"}}}}"#);
     let sending =
         tokio::spawn(async move { while sink.send(Message::text(frame.clone())).await.is_ok() {} });
-    wait_until("the hog is closed as a slow reader", || {
+    wait_until("the hog is closed as a slow reader", || async {
         server.service.metrics().slow_closes == 1
     })
     .await;
-    wait_until("the hog's connection ends", || {
+    wait_until("the hog's connection ends", || async {
         server.service.connections() == 1
     })
     .await;

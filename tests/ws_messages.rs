@@ -1,11 +1,10 @@
 //! Direct answers, broadcasts, acknowledgements and ordering over real sockets.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use realtime::Config;
-use room::{RoomServer, Said};
 use serde_json::json;
+use support::room::{RoomServer, Said};
 
 #[tokio::test]
 async fn direct_answer_carries_reply_to() {

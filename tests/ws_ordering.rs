@@ -3,8 +3,7 @@
 //! that changes state and publishes under its own lock delivers the changes
 //! in order.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::sync::Arc;
 
@@ -12,9 +11,9 @@ use realtime::auth::validate_with;
 use realtime::prelude::*;
 use realtime::testing::{TestClient, TestServer};
 use realtime::{MemoryBroker, Service};
-use room::Room;
 use serde::Serialize;
 use serde_json::{Value, json};
+use support::room::Room;
 
 const PUBLISHERS: usize = 3;
 const PER_PUBLISHER: usize = 150;

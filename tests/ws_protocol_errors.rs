@@ -2,12 +2,11 @@
 //! socket (a WebSocket client library would refuse to send them): the
 //! server closes with the code the RFC gives, not with an empty close.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use futures_util::StreamExt;
 use realtime::testing::DEADLINE;
-use room::RoomServer;
+use support::room::RoomServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;

@@ -1,13 +1,13 @@
 //! Graceful shutdown: answers in flight are written, then every socket gets 1001.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::sync::atomic::Ordering;
 
 use realtime::testing::{Closed, DEADLINE, TestClient};
-use room::{RoomServer, wait_until};
 use serde_json::json;
+use support::room::RoomServer;
+use support::wait_until;
 
 #[tokio::test]
 async fn shutdown_writes_answers_in_flight_then_closes_with_1001() {
@@ -17,7 +17,7 @@ async fn shutdown_writes_answers_in_flight_then_closes_with_1001() {
     busy.send(json!({"type": "slow", "data": {"ms": 300}, "id": 1}))
         .await;
     let hooks = std::sync::Arc::clone(&server.hooks);
-    wait_until("the slow request is being handled", || {
+    wait_until("the slow request is being handled", || async {
         hooks.slow_started.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -49,7 +49,7 @@ async fn shutdown_returns_after_every_on_disconnect() {
     for user in ["alice", "bob", "carol"] {
         clients.push(server.connect("lobby", user).await);
     }
-    wait_until("three connects", || {
+    wait_until("three connects", || async {
         server.hooks.connects.load(Ordering::SeqCst) == 3
     })
     .await;

@@ -1,15 +1,15 @@
 //! A connection follows more topics than the one of its URL: `$join`,
 //! `$leave`, and the `topic` key that says which topic a frame is about.
 
-#[path = "common/room.rs"]
-mod room;
+mod support;
 
 use std::time::Duration;
 
 use realtime::Config;
 use realtime::testing::TestClient;
-use room::{RoomServer, wait_until};
 use serde_json::{Value, json};
+use support::room::RoomServer;
+use support::wait_until;
 
 /// How long a client must stay silent to show it is not subscribed.
 const QUIET: Duration = Duration::from_millis(300);
@@ -184,7 +184,7 @@ async fn a_closed_connection_leaves_every_topic() {
     }
     assert_eq!(server.service.metrics().topics, 4);
     alice.close().await;
-    wait_until("every topic is left", || {
+    wait_until("every topic is left", || async {
         server.service.metrics().topics == 0
     })
     .await;

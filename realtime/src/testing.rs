@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long any helper here waits before it gives up and panics.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// An axum app served on `127.0.0.1:0` until dropped.
 ///

@@ -4,10 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
-
-/// How long a wait for the process lasts.
-const DEADLINE: Duration = Duration::from_secs(20);
+use super::{DEADLINE, free_port};
 
 /// A child process killed when dropped.
 pub(crate) struct Process(pub(crate) Child);

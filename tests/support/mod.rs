@@ -1,14 +1,15 @@
-//! Helpers for the Redis and cluster tests: private `redis-server`
-//! processes on free ports, and nodes (a service with its own `RedisBroker`
-//! behind its own server) running the hand-written [`Room`] handler.
-// Each test file uses a part of this module.
+//! What the integration tests share, included the same way by each
+//! (`mod support;`): one deadline, one `wait_until`, private `redis-server`
+//! processes and clusters on free ports, nodes (a service with its own
+//! broker behind its own server) running the hand-written [`Room`] handler
+//! (`room`), the chat example as a process (`chat`), and a TCP proxy that
+//! can freeze (`proxy`).
+// Each test binary uses a part of this module.
 #![allow(dead_code)]
-
-#[path = "room.rs"]
-mod room;
 
 pub(crate) mod chat;
 pub(crate) mod proxy;
+pub(crate) mod room;
 
 #[allow(unused_imports)] // Not every test file names every type.
 pub(crate) use room::{Hooks, Room, Said};
@@ -29,9 +30,9 @@ use realtime::{Config, RedisBroker, Service};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-/// How long any wait here lasts before the test fails, naming what it
-/// waited for. Generous: the suite runs on loaded 2-core machines.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
+/// How long any wait lasts before the test fails, naming what it waited
+/// for: the test client's own bound, so that the suite has one.
+pub(crate) use realtime::testing::DEADLINE;
 
 /// The `redis-server` binary: `$REDIS_SERVER`, else the one on `PATH`.
 fn redis_server_binary() -> String {
@@ -75,6 +76,13 @@ pub(crate) struct RedisServer {
 }
 
 impl RedisServer {
+    /// A `RedisBroker` on this server, with its keys under `prefix`.
+    pub(crate) async fn broker(&self, prefix: &str) -> RedisBroker {
+        RedisBroker::connect(&self.url(), redis_config(prefix))
+            .await
+            .expect("connect to the test Redis")
+    }
+
     /// Starts a server on a free port and waits until it answers `PING`.
     pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
@@ -557,4 +565,26 @@ pub(crate) async fn recv_reply(client: &mut TestClient, id: u64) -> Value {
             return frame;
         }
     }
+}
+
+/// The `subscribed` frame, which comes before any live event.
+pub(crate) async fn subscribed(client: &mut TestClient) -> Value {
+    let frame = client.recv().await;
+    assert!(
+        frame.get("subscribed").is_some(),
+        "expected `subscribed`, got {frame}"
+    );
+    frame
+}
+
+/// The status of a plain HTTP GET of `path` at `addr`, as a browser page
+/// sends it with `fetch`.
+pub(crate) async fn plain_get(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response[9..12].parse().expect("a status")
 }

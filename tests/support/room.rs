@@ -160,15 +160,3 @@ impl RoomServer {
             .expect("connect")
     }
 }
-
-/// Polls `condition` until it holds, failing with `what` after 10 s.
-pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + realtime::testing::DEADLINE;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
