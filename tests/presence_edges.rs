@@ -8,11 +8,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use realtime::Config;
 use realtime::broker::Broker;
 use realtime::history::HistoryPolicy;
 use realtime::presence::{PresencePolicy, PresenceUpdate, Tracking};
 use realtime::testing::TestClient;
-use realtime::Config;
 use serde_json::Value;
 use support::{DEADLINE, Node, RedisServer};
 use tokio::time::Instant;
