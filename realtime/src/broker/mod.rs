@@ -7,7 +7,7 @@
 //! to the [`Incoming`] it was attached to.
 //!
 //! - [`MemoryBroker`]: in process, the default; no server needed.
-//! - [`RedisBroker`]: Redis Pub/Sub, for several instances.
+//! - [`RedisBroker`](redis::RedisBroker): Redis Pub/Sub, for several instances.
 
 use std::future::Future;
 
