@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use realtime::history::{HistoryPolicy, Retention};
-use realtime::testing::TestClient;
 use realtime::{Config, RedisBroker};
-use support::{Node, RedisCluster, RedisServer, redis_config, say};
+use support::{Node, RedisCluster, RedisServer, say, subscribed};
 
 /// Broadcasts sent by one connection.
 const SENT: u64 = 3000;
@@ -31,11 +30,6 @@ fn config() -> Config {
     config.max_messages_per_sec = 1_000_000;
     config.rate_burst = 1_000_000;
     config
-}
-
-async fn subscribed(client: &mut TestClient) {
-    let frame = client.recv().await;
-    assert!(frame.get("subscribed").is_some(), "{frame}");
 }
 
 /// Sends [`SENT`] broadcasts from one connection while `flush` runs
@@ -143,30 +137,21 @@ async fn order_holds_while_scripts_vanish(node: &Node<RedisBroker>, flush: Vec<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connections_events_keep_their_order_through_script_flushes() {
     let redis = RedisServer::start().await;
-    let broker = RedisBroker::connect(&redis.url(), redis_config("s5:"))
-        .await
-        .expect("connect");
-    let node = Node::serve(broker, policy(), config()).await;
+    let node = Node::serve(redis.broker("s5:").await, policy(), config()).await;
     order_holds_while_scripts_vanish(&node, vec![redis.url()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connections_events_keep_their_order_through_script_flushes_in_a_cluster() {
     let cluster = RedisCluster::start().await;
-    let broker = RedisBroker::connect_cluster(cluster.urls(), redis_config("c5:"))
-        .await
-        .expect("connect to the cluster");
-    let node = Node::serve(broker, policy(), config()).await;
+    let node = Node::serve(cluster.broker("c5:").await, policy(), config()).await;
     order_holds_while_scripts_vanish(&node, cluster.urls()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_go_through_at_once_after_a_master_restarts_empty() {
     let mut cluster = RedisCluster::start().await;
-    let broker = RedisBroker::connect_cluster(cluster.urls(), redis_config("c5r:"))
-        .await
-        .expect("connect to the cluster");
-    let node = Node::serve(broker, policy(), config()).await;
+    let node = Node::serve(cluster.broker("c5r:").await, policy(), config()).await;
     // Topics on every master.
     let topics: Vec<String> = (0..30).map(|n| format!("room:{n}")).collect();
     for topic in &topics {

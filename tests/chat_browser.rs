@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use support::chat::{Process, start_chat, start_chat_on, terminate, wait_for_port};
-use support::{DEADLINE, RedisServer, free_port};
-
-/// A page's waits: the suite's deadline, and time for Chromium to lay out
-/// and run the page on a loaded machine.
-const PAGE_DEADLINE: Duration = Duration::from_secs(DEADLINE.as_secs() + 5);
+use support::{BROWSER_DEADLINE, RedisServer, free_port};
 
 fn start_chromedriver() -> (Process, u16) {
     let port = free_port();
@@ -100,7 +96,7 @@ async fn screenshot(page: &Client, name: &str) {
 
 /// Waits until `script` (a JS expression) is true on the page.
 async fn wait_for(page: &Client, what: &str, script: &str) {
-    let deadline = Instant::now() + PAGE_DEADLINE;
+    let deadline = Instant::now() + BROWSER_DEADLINE;
     loop {
         let value = page
             .execute(&format!("return Boolean({script});"), vec![])

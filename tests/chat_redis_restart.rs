@@ -12,18 +12,8 @@ use std::time::Duration;
 use realtime::testing::TestClient;
 use serde_json::{Value, json};
 use support::RedisServer;
-use support::chat::start_chat;
+use support::chat::{enter, start_chat};
 use tokio::time::Instant;
-
-async fn connect(port: u16, user: &str) -> TestClient {
-    let url = format!("ws://127.0.0.1:{port}/ws/lobby");
-    let mut client = TestClient::connect(&url, user)
-        .await
-        .expect("connect to the chat");
-    let frame = client.recv().await;
-    assert!(frame.get("subscribed").is_some(), "{frame}");
-    client
-}
 
 async fn say(client: &mut TestClient, text: &str, id: u64) -> Value {
     client.request("say", json!({ "text": text }), id).await
@@ -49,8 +39,8 @@ async fn everything_works_again_soon_after_redis_restarts() {
     let mut redis = RedisServer::start().await;
     let (_a, port_a) = start_chat(&redis.url());
     let (_b, port_b) = start_chat(&redis.url());
-    let mut on_a = connect(port_a, "alice").await;
-    let mut on_b = connect(port_b, "bob").await;
+    let mut on_a = enter(port_a, "lobby", "alice").await;
+    let mut on_b = enter(port_b, "lobby", "bob").await;
     let mut id = 0;
     assert!(works(&mut on_a, "before", &mut id).await);
 
@@ -83,7 +73,7 @@ async fn everything_works_again_soon_after_redis_restarts() {
     assert!(back.elapsed() <= Duration::from_secs(3));
     // New clients too, on both nodes.
     for port in [port_a, port_b] {
-        let mut fresh = connect(port, "carol").await;
+        let mut fresh = enter(port, "lobby", "carol").await;
         assert!(works(&mut fresh, &format!("fresh on {port}"), &mut id).await);
     }
 }

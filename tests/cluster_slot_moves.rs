@@ -5,8 +5,8 @@
 
 mod support;
 
-use realtime::{Config, RedisBroker};
-use support::{Node, RedisCluster, redis_config};
+use realtime::Config;
+use support::{Node, RedisCluster};
 
 async fn query<T: redis::FromRedisValue>(server: &support::RedisServer, command: &redis::Cmd) -> T {
     let mut admin = server.admin().await;
@@ -19,10 +19,7 @@ async fn query<T: redis::FromRedisValue>(server: &support::RedisServer, command:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_whose_slot_moved_is_subscribed_again() {
     let cluster = RedisCluster::start().await;
-    let broker = RedisBroker::connect_cluster(cluster.urls(), redis_config("c7:"))
-        .await
-        .expect("connect to the cluster");
-    let node = Node::with_broker(broker, Config::default()).await;
+    let node = Node::with_broker(cluster.broker("c7:").await, Config::default()).await;
     let mut client = node.connect("moved", "alice").await;
     let channel = "c7:{moved}";
     cluster.wait_shardnumsub(channel, 1).await;

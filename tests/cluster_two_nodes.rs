@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use realtime::Config;
 use realtime::testing::TestClient;
-use realtime::{Config, RedisBroker};
 use serde_json::Value;
 use support::{Node, RedisCluster, recv_event, said, say, wait_until};
 use tokio::time::Instant;
@@ -16,10 +16,7 @@ use tokio::time::Instant;
 const TOPICS: usize = 12;
 
 async fn cluster_node(cluster: &RedisCluster, prefix: &str) -> Node {
-    let broker = RedisBroker::connect_cluster(cluster.urls(), support::redis_config(prefix))
-        .await
-        .expect("connect the broker to the test cluster");
-    Node::with_broker(broker, Config::default()).await
+    Node::with_broker(cluster.broker(prefix).await, Config::default()).await
 }
 
 /// One client per topic on each node; returns them by topic.
@@ -190,11 +187,8 @@ async fn presence_counts_and_announces_on_every_shard() {
     let policy = PresencePolicy::none()
         .track("*", Tracking::Announced)
         .linger(Duration::ZERO);
-    let broker = |prefix: &'static str| {
-        RedisBroker::connect_cluster(cluster.urls(), support::redis_config(prefix))
-    };
-    let a = Node::with_presence(broker("p:").await.expect("connect"), policy.clone()).await;
-    let b = Node::with_presence(broker("p:").await.expect("connect"), policy).await;
+    let a = Node::with_presence(cluster.broker("p:").await, policy.clone()).await;
+    let b = Node::with_presence(cluster.broker("p:").await, policy).await;
     for topic in 0..TOPICS {
         let topic = format!("t{topic}");
         let mut watcher = a.connect(&topic, "alice").await;

@@ -18,14 +18,10 @@ use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
 use realtime::{Config, MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
-use support::{Node, RedisServer, redis_config, subscribed};
+use support::{Node, RedisServer, position, redis_config, subscribed};
 
 fn policy(ttl: Duration) -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(1000, ttl))
-}
-
-fn position(frame: &Value, key: &str) -> Position {
-    serde_json::from_value(frame[key].clone()).expect("a position")
 }
 
 /// A private directory for one Redis's files.

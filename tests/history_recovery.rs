@@ -8,12 +8,12 @@ mod support;
 
 use std::time::Duration;
 
+use realtime::MemoryBroker;
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Position, Retention};
 use realtime::testing::TestClient;
-use realtime::{MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
-use support::{Node, RedisServer, subscribed};
+use support::{Node, RedisServer, memory_nodes, position, redis_nodes, subscribed};
 
 /// Events published while the client is away.
 const MISSED: u64 = 1000;
@@ -22,32 +22,6 @@ const SIZE: usize = 2000;
 
 fn policy(ttl: Duration) -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(SIZE, ttl))
-}
-
-/// The position in a `subscribed` frame.
-fn position(subscribed: &Value) -> Position {
-    serde_json::from_value(subscribed["subscribed"].clone()).expect("a position")
-}
-
-/// The two nodes of one case, on one broker.
-async fn memory_nodes(policy: HistoryPolicy) -> (Node<MemoryBroker>, Node<MemoryBroker>) {
-    let hub = MemoryBroker::new();
-    (
-        Node::with_history(hub.clone(), policy.clone()).await,
-        Node::with_history(hub, policy).await,
-    )
-}
-
-async fn redis_nodes(
-    redis: &RedisServer,
-    prefix: &str,
-    policy: HistoryPolicy,
-) -> (Node<RedisBroker>, Node<RedisBroker>) {
-    let broker = || redis.broker(prefix);
-    (
-        Node::with_history(broker().await, policy.clone()).await,
-        Node::with_history(broker().await, policy).await,
-    )
 }
 
 /// (a) A client away while 1,000 events are published on another node comes
@@ -66,7 +40,7 @@ async fn recovers_what_it_missed<B: Broker>(a: &Node<B>, b: &Node<B>) {
     assert_eq!(event["event"]["text"], "before");
     let seen = Position {
         offset: event["offset"].as_u64().expect("an offset"),
-        epoch: position(&first).epoch,
+        epoch: position(&first, "subscribed").epoch,
     };
     client.close().await;
 
@@ -104,7 +78,7 @@ async fn join_resumes<B: Broker>(a: &Node<B>, b: &Node<B>) {
         .await;
     let answer = client.recv_reply().await;
     assert_eq!(answer["ok"], Value::Null, "{answer}");
-    let since = position(&subscribed(&mut client).await);
+    let since = position(&subscribed(&mut client).await, "subscribed");
     client.close().await;
     for n in 0..20 {
         b.publish("room:j", format!("j {n}")).await;
@@ -129,7 +103,7 @@ async fn join_resumes<B: Broker>(a: &Node<B>, b: &Node<B>) {
 /// (c) A gap older than the history: `recovered: false`, nothing replayed.
 async fn gap_past_the_history<B: Broker>(a: &Node<B>, b: &Node<B>) {
     let mut client = a.connect("room:c", "alice").await;
-    let since = position(&subscribed(&mut client).await);
+    let since = position(&subscribed(&mut client).await, "subscribed");
     client.close().await;
     for n in 0..SIZE + 5 {
         b.publish("room:c", format!("c {n}")).await;
@@ -191,7 +165,7 @@ async fn redis_broker_recovers() {
 async fn memory_history_expires() {
     let (a, b) = memory_nodes(policy(Duration::from_secs(1))).await;
     let mut client = a.connect("room:x", "alice").await;
-    let old = position(&subscribed(&mut client).await);
+    let old = position(&subscribed(&mut client).await, "subscribed");
     client.close().await;
     b.publish("room:x", "old".to_owned()).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -212,7 +186,7 @@ async fn redis_history_lost() {
     let mut redis = RedisServer::start().await;
     let (a, b) = redis_nodes(&redis, "lost:", policy(Duration::from_secs(600))).await;
     let mut client = a.connect("room:l", "alice").await;
-    let old = position(&subscribed(&mut client).await);
+    let old = position(&subscribed(&mut client).await, "subscribed");
     client.close().await;
     b.publish("room:l", "old".to_owned()).await;
 
@@ -245,7 +219,7 @@ async fn redis_history_lost() {
     let mut back = a.connect(&format!("room:l?since={old}"), "alice").await;
     let done = subscribed(&mut back).await;
     assert_eq!(done["subscribed"]["recovered"], false);
-    let deleted = position(&done);
+    let deleted = position(&done, "subscribed");
     assert_ne!(deleted.epoch, old.epoch);
     assert_eq!(deleted.offset, 1);
     back.close().await;
@@ -272,7 +246,7 @@ async fn redis_history_lost() {
     let mut back = a.connect(&format!("room:l?since={deleted}"), "alice").await;
     let done = subscribed(&mut back).await;
     assert_eq!(done["subscribed"]["recovered"], false);
-    assert_ne!(position(&done).epoch, deleted.epoch);
+    assert_ne!(position(&done, "subscribed").epoch, deleted.epoch);
     b.publish("room:l", "fresh".to_owned()).await;
     let event = back.recv().await;
     assert_eq!(event["event"]["text"], "fresh", "no stale event: {event}");
@@ -344,7 +318,7 @@ async fn recovery_stays_within_the_outbound_byte_bound() {
     let hub = MemoryBroker::new();
     let a = Node::serve(hub, policy(Duration::from_secs(600)), config).await;
     let mut client = a.connect("room:m", "alice").await;
-    let since = position(&subscribed(&mut client).await);
+    let since = position(&subscribed(&mut client).await, "subscribed");
     client.close().await;
     // About 100 bytes a frame: 30 fit, 200 do not.
     for n in 0..30 {

@@ -14,7 +14,7 @@ use realtime::MemoryBroker;
 use realtime::presence::{PresencePolicy, Tracking};
 use realtime::testing::TestClient;
 use serde_json::{Value, json};
-use support::chat::{Process, start_chat_with};
+use support::chat::{Process, enter, start_chat_with};
 use support::{DEADLINE, Node, RedisServer, free_port, wait_until};
 use tokio::time::Instant;
 
@@ -31,18 +31,6 @@ fn start(redis_url: &str) -> (Process, u16) {
     let ttl = TTL.as_secs().to_string();
     let process = start_chat_with(redis_url, port, &[("PRESENCE_TTL_SECS", &ttl)]);
     (process, port)
-}
-
-/// A client of `user` in `room` on the chat at `port`, past its
-/// `subscribed` frame.
-async fn enter(port: u16, room: &str, user: &str) -> TestClient {
-    let url = format!("ws://127.0.0.1:{port}/ws/{room}");
-    let mut client = TestClient::connect(&url, user)
-        .await
-        .unwrap_or_else(|error| panic!("connect {user}: {error}"));
-    let frame = client.recv().await;
-    assert!(frame.get("subscribed").is_some(), "{frame}");
-    client
 }
 
 /// `$presence` of `topic`, answered to `client`.
@@ -291,8 +279,8 @@ async fn the_memory_broker_keeps_the_same_rules() {
 async fn presence_comes_back_after_redis_restarts_empty() {
     let mut redis = RedisServer::start().await;
     let policy = PresencePolicy::none().track("room:*", Tracking::Quiet);
-    let a = Node::with_presence(connect(&redis.url()).await, policy.clone()).await;
-    let b = Node::with_presence(connect(&redis.url()).await, policy).await;
+    let a = Node::with_presence(redis.broker("presence:").await, policy.clone()).await;
+    let b = Node::with_presence(redis.broker("presence:").await, policy).await;
     let _clients = [
         a.connect("room:1", "alice").await,
         b.connect("room:1", "bob").await,
@@ -315,10 +303,4 @@ async fn presence_comes_back_after_redis_restarts_empty() {
     .await;
     println!("presence was whole again {took:?} after Redis answered");
     assert!(took < PresencePolicy::DEFAULT_TTL / 3, "{took:?}");
-}
-
-async fn connect(url: &str) -> realtime::RedisBroker {
-    realtime::RedisBroker::connect(url, support::redis_config("presence:"))
-        .await
-        .expect("connect to the test Redis")
 }

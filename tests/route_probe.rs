@@ -8,17 +8,14 @@ mod support;
 use std::time::Duration;
 
 use realtime::history::{HistoryPolicy, Retention};
-use realtime::{Config, MemoryBroker, RedisBroker};
-use support::{Node, RedisServer, plain_get, redis_config};
+use realtime::{Config, MemoryBroker};
+use support::{Node, RedisServer, plain_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_gets_503_while_redis_is_down_and_426_once_it_is_back() {
     let mut redis = RedisServer::start().await;
-    let broker = RedisBroker::connect(&redis.url(), redis_config("probe:"))
-        .await
-        .expect("connect");
     let policy = HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(60)));
-    let node = Node::with_history(broker, policy).await;
+    let node = Node::with_history(redis.broker("probe:").await, policy).await;
     let addr = node.server.addr();
     assert_eq!(plain_get(addr, "/ws/room:1?token=alice").await, 426);
 

@@ -4,16 +4,16 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use realtime::auth::validate_with;
 use realtime::testing::TestClient;
 use realtime::{Config, Service};
-use support::DEADLINE;
+use support::chat::{Process, chat_binary, wait_for_port};
 use support::room::{Hooks, Room};
+use support::{DEADLINE, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -142,25 +142,6 @@ async fn shutdown_ends_within_its_deadline_despite_a_half_sent_request() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
-/// The chat example, under a file limit of 64.
-struct Chat(Child);
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn chat_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("the test binary's path");
-    let profile = deps
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    profile.join("examples").join("chat")
-}
-
 /// Seconds of CPU the process `pid` has used, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
@@ -175,10 +156,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[tokio::test]
 async fn silent_connections_past_the_file_limit_do_not_lock_clients_out() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        probe.local_addr().expect("an address").port()
-    };
+    let port = free_port();
     let child = Command::new("prlimit")
         .arg("--nofile=64:64")
         .arg(chat_binary())
@@ -189,13 +167,9 @@ async fn silent_connections_past_the_file_limit_do_not_lock_clients_out() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the chat under prlimit (util-linux)");
-    let chat = Chat(child);
+    let chat = Process(child);
+    wait_for_port(port, "the chat");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(started.elapsed() < DEADLINE, "the chat did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // 100 connections that send nothing: more than the process may open
     // (about 50 descriptors are left to it).

@@ -3,8 +3,8 @@
 mod support;
 
 use realtime::testing::TestClient;
-use support::plain_get;
 use support::room::RoomServer;
+use support::{http_get, plain_get};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
@@ -91,20 +91,6 @@ async fn plain_request_learns_why_an_upgrade_would_be_refused() {
         426
     );
     assert_eq!(server.service.connections(), 0);
-}
-
-/// A plain HTTP/1.1 GET over a real socket: the status and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
 }
 
 #[tokio::test]

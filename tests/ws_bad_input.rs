@@ -232,7 +232,7 @@ async fn flood(server: &RoomServer, frame: Message) -> FloodOutcome {
             }
         }
     };
-    let _ = tokio::time::timeout(realtime::testing::DEADLINE, read).await;
+    let _ = tokio::time::timeout(support::DEADLINE, read).await;
     outcome
 }
 

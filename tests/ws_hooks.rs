@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use realtime::auth::validate_with;
 use realtime::prelude::*;
-use realtime::testing::{TestClient, TestServer};
+use realtime::testing::TestServer;
 use realtime::{MemoryBroker, Service};
-use serde_json::{Value, json};
-use support::wait_until;
+use serde_json::json;
+use support::{ack, connect, wait_until};
 
 /// Members per `$join`ed topic, as the hooks count them.
 #[derive(Debug, Default)]
@@ -61,16 +61,6 @@ async fn start() -> (Service<Board, MemoryBroker>, TestServer) {
     .expect("the default config is valid");
     let server = TestServer::start(Board::router(service.clone())).await;
     (service, server)
-}
-
-async fn connect(server: &TestServer, topic: &str, user: &str) -> TestClient {
-    TestClient::connect(&server.ws_url(&format!("/ws/{topic}")), user)
-        .await
-        .expect("connect")
-}
-
-fn ack(id: u64) -> Value {
-    json!({"reply_to": id, "ok": null})
 }
 
 fn sorted(mut topics: Vec<Arc<str>>) -> Vec<String> {

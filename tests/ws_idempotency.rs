@@ -8,28 +8,15 @@ mod support;
 
 use std::time::Duration;
 
+use realtime::MemoryBroker;
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::testing::TestClient;
-use realtime::{MemoryBroker, RedisBroker};
 use serde_json::{Value, json};
-use support::{Node, RedisServer};
+use support::{Node, RedisServer, memory_nodes, redis_nodes};
 
 fn policy() -> HistoryPolicy {
     HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(600)))
-}
-
-async fn redis_nodes(redis: &RedisServer, prefix: &str) -> (Node<RedisBroker>, Node<RedisBroker>) {
-    let broker = || redis.broker(prefix);
-    (
-        Node::with_history(broker().await, policy()).await,
-        Node::with_history(broker().await, policy()).await,
-    )
-}
-
-fn memory_nodes() -> (MemoryBroker, MemoryBroker) {
-    let hub = MemoryBroker::new();
-    (hub.clone(), hub)
 }
 
 /// `say` with an id and a key.
@@ -136,16 +123,14 @@ async fn cut_before_the_ack<B: Broker>(node: &Node<B>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_publishes_once_on_redis() {
     let redis = RedisServer::start().await;
-    let (a, b) = redis_nodes(&redis, "once:").await;
+    let (a, b) = redis_nodes(&redis, "once:", policy()).await;
     twice_from_one_and_two_instances(&a, &b).await;
     cut_before_the_ack(&a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_publishes_once_in_memory() {
-    let (hub_a, hub_b) = memory_nodes();
-    let a = Node::with_history(hub_a, policy()).await;
-    let b = Node::with_history(hub_b, policy()).await;
+    let (a, b) = memory_nodes(policy()).await;
     twice_from_one_and_two_instances(&a, &b).await;
     cut_before_the_ack(&a).await;
 }

@@ -3,14 +3,17 @@
 //! and never reads is closed with 1013 once its queue holds
 //! `Config::outbound_queue_bytes`, with the server's memory bounded.
 
+mod support;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use realtime::auth::validate_with;
 use realtime::prelude::*;
-use realtime::testing::{DEADLINE, TestClient, TestServer};
+use realtime::testing::TestServer;
 use realtime::{Config, Service};
 use serde_json::json;
+use support::{DEADLINE, connect};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Blobs;
@@ -32,12 +35,6 @@ async fn server(config: Config) -> TestServer {
     TestServer::start(Blobs::router(service)).await
 }
 
-async fn connect(server: &TestServer, user: &str) -> TestClient {
-    TestClient::connect(&server.ws_url("/ws/blobs"), user)
-        .await
-        .expect("connect")
-}
-
 /// This process's resident memory, from /proc.
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -56,7 +53,7 @@ fn resident_bytes() -> u64 {
 #[tokio::test]
 async fn a_reply_over_the_cap_is_an_error_and_the_connection_stays() {
     let server = server(Config::default()).await;
-    let mut client = connect(&server, "alice").await;
+    let mut client = connect(&server, "blobs", "alice").await;
     let answer = client.request("blob", json!({"bytes": 300_000}), 1).await;
     // The reply frame: the JSON string and `{"reply_to":1,"ok":...}`.
     assert_eq!(
@@ -72,7 +69,7 @@ async fn a_reply_over_the_cap_is_an_error_and_the_connection_stays() {
 async fn a_client_that_asks_for_large_replies_and_never_reads_is_closed_with_1013() {
     let server = server(Config::default()).await;
     let before = resident_bytes();
-    let client = connect(&server, "mallory").await;
+    let client = connect(&server, "blobs", "mallory").await;
     let mut socket = client.into_inner();
     // 200 requests (the default burst) for 200 KB each: 40 MB of replies if
     // they were all held.
@@ -107,7 +104,7 @@ async fn a_client_that_asks_for_large_replies_and_never_reads_is_closed_with_101
     assert!(grown < 24 << 20, "the server grew by {grown} bytes");
 
     // Others are still served.
-    let mut alice = connect(&server, "alice").await;
+    let mut alice = connect(&server, "blobs", "alice").await;
     let answer = alice.request("blob", json!({"bytes": 1}), 1).await;
     assert_eq!(answer, json!({"reply_to": 1, "ok": "x"}));
 }

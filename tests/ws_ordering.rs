@@ -5,43 +5,17 @@
 
 mod support;
 
-use std::sync::Arc;
-
+use realtime::Service;
 use realtime::auth::validate_with;
+use realtime::history::HistoryPolicy;
 use realtime::prelude::*;
 use realtime::testing::{TestClient, TestServer};
-use realtime::{MemoryBroker, Service};
 use serde::Serialize;
 use serde_json::{Value, json};
-use support::room::Room;
+use support::{connect, memory_nodes};
 
 const PUBLISHERS: usize = 3;
 const PER_PUBLISHER: usize = 150;
-
-/// Two instances on one in-process hub, each served on its own port.
-async fn two_nodes() -> (TestServer, TestServer) {
-    let hub = MemoryBroker::new();
-    let mut servers = Vec::new();
-    for broker in [hub.clone(), hub] {
-        let service = Service::builder(
-            Room,
-            Arc::default(),
-            validate_with(|t: &str| Ok(t.to_owned())),
-        )
-        .with_broker(broker)
-        .build()
-        .expect("the default config is valid");
-        servers.push(TestServer::start(realtime::route::router(service, "/ws/{topic}")).await);
-    }
-    let second = servers.pop().expect("two servers");
-    (servers.pop().expect("two servers"), second)
-}
-
-async fn connect(server: &TestServer, topic: &str, user: &str) -> TestClient {
-    TestClient::connect(&server.ws_url(&format!("/ws/{topic}")), user)
-        .await
-        .expect("connect")
-}
 
 /// The texts of the next `count` events.
 async fn texts(client: &mut TestClient, count: usize) -> Vec<String> {
@@ -55,15 +29,16 @@ async fn texts(client: &mut TestClient, count: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_sees_one_sequence_across_publishers_and_nodes() {
-    let (a, b) = two_nodes().await;
+    // Two instances on one in-process hub, each served on its own port.
+    let (a, b) = memory_nodes(HistoryPolicy::none()).await;
     let mut subscribers = Vec::new();
-    for (n, server) in [&a, &b, &a, &b].into_iter().enumerate() {
-        subscribers.push(connect(server, "board", &format!("sub{n}")).await);
+    for (n, node) in [&a, &b, &a, &b].into_iter().enumerate() {
+        subscribers.push(node.connect("board", &format!("sub{n}")).await);
     }
     let mut publishers = Vec::new();
     for n in 0..PUBLISHERS {
-        let server = if n % 2 == 0 { &a } else { &b };
-        publishers.push(connect(server, "board", &format!("pub{n}")).await);
+        let node = if n % 2 == 0 { &a } else { &b };
+        publishers.push(node.connect("board", &format!("pub{n}")).await);
     }
     // Every publisher sends its burst at once, on its own task.
     let sending: Vec<_> = publishers

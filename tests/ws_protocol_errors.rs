@@ -5,7 +5,7 @@
 mod support;
 
 use futures_util::StreamExt;
-use realtime::testing::DEADLINE;
+use support::DEADLINE;
 use support::room::RoomServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -4,10 +4,10 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use realtime::testing::{Closed, DEADLINE, TestClient};
+use realtime::testing::{Closed, TestClient};
 use serde_json::json;
 use support::room::RoomServer;
-use support::wait_until;
+use support::{DEADLINE, wait_until};
 
 #[tokio::test]
 async fn shutdown_writes_answers_in_flight_then_closes_with_1001() {

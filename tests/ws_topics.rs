@@ -9,14 +9,10 @@ use realtime::Config;
 use realtime::testing::TestClient;
 use serde_json::{Value, json};
 use support::room::RoomServer;
-use support::wait_until;
+use support::{ack, wait_until};
 
 /// How long a client must stay silent to show it is not subscribed.
 const QUIET: Duration = Duration::from_millis(300);
-
-fn ack(id: u64) -> Value {
-    json!({"reply_to": id, "ok": null})
-}
 
 fn error(id: u64, code: u16, message: &str) -> Value {
     json!({"reply_to": id, "error": {"code": code, "message": message}})

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{DEADLINE, free_port};
+use realtime::testing::TestClient;
+
+use super::{DEADLINE, free_port, subscribed};
 
 /// A child process killed when dropped.
 pub(crate) struct Process(pub(crate) Child);
@@ -59,6 +61,17 @@ pub(crate) fn start_chat_with(redis_url: &str, port: u16, env: &[(&str, &str)]) 
     let process = Process(child);
     wait_for_port(port, "the chat example");
     process
+}
+
+/// A client of `user` in `room` on the chat at `port`, past its
+/// `subscribed` frame.
+pub(crate) async fn enter(port: u16, room: &str, user: &str) -> TestClient {
+    let url = format!("ws://127.0.0.1:{port}/ws/{room}");
+    let mut client = TestClient::connect(&url, user)
+        .await
+        .unwrap_or_else(|error| panic!("connect {user} to the chat: {error}"));
+    subscribed(&mut client).await;
+    client
 }
 
 /// Sends SIGTERM and waits for the process to exit by itself.

@@ -2,8 +2,8 @@
 //! (`mod support;`): one deadline, one `wait_until`, private `redis-server`
 //! processes and clusters on free ports, nodes (a service with its own
 //! broker behind its own server) running the hand-written [`Room`] handler
-//! (`room`), the chat example as a process (`chat`), and a TCP proxy that
-//! can freeze (`proxy`).
+//! (`room`), one way to connect a client, the chat example as a process
+//! (`chat`), and a TCP proxy that can freeze (`proxy`).
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
@@ -15,7 +15,7 @@ pub(crate) mod room;
 pub(crate) use room::{Hooks, Room, Said};
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,16 +23,20 @@ use realtime::RedisConfig;
 use realtime::auth::validate_with;
 use realtime::broker::Broker;
 use realtime::broker::redis::RedisMetrics;
-use realtime::history::HistoryPolicy;
+use realtime::history::{HistoryPolicy, Position};
 use realtime::presence::PresencePolicy;
 use realtime::testing::{TestClient, TestServer};
-use realtime::{Config, RedisBroker, Service};
+use realtime::{Config, MemoryBroker, RedisBroker, Service};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// How long any wait lasts before the test fails, naming what it waited
 /// for: the test client's own bound, so that the suite has one.
 pub(crate) use realtime::testing::DEADLINE;
+
+/// How long a browser page's waits last: [`DEADLINE`] and 5 s more, because
+/// headless Chromium lays out and runs the page slowly on a loaded machine.
+pub(crate) const BROWSER_DEADLINE: Duration = DEADLINE.saturating_add(Duration::from_secs(5));
 
 /// The `redis-server` binary: `$REDIS_SERVER`, else the one on `PATH`.
 fn redis_server_binary() -> String {
@@ -300,6 +304,13 @@ pub(crate) struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// A `RedisBroker` on this cluster, with its keys under `prefix`.
+    pub(crate) async fn broker(&self, prefix: &str) -> RedisBroker {
+        RedisBroker::connect_cluster(self.urls(), redis_config(prefix))
+            .await
+            .expect("connect to the test cluster")
+    }
+
     /// Starts three nodes, creates the cluster, and waits until every node
     /// reports `cluster_state:ok`.
     pub(crate) async fn start() -> Self {
@@ -522,9 +533,7 @@ impl<B: Broker> Node<B> {
 
     /// A client of `user` on `path` (a topic, and maybe a query string).
     pub(crate) async fn connect(&self, path: &str, user: &str) -> TestClient {
-        TestClient::connect(&self.server.ws_url(&format!("/ws/{path}")), user)
-            .await
-            .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
+        connect(&self.server, path, user).await
     }
 
     /// Publishes `text` from the server side; panics if it fails.
@@ -537,9 +546,47 @@ impl<B: Broker> Node<B> {
     }
 }
 
+/// Two nodes on one in-process broker, keeping history as `policy` says.
+pub(crate) async fn memory_nodes(
+    policy: HistoryPolicy,
+) -> (Node<MemoryBroker>, Node<MemoryBroker>) {
+    let hub = MemoryBroker::new();
+    (
+        Node::with_history(hub.clone(), policy.clone()).await,
+        Node::with_history(hub, policy).await,
+    )
+}
+
+/// Two nodes on `redis`, each with its own broker under `prefix`, keeping
+/// history as `policy` says.
+pub(crate) async fn redis_nodes(
+    redis: &RedisServer,
+    prefix: &str,
+    policy: HistoryPolicy,
+) -> (Node<RedisBroker>, Node<RedisBroker>) {
+    let broker = || redis.broker(prefix);
+    (
+        Node::with_history(broker().await, policy.clone()).await,
+        Node::with_history(broker().await, policy).await,
+    )
+}
+
+/// A client of `user` on `path` (a topic, and maybe a query string) of an
+/// app served with its WebSocket route at `/ws/{topic}`.
+pub(crate) async fn connect(server: &TestServer, path: &str, user: &str) -> TestClient {
+    TestClient::connect(&server.ws_url(&format!("/ws/{path}")), user)
+        .await
+        .unwrap_or_else(|error| panic!("connect {user} to {path}: {error}"))
+}
+
 /// `{"type": "say", "data": {"text": text}, "id": id}`.
 pub(crate) fn say(id: u64, text: &str) -> Value {
     json!({"type": "say", "data": {"text": text}, "id": id})
+}
+
+/// The answer to request `id` when the handler answered nothing.
+pub(crate) fn ack(id: u64) -> Value {
+    json!({"reply_to": id, "ok": null})
 }
 
 /// The event frame `from` saying `text` on `topic`.
@@ -577,14 +624,32 @@ pub(crate) async fn subscribed(client: &mut TestClient) -> Value {
     frame
 }
 
-/// The status of a plain HTTP GET of `path` at `addr`, as a browser page
-/// sends it with `fetch`.
-pub(crate) async fn plain_get(addr: std::net::SocketAddr, path: &str) -> u16 {
+/// The position (`{"offset": .., "epoch": ..}`) under `key` in `frame`.
+pub(crate) fn position(frame: &Value, key: &str) -> Position {
+    serde_json::from_value(frame[key].clone()).expect("a position")
+}
+
+/// A plain HTTP/1.1 GET of `path` at `addr` over a real socket, with
+/// `header` (each line ending in `\r\n`, or empty): the status and the body.
+pub(crate) async fn http_get(addr: SocketAddr, path: &str, header: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    response[9..12].parse().expect("a status")
+    let status = response[9..12].parse().expect("a status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .expect("a head and a body")
+        .1
+        .to_owned();
+    (status, body)
+}
+
+/// The status of a plain HTTP GET of `path` at `addr`, as a browser page
+/// sends it with `fetch`.
+pub(crate) async fn plain_get(addr: SocketAddr, path: &str) -> u16 {
+    http_get(addr, path, "").await.0
 }

@@ -1,6 +1,4 @@
 //! A hand-written handler for the runtime tests, and a server around it.
-// Each test file uses a part of this module.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -155,8 +153,6 @@ impl RoomServer {
 
     /// Connects `user` to `topic`.
     pub(crate) async fn connect(&self, topic: &str, user: &str) -> realtime::testing::TestClient {
-        realtime::testing::TestClient::connect(&self.url(topic), user)
-            .await
-            .expect("connect")
+        super::connect(&self.server, topic, user).await
     }
 }
