@@ -402,7 +402,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             // so the answers before it go first.
             self.answers.flush(&self.ctx.outbox).await;
             let conn = self.ctx.conn_id;
-            (self.topics.presence_for(topic, conn, &self.ctx.outbox, id)).await
+            let outbox = &self.ctx.outbox;
+            self.topics.presence_for(topic, conn, outbox, id).await
         } else {
             self.topics.presence(topic).await.map(Some)
         };

@@ -56,14 +56,16 @@ impl Ask {
 
 impl Asks {
     /// Waits for an answer to the `$presence` with `id` of connection
-    /// `conn`, behind `outbox`. Returns its number and what fires once it
+    /// `conn`, behind `outbox`. Returns the ask, which stops waiting when
+    /// dropped (the connection went away mid-read: its entry must not stay
+    /// for an answer that may never come), and what fires once the answer
     /// is queued.
     pub(crate) fn add(
         &self,
         conn: u64,
         outbox: &Outbox,
         id: Option<&RawValue>,
-    ) -> (u64, oneshot::Receiver<()>) {
+    ) -> (Waiting<'_>, oneshot::Receiver<()>) {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let (answered, queued) = oneshot::channel();
         let ask = Ask {
@@ -73,7 +75,8 @@ impl Asks {
             answered,
         };
         self.waiting.lock().insert(number, ask);
-        (number, queued)
+        let waiting = Waiting { asks: self, number };
+        (waiting, queued)
     }
 
     /// Ask `number`, if it still waits.
@@ -81,10 +84,36 @@ impl Asks {
         self.waiting.lock().remove(&number)
     }
 
-    /// Stops waiting for ask `number`; whether it still waited (so that
-    /// nothing was queued and the caller answers instead).
-    pub(crate) fn cancel(&self, number: u64) -> bool {
+    /// Stops waiting for ask `number`; whether it still waited.
+    fn cancel(&self, number: u64) -> bool {
         self.waiting.lock().remove(&number).is_some()
+    }
+}
+
+/// One ask as its asker holds it: its number, and its entry removed when
+/// it is dropped.
+#[derive(Debug)]
+pub(crate) struct Waiting<'a> {
+    asks: &'a Asks,
+    number: u64,
+}
+
+impl Waiting<'_> {
+    /// The number the broker's answer comes back with.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Stops waiting; whether the ask still waited (so that nothing was
+    /// queued and the caller answers instead).
+    pub(crate) fn cancel(&self) -> bool {
+        self.asks.cancel(self.number)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.asks.cancel(self.number);
     }
 }
 
@@ -104,14 +133,14 @@ mod tests {
         let (second, _) = asks.add(3, &outbox, None);
 
         let mut marks = Vec::new();
-        asks.take(first)
+        asks.take(first.number())
             .expect("waits")
             .answer(&Presence::default(), |conn| marks.push(conn));
-        assert!(asks.take(first).is_none(), "answered once");
+        assert!(asks.take(first.number()).is_none(), "answered once");
         assert!(queued.try_recv().is_ok());
-        assert!(asks.cancel(second));
-        assert!(asks.take(second).is_none());
-        assert!(!asks.cancel(first), "answered already");
+        assert!(second.cancel());
+        assert!(asks.take(second.number()).is_none());
+        assert!(!first.cancel(), "answered already");
         assert_eq!(marks, [3]);
 
         let queue = outbox.status().queue();
@@ -124,5 +153,16 @@ mod tests {
             frame.as_str()
         );
         assert!(queue.try_pop().is_none(), "one answer");
+    }
+
+    #[test]
+    fn an_ask_whose_asker_went_away_is_forgotten() {
+        let asks = Asks::default();
+        let outbox = Outbox::new(8, 1 << 16, Arc::default());
+        let (waiting, _) = asks.add(3, &outbox, None);
+        let number = waiting.number();
+        drop(waiting);
+        assert!(asks.take(number).is_none(), "no entry left behind");
+        assert!(asks.waiting.lock().is_empty());
     }
 }

@@ -430,21 +430,25 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             return Ok(Some(self.broker.presence(topic, false).await?));
         }
         let (asker, queued) = self.asks.add(conn.0, outbox, id);
-        match self.broker.resend_presence(topic, Some(asker)).await {
+        match self
+            .broker
+            .resend_presence(topic, Some(asker.number()))
+            .await
+        {
             Ok(()) => {}
             Err(BrokerError::Unsupported(_)) => {
                 // A broker that cannot place a read in the stream.
-                self.asks.cancel(asker);
+                asker.cancel();
                 return Ok(Some(self.broker.presence(topic, true).await?));
             }
-            Err(error) if self.asks.cancel(asker) => return Err(error.into()),
+            Err(error) if asker.cancel() => return Err(error.into()),
             // Answered, though the call failed after its script ran.
             Err(_) => return Ok(None),
         }
         match tokio::time::timeout(ANSWER_WAIT, queued).await {
             Ok(Ok(())) => Ok(None),
             // The marker never came (the link dropped meanwhile).
-            _ if self.asks.cancel(asker) => Err(timed_out()),
+            _ if asker.cancel() => Err(timed_out()),
             _ => Ok(None),
         }
     }
