@@ -129,7 +129,7 @@ async fn every_series_moves_for_its_cause() {
         ("realtime_events_delivered_total{}", 2.0),
         ("realtime_broker_publish_duration_seconds{}", 2.0),
         ("realtime_slow_closes_total{}", 1.0),
-        ("realtime_client_closes_total{code=1003}", 1.0),
+        ("realtime_connection_ends_total{by=server,code=1003}", 1.0),
         ("realtime_subscribed_topics{}", 1.0),
     ] {
         assert!(

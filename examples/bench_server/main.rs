@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use realtime::auth::validate_with;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
@@ -85,6 +86,11 @@ async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error
         .presence(presence)
         .build()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // TCP_NODELAY, as `realtime::serve` sets it: small frames must not wait
+    // for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, Bench::router(service)).await?;
     Ok(())
 }

@@ -468,7 +468,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         "realtime_history_gap_fills_total",
         "realtime_topic_resets_total",
         "realtime_slow_closes_total",
-        "realtime_client_closes_total",
+        "realtime_connection_ends_total",
     ] {
         scraped.push((name, scrape(&ports, name).await));
     }

@@ -1,7 +1,8 @@
 //! Serving an axum app with the guards a public WebSocket server needs
 //! before any socket is upgraded: a deadline for the request head, a bound
 //! on connections not yet upgraded, a pause on accept errors, the file
-//! limit raised at start, and one deadline for the whole shutdown.
+//! limit raised at start, `TCP_NODELAY` on every socket, and one deadline
+//! for the whole shutdown.
 //!
 //! `axum::serve` has none of these: a client that opens connections and
 //! sends nothing holds a file descriptor each for as long as it likes, and
@@ -198,6 +199,14 @@ impl Serve {
             let stream = match accepted {
                 Ok((stream, _)) => {
                     backoff.reset();
+                    // Realtime frames are small and written as they come:
+                    // with Nagle's algorithm on, a frame written while an
+                    // earlier one is unacknowledged waits for the client's
+                    // delayed ACK (up to 40 ms on Linux). The writer already
+                    // batches what is ready into one flush.
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "could not set TCP_NODELAY");
+                    }
                     stream
                 }
                 Err(error) => {

@@ -8,7 +8,7 @@
 //! | `realtime_connections` | gauge (admitted, from the upgrade request to the connection's end) | |
 //! | `realtime_connections_accepted_total` | counter | |
 //! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 426, 429, 500, 503 or `other`) |
-//! | `realtime_client_closes_total` | counter | `code`: the close code the server sent |
+//! | `realtime_connection_ends_total` | counter: every upgraded connection's end, registered at 0 when the service is built | `by` (`client`: its close frame; `server`: the server's close; `none`: the socket ended with no close frame), `code` (the close code: 1005 for a client close frame without one, 1006 for `none`) |
 //! | `realtime_frames_received_total` | counter | `type`: a wire name of the handler's, a `$` control message, or `invalid` |
 //! | `realtime_handler_duration_seconds` | histogram | `type`: the handler's wire names (control messages and invalid frames run no handler) |
 //! | `realtime_events_published_total` | counter | |
@@ -51,8 +51,12 @@ pub const CONNECTIONS: &str = "realtime_connections";
 pub const ACCEPTED: &str = "realtime_connections_accepted_total";
 /// Upgrades refused, by `status`.
 pub const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
-/// Closes the server sent, by `code`.
-pub const CLIENT_CLOSES: &str = "realtime_client_closes_total";
+/// Connections ended, by `by` (`client`, `server`, `none`) and `code`.
+///
+/// ```
+/// assert_eq!(realtime::telemetry::CONNECTION_ENDS, "realtime_connection_ends_total");
+/// ```
+pub const CONNECTION_ENDS: &str = "realtime_connection_ends_total";
 /// Client frames, by `type`.
 pub const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
 /// Handler time in seconds, by `type` (histogram).
@@ -153,6 +157,7 @@ impl Meters {
     /// Registers the handles, with a `type` series per wire name in
     /// `message_types`.
     pub(crate) fn new(message_types: &'static [&'static str]) -> Self {
+        register_ends();
         let controls = [
             Control::JOIN,
             Control::LEAVE,
@@ -284,19 +289,90 @@ impl Counters {
     }
 }
 
-/// The label of a close code: the codes the server sends, by number.
+/// The label of a close code: the codes of RFC 6455 and those the server
+/// sends, by number; a client's own codes (4000 and up) are `other`, so
+/// that a client cannot add series.
 pub(crate) fn close_label(code: u16) -> &'static str {
     match code {
         1000 => "1000",
         1001 => "1001",
         1002 => "1002",
         1003 => "1003",
+        1005 => "1005",
+        1006 => "1006",
         1007 => "1007",
         1008 => "1008",
         1009 => "1009",
         1011 => "1011",
         1013 => "1013",
         _ => "other",
+    }
+}
+
+/// Who ended a connection, for [`CONNECTION_ENDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndedBy {
+    /// The client sent a close frame.
+    Client,
+    /// The server closed it (or meant to: a close frame a stuck socket
+    /// did not take still counts under its code).
+    Server,
+    /// The socket ended with no close frame either way: a dropped TCP
+    /// connection, a reset, a failed write.
+    Nobody,
+}
+
+impl EndedBy {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Nobody => "none",
+        }
+    }
+}
+
+/// The code of an end with no close frame (RFC 6455's "abnormal closure",
+/// never sent on the wire).
+pub(crate) const ABNORMAL_CLOSURE: u16 = 1006;
+/// The code of a client close frame that carried none (RFC 6455's "no
+/// status received", never sent on the wire).
+pub(crate) const NO_STATUS: u16 = 1005;
+
+/// Counts one connection's end.
+pub(crate) fn connection_ended(by: EndedBy, code: u16) {
+    metrics::counter!(CONNECTION_ENDS, "by" => by.label(), "code" => close_label(code))
+        .increment(1);
+}
+
+/// Registers the ends that any server sees, at 0, so that the series are
+/// there before the first end: a dashboard's rate of a series that does
+/// not exist yet reads as no data, not as zero.
+fn register_ends() {
+    use crate::protocol::close_code;
+    let server = [
+        close_code::GOING_AWAY,
+        close_code::PROTOCOL_ERROR,
+        close_code::UNSUPPORTED,
+        close_code::INVALID_DATA,
+        close_code::POLICY,
+        close_code::TOO_BIG,
+        close_code::TRY_AGAIN_LATER,
+    ];
+    let client = [
+        close_code::NORMAL,
+        close_code::GOING_AWAY,
+        NO_STATUS,
+        u16::MAX,
+    ];
+    let ends = server
+        .iter()
+        .map(|code| (EndedBy::Server, *code))
+        .chain(client.iter().map(|code| (EndedBy::Client, *code)))
+        .chain([(EndedBy::Nobody, ABNORMAL_CLOSURE)]);
+    for (by, code) in ends {
+        metrics::counter!(CONNECTION_ENDS, "by" => by.label(), "code" => close_label(code))
+            .increment(0);
     }
 }
 
@@ -312,11 +388,6 @@ pub(crate) fn status_label(status: u16) -> &'static str {
         503 => "503",
         _ => "other",
     }
-}
-
-/// Counts one server-sent close.
-pub(crate) fn client_closed(code: u16) {
-    metrics::counter!(CLIENT_CLOSES, "code" => close_label(code)).increment(1);
 }
 
 /// Counts one reconnect of a broker's link.

@@ -29,6 +29,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -104,6 +105,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/ws/{topic}", get(upgrade))
         .with_state(floor);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // TCP_NODELAY, as `realtime::serve` sets it: small frames must not wait
+    // for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use crate::hub::Feed;
 use crate::outbox::Outbox;
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
-use crate::telemetry::Counters;
+use crate::telemetry::{self, Counters, EndedBy};
 use crate::util::Signal;
 
 mod answers;
@@ -198,11 +198,26 @@ where
         let outbox = &ctx.outbox;
 
         match end {
-            reader::End::PeerGone => outbox.abort(0),
-            reader::End::Aborted => {}
-            reader::End::Close(code) => outbox.close(code),
+            reader::End::PeerClosed(code) => {
+                telemetry::connection_ended(EndedBy::Client, code);
+                outbox.abort(0);
+            }
+            reader::End::PeerGone => {
+                telemetry::connection_ended(EndedBy::Nobody, telemetry::ABNORMAL_CLOSURE);
+                outbox.abort(0);
+            }
+            // The write task ended first: with the code of the abort (a
+            // slow client's 1013), or with none when a write failed.
+            reader::End::Aborted => match outbox.status().abort_code() {
+                0 => telemetry::connection_ended(EndedBy::Nobody, telemetry::ABNORMAL_CLOSURE),
+                code => telemetry::connection_ended(EndedBy::Server, code),
+            },
+            reader::End::Close(code) => {
+                telemetry::connection_ended(EndedBy::Server, code);
+                outbox.close(code);
+            }
         }
-        if end != reader::End::PeerGone {
+        if matches!(end, reader::End::Close(_) | reader::End::Aborted) {
             // Read until the peer answers our close frame (or the deadline), so
             // the socket is not dropped with unread input, which would reset the
             // connection before the client could read the close frame. At most

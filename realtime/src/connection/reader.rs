@@ -17,13 +17,16 @@ use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::history::Position;
 use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
-use crate::telemetry::{Meters, TypeMeters};
+use crate::telemetry::{self, Meters, TypeMeters};
 use crate::util::Signal;
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
-    /// The peer closed, or the TCP connection dropped: nothing to send.
+    /// The peer sent a close frame with this code (1005 for none); the
+    /// WebSocket answers it.
+    PeerClosed(u16),
+    /// The TCP connection dropped, with no close frame: nothing to send.
     PeerGone,
     /// The write task ended or the connection was aborted; it sends its own
     /// close frame.
@@ -168,7 +171,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                         return end;
                     }
                 }
-                Message::Close(_) => return End::PeerGone,
+                Message::Close(frame) => {
+                    let code = frame.map_or(telemetry::NO_STATUS, |frame| frame.code);
+                    return End::PeerClosed(code);
+                }
             }
         }
     }

@@ -389,9 +389,5 @@ async fn send_close(sink: &mut Sink, code: u16) -> bool {
         code,
         reason: close_reason(code).into(),
     };
-    let sent = sink.send(Message::Close(Some(frame))).await.is_ok();
-    if sent {
-        crate::telemetry::client_closed(code);
-    }
-    sent
+    sink.send(Message::Close(Some(frame))).await.is_ok()
 }
