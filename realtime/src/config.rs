@@ -93,6 +93,21 @@ pub struct Config {
     pub max_messages_per_sec: u32,
     /// Messages that may arrive at once before the rate limit applies. Default: 200.
     pub rate_burst: u32,
+    /// WebSocket frames one connection may send per second, whatever they
+    /// hold. Default: 1000, with a burst of one second's worth.
+    ///
+    /// Frames are counted as they come off the socket, before they make a
+    /// message: a client that sends empty continuation frames, which never
+    /// finish a message, pays for each. Past the limit the server stops
+    /// reading that socket until the budget refills; nothing is refused and
+    /// no other client waits.
+    pub max_frames_per_sec: u32,
+    /// Frames one message may be split into. Default: 64. A message in more
+    /// is closed with 1008 (a browser sends each message as one frame).
+    pub max_fragments: u32,
+    /// How long a message split into frames may take from its first frame
+    /// to its last. Default: 10 s. A slower one is closed with 1008.
+    pub fragment_timeout: Duration,
     /// How often the server pings each client. Default: 20 s.
     pub ping_interval: Duration,
     /// How long a client may stay silent (no frame, not even a pong) before it
@@ -145,6 +160,9 @@ impl Default for Config {
             write_batch: 64,
             max_messages_per_sec: 100,
             rate_burst: 200,
+            max_frames_per_sec: 1000,
+            max_fragments: 64,
+            fragment_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(2),
@@ -197,6 +215,8 @@ impl Config {
             ("write_batch", self.write_batch),
             ("max_messages_per_sec", self.max_messages_per_sec as usize),
             ("rate_burst", self.rate_burst as usize),
+            ("max_frames_per_sec", self.max_frames_per_sec as usize),
+            ("max_fragments", self.max_fragments as usize),
             ("max_connections", self.max_connections),
             ("max_topics_per_connection", self.max_topics_per_connection),
             ("read_buffer_bytes", self.read_buffer_bytes),
@@ -209,6 +229,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", self.close_timeout),
+            ("fragment_timeout", self.fragment_timeout),
             ("idempotency_window", self.idempotency_window),
         ] {
             if value.is_zero() {

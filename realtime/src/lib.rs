@@ -95,6 +95,7 @@ pub mod telemetry;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod util;
+mod websocket;
 
 pub use auth::{AuthError, TokenValidator};
 #[cfg(feature = "redis")]

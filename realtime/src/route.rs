@@ -3,7 +3,7 @@
 //!
 //! An upgrade request goes through, in order: the topic's length (400),
 //! `since` (400), the token (401), the topic authorization (403), the
-//! upgrade headers (axum's 400 or 426), the connection limit (503), and the
+//! upgrade headers (400, 405 or 426: see [`Upgrade`]), the connection limit (503), and the
 //! subscription of the instance to the topic (503 if the broker is down).
 //! Only then is the socket upgraded, so a refused client never holds a
 //! WebSocket.
@@ -15,12 +15,11 @@
 //! required" when the upgrade would be accepted now.
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{self, AuthError, Authenticator, BEARER_PROTOCOL, TokenSource};
 use crate::broker::{Broker, BrokerError};
@@ -28,6 +27,8 @@ use crate::handler::MessageHandler;
 use crate::history::Position;
 use crate::service::{Refusal, Service};
 use crate::telemetry;
+use crate::websocket;
+pub use crate::websocket::{Upgrade, UpgradeRefused};
 
 /// The router with one route, `path`, that upgrades to `service`.
 ///
@@ -65,7 +66,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     Path(topic): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRefused>,
 ) -> Result<Response, UpgradeError> {
     let max = service.config().max_topic_bytes;
     if topic.len() > max {
@@ -91,20 +92,25 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         .map_err(UpgradeError::Broker)?;
 
     let config = service.config();
-    let mut ws = ws
+    let socket = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(config.write_buffer_bytes)
-        .max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes);
-    if source == TokenSource::Protocol {
-        ws = ws.protocols([BEARER_PROTOCOL]);
-    }
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let limits = websocket::Limits {
+        frames_per_sec: config.max_frames_per_sec,
+        max_fragments: config.max_fragments,
+        fragment_timeout: config.fragment_timeout,
+    };
+    let protocol = (source == TokenSource::Protocol).then_some(BEARER_PROTOCOL);
     // If the upgrade fails, `accepted` is dropped with the closure: the
     // connection unsubscribes from its topic and frees its place. Boxed,
     // because the task keeps the closure's room for the connection's whole
     // life, and a pointer is smaller.
     let accepted = Box::new(accepted);
-    Ok(ws.on_upgrade(move |socket| service.serve(socket, *accepted)))
+    Ok(ws.answer(socket, limits, protocol, move |socket| {
+        service.serve(socket, *accepted)
+    }))
 }
 
 /// Whether the request asks for a WebSocket at all (`Upgrade: websocket`):

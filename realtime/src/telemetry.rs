@@ -9,6 +9,7 @@
 //! | `realtime_connections_accepted_total` | counter | |
 //! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 426, 429, 500, 503 or `other`) |
 //! | `realtime_connection_ends_total` | counter: every upgraded connection's end, registered at 0 when the service is built | `by` (`client`: its close frame; `server`: the server's close; `none`: the socket ended with no close frame), `code` (the close code: 1005 for a client close frame without one, 1006 for `none`) |
+//! | `realtime_reads_throttled_total` | counter: times a client's socket was left unread for sending frames faster than `Config::max_frames_per_sec` | |
 //! | `realtime_frames_received_total` | counter | `type`: a wire name of the handler's, a `$` control message, or `invalid` |
 //! | `realtime_handler_duration_seconds` | histogram | `type`: the handler's wire names (control messages and invalid frames run no handler) |
 //! | `realtime_events_published_total` | counter | |
@@ -57,6 +58,9 @@ pub const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
 /// assert_eq!(realtime::telemetry::CONNECTION_ENDS, "realtime_connection_ends_total");
 /// ```
 pub const CONNECTION_ENDS: &str = "realtime_connection_ends_total";
+/// Times a client's socket was left unread for sending frames faster than
+/// `Config::max_frames_per_sec`.
+pub const READS_THROTTLED: &str = "realtime_reads_throttled_total";
 /// Client frames, by `type`.
 pub const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
 /// Handler time in seconds, by `type` (histogram).

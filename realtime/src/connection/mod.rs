@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use axum::extract::ws::WebSocket;
+use crate::websocket::Socket;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::task::JoinHandle;
@@ -116,7 +116,7 @@ impl<H: MessageHandler, T: Topics> Copy for Session<'_, H, T> {}
 
 /// A socket whose write task runs: what the read loop still needs of it.
 pub(crate) struct Started {
-    stream: SplitStream<WebSocket>,
+    stream: SplitStream<Socket>,
     writer: JoinHandle<()>,
 }
 
@@ -138,7 +138,7 @@ impl Drop for Started {
 /// it runs, and the socket (368 bytes, moved into the split's shared half)
 /// would cost every idle connection that much again.
 pub(crate) fn start(
-    socket: WebSocket,
+    socket: Socket,
     conn: ConnectionId,
     outbox: &Outbox,
     home: Feed,
@@ -227,7 +227,7 @@ where
                 let mut budget = config.rate_burst;
                 while let Some(Ok(message)) = started.stream.next().await {
                     budget = budget.saturating_sub(1);
-                    if budget == 0 || matches!(message, axum::extract::ws::Message::Close(_)) {
+                    if budget == 0 || matches!(message, tungstenite::Message::Close(_)) {
                         break;
                     }
                 }

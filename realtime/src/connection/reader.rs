@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket};
+use tungstenite::Message;
+
+use crate::websocket::{Socket, Violation};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use serde_json::value::RawValue;
@@ -81,7 +83,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 /// timeout). Dropping the reader afterwards ends its subscriptions.
 pub(super) async fn read<H: MessageHandler, T: Topics<User = H::UserId>>(
     reader: &mut Reader<'_, H, T>,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     shutdown: &Signal,
 ) -> End {
     let end = reader.read_loop(stream, shutdown).await;
@@ -101,7 +103,7 @@ pub(super) async fn read<H: MessageHandler, T: Topics<User = H::UserId>>(
 }
 
 impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>, shutdown: &Signal) -> End {
+    async fn read_loop(&mut self, stream: &mut SplitStream<Socket>, shutdown: &Signal) -> End {
         let config = self.config;
         let status = Arc::clone(self.ctx.outbox.status());
         // Made once: each poll of one of these takes a lock, so they are only
@@ -160,7 +162,11 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                         return end;
                     }
                 }
-                Message::Binary(_) => return End::Close(close_code::UNSUPPORTED),
+                // A raw frame is what a writer sends, never what a read
+                // returns.
+                Message::Binary(_) | Message::Frame(_) => {
+                    return End::Close(close_code::UNSUPPORTED);
+                }
                 // Control frames count against the limit too: each ping
                 // costs a pong. Past it they get no error frame (they have no
                 // id, and an answer would double the flood).
@@ -172,7 +178,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                     }
                 }
                 Message::Close(frame) => {
-                    let code = frame.map_or(telemetry::NO_STATUS, |frame| frame.code);
+                    let code = frame.map_or(telemetry::NO_STATUS, |frame| frame.code.into());
                     return End::PeerClosed(code);
                 }
             }
@@ -541,16 +547,18 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 }
 
 /// A failed read: a frame over the size limit gets 1009, text that is not
-/// UTF-8 gets 1007 and a broken frame (unmasked, a reserved opcode or bit)
-/// 1002, as RFC 6455 asks; anything else means the peer is gone.
-fn read_error(error: axum::Error) -> End {
+/// UTF-8 gets 1007 and a broken frame (unmasked, a reserved opcode or bit,
+/// a length with its top bit set) 1002, as RFC 6455 asks; a message in too
+/// many fragments or too slow in coming 1008 (see `websocket::guard`);
+/// anything else means the peer is gone.
+fn read_error(error: tungstenite::Error) -> End {
     use tungstenite::error::ProtocolError;
-    let error = error.into_inner();
-    let code = match error.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(close_code::TOO_BIG),
-        Some(tungstenite::Error::Utf8(_)) => Some(close_code::INVALID_DATA),
-        Some(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
-        Some(tungstenite::Error::Protocol(_)) => Some(close_code::PROTOCOL_ERROR),
+    let code = match &error {
+        tungstenite::Error::Capacity(_) => Some(close_code::TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(close_code::INVALID_DATA),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some(close_code::PROTOCOL_ERROR),
+        tungstenite::Error::Io(io) => Violation::of(io).map(Violation::code),
         _ => None,
     };
     match code {

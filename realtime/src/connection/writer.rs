@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+
+use crate::websocket::Socket;
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -16,7 +19,7 @@ use crate::hub::{Event, Feed, Ring};
 use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
 
-type Sink = SplitSink<WebSocket, Message>;
+type Sink = SplitSink<Socket, Message>;
 
 /// How often a writer that waits for a full socket looks whether its client
 /// fell a whole ring behind. A ring never waits for its slowest reader, so
@@ -386,7 +389,7 @@ async fn unless_stuck<E>(
 
 async fn send_close(sink: &mut Sink, code: u16) -> bool {
     let frame = CloseFrame {
-        code,
+        code: code.into(),
         reason: close_reason(code).into(),
     };
     sink.send(Message::Close(Some(frame))).await.is_ok()

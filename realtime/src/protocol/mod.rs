@@ -2,7 +2,7 @@
 //!
 #![doc = include_str!("../../docs/protocol.md")]
 
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 mod incoming;
 mod outgoing;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::WebSocket;
+use crate::websocket::Socket;
 use tokio::sync::watch;
 
 use super::subscribe::{Entry, Subscription};
@@ -150,7 +150,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// socket is not moved into it).
     pub(crate) fn serve(
         self,
-        socket: WebSocket,
+        socket: Socket,
         accepted: Accepted<H, B>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let Accepted {
