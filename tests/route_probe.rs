@@ -56,3 +56,27 @@ async fn a_probe_gets_503_when_the_instance_is_full_or_shutting_down() {
     node.service.shutdown().await;
     assert_eq!(plain_get(addr, "/ws/lobby?token=bob").await, 503);
 }
+
+#[tokio::test]
+async fn since_is_read_percent_decoded_like_the_token() {
+    let node = Node::serve(
+        MemoryBroker::new(),
+        HistoryPolicy::none(),
+        Config::default(),
+    )
+    .await;
+    let addr = node.server.addr();
+    // `3.abc`, with the dot encoded as a URL library may write it.
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&since=3%2Eabc").await,
+        426
+    );
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&since=3.abc").await,
+        426
+    );
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&since=3%2Ea%2Fc").await,
+        400
+    );
+}

@@ -126,7 +126,8 @@ async fn join_without_a_topic_names_the_field() {
 async fn non_scalar_id_is_refused() {
     assert_eq!(
         answer_to(r#"{"type": "echo", "data": {"text": "x"}, "id": {"a": 1}}"#).await,
-        json!({"error": {"code": 400, "message": "`id` must be a number or a string"}})
+        json!({"error": {"code": 400, "message":
+            "`id` must be a number or a string of at most 128 bytes"}})
     );
 }
 
@@ -266,4 +267,45 @@ async fn a_ping_flood_is_closed_with_1008() {
     // (a burst and one), then at most a burst read while the server waits
     // for the client's close: each ping read costs a pong.
     assert!(outcome.pongs <= 3 * 20 + 1, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn an_id_that_json_cannot_carry_back_is_refused() {
+    // Echoed raw, these would be answers a strict JSON reader refuses: a
+    // number past f64, a lone surrogate, and an id as long as a frame.
+    let long = format!(r#""{}""#, "i".repeat(200));
+    for id in ["1e400", r#""\ud800""#, long.as_str()] {
+        let frame = format!(r#"{{"type": "echo", "data": {{"text": "x"}}, "id": {id}}}"#);
+        assert_eq!(
+            answer_to(&frame).await,
+            json!({"error": {"code": 400, "message":
+                "`id` must be a number or a string of at most 128 bytes"}}),
+            "id {id}"
+        );
+    }
+    // What an id may be still is.
+    for id in ["7", "-3", "1.5", r#""a-b""#, r#""\u00e9""#] {
+        let frame = format!(r#"{{"type": "echo", "data": {{"text": "x"}}, "id": {id}}}"#);
+        let answer = answer_to(&frame).await;
+        let expected: Value = serde_json::from_str(id).unwrap();
+        assert_eq!(answer["reply_to"], expected, "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_echoes_a_bounded_part_of_the_input() {
+    // A 60 KB type name, and a 60 KB string where a number is expected:
+    // the errors name them, but not whole.
+    let name = "x".repeat(60_000);
+    let unknown = answer_to(&format!(r#"{{"type": "{name}", "id": 1}}"#)).await;
+    let wrong = answer_to(&format!(
+        r#"{{"type": "slow", "data": {{"ms": "{name}"}}, "id": 2}}"#
+    ))
+    .await;
+    for answer in [unknown, wrong] {
+        let message = answer["error"]["message"].as_str().expect("a message");
+        assert_eq!(answer["error"]["code"], 400, "{answer}");
+        assert!(message.len() <= 512, "{} bytes", message.len());
+        assert!(message.ends_with('…'), "{message}");
+    }
 }

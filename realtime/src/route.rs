@@ -155,11 +155,11 @@ fn refused_for(refusal: Refusal) -> UpgradeError {
 /// The `since` of the query string (`?since=42.x7Fq`): where a client
 /// resumes the URL's topic.
 fn since(query: Option<&str>) -> Result<Option<Position>, UpgradeError> {
-    let Some(value) = query
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .find_map(|pair| pair.strip_prefix("since="))
-    else {
+    // Decoded like `token`: a client's URL library may encode the `.`.
+    let Some(value) = query.and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find_map(|(key, value)| (key == "since").then_some(value))
+    }) else {
         return Ok(None);
     };
     value.parse().map(Some).map_err(|_| UpgradeError::BadSince)

@@ -138,7 +138,9 @@ pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
             if envelope.id.is_some_and(|id| !is_valid_id(id)) {
                 return Err(FrameError {
                     id: None,
-                    message: "`id` must be a number or a string".to_owned(),
+                    message: format!(
+                        "`id` must be a number or a string of at most {MAX_ID_BYTES} bytes"
+                    ),
                 });
             }
             if envelope
@@ -179,8 +181,27 @@ pub(crate) fn read_envelope(text: &str) -> Result<Request<'_>, FrameError<'_>> {
     }
 }
 
+/// The longest `id` a client may send, in bytes as written: an answer
+/// echoes it, and a request must not make its answer large.
+pub(crate) const MAX_ID_BYTES: usize = 128;
+
+/// Whether `id` is one an answer can echo as written: a string that reads
+/// as one (a lone surrogate escape does not) or a number that reads as a
+/// finite `f64` (`1e400` does not), of at most [`MAX_ID_BYTES`]. Anything
+/// else, echoed, would be an answer a strict JSON reader refuses.
 fn is_valid_id(id: &RawValue) -> bool {
-    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    let raw = id.get();
+    if raw.len() > MAX_ID_BYTES {
+        return false;
+    }
+    match raw.as_bytes().first() {
+        // Borrowed when there is no escape; decoded once when there is.
+        Some(b'"') => {
+            serde_json::from_str::<&str>(raw).is_ok() || serde_json::from_str::<String>(raw).is_ok()
+        }
+        Some(b'-' | b'0'..=b'9') => serde_json::from_str::<f64>(raw).is_ok_and(f64::is_finite),
+        _ => false,
+    }
 }
 
 impl<'a> Request<'a> {

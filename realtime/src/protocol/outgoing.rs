@@ -137,14 +137,34 @@ pub(crate) fn published_frame(id: &RawValue, position: Option<&Position>) -> Fra
 
 /// `{"reply_to": <id>, "error": {"code": <code>, "message": <message>}}`.
 pub(crate) fn error_frame(id: Option<&RawValue>, code: u16, message: &str) -> Frame {
+    let message = bounded(message);
     let mut text = String::with_capacity(48 + message.len());
     text.push('{');
     push_reply_to(&mut text, id);
     // A u16 and a JSON string cannot fail to format.
     let _ = write!(text, "\"error\":{{\"code\":{code},\"message\":");
-    text.push_str(&serde_json::to_string(message).expect("a string always serializes"));
+    text.push_str(&serde_json::to_string(&*message).expect("a string always serializes"));
     text.push_str("}}");
     Frame::from(text)
+}
+
+/// The longest error message sent, in bytes: a message that quotes the
+/// client's input (an unknown type, serde's "invalid type: string ...")
+/// would otherwise send a 64 KiB frame back for each 64 KiB one.
+pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
+/// `message`, cut at a character boundary to at most
+/// [`MAX_ERROR_MESSAGE_BYTES`] with `…` at the end when it is longer.
+fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return message.into();
+    }
+    let ellipsis = '…';
+    let mut end = MAX_ERROR_MESSAGE_BYTES - ellipsis.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &message[..end]).into()
 }
 
 fn push_reply_to(text: &mut String, id: Option<&RawValue>) {
