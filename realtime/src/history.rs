@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::pattern::Rules;
 
-pub use crate::broker::{History, Retention, Sequenced};
+pub use crate::broker::{History, HistoryQuery, Retention, Sequenced};
 pub use crate::protocol::{Position, PositionError};
 
 /// Which topics keep history, and how much: rules by topic pattern, then

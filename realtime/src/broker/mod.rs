@@ -21,7 +21,7 @@ mod presence;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
-pub use history::{History, Retention, Sequenced};
+pub use history::{History, HistoryQuery, Retention, Sequenced};
 pub use incoming::{Fanout, Incoming};
 pub use memory::MemoryBroker;
 pub use presence::{Presence, PresenceUpdate};
@@ -103,7 +103,7 @@ pub trait Broker: Send + Sync + 'static {
     /// use std::time::Duration;
     /// use realtime::{Broker, MemoryBroker};
     /// use realtime::broker::{Idempotency, Incoming};
-    /// use realtime::history::Retention;
+    /// use realtime::history::{HistoryQuery, Retention};
     /// use realtime::protocol::Frame;
     ///
     /// # block_on(async {
@@ -118,7 +118,7 @@ pub trait Broker: Send + Sync + 'static {
     /// let first = broker.append("t", frame.clone(), &keep, Some(once)).await?;
     /// let again = broker.append("t", frame, &keep, Some(once)).await?;
     /// assert_eq!((first.offset, again.offset), (2, 2));
-    /// let history = broker.history("t", Some(0), 10, &keep).await?;
+    /// let history = broker.history("t", HistoryQuery::after(0, 10), &keep).await?;
     /// assert_eq!(history.events[0].frame.as_str(), r#"{"topic":"t","offset":1,"event":"hi"}"#);
     /// # Ok::<(), realtime::BrokerError>(())
     /// # }).unwrap();
@@ -137,22 +137,23 @@ pub trait Broker: Send + Sync + 'static {
         std::future::ready(Err(BrokerError::Unsupported("history")))
     }
 
-    /// Reads `topic`'s history: the events after offset `since`, or with
-    /// `since` `None` the last `limit` ones; at most `limit`, oldest first;
-    /// and the current position. A topic without history yet gets one now
-    /// (offset 0 and a new epoch), kept as `retention` says, so that a
-    /// client can resume from it.
+    /// Reads `topic`'s history as `query` says (the events after an
+    /// offset, or the last ones, within a count and a byte budget), oldest
+    /// first, and the current position. A topic without history yet gets
+    /// one now (offset 0 and a new epoch), kept as `retention` says, so that
+    /// a client can resume from it. A broker stops reading as soon as it
+    /// knows the answer: events of another epoch than `query.epoch`, or a
+    /// `whole` read that cannot be whole, are never read.
     ///
     /// The default refuses: a broker without history support. See
     /// [`append`](Self::append) for an example.
     fn history(
         &self,
         topic: &str,
-        since: Option<u64>,
-        limit: usize,
+        query: HistoryQuery<'_>,
         retention: &Retention,
     ) -> impl Future<Output = Result<History, BrokerError>> + Send {
-        let _ = (topic, since, limit, retention);
+        let _ = (topic, query, retention);
         std::future::ready(Err(BrokerError::Unsupported("history")))
     }
 

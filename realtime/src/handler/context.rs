@@ -198,6 +198,11 @@ impl<S, U> Context<S, U> {
     ///
     /// [`Service::history`]: crate::Service::history
     ///
+    /// At most [`Config::max_reply_bytes`](crate::Config::max_reply_bytes)
+    /// of events are read: after `since`, those up to the budget; the last
+    /// ones, the newest that fit. A reply that sends them back fits the cap,
+    /// and the broker reads no more than that.
+    ///
     /// # Errors
     ///
     /// [`HandlerError`] with code 400 when the service keeps no history for

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Hub;
-use crate::broker::{Broker, BrokerError, Fanout, Presence};
+use crate::broker::{Broker, BrokerError, Fanout, HistoryQuery, Presence};
 use crate::history::HistoryPolicy;
 use crate::protocol::{self, Frame};
 use crate::util::{Backoff, Jitter};
@@ -120,7 +120,7 @@ impl<B: Broker> Filler<B> {
         };
         let read = self
             .broker
-            .history(topic, from.since, limit, &retention)
+            .history(topic, HistoryQuery::from(from.since, limit), &retention)
             .await?;
         Ok(self.hub.apply_read(topic, from, read))
     }

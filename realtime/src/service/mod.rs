@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, BrokerError, Idempotency, MemoryBroker};
+use crate::broker::{Broker, BrokerError, HistoryQuery, Idempotency, MemoryBroker};
 use crate::config::Config;
 use crate::handler::{ConnectionId, MessageHandler};
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
@@ -487,8 +487,11 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             .history
             .retention(topic)
             .ok_or_else(|| HistoryError::NotKept(topic.to_owned()))?;
-        let limit = limit.min(retention.size());
-        Ok(self.broker.history(topic, since, limit, &retention).await?)
+        // Within what a reply may hold: a handler that sends the events
+        // back would otherwise read a history only to fail with a 500.
+        let query = HistoryQuery::from(since, limit.min(retention.size()))
+            .max_bytes(self.config.max_reply_bytes);
+        Ok(self.broker.history(topic, query, &retention).await?)
     }
 }
 

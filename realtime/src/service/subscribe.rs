@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::Inner;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
 use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
@@ -176,16 +176,17 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let deadline = tokio::time::Instant::now() + RESUME_WAIT;
         let mut moved_ring = false;
         loop {
-            let from = since.map(|since| since.offset);
-            let read = inner
-                .broker
-                .history(
-                    topic,
-                    from,
-                    if from.is_some() { limit } else { 0 },
-                    &retention,
-                )
-                .await?;
+            // A resume reads only what it can use: of its epoch, from
+            // where it left off, and all of it within the queue's bytes;
+            // else the broker answers the position alone.
+            let query = match since {
+                Some(since) => HistoryQuery::after(since.offset, limit)
+                    .epoch(&since.epoch)
+                    .max_bytes(config.outbound_queue_bytes)
+                    .whole(),
+                None => HistoryQuery::position(),
+            };
+            let read = inner.broker.history(topic, query, &retention).await?;
             match inner.hub.ring(topic) {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>

@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::{
-    Broker, BrokerError, History, Idempotency, Incoming, Presence, PresenceUpdate, Retention,
-    Sequenced,
+    Broker, BrokerError, History, HistoryQuery, Idempotency, Incoming, Presence, PresenceUpdate,
+    Retention, Sequenced,
 };
 use crate::protocol::{self, Frame, Position};
 use crate::util::{Mutex, RwLock};
@@ -284,20 +284,18 @@ impl Broker for MemoryBroker {
     async fn history(
         &self,
         topic: &str,
-        since: Option<u64>,
-        limit: usize,
+        query: HistoryQuery<'_>,
         retention: &Retention,
     ) -> Result<History, BrokerError> {
         let mut histories = self.hub.histories.lock();
         let kept = histories.get(topic, retention, false);
-        let skip = match since {
-            Some(since) => kept.events.partition_point(|event| event.offset <= since),
-            None => kept.events.len().saturating_sub(limit),
-        };
-        Ok(History {
-            position: kept.position(),
-            events: kept.events.iter().skip(skip).take(limit).cloned().collect(),
-        })
+        let position = kept.position();
+        // Contiguous for a slice; a ring of at most `Retention::MAX_SIZE`
+        // rotates at most once per wrap.
+        let events = query
+            .select(&position.epoch, kept.events.make_contiguous())
+            .to_vec();
+        Ok(History { position, events })
     }
 
     fn supports_presence(&self) -> bool {

@@ -201,17 +201,16 @@ impl Publisher {
     pub(super) async fn read(
         &mut self,
         keys: super::script::Keys,
-        since: Option<u64>,
-        limit: usize,
+        query: crate::broker::HistoryQuery<'_>,
         retention: &crate::broker::Retention,
     ) -> Result<crate::broker::History, RedisError> {
         let run = Arc::clone(&self.run);
         match &mut self.conn {
             PublishConn::Single(conn) => {
-                super::script::read(conn, keys, since, limit, retention, &run).await
+                super::script::read(conn, keys, query, retention, &run).await
             }
             PublishConn::Cluster(conn) => {
-                super::script::read(conn, keys, since, limit, retention, &run).await
+                super::script::read(conn, keys, query, retention, &run).await
             }
         }
     }

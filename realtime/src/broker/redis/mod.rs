@@ -10,7 +10,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::metrics::LinkCounters;
 use super::{Broker, BrokerError, Idempotency, Incoming};
-use super::{History, Retention};
+use super::{History, HistoryQuery, Retention};
 use super::{Presence, PresenceUpdate};
 use crate::protocol::{self, Frame, Position};
 use crate::util::bump;
@@ -405,13 +405,12 @@ impl Broker for RedisBroker {
     async fn history(
         &self,
         topic: &str,
-        since: Option<u64>,
-        limit: usize,
+        query: HistoryQuery<'_>,
         retention: &Retention,
     ) -> Result<History, BrokerError> {
         let mut publisher = self.publisher(topic)?;
         let keys = self.shared.keys(topic);
-        let read = publisher.read(keys, since, limit, retention).await;
+        let read = publisher.read(keys, query, retention).await;
         read.map_err(|error| {
             tracing::debug!(topic, %error, "reading history from Redis failed");
             if error.is_unrecoverable_error() {

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::redis::{Script, Value};
 use bytes::Bytes;
 
-use crate::broker::{History, Retention, Sequenced};
+use crate::broker::{History, HistoryQuery, Retention, Sequenced};
 use crate::broker::{Presence, PresenceUpdate};
 use crate::protocol::Frame;
 use crate::protocol::Position;
@@ -113,11 +113,18 @@ return 0
     )
 });
 
-/// Reads the position and up to a limit of events: after an offset
-/// (`XRANGE`), or the last ones (`XREVRANGE`, reversed by the caller). A
-/// topic without meta gets one (offset 0, a new epoch), so that a client
-/// has a position to resume from; so does one whose epoch another run of
-/// Redis began (see [`EPOCH_OF`]).
+/// Reads the position and events as a [`HistoryQuery`] says: after an
+/// offset (`XRANGE`) or the last ones (`XREVRANGE`, reversed by the
+/// caller), in parts of 100, stopping at the count or the byte budget. A
+/// read of another epoch than the one asked for, or a whole read that
+/// cannot be whole (a gap at its start, more than fits), answers the
+/// position alone, having read at most one part. A topic without meta gets
+/// one (offset 0, a new epoch), so that a client has a position to resume
+/// from; so does one whose epoch another run of Redis began (see
+/// [`EPOCH_OF`]).
+///
+/// ARGV: since (empty: the last ones), limit, TTL in ms, a new epoch, the
+/// run, the epoch asked for (empty: any), the byte budget, whole (`1`).
 static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{EPOCH_OF}{}",
@@ -127,17 +134,45 @@ if fresh then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return {0, epoch, {}}
 end
-local offset = redis.call('HGET', KEYS[2], 'offset')
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset'))
 local limit = tonumber(ARGV[2])
-local entries = {}
-if limit > 0 then
-  if ARGV[1] == '' then
-    entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', limit)
-  else
-    entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit)
-  end
+if limit <= 0 or (ARGV[6] ~= '' and ARGV[6] ~= epoch) then
+  return {offset, epoch, {}}
 end
-return {tonumber(offset), epoch, entries}
+local budget = tonumber(ARGV[7])
+local whole = ARGV[8] == '1'
+local backwards = ARGV[1] == ''
+local since = tonumber(ARGV[1])
+local entries = {}
+local from = backwards and '+' or ('(' .. ARGV[1])
+while #entries < limit do
+  local count = math.min(100, limit - #entries)
+  local part
+  if backwards then
+    part = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', count)
+  else
+    part = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', count)
+    if whole and #entries == 0 and #part > 0
+        and tonumber(string.match(part[1][1], '^%d+')) ~= since + 1 then
+      return {offset, epoch, {}}
+    end
+  end
+  for _, entry in ipairs(part) do
+    budget = budget - string.len(entry[2][2])
+    if budget < 0 then
+      if whole then return {offset, epoch, {}} end
+      return {offset, epoch, entries}
+    end
+    entries[#entries + 1] = entry
+  end
+  if #part < count then break end
+  from = '(' .. part[#part][1]
+end
+if whole and not backwards and #entries > 0
+    and tonumber(string.match(entries[#entries][1], '^%d+')) < offset then
+  return {offset, epoch, {}}
+end
+return {offset, epoch, entries}
 "#
     ))
 });
@@ -426,26 +461,34 @@ pub(super) fn is_noscript(error: &::redis::RedisError) -> bool {
 pub(super) async fn read(
     conn: &mut impl ::redis::aio::ConnectionLike,
     keys: Keys,
-    since: Option<u64>,
-    limit: usize,
+    query: HistoryQuery<'_>,
     retention: &Retention,
     run: &str,
 ) -> ::redis::RedisResult<History> {
     let (offset, epoch, entries): (u64, String, Vec<Value>) = READ
         .key(keys.stream)
         .key(keys.meta)
-        .arg(since.map(|since| since.to_string()).unwrap_or_default())
-        .arg(limit)
+        .arg(
+            query
+                .since
+                .map(|since| since.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(query.limit)
         .arg(retention.ttl().as_millis() as u64)
         .arg(crate::util::random_id())
         .arg(run)
+        .arg(query.epoch.unwrap_or_default())
+        // Lua reads numbers as doubles: past 2^53 the budget is no bound anyway.
+        .arg(query.max_bytes.min(1 << 53))
+        .arg(if query.whole { "1" } else { "0" })
         .invoke_async(conn)
         .await?;
     let mut events = entries
         .into_iter()
         .filter_map(entry)
         .collect::<Vec<Sequenced>>();
-    if since.is_none() {
+    if query.since.is_none() {
         events.reverse();
     }
     Ok(History {

@@ -1,0 +1,123 @@
+//! A read of a topic's history reads only what it can use. A resume from
+//! another epoch, from before what the history holds, or past what the
+//! client's queue takes answers `recovered: false` without drawing the
+//! history out of Redis; a handler's history read stays within the reply
+//! cap. Measured with Redis's own count of the bytes it sent
+//! (`total_net_output_bytes`).
+
+mod support;
+
+use std::time::Duration;
+
+use realtime::history::{HistoryPolicy, Retention};
+use realtime::{Config, RedisBroker};
+use support::{Node, RedisServer, position, subscribed};
+
+/// Bytes this Redis has sent to its clients so far.
+async fn sent(redis: &RedisServer) -> u64 {
+    let mut admin = redis.admin().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut admin)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("total_net_output_bytes")
+}
+
+/// What Redis sent per call of `resume`, over `times` calls.
+async fn sent_per<F, Fut>(redis: &RedisServer, times: u64, mut resume: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = sent(redis).await;
+    for _ in 0..times {
+        resume().await;
+    }
+    (sent(redis).await - before) / times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_cannot_be_used_are_not_made() {
+    let redis = RedisServer::start().await;
+    let mut config = Config::default();
+    config.outbound_queue_bytes = 256 * 1024;
+    config.max_reply_bytes = 64 * 1024;
+    let policy =
+        HistoryPolicy::none().keep("room:*", Retention::new(1000, Duration::from_secs(600)));
+    let broker = RedisBroker::connect(&redis.url(), support::redis_config("budget:"))
+        .await
+        .expect("connect");
+    let node: Node<RedisBroker> = Node::serve(broker, policy, config).await;
+
+    // 1100 lines of 1 KiB: the history holds the last 1000 (101..=1100),
+    // about 1.1 MB.
+    let line = "x".repeat(1024);
+    for n in 0..1100 {
+        node.publish("room:a", format!("{n} {line}")).await;
+    }
+    let now = node.service.position("room:a").await.expect("a position");
+    assert_eq!(now.offset, 1100);
+
+    let resume = |since: String| {
+        let node = &node;
+        async move {
+            let mut client = node
+                .connect(&format!("room:a?since={since}"), "alice")
+                .await;
+            let told = subscribed(&mut client).await;
+            assert_eq!(told["subscribed"]["recovered"], false, "{told}");
+            client.close().await;
+        }
+    };
+    // Another epoch, a gap before the history, and 1000 events that do not
+    // fit a 256 KiB queue. Before, each drew the whole history: about
+    // 1 MB a resume.
+    let epoch = now.epoch.clone();
+    for (case, since) in [
+        ("another epoch", "500.WRONG".to_owned()),
+        ("a gap", format!("5.{epoch}")),
+        ("past the queue", format!("200.{epoch}")),
+    ] {
+        let per = sent_per(&redis, 5, || resume(since.clone())).await;
+        assert!(per < 16 * 1024, "{case}: Redis sent {per} bytes a resume");
+    }
+
+    // What can be used still is: the last ten lines.
+    let mut back = node
+        .connect(&format!("room:a?since=1090.{epoch}"), "alice")
+        .await;
+    for offset in 1091..=1100 {
+        assert_eq!(back.recv().await["offset"], offset);
+    }
+    let told = subscribed(&mut back).await;
+    assert_eq!(told["subscribed"]["recovered"], true, "{told}");
+    assert_eq!(position(&told, "subscribed"), now);
+
+    // A handler's read of the last 100 lines of 12 KB each: the newest
+    // that fit the 64 KiB reply cap, and no more read out of Redis.
+    let big = "y".repeat(12_000);
+    for n in 0..100 {
+        node.publish("room:big", format!("{n} {big}")).await;
+    }
+    let before = sent(&redis).await;
+    let read = node
+        .service
+        .history("room:big", None, 100)
+        .await
+        .expect("a read");
+    let per = sent(&redis).await - before;
+    let bytes: usize = read
+        .events
+        .iter()
+        .map(|event| event.frame.as_str().len())
+        .sum();
+    assert!(bytes <= 64 * 1024, "{bytes} bytes read");
+    assert_eq!(read.events.last().map(|event| event.offset), Some(100));
+    let lines = read.events.len();
+    assert_eq!(lines, 5, "the newest five of 12 KB fit 64 KiB");
+    assert!(per < 80 * 1024, "Redis sent {per} bytes for the read");
+}
