@@ -126,6 +126,17 @@ pub struct Config {
     /// A `$join` past the limit is answered with an error frame (code 400);
     /// the client leaves a topic with `$leave` first.
     pub max_topics_per_connection: usize,
+    /// Bytes queued for all of this instance's clients past which a resume
+    /// (`since`) is refused. Default: 256 MiB.
+    ///
+    /// A resume queues the events the client missed, up to
+    /// `outbound_queue_bytes`, until its socket takes them; clients that
+    /// resume and never read would otherwise hold that much each. Checked
+    /// against what is queued when the missed events have been read: the
+    /// upgrade is answered 503, a `$join` error 503, and the client resumes
+    /// later with its position intact. Resumes checked at the same moment
+    /// may pass it together, by at most `outbound_queue_bytes` each.
+    pub max_replay_bytes: usize,
     /// Size of each connection's read buffer, in bytes. Default: 4 KiB.
     ///
     /// axum's default is 128 KiB, which makes an idle connection cost about
@@ -168,6 +179,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             max_connections: 10_000,
             max_topics_per_connection: 16,
+            max_replay_bytes: 256 * 1024 * 1024,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 8 * 1024,
             idempotency_window: Duration::from_secs(120),
@@ -219,6 +231,7 @@ impl Config {
             ("max_fragments", self.max_fragments as usize),
             ("max_connections", self.max_connections),
             ("max_topics_per_connection", self.max_topics_per_connection),
+            ("max_replay_bytes", self.max_replay_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("write_buffer_bytes", self.write_buffer_bytes),
         ];

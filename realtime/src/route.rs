@@ -221,7 +221,7 @@ impl UpgradeError {
             }
             other => {
                 if let Self::Broker(error) = &other {
-                    tracing::warn!(%error, "refused an upgrade: broker unavailable");
+                    tracing::warn!(%error, "refused an upgrade");
                 }
                 // The body names the cause too: "...: broker unavailable".
                 let body = match &other {

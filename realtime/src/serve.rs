@@ -1,8 +1,8 @@
 //! Serving an axum app with the guards a public WebSocket server needs
 //! before any socket is upgraded: a deadline for the request head, a bound
 //! on connections not yet upgraded, a pause on accept errors, the file
-//! limit raised at start, `TCP_NODELAY` on every socket, and one deadline
-//! for the whole shutdown.
+//! limit raised at start, `TCP_NODELAY` and a bounded send buffer on every
+//! socket, and one deadline for the whole shutdown.
 //!
 //! `axum::serve` has none of these: a client that opens connections and
 //! sends nothing holds a file descriptor each for as long as it likes, and
@@ -51,6 +51,7 @@ pub fn serve(listener: TcpListener, app: Router) -> Serve {
         app,
         header_timeout: Duration::from_secs(10),
         max_pending: 1024,
+        send_buffer: Some(64 * 1024),
         shutdown_timeout: Duration::from_secs(10),
         signal: Box::pin(std::future::pending()),
         drain_delay: Duration::ZERO,
@@ -68,6 +69,7 @@ pub struct Serve {
     app: Router,
     header_timeout: Duration,
     max_pending: usize,
+    send_buffer: Option<usize>,
     shutdown_timeout: Duration,
     signal: Drain,
     drain_delay: Duration,
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Serve {
         f.debug_struct("Serve")
             .field("header_timeout", &self.header_timeout)
             .field("max_pending", &self.max_pending)
+            .field("send_buffer", &self.send_buffer)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()
     }
@@ -103,6 +106,22 @@ impl Serve {
     /// sum of the two.
     pub fn max_pending(mut self, max: usize) -> Self {
         self.max_pending = max.max(1);
+        self
+    }
+
+    /// The kernel's send buffer of each socket (`SO_SNDBUF`, which Linux
+    /// doubles for its own bookkeeping). Default: 64 KiB; `None` leaves the
+    /// kernel's autotuning, which grows a buffer up to `tcp_wmem`'s maximum
+    /// (4 MiB by default).
+    ///
+    /// A client that stops reading leaves the server's side of its socket
+    /// full: with autotuning, about a mebibyte of kernel memory each, so
+    /// that a few thousand such sockets (clients resuming a long history and
+    /// never reading it, say) push the machine into TCP memory pressure.
+    /// Realtime frames are small; 64 KiB is many of them, and the
+    /// connection's own queue holds what does not fit.
+    pub fn send_buffer(mut self, bytes: Option<usize>) -> Self {
+        self.send_buffer = bytes;
         self
     }
 
@@ -161,6 +180,7 @@ impl Serve {
             app,
             header_timeout,
             max_pending,
+            send_buffer,
             shutdown_timeout,
             signal,
             drain_delay,
@@ -206,6 +226,12 @@ impl Serve {
                     // batches what is ready into one flush.
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
+                    }
+                    if let Some(bytes) = send_buffer
+                        && let Err(error) =
+                            socket2::SockRef::from(&stream).set_send_buffer_size(bytes)
+                    {
+                        tracing::debug!(%error, "could not set SO_SNDBUF");
                     }
                     stream
                 }

@@ -38,7 +38,8 @@
 //!
 //! The constants below are the series' names, for dashboards and tests.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
@@ -215,6 +216,9 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
     pub(crate) recovered: AtomicU64,
     pub(crate) not_recovered: AtomicU64,
+    /// Bytes queued for clients in every connection's own queue (answers,
+    /// catch-ups), shared with each queue.
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Default for Counters {
@@ -237,6 +241,7 @@ impl Counters {
             resets: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
+            queued_bytes: Arc::default(),
         }
     }
 

@@ -302,4 +302,10 @@ pub enum BrokerError {
     /// The broker does not offer this feature (named).
     #[error("the broker does not support {0}")]
     Unsupported(&'static str),
+    /// Not the broker's: a resume would have queued its missed events past
+    /// the instance's `Config::max_replay_bytes`. The client is refused
+    /// (HTTP 503, or error 503 for a `$join`) and resumes later, when the
+    /// clients replaying now have read theirs.
+    #[error("too many missed events being replayed on this instance; try again later")]
+    ReplayBudget,
 }

@@ -127,7 +127,7 @@ impl Outbox {
     /// [`status`](Self::status).
     pub(crate) fn new(max_frames: usize, max_bytes: usize, counters: Arc<Counters>) -> Self {
         let status = Arc::new(Status {
-            queue: Queue::new(max_frames, max_bytes),
+            queue: Queue::new(max_frames, max_bytes, Arc::clone(&counters.queued_bytes)),
             abort: Signal::default(),
             abort_code: AtomicU16::new(0),
             counters,

@@ -10,8 +10,8 @@
 //! a lock-free list would save.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -42,6 +42,9 @@ pub(crate) struct Queue {
     reader: AtomicWaker,
     max_frames: usize,
     max_bytes: usize,
+    /// Bytes queued in every queue of the instance, which this one adds
+    /// its own to: what `Config::max_replay_bytes` is checked against.
+    total: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -54,14 +57,15 @@ struct State {
 
 impl Queue {
     /// An empty queue of at most `max_frames` items and `max_bytes` bytes of
-    /// frames; it allocates nothing yet.
-    pub(crate) fn new(max_frames: usize, max_bytes: usize) -> Self {
+    /// frames, whose bytes count in `total` too; it allocates nothing yet.
+    pub(crate) fn new(max_frames: usize, max_bytes: usize, total: Arc<AtomicUsize>) -> Self {
         Self {
             state: Mutex::default(),
             len: AtomicUsize::new(0),
             reader: AtomicWaker::new(),
             max_frames,
             max_bytes,
+            total,
         }
     }
 
@@ -93,6 +97,7 @@ impl Queue {
                 return Err(Refused::Full);
             }
             state.bytes += size;
+            self.total.fetch_add(size, Ordering::Relaxed);
             state.items.extend(items);
             self.len.fetch_add(count, Ordering::Release);
         }
@@ -112,6 +117,7 @@ impl Queue {
                 return Err(Refused::Full);
             }
             state.bytes += size;
+            self.total.fetch_add(size, Ordering::Relaxed);
             state.items.push_back(item);
             self.len.fetch_add(1, Ordering::Release);
         }
@@ -128,6 +134,7 @@ impl Queue {
         let item = state.items.pop_front()?;
         self.len.fetch_sub(1, Ordering::Release);
         state.bytes -= item.size();
+        self.total.fetch_sub(item.size(), Ordering::Relaxed);
         if state.items.is_empty() && state.items.capacity() > KEEP {
             state.items = VecDeque::new();
         }
@@ -153,6 +160,7 @@ impl Queue {
         let dropped = {
             let mut state = self.lock();
             state.closed = true;
+            self.total.fetch_sub(state.bytes, Ordering::Relaxed);
             state.bytes = 0;
             self.len.store(0, Ordering::Release);
             std::mem::take(&mut state.items)
@@ -166,6 +174,14 @@ impl Queue {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Queue {
+    /// What is still queued leaves the instance's total with the queue.
+    fn drop(&mut self) {
+        let state = self.lock();
+        self.total.fetch_sub(state.bytes, Ordering::Relaxed);
     }
 }
 
@@ -187,7 +203,7 @@ mod tests {
 
     #[test]
     fn bounded_in_items() {
-        let queue = Queue::new(2, 1024);
+        let queue = Queue::new(2, 1024, Arc::default());
         assert_eq!(queue.push(frame("a")), Ok(()));
         assert_eq!(queue.push(Outbound::Ping), Ok(()));
         assert_eq!(queue.push(frame("c")), Err(Refused::Full));
@@ -197,7 +213,7 @@ mod tests {
 
     #[test]
     fn bounded_in_bytes() {
-        let queue = Queue::new(100, 10);
+        let queue = Queue::new(100, 10, Arc::default());
         assert_eq!(queue.push(frame("12345678")), Ok(()));
         assert_eq!(queue.push(frame("123")), Err(Refused::Full));
         assert_eq!(queue.push(frame("12")), Ok(()));
@@ -207,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_close_frame_goes_past_the_bounds_behind_everything() {
-        let queue = Queue::new(1, 1024);
+        let queue = Queue::new(1, 1024, Arc::default());
         assert_eq!(queue.push(frame("a")), Ok(()));
         assert_eq!(queue.push_last(Outbound::Close(1001)), Ok(()));
         assert_eq!(text(queue.try_pop()), "a");
@@ -216,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_closed_queue_refuses_and_holds_nothing() {
-        let queue = Queue::new(4, 1024);
+        let queue = Queue::new(4, 1024, Arc::default());
         assert_eq!(queue.push(frame("a")), Ok(()));
         queue.close();
         assert_eq!(queue.push(frame("b")), Err(Refused::Closed));
@@ -225,7 +241,7 @@ mod tests {
 
     #[test]
     fn memory_left_by_a_burst_is_given_back() {
-        let queue = Queue::new(10_000, usize::MAX);
+        let queue = Queue::new(10_000, usize::MAX, Arc::default());
         for _ in 0..1000 {
             queue.push(Outbound::Ping).unwrap();
         }

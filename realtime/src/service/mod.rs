@@ -144,6 +144,9 @@ pub struct Metrics {
     /// Subscriptions that resumed but could not get every missed event
     /// (`recovered: false`).
     pub not_recovered: u64,
+    /// Bytes queued now for this instance's clients in their own queues
+    /// (answers, catch-ups; topic events are read from the topics' rings).
+    pub queued_bytes: usize,
 }
 
 /// Why [`Service::publish`] failed.
@@ -345,6 +348,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             resets: counters.resets.load(Ordering::Relaxed),
             recovered: counters.recovered.load(Ordering::Relaxed),
             not_recovered: counters.not_recovered.load(Ordering::Relaxed),
+            queued_bytes: counters.queued_bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -3,6 +3,7 @@
 //! ring), and the adapters through which connections subscribe and publish.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -191,6 +192,23 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
+                    // Events read are events to queue: only a resume that
+                    // can be whole reads any.
+                    let missed: usize = read
+                        .events
+                        .iter()
+                        .map(|event| event.frame.as_str().len())
+                        .sum();
+                    let queued = inner.counters.queued_bytes.load(Ordering::Relaxed);
+                    if missed > 0 && queued.saturating_add(missed) > config.max_replay_bytes {
+                        tracing::debug!(
+                            topic = &**topic,
+                            missed,
+                            queued,
+                            "a resume would pass the replay budget; refused"
+                        );
+                        return Err(BrokerError::ReplayBudget);
+                    }
                     return Ok(catch_up(
                         topic,
                         ring,
