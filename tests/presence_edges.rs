@@ -166,8 +166,12 @@ async fn churn(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presence_answer_counts_the_asker_and_keeps_the_order_of_joins_and_leaves() {
     let redis = RedisServer::start().await;
-    // No linger: every close is a leave, as many as the churn can make.
-    let policy = announced(Duration::from_secs(30)).linger(Duration::ZERO);
+    // No linger: every close is a leave, as many as the churn can make;
+    // and every one announced, which the order of answers is checked
+    // against.
+    let policy = announced(Duration::from_secs(30))
+        .linger(Duration::ZERO)
+        .max_announcements(u32::MAX);
     let a = Node::with_presence(redis.broker("p10:").await, policy.clone()).await;
     let b = Arc::new(Node::with_presence(redis.broker("p10:").await, policy).await);
     let mut watcher = a.connect("lobby", "watcher").await;
@@ -224,5 +228,108 @@ async fn a_presence_answer_counts_the_asker_and_keeps_the_order_of_joins_and_lea
         missing.first(),
         contradicted.len(),
         contradicted.first()
+    );
+}
+
+/// Opens and closes connections under a new name each time until `stop`;
+/// returns how many visits it made.
+async fn visits<B: Broker>(
+    node: Arc<Node<B>>,
+    name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let mut count = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let client = node.connect("lobby", &format!("{name}-{count}")).await;
+        drop(client.into_inner());
+        count += 1;
+    }
+    count
+}
+
+fn churn_policy() -> PresencePolicy {
+    announced(Duration::from_secs(30))
+        .linger(Duration::ZERO)
+        .max_announcements(20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_under_new_names_costs_members_a_bounded_number_of_frames() {
+    let redis = RedisServer::start().await;
+    let a = Node::with_presence(redis.broker("p11:").await, churn_policy()).await;
+    let b = Node::with_presence(redis.broker("p11:").await, churn_policy()).await;
+    bounded_churn(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_is_bounded_on_the_memory_broker_too() {
+    let hub = realtime::MemoryBroker::new();
+    let a = Node::with_presence(hub.clone(), churn_policy()).await;
+    let b = Node::with_presence(hub, churn_policy()).await;
+    bounded_churn(a, b).await;
+}
+
+/// Each visit under a new name is a join and a leave. Past the budget of
+/// announcements (20 a second in `churn_policy`) the changes go
+/// unannounced, and the whole list follows a second later.
+async fn bounded_churn<B: Broker>(a: Node<B>, b: Node<B>) {
+    let b = Arc::new(b);
+    let mut watcher = a.connect("lobby", "watcher").await;
+    until_frame(&mut watcher, "the watcher's own join", |frame| {
+        frame["join"]["user"] == "watcher"
+    })
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(visits(Arc::clone(&b), format!("v{n}"), Arc::clone(&stop))))
+        .collect();
+    // The watcher keeps the list as a page does: a list replaces it, a
+    // join or leave changes it.
+    let mut listed = std::collections::BTreeSet::from(["watcher".to_owned()]);
+    let mut frames = 0u64;
+    let mut lists = 0u64;
+    let mut apply = |frame: &Value, listed: &mut std::collections::BTreeSet<String>| {
+        if let Some(user) = frame["join"]["user"].as_str() {
+            listed.insert(user.to_owned());
+        } else if let Some(user) = frame["leave"]["user"].as_str() {
+            listed.remove(user);
+        } else if frame.get("presence").is_some() {
+            *listed = users(&frame["presence"]).into_iter().collect();
+            lists += 1;
+        } else {
+            return;
+        }
+        frames += 1;
+    };
+    let churning = Duration::from_secs(3);
+    let until = Instant::now() + churning;
+    while let Ok(frame) = tokio::time::timeout_at(until, watcher.recv()).await {
+        apply(&frame, &mut listed);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut made = 0;
+    for churner in churners {
+        made += churner.await.expect("the churner");
+    }
+    // Once the churn ends, the list the watcher keeps comes back to the
+    // truth: itself alone.
+    let settle = Instant::now() + DEADLINE;
+    while listed != std::collections::BTreeSet::from(["watcher".to_owned()]) {
+        let frame = tokio::time::timeout_at(settle, watcher.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the watcher's list stayed {listed:?}"));
+        apply(&frame, &mut listed);
+    }
+    // Two frames per visit without the bound; with it, at most the
+    // budget a second (plus its burst) and a list a second.
+    let seconds = churning.as_secs() + 2;
+    assert!(
+        made >= 200,
+        "only {made} visits: the churn did not test the bound"
+    );
+    assert!(
+        frames <= 20 * (seconds + 1) + seconds + 1,
+        "{frames} frames ({lists} lists) for {made} visits"
     );
 }

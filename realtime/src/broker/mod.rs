@@ -242,6 +242,24 @@ pub trait Broker: Send + Sync + 'static {
         let _ = (topic, asker);
         std::future::ready(Err(BrokerError::Unsupported("presence")))
     }
+
+    /// Reads `topic`'s whole presence and hands it to every instance
+    /// subscribed to it, through [`Incoming::presence`] with no asker, at
+    /// its place among the topic's joins and leaves.
+    ///
+    /// An instance asks for it after a stretch of changes it wrote without
+    /// announcing them, past
+    /// [`PresencePolicy::max_announcements`](crate::presence::PresencePolicy::max_announcements):
+    /// the list replaces what every subscriber missed.
+    ///
+    /// The default refuses: a broker without presence support.
+    fn announce_presence(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = topic;
+        std::future::ready(Err(BrokerError::Unsupported("presence")))
+    }
 }
 
 /// A publish that must happen at most once: a client's key for it (at most

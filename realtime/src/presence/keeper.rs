@@ -32,6 +32,10 @@ const CONCURRENT_WRITES: usize = 32;
 /// How long a failed write waits before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a topic stays muted once past its announcement budget, before
+/// its whole list is sent.
+const RESYNC_AFTER: Duration = Duration::from_secs(1);
+
 /// What the service tells its instance's keeper.
 #[derive(Debug)]
 pub(crate) enum Message {
@@ -124,6 +128,44 @@ struct Topic {
     left: HashSet<u64>,
     /// Write every client again (the periodic refresh, or after a failure).
     refresh: bool,
+    /// Joins and leaves this instance may still announce now.
+    budget: Budget,
+    /// Changes were written unannounced: the whole list goes to every
+    /// subscriber once the resync is due, and nothing is announced till
+    /// then.
+    muted: bool,
+}
+
+/// A topic's announcements: a bucket of `PresencePolicy::max_announcements`
+/// a second, as deep.
+#[derive(Debug, Default)]
+struct Budget {
+    spent: f32,
+    at: Option<Instant>,
+}
+
+impl Budget {
+    /// Whether the bucket was drawn from within the last second, so that it
+    /// may not be full yet.
+    fn recent(&self, now: Instant) -> bool {
+        self.at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+    }
+
+    /// Takes `changes` if the bucket holds them.
+    fn take(&mut self, changes: usize, per_second: u32, now: Instant) -> bool {
+        let rate = per_second as f32;
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f32() * rate;
+            self.spent = (self.spent - refill).max(0.0);
+        }
+        self.at = Some(now);
+        if self.spent + changes as f32 > rate {
+            return false;
+        }
+        self.spent += changes as f32;
+        true
+    }
 }
 
 impl Topic {
@@ -144,6 +186,9 @@ struct Lingering {
 struct State {
     topics: HashMap<Arc<str>, Topic>,
     lingering: VecDeque<Lingering>,
+    /// Muted topics and when their list is due, in that order (the delay
+    /// is one).
+    resyncs: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl State {
@@ -221,6 +266,7 @@ async fn run<B: Broker>(
     let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let linger_due = state.lingering.front().map(|lingering| lingering.due);
+        let resync_due = state.resyncs.front().map(|(due, _)| *due);
         tokio::select! {
             count = messages.recv_many(&mut received, 4096) => {
                 if count == 0 {
@@ -255,6 +301,7 @@ async fn run<B: Broker>(
             () = sleep_until(linger_due) => state.end_lingering(Some(Instant::now())),
             _ = refresh.tick() => state.refresh_all(),
             () = sleep_until(retry_at) => retry_at = None,
+            () = sleep_until(resync_due) => {}
         }
         if retry_at.is_none()
             && state.pending()
@@ -262,10 +309,32 @@ async fn run<B: Broker>(
         {
             retry_at = Some(Instant::now() + RETRY_AFTER);
         }
+        // After the writes: a list read now holds every change written.
+        resync(&*broker, &mut state).await;
         if !state.pending() {
             for done in flushed.drain(..) {
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// Sends the whole list of every muted topic whose resync is due to every
+/// subscriber, and lets the topic announce again.
+async fn resync<B: Broker>(broker: &B, state: &mut State) {
+    let now = Instant::now();
+    while let Some((due, _)) = state.resyncs.front() {
+        if *due > now {
+            break;
+        }
+        let (_, topic) = state.resyncs.pop_front().expect("just seen");
+        if let Err(error) = broker.announce_presence(&topic).await {
+            tracing::debug!(topic = &*topic, %error, "presence list not sent; again later");
+            state.resyncs.push_back((now + RETRY_AFTER, topic));
+            return;
+        }
+        if let Some(entry) = state.topics.get_mut(&topic) {
+            entry.muted = false;
         }
     }
 }
@@ -287,11 +356,15 @@ async fn write<B: Broker>(
     state: &mut State,
 ) -> bool {
     let key = |conn: u64| format!("{node}:{conn}");
+    let per_second = policy.announcements_per_second();
+    let now = Instant::now();
     let mut writes = Vec::new();
     for (name, topic) in &mut state.topics {
         if !topic.pending() {
             continue;
         }
+        // Only new joins are announced; a refresh writes every client again.
+        let changes = topic.joined.len();
         let conns: Vec<u64> = match std::mem::take(&mut topic.refresh) {
             true => topic.clients.keys().copied().collect(),
             false => topic.joined.iter().copied().collect(),
@@ -305,12 +378,26 @@ async fn write<B: Broker>(
             })
             .collect();
         let left_conns: Vec<u64> = topic.left.drain().collect();
+        let mut announce = topic.announce && !topic.muted;
+        if announce
+            && !topic
+                .budget
+                .take(changes + left_conns.len(), per_second, now)
+        {
+            // Past the budget: written unannounced, and the whole list in
+            // a second replaces every join and leave not sent.
+            announce = false;
+            topic.muted = true;
+            state
+                .resyncs
+                .push_back((now + RESYNC_AFTER, Arc::clone(name)));
+        }
         writes.push(Write {
             topic: Arc::clone(name),
             joined,
             left: left_conns.iter().map(|conn| key(*conn)).collect(),
             left_conns,
-            announce: topic.announce,
+            announce,
         });
     }
     let ttl = policy.entry_ttl();
@@ -350,9 +437,12 @@ async fn write<B: Broker>(
             topic.left.extend(write.left_conns);
         }
     }
-    state
-        .topics
-        .retain(|_, topic| !topic.clients.is_empty() || topic.pending());
+    // A topic no connection holds goes, unless it is muted (its list is
+    // still owed) or spent some of its budget within the last second: a
+    // topic that empties between visits must not come back with a full one.
+    state.topics.retain(|_, topic| {
+        !topic.clients.is_empty() || topic.pending() || topic.muted || topic.budget.recent(now)
+    });
     ok
 }
 

@@ -53,6 +53,7 @@ pub struct PresencePolicy {
     rules: Rules<Tracking>,
     ttl: Duration,
     linger: Duration,
+    announcements: u32,
 }
 
 /// How a topic's presence is kept.
@@ -76,6 +77,7 @@ impl Default for PresencePolicy {
             rules: Rules::default(),
             ttl: Self::DEFAULT_TTL,
             linger: Self::DEFAULT_LINGER,
+            announcements: Self::DEFAULT_ANNOUNCEMENTS,
         }
     }
 }
@@ -85,6 +87,9 @@ impl PresencePolicy {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
     /// How long a connection that left still counts: 2 s.
     pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+    /// Joins and leaves one instance announces per announced topic and
+    /// second: 50.
+    pub const DEFAULT_ANNOUNCEMENTS: u32 = 50;
 
     /// No topic tracks presence.
     pub fn none() -> Self {
@@ -125,6 +130,25 @@ impl PresencePolicy {
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
+    }
+
+    /// Joins and leaves this instance announces per announced topic and
+    /// second, with a burst of as many (default
+    /// [`DEFAULT_ANNOUNCEMENTS`](Self::DEFAULT_ANNOUNCEMENTS); at least 1).
+    ///
+    /// Past it, the topic's changes are still written, not announced, and
+    /// a second later every subscriber gets the whole list instead
+    /// (`{"topic": .., "presence": {..}}`), at its place among the joins
+    /// and leaves: clients that open and close under new names in a loop
+    /// cost each member one list a second, not two frames per visit.
+    pub fn max_announcements(mut self, per_second: u32) -> Self {
+        self.announcements = per_second.max(1);
+        self
+    }
+
+    /// See [`max_announcements`](Self::max_announcements).
+    pub fn announcements_per_second(&self) -> u32 {
+        self.announcements
     }
 
     /// How `topic`'s presence is kept; `None`: it is not tracked.
@@ -168,6 +192,7 @@ impl fmt::Debug for PresencePolicy {
             .field("rules", &self.rules)
             .field("ttl", &self.ttl)
             .field("linger", &self.linger)
+            .field("announcements", &self.announcements)
             .finish()
     }
 }

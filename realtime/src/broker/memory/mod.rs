@@ -354,6 +354,27 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn announce_presence(&self, topic: &str) -> Result<(), BrokerError> {
+        // As `resend_presence`, to every member.
+        let mut presences = self.hub.presences.lock();
+        let presence = match presences.get_mut(topic) {
+            Some(table) => {
+                let mut changes = Vec::new();
+                table.sweep(Instant::now(), &mut changes);
+                self.hub.announce(topic, &changes);
+                table.presence()
+            }
+            None => Presence::default(),
+        };
+        let topics = self.hub.topics.read();
+        if let Some(members) = topics.get(topic) {
+            for (_, incoming) in members.lock().iter() {
+                incoming.presence(topic, None, &presence);
+            }
+        }
+        Ok(())
+    }
+
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         let (index, incoming) = self.member()?;
         let mut topics = self.hub.topics.write();

@@ -464,6 +464,13 @@ impl Broker for RedisBroker {
             .map(drop)
     }
 
+    async fn announce_presence(&self, topic: &str) -> Result<(), BrokerError> {
+        let update = PresenceUpdate::new(&[], &[], Duration::ZERO, true);
+        self.run_presence(topic, update, script::PresenceRead::Resend(EVERY_INSTANCE))
+            .await
+            .map(drop)
+    }
+
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.request(|reply| Command::Subscribe(topic.into(), reply))
             .await
@@ -514,7 +521,7 @@ impl Shared {
     }
 
     /// `@<node>:`: what a presence list published for this instance alone
-    /// starts with.
+    /// starts with (one for every instance starts with [`EVERY_INSTANCE`]).
     fn resend_marker(&self) -> String {
         format!("@{}:", self.node)
     }
@@ -621,13 +628,19 @@ impl Shared {
     }
 }
 
+/// What a presence list published for every instance starts with.
+const EVERY_INSTANCE: &str = "@*:";
+
 impl Shared {
     /// A presence list published for one instance (`@<node>:<users>`, the
     /// users as the JSON array of `HGETALL`): handed to the local
     /// subscribers if it is this one's, dropped otherwise.
     fn deliver_presence(&self, topic: &str, payload: &[u8], incoming: &Incoming) {
         let marker = self.resend_marker();
-        let Some(rest) = payload.strip_prefix(marker.as_bytes()) else {
+        let Some(rest) = payload
+            .strip_prefix(marker.as_bytes())
+            .or_else(|| payload.strip_prefix(EVERY_INSTANCE.as_bytes()))
+        else {
             return;
         };
         // `@<instance>:<asker>:<list>` answers one asker; the list is JSON,
