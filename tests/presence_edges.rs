@@ -333,3 +333,54 @@ async fn bounded_churn<B: Broker>(a: Node<B>, b: Node<B>) {
         "{frames} frames ({lists} lists) for {made} visits"
     );
 }
+
+/// Calls of `EVALSHA` this Redis has served so far.
+async fn script_calls(redis: &RedisServer) -> u64 {
+    let mut admin = redis.admin().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_presence_asks_of_one_topic_share_reads() {
+    let redis = RedisServer::start().await;
+    let node = Node::with_presence(
+        redis.broker("p12:").await,
+        announced(Duration::from_secs(30)),
+    )
+    .await;
+    let mut members = Vec::new();
+    for n in 0..100 {
+        members.push(node.connect("lobby", &format!("m{n}")).await);
+    }
+    // Every join written (an answer counts them all), then all ask at once.
+    let mut last = members.pop().expect("a member");
+    let answer = last
+        .request("$presence", serde_json::json!({"topic": "lobby"}), 1)
+        .await;
+    assert_eq!(answer["ok"]["clients"], 100, "{answer}");
+    members.push(last);
+
+    let before = script_calls(&redis).await;
+    for member in &mut members {
+        member
+            .send(serde_json::json!({"type": "$presence", "data": {"topic": "lobby"}, "id": 2}))
+            .await;
+    }
+    for member in &mut members {
+        let answer = until_frame(member, "the answer", |frame| frame["reply_to"] == 2).await;
+        assert_eq!(answer["ok"]["clients"], 100, "{answer}");
+    }
+    let calls = script_calls(&redis).await - before;
+    // One read per ask before; now the asks that come while a read is out
+    // share the next one.
+    assert!(calls <= 30, "{calls} script calls for 100 asks");
+}

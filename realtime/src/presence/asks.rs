@@ -12,6 +12,7 @@
 //! the connection's writer holds the answer until it reaches the mark.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::value::RawValue;
@@ -22,16 +23,25 @@ use crate::outbox::Outbox;
 use crate::protocol;
 use crate::util::Mutex;
 
-/// The answers this instance waits to place, by number.
+/// The answers this instance waits to place, each under the number of the
+/// read that answers it (its group), and the reads of each topic.
+///
+/// Concurrent asks of one topic share one read: a read is out at a time
+/// per topic ([`Gate`]), and every ask that comes while it is out joins the
+/// next one. A thousand members asking at once cost the broker a few
+/// reads, not a thousand.
 #[derive(Debug, Default)]
 pub(crate) struct Asks {
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, Ask>>,
+    gates: Mutex<HashMap<Arc<str>, Arc<Gate>>>,
 }
 
 /// One `$presence` waiting for its answer.
 #[derive(Debug)]
 pub(crate) struct Ask {
+    /// The read that answers it.
+    group: u64,
     /// The connection that asked: the mark in the ring names it.
     pub(crate) conn: u64,
     outbox: Outbox,
@@ -54,54 +64,128 @@ impl Ask {
     }
 }
 
+/// One topic's reads: one out at a time, each for every ask that joined
+/// its group before it started.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    /// Held while a read is out.
+    reading: tokio::sync::Mutex<()>,
+    /// The group asks join now: the next read's.
+    open: Mutex<Option<u64>>,
+    /// The last group read (groups grow).
+    read: AtomicU64,
+}
+
+impl Gate {
+    /// Waits for the topic's turn; then whether `group` still needs its
+    /// read (no other ask of it made the read), and if so closes the group
+    /// to new asks. The read goes on while the returned guard is held.
+    pub(crate) async fn turn(&self, group: u64) -> (tokio::sync::MutexGuard<'_, ()>, bool) {
+        let turn = self.reading.lock().await;
+        if self.read.load(Ordering::Acquire) >= group {
+            return (turn, false);
+        }
+        let mut open = self.open.lock();
+        if *open == Some(group) {
+            *open = None;
+        }
+        (turn, true)
+    }
+
+    /// `group` was read: its other asks need no read of their own.
+    pub(crate) fn done(&self, group: u64) {
+        self.read.fetch_max(group, Ordering::AcqRel);
+    }
+}
+
 impl Asks {
     /// Waits for an answer to the `$presence` with `id` of connection
-    /// `conn`, behind `outbox`. Returns the ask, which stops waiting when
-    /// dropped (the connection went away mid-read: its entry must not stay
-    /// for an answer that may never come), and what fires once the answer
-    /// is queued.
+    /// `conn`, behind `outbox`, of `topic`. Returns the ask, which stops
+    /// waiting when dropped (the connection went away mid-read: its entry
+    /// must not stay for an answer that may never come), what fires once
+    /// the answer is queued, and the topic's gate, through which the read
+    /// of the ask's group is made.
     pub(crate) fn add(
         &self,
+        topic: &str,
         conn: u64,
         outbox: &Outbox,
         id: Option<&RawValue>,
     ) -> (Waiting<'_>, oneshot::Receiver<()>) {
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let gate = Arc::clone(self.gates.lock().entry(topic.into()).or_default());
+        let group = *gate
+            .open
+            .lock()
+            .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        let number = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (answered, queued) = oneshot::channel();
         let ask = Ask {
+            group,
             conn,
             outbox: outbox.clone(),
             id: id.map(ToOwned::to_owned),
             answered,
         };
         self.waiting.lock().insert(number, ask);
-        let waiting = Waiting { asks: self, number };
+        let waiting = Waiting {
+            asks: self,
+            topic: topic.into(),
+            number,
+            group,
+            gate,
+        };
         (waiting, queued)
     }
 
-    /// Ask `number`, if it still waits.
-    pub(crate) fn take(&self, number: u64) -> Option<Ask> {
-        self.waiting.lock().remove(&number)
+    /// The asks of group `group` still waiting.
+    pub(crate) fn take(&self, group: u64) -> Vec<Ask> {
+        let mut waiting = self.waiting.lock();
+        let numbers: Vec<u64> = waiting
+            .iter()
+            .filter(|(_, ask)| ask.group == group)
+            .map(|(number, _)| *number)
+            .collect();
+        numbers
+            .iter()
+            .filter_map(|number| waiting.remove(number))
+            .collect()
     }
 
     /// Stops waiting for ask `number`; whether it still waited.
     fn cancel(&self, number: u64) -> bool {
         self.waiting.lock().remove(&number).is_some()
     }
+
+    /// Forgets `topic`'s gate once no ask holds it.
+    fn release(&self, topic: &str, gate: &Arc<Gate>) {
+        let mut gates = self.gates.lock();
+        // The map's and the caller's.
+        if Arc::strong_count(gate) == 2 {
+            gates.remove(topic);
+        }
+    }
 }
 
-/// One ask as its asker holds it: its number, and its entry removed when
-/// it is dropped.
+/// One ask as its asker holds it: its number, its group and its topic's
+/// gate; its entry is removed when it is dropped.
 #[derive(Debug)]
 pub(crate) struct Waiting<'a> {
     asks: &'a Asks,
+    topic: Box<str>,
     number: u64,
+    group: u64,
+    gate: Arc<Gate>,
 }
 
 impl Waiting<'_> {
-    /// The number the broker's answer comes back with.
-    pub(crate) fn number(&self) -> u64 {
-        self.number
+    /// The number of the read that answers it.
+    pub(crate) fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The topic's reads.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Stops waiting; whether the ask still waited (so that nothing was
@@ -114,6 +198,7 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.asks.cancel(self.number);
+        self.asks.release(&self.topic, &self.gate);
     }
 }
 
@@ -129,17 +214,17 @@ mod tests {
         let asks = Asks::default();
         let outbox = Outbox::new(8, 1 << 16, Arc::default());
         let id = RawValue::from_string("7".to_owned()).unwrap();
-        let (first, mut queued) = asks.add(3, &outbox, Some(&id));
-        let (second, _) = asks.add(3, &outbox, None);
+        let (first, mut queued) = asks.add("t", 3, &outbox, Some(&id));
+        let (second, _) = asks.add("t", 3, &outbox, None);
+        assert_eq!(first.group(), second.group(), "one read for both");
+        assert!(second.cancel());
 
         let mut marks = Vec::new();
-        asks.take(first.number())
-            .expect("waits")
-            .answer(&Presence::default(), |conn| marks.push(conn));
-        assert!(asks.take(first.number()).is_none(), "answered once");
+        for ask in asks.take(first.group()) {
+            ask.answer(&Presence::default(), |conn| marks.push(conn));
+        }
+        assert!(asks.take(first.group()).is_empty(), "answered once");
         assert!(queued.try_recv().is_ok());
-        assert!(second.cancel());
-        assert!(asks.take(second.number()).is_none());
         assert!(!first.cancel(), "answered already");
         assert_eq!(marks, [3]);
 
@@ -159,10 +244,33 @@ mod tests {
     fn an_ask_whose_asker_went_away_is_forgotten() {
         let asks = Asks::default();
         let outbox = Outbox::new(8, 1 << 16, Arc::default());
-        let (waiting, _) = asks.add(3, &outbox, None);
-        let number = waiting.number();
+        let (waiting, _) = asks.add("t", 3, &outbox, None);
+        let group = waiting.group();
         drop(waiting);
-        assert!(asks.take(number).is_none(), "no entry left behind");
+        assert!(asks.take(group).is_empty(), "no entry left behind");
         assert!(asks.waiting.lock().is_empty());
+        assert!(asks.gates.lock().is_empty(), "nor a gate");
+    }
+
+    #[tokio::test]
+    async fn asks_that_come_while_a_read_is_out_share_the_next_one() {
+        let asks = Asks::default();
+        let outbox = Outbox::new(8, 1 << 16, Arc::default());
+        let (first, _) = asks.add("t", 1, &outbox, None);
+        let (turn, read) = first.gate().turn(first.group()).await;
+        assert!(read, "the first ask reads");
+        // While the first read is out, two more come: one group.
+        let (second, _) = asks.add("t", 2, &outbox, None);
+        let (third, _) = asks.add("t", 3, &outbox, None);
+        assert_ne!(second.group(), first.group());
+        assert_eq!(second.group(), third.group());
+        first.gate().done(first.group());
+        drop(turn);
+        let (turn, read) = second.gate().turn(second.group()).await;
+        assert!(read, "the second reads for both");
+        second.gate().done(second.group());
+        drop(turn);
+        let (_turn, read) = third.gate().turn(third.group()).await;
+        assert!(!read, "the third's group was read");
     }
 }

@@ -433,22 +433,35 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         if tracking != Tracking::Announced {
             return Ok(Some(self.broker.presence(topic, false).await?));
         }
-        let (asker, queued) = self.asks.add(conn.0, outbox, id);
-        match self
-            .broker
-            .resend_presence(topic, Some(asker.number()))
-            .await
-        {
-            Ok(()) => {}
-            Err(BrokerError::Unsupported(_)) => {
-                // A broker that cannot place a read in the stream.
-                asker.cancel();
-                return Ok(Some(self.broker.presence(topic, true).await?));
+        let (asker, queued) = self.asks.add(topic, conn.0, outbox, id);
+        // One read at a time per topic, for every ask that came while the
+        // one before was out: the first of them to get the turn reads.
+        let Ok((turn, read)) =
+            tokio::time::timeout(ANSWER_WAIT, asker.gate().turn(asker.group())).await
+        else {
+            asker.cancel();
+            return Err(timed_out());
+        };
+        if read {
+            match self
+                .broker
+                .resend_presence(topic, Some(asker.group()))
+                .await
+            {
+                Ok(()) => asker.gate().done(asker.group()),
+                Err(BrokerError::Unsupported(_)) => {
+                    // A broker that cannot place a read in the stream.
+                    drop(turn);
+                    asker.cancel();
+                    return Ok(Some(self.broker.presence(topic, true).await?));
+                }
+                // The next ask of the group to get the turn reads again.
+                Err(error) if asker.cancel() => return Err(error.into()),
+                // Answered, though the call failed after its script ran.
+                Err(_) => return Ok(None),
             }
-            Err(error) if asker.cancel() => return Err(error.into()),
-            // Answered, though the call failed after its script ran.
-            Err(_) => return Ok(None),
         }
+        drop(turn);
         match tokio::time::timeout(ANSWER_WAIT, queued).await {
             Ok(Ok(())) => Ok(None),
             // The marker never came (the link dropped meanwhile).
@@ -516,8 +529,8 @@ impl<H: MessageHandler, B: Broker> Owner for Inner<H, B> {
         }
     }
 
-    fn answer_presence(&self, topic: &str, asker: u64, presence: &Presence) {
-        if let Some(ask) = self.asks.take(asker) {
+    fn answer_presence(&self, topic: &str, group: u64, presence: &Presence) {
+        for ask in self.asks.take(group) {
             ask.answer(presence, |conn| self.hub.mark_answer(topic, conn));
         }
     }
