@@ -150,7 +150,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             };
             let message = match next {
                 None => return End::PeerGone,
-                Some(Err(error)) => return read_error(error),
+                Some(Err(error)) => return read_error(&error),
                 Some(Ok(message)) => message,
             };
             last_seen = Instant::now();
@@ -551,9 +551,9 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 /// a length with its top bit set) 1002, as RFC 6455 asks; a message in too
 /// many fragments or too slow in coming 1008 (see `websocket::guard`);
 /// anything else means the peer is gone.
-fn read_error(error: tungstenite::Error) -> End {
+fn read_error(error: &tungstenite::Error) -> End {
     use tungstenite::error::ProtocolError;
-    let code = match &error {
+    let code = match error {
         tungstenite::Error::Capacity(_) => Some(close_code::TOO_BIG),
         tungstenite::Error::Utf8(_) => Some(close_code::INVALID_DATA),
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
