@@ -7,13 +7,14 @@ mod support;
 
 use std::collections::HashMap;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use realtime::history::HistoryPolicy;
 use realtime::testing::TestClient;
 use realtime::{Config, MemoryBroker};
 use serde_json::json;
 use support::{Node, wait_until};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -93,13 +94,29 @@ async fn every_end_is_counted_by_who_ended_it_and_its_code() {
     drop(node.connect("room", "d").await.into_inner());
 
     // The server's 1008: a client that keeps flooding past the rate limit.
-    let mut flooder = node.connect("room", "e").await;
+    // Sent until the server stops taking them: it may close before the
+    // last is written.
+    let mut flooder = node.connect("room", "e").await.into_inner();
     for id in 0..100 {
-        flooder
-            .send(json!({"type": "echo", "data": {"text": "x"}, "id": id}))
-            .await;
+        let frame = json!({"type": "echo", "data": {"text": "x"}, "id": id});
+        if flooder
+            .send(Message::text(frame.to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
     }
-    assert_eq!(flooder.recv_close().await.code(), Some(1008));
+    let mut code = None;
+    while let Some(Ok(message)) = flooder.next().await {
+        if let Message::Close(frame) = message {
+            code = frame.map(|frame| u16::from(frame.code));
+            break;
+        }
+    }
+    // The close frame, unless the reset of a socket closed with unread
+    // frames overtook it; the count below is what this test is about.
+    assert!(matches!(code, Some(1008) | None), "{code:?}");
 
     // The server's 1013: a client that never reads falls a ring behind.
     let _slow = node.connect("firehose", "f").await;
