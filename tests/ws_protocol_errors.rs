@@ -250,33 +250,53 @@ async fn a_message_unfinished_past_the_fragment_timeout_closes_with_1008() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
 
+/// `$ping` request `id` split into ten frames.
+fn fragmented_ping(id: u64) -> Vec<u8> {
+    let text = format!(r#"{{"type":"$ping","id":{id:>20}}}"#);
+    let parts: Vec<&[u8]> = text.as_bytes().chunks(text.len().div_ceil(10)).collect();
+    let last = parts.len() - 1;
+    parts
+        .iter()
+        .enumerate()
+        .flat_map(|(n, part)| {
+            let opcode = if n == 0 { 0x1 } else { 0x0 };
+            raw_frame(n == last, opcode, part)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_past_the_frame_budget_wait_and_nobody_else_does() {
-    // Pings are frames the message limit lets through here: only the frame
-    // budget slows them. With a budget of 50/s, a read that brings 150
-    // leaves the socket 100 in debt: the next batch is read two seconds
-    // later, however fast it was sent.
+    // Messages in ten frames each: 15 messages are well within the message
+    // limit (50 at once), 150 frames are three times the frame budget
+    // (50 a second). A read that brings 150 leaves the socket 100 in debt:
+    // the next batch is read two seconds later, however fast it was sent.
     let mut config = realtime::Config::default();
     config.max_frames_per_sec = 50;
-    config.max_messages_per_sec = 10_000;
-    config.rate_burst = 10_000;
+    config.max_messages_per_sec = 50;
+    config.rate_burst = 50;
     let server = RoomServer::with_config(config).await;
     let (mut read, mut write) = upgraded(&server).await.into_split();
-    let pings: Vec<u8> = (0..150).flat_map(|_| raw_frame(true, 0x9, b"")).collect();
     let started = tokio::time::Instant::now();
-    let mut pongs = 0;
-    for _ in 0..2 {
-        write.write_all(&pings).await.expect("write the pings");
+    let mut replies = 0;
+    for batch in 0..2u64 {
+        let messages: Vec<u8> = (0..15)
+            .flat_map(|n| fragmented_ping(batch * 15 + n))
+            .collect();
+        write
+            .write_all(&messages)
+            .await
+            .expect("write the messages");
         tokio::time::timeout(DEADLINE, async {
-            let until = pongs + 150;
-            while pongs < until {
-                if let Some((0xA, _)) = server_frame(&mut read).await {
-                    pongs += 1;
+            let until = replies + 15;
+            while replies < until {
+                if let Some((0x1, _)) = server_frame(&mut read).await {
+                    replies += 1;
                 }
             }
         })
         .await
-        .expect("every ping answered within the deadline");
+        .expect("every message answered within the deadline");
     }
     let took = started.elapsed();
     assert!(
@@ -286,7 +306,8 @@ async fn frames_past_the_frame_budget_wait_and_nobody_else_does() {
 
     // The throttled socket's wait is its own: a bystander is answered
     // while it waits.
-    write.write_all(&pings).await.expect("write more pings");
+    let messages: Vec<u8> = (30..45).flat_map(fragmented_ping).collect();
+    write.write_all(&messages).await.expect("write more");
     let mut bystander = server.connect("lobby", "bob").await;
     let reply = bystander
         .request("echo", serde_json::json!({"text": "hi"}), 1)

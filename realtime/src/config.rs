@@ -94,7 +94,9 @@ pub struct Config {
     /// Messages that may arrive at once before the rate limit applies. Default: 200.
     pub rate_burst: u32,
     /// WebSocket frames one connection may send per second, whatever they
-    /// hold. Default: 1000, with a burst of one second's worth.
+    /// hold. Default: 1000, with a burst of one second's worth. Never less
+    /// than `max_messages_per_sec` or `rate_burst`: an application that
+    /// raises the message limit raises this one with it.
     ///
     /// Frames are counted as they come off the socket, before they make a
     /// message: a client that sends empty continuation frames, which never
@@ -210,6 +212,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The frames per second (and burst) a connection may send: the larger
+    /// of `max_frames_per_sec`, `max_messages_per_sec` and `rate_burst`.
+    pub(crate) fn frame_budget(&self) -> u32 {
+        self.max_frames_per_sec
+            .max(self.max_messages_per_sec)
+            .max(self.rate_burst)
+    }
+
     /// Checks the limits for values that could never work.
     ///
     /// # Errors

@@ -98,7 +98,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
     let limits = websocket::Limits {
-        frames_per_sec: config.max_frames_per_sec,
+        frames_per_sec: config.frame_budget(),
         max_fragments: config.max_fragments,
         fragment_timeout: config.fragment_timeout,
     };
