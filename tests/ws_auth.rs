@@ -122,3 +122,69 @@ async fn ws_auth_guards_plain_http_routes_with_the_same_validator() {
     let (status, body) = http_get(server.addr(), "/me?token=bad", "").await;
     assert_eq!((status, body.as_str()), (401, "invalid token"));
 }
+
+/// Connects `user` to `lobby` with `Origin: origin`, if any; the status
+/// of a refusal.
+async fn connect_from(
+    server: &RoomServer,
+    user: &str,
+    origin: Option<&str>,
+) -> Result<TestClient, u16> {
+    let mut request = server.url("lobby").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {user}").parse().unwrap());
+    if let Some(origin) = origin {
+        headers.insert("origin", origin.parse().unwrap());
+    }
+    TestClient::connect_request(request)
+        .await
+        .map_err(|error| error.status().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn an_upgrade_from_an_origin_not_allowed_is_403() {
+    let mut config = realtime::Config::default();
+    config.allowed_origins = vec![
+        "http://chat.example".to_owned(),
+        "https://*.chat.example".to_owned(),
+    ];
+    let server = RoomServer::with_config(config).await;
+    for origin in [
+        "http://evil.example",
+        "https://chat.example.evil",
+        "http://x.chat.example",
+    ] {
+        let refused = connect_from(&server, "alice", Some(origin)).await.err();
+        assert_eq!(refused, Some(403), "{origin}");
+    }
+    let mut admitted = Vec::new();
+    for origin in [
+        Some("http://chat.example"),
+        Some("https://eu.chat.example"),
+        None,
+    ] {
+        let client = connect_from(&server, "alice", origin).await;
+        admitted.push(client.unwrap_or_else(|status| panic!("{origin:?} refused: {status}")));
+    }
+    // The refused ones never took a place.
+    assert_eq!(server.service.connections(), 3);
+}
+
+#[tokio::test]
+async fn a_user_past_the_per_user_limit_gets_429_and_others_do_not() {
+    let mut config = realtime::Config::default();
+    config.max_connections_per_user = 2;
+    let server = RoomServer::with_config(config).await;
+    let first = server.connect("lobby", "alice").await;
+    let _second = server.connect("lobby", "alice").await;
+    assert_eq!(connect_from(&server, "alice", None).await.err(), Some(429));
+    // Another user is not counted with alice.
+    let _bob = server.connect("lobby", "bob").await;
+    // A place freed is a place taken again.
+    first.close().await;
+    support::wait_until("alice's first connection is gone", || async {
+        server.service.connections() == 2
+    })
+    .await;
+    assert!(connect_from(&server, "alice", None).await.is_ok());
+}

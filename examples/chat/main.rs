@@ -37,7 +37,10 @@
 //! or the chat drains) and `GET /live`. Logs go to stderr, one JSON object
 //! per line with `LOG_FORMAT=json`; `RUST_LOG=realtime=debug` logs every
 //! frame, inside its connection's span. `DRAIN_SECS=5` keeps serving 5 s
-//! after SIGTERM with `/ready` at 503 before closing the sockets.
+//! after SIGTERM with `/ready` at 503 before closing the sockets. A browser
+//! may open the page from the chat's own origin and from those
+//! `ALLOWED_ORIGINS` lists (comma-separated; `https://*.example.com`
+//! patterns too); an upgrade from another origin gets 403.
 //!
 //! For the demo, the token is the user's name: any non-empty name is
 //! accepted. The room `admin` is only for the user `admin` (403 for anyone
@@ -283,6 +286,7 @@ async fn serve<B: Broker>(
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let service = Service::builder(Chat, (), demo_validator())
+        .config(chat_config(addr.port()))
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
         .presence(presence_policy()?)
@@ -321,6 +325,28 @@ async fn serve<B: Broker>(
         .shutdown_timeout(Duration::from_secs(10))
         .await?;
     Ok(())
+}
+
+/// The service's limits: the defaults, and the origins the page may be
+/// opened from: its own (`http://127.0.0.1:<port>`,
+/// `http://localhost:<port>`) and those `ALLOWED_ORIGINS` adds, a
+/// comma-separated list (`https://chat.example.com,https://*.example.com`).
+/// A WebSocket client that is not a browser sends no `Origin` and is let in.
+fn chat_config(port: u16) -> realtime::Config {
+    let mut config = realtime::Config::default();
+    config.allowed_origins = vec![
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ];
+    if let Ok(more) = std::env::var("ALLOWED_ORIGINS") {
+        config.allowed_origins.extend(
+            more.split(',')
+                .map(str::trim)
+                .filter(|origin| !origin.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    config
 }
 
 /// `DRAIN_SECS`: how long the chat goes on serving after SIGTERM with

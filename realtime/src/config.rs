@@ -122,6 +122,21 @@ pub struct Config {
     ///
     /// An upgrade request past the limit gets HTTP 503 before the upgrade.
     pub max_connections: usize,
+    /// Connections one user may hold on this instance at once. Default:
+    /// 256. Past it the upgrade answers HTTP 429. Users are told apart by
+    /// their id's `Debug` form.
+    pub max_connections_per_user: usize,
+    /// The `Origin`s a browser's upgrade may come from: exact origins
+    /// (`https://chat.example.com`) or patterns with one `*` standing for
+    /// one or more host labels (`https://*.example.com`). Default: empty,
+    /// which lets every origin in.
+    ///
+    /// An upgrade from another origin gets HTTP 403. A request without
+    /// `Origin` is let in: browsers always send one, so it is not a
+    /// browser, and a client that is not a browser can send any origin it
+    /// likes. The check keeps other sites' pages from using a visitor's
+    /// cookies or tokens against this server.
+    pub allowed_origins: Vec<String>,
     /// Topics one connection may follow at once, counting the topic of its
     /// URL. Default: 16.
     ///
@@ -180,6 +195,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(2),
             max_connections: 10_000,
+            max_connections_per_user: 256,
+            allowed_origins: Vec::new(),
             max_topics_per_connection: 16,
             max_replay_bytes: 256 * 1024 * 1024,
             read_buffer_bytes: 4 * 1024,
@@ -241,6 +258,7 @@ impl Config {
             ("max_fragments", self.max_fragments as usize),
             ("max_connections", self.max_connections),
             ("max_topics_per_connection", self.max_topics_per_connection),
+            ("max_connections_per_user", self.max_connections_per_user),
             ("max_replay_bytes", self.max_replay_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("write_buffer_bytes", self.write_buffer_bytes),

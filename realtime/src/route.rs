@@ -72,6 +72,9 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     if topic.len() > max {
         return Err(UpgradeError::TopicTooLong { max });
     }
+    if !origin_allowed(&headers, &service.config().allowed_origins) {
+        return Err(UpgradeError::ForbiddenOrigin);
+    }
     let since = since(query.as_deref())?;
     let (token, source) = auth::extract_token(&headers, query.as_deref())?;
     let user = service.authenticate(&token).await?;
@@ -85,7 +88,10 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
             return Ok(response);
         }
     };
-    let admission = service.admit().map_err(refused_for)?;
+    let mut admission = service.admit().map_err(refused_for)?;
+    service
+        .admit_user(&mut admission, &user)
+        .map_err(refused_for)?;
     let accepted = service
         .accept(&topic, since.as_ref(), user, admission)
         .await
@@ -149,6 +155,46 @@ fn refused_for(refusal: Refusal) -> UpgradeError {
     match refusal {
         Refusal::AtCapacity => UpgradeError::AtCapacity,
         Refusal::ShuttingDown => UpgradeError::ShuttingDown,
+        Refusal::UserAtCapacity => UpgradeError::TooManyForUser,
+    }
+}
+
+/// Whether the request's `Origin` is allowed: any, when `allowed` is empty
+/// or the request has none (not a browser: a browser always sends one on
+/// a WebSocket upgrade, and other clients can send any they like, so the
+/// check protects users' browsers from other sites' pages, not the server
+/// from clients).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|pattern| origin_matches(pattern, origin))
+}
+
+/// Whether `origin` is `pattern` (ASCII case aside), or, for a pattern
+/// with one `*` (`https://*.example.com`), has its text before and after
+/// the star around one or more host labels.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern.eq_ignore_ascii_case(origin),
+        Some((before, after)) => {
+            let origin = origin.to_ascii_lowercase();
+            let (before, after) = (before.to_ascii_lowercase(), after.to_ascii_lowercase());
+            origin.len() > before.len() + after.len()
+                && origin.starts_with(&before)
+                && origin.ends_with(&after)
+                && origin[before.len()..origin.len() - after.len()]
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+        }
     }
 }
 
@@ -202,6 +248,13 @@ pub enum UpgradeError {
     /// link is down now (503).
     #[error("the broker is unavailable; try again later")]
     BrokerAway,
+    /// The user holds `Config::max_connections_per_user` connections on
+    /// this instance already (429).
+    #[error("too many connections of this user on this instance")]
+    TooManyForUser,
+    /// The request's `Origin` is not among `Config::allowed_origins` (403).
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
 }
 
 impl IntoResponse for UpgradeError {
@@ -219,6 +272,10 @@ impl UpgradeError {
             Self::TopicTooLong { .. } | Self::BadSince => {
                 (StatusCode::BAD_REQUEST, self.to_string()).into_response()
             }
+            Self::TooManyForUser => {
+                (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response()
+            }
+            Self::ForbiddenOrigin => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
             other => {
                 if let Self::Broker(error) = &other {
                     tracing::warn!(%error, "refused an upgrade");
@@ -231,5 +288,46 @@ impl UpgradeError {
                 (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_matches;
+
+    #[test]
+    fn origins_match_exactly_or_by_one_star_over_host_labels() {
+        assert!(origin_matches(
+            "https://chat.example",
+            "https://chat.example"
+        ));
+        assert!(origin_matches(
+            "https://chat.example",
+            "HTTPS://Chat.Example"
+        ));
+        assert!(!origin_matches(
+            "https://chat.example",
+            "https://chat.example.evil"
+        ));
+        assert!(origin_matches(
+            "https://*.example.com",
+            "https://a.b.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://evil.com/.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "http://a.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "https://a.example.com:8080"
+        ));
     }
 }

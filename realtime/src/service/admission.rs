@@ -2,6 +2,7 @@
 //! an upgrade, the subscription made before it, and the serving of the
 //! upgraded socket.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,12 +26,51 @@ use crate::telemetry;
 pub(crate) enum Refusal {
     AtCapacity,
     ShuttingDown,
+    /// The user holds `Config::max_connections_per_user` here already.
+    UserAtCapacity,
 }
 
-/// A place among the open connections, held from admission to the end of the
-/// connection; dropping it frees the place.
+/// A user's place among its open connections on this instance; dropping
+/// it frees the place.
+pub(crate) struct UserPlace {
+    counts: Arc<crate::util::Mutex<HashMap<u64, usize>>>,
+    key: u64,
+}
+
+impl Drop for UserPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A user's key among the counts: its `Debug` form, hashed as it is
+/// written, so that nothing is allocated and any user id type works.
+fn user_key(user: &impl std::fmt::Debug) -> u64 {
+    use std::fmt::Write;
+    use std::hash::Hasher;
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl Write for Hashing {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            self.0.write(text.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
+    let _ = write!(hashing, "{user:?}");
+    hashing.0.finish()
+}
+
+/// A place among the open connections, and the user's among its own, held
+/// from admission to the end of the connection; dropping it frees them.
 pub(crate) struct Admission {
     open: watch::Sender<usize>,
+    user: Option<UserPlace>,
 }
 
 impl Drop for Admission {
@@ -85,10 +125,36 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
             Ok(Admission {
                 open: self.inner.open.clone(),
+                user: None,
             })
         } else {
             Err(Refusal::AtCapacity)
         }
+    }
+
+    /// Takes a place among `user`'s open connections on this instance.
+    pub(crate) fn admit_user(
+        &self,
+        admission: &mut Admission,
+        user: &H::UserId,
+    ) -> Result<(), Refusal> {
+        let key = user_key(user);
+        let max = self.inner.config.max_connections_per_user;
+        let mut counts = self.inner.per_user.lock();
+        let count = counts.entry(key).or_default();
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(&key);
+            }
+            return Err(Refusal::UserAtCapacity);
+        }
+        *count += 1;
+        drop(counts);
+        admission.user = Some(UserPlace {
+            counts: Arc::clone(&self.inner.per_user),
+            key,
+        });
+        Ok(())
     }
 
     /// The token validator, shared.

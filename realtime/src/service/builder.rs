@@ -194,6 +194,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 open,
+                per_user: Arc::default(),
                 shutdown: Signal::default(),
                 counters,
             }

@@ -3,7 +3,7 @@
 //! `admission` lets connections in and serves them, `subscribe` joins them
 //! to topics, and the topics themselves live in the private `hub`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,6 +109,8 @@ struct Inner<H: MessageHandler, B> {
     draining: AtomicBool,
     /// Open connections, counted from admission to the end of `serve`.
     open: watch::Sender<usize>,
+    /// Open connections per user, by [`admission::user_key`].
+    per_user: Arc<crate::util::Mutex<HashMap<u64, usize>>>,
     shutdown: Signal,
     counters: Arc<Counters>,
 }
