@@ -352,9 +352,15 @@ async fn script_calls(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_presence_asks_of_one_topic_share_reads() {
     let redis = RedisServer::start().await;
-    let node = Node::with_presence(
+    // A backlog below the number of asks: a mark per ask in the topic's
+    // ring would put every member a ring behind (closed with 1013).
+    let mut config = Config::default();
+    config.topic_backlog = 64;
+    let node = Node::serve_all(
         redis.broker("p12:").await,
+        HistoryPolicy::none(),
         announced(Duration::from_secs(30)),
+        config,
     )
     .await;
     let mut members = Vec::new();
@@ -383,4 +389,8 @@ async fn concurrent_presence_asks_of_one_topic_share_reads() {
     // One read per ask before; now the asks that come while a read is out
     // share the next one.
     assert!(calls <= 30, "{calls} script calls for 100 asks");
+    // And one mark per read: nobody fell behind.
+    assert_eq!(node.service.metrics().slow_closes, 0);
+    let pong = members[0].request("$ping", serde_json::json!({}), 3).await;
+    assert_eq!(pong["ok"], "pong");
 }

@@ -277,8 +277,13 @@ impl UpgradeError {
             }
             Self::ForbiddenOrigin => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
             other => {
-                if let Self::Broker(error) = &other {
-                    tracing::warn!(%error, "refused an upgrade");
+                match &other {
+                    // A client's own doing, as often as it likes: not a warning.
+                    Self::Broker(BrokerError::ReplayBudget) => {
+                        tracing::debug!("refused a resume past the replay budget");
+                    }
+                    Self::Broker(error) => tracing::warn!(%error, "refused an upgrade"),
+                    _ => {}
                 }
                 // The body names the cause too: "...: broker unavailable".
                 let body = match &other {

@@ -82,14 +82,14 @@ pub(crate) trait Topics: Send + Sync {
     fn presence(&self, topic: &str)
     -> impl Future<Output = Result<Presence, PresenceError>> + Send;
 
-    /// Who is subscribed to `topic`, on every instance, for connection
-    /// `conn`, which follows it: counting `conn`, and on a topic that
-    /// announces joins and leaves, queued on `outbox` (answering `id`) to
-    /// be written at its place among them, which returns `None`.
+    /// Who is subscribed to `topic`, on every instance, for the connection
+    /// behind `outbox`, which follows it: counting that connection, and on
+    /// a topic that announces joins and leaves, queued on `outbox`
+    /// (answering `id`) to be written at its place among them, which
+    /// returns `None`.
     fn presence_for(
         &self,
         topic: &str,
-        conn: ConnectionId,
         outbox: &Outbox,
         id: Option<&RawValue>,
     ) -> impl Future<Output = Result<Option<Presence>, PresenceError>> + Send;
@@ -137,17 +137,11 @@ impl Drop for Started {
 /// `async fn` keeps the space of each argument it was given for as long as
 /// it runs, and the socket (368 bytes, moved into the split's shared half)
 /// would cost every idle connection that much again.
-pub(crate) fn start(
-    socket: Socket,
-    conn: ConnectionId,
-    outbox: &Outbox,
-    home: Feed,
-    config: &Config,
-) -> Started {
+pub(crate) fn start(socket: Socket, outbox: &Outbox, home: Feed, config: &Config) -> Started {
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(writer::write(
         sink,
-        writer::Sources::new(home, config.topic_backlog, conn.0),
+        writer::Sources::new(home, config.topic_backlog),
         Arc::clone(outbox.status()),
         config.write_batch,
         config.close_timeout,

@@ -391,7 +391,11 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 self.fail(id, error_code::BAD_REQUEST, &message);
             }
             Err(error) => {
-                tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "subscribe failed");
+                if matches!(error, BrokerError::ReplayBudget) {
+                    tracing::debug!(conn = %self.ctx.conn_id, topic, "a resume past the replay budget; refused");
+                } else {
+                    tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "subscribe failed");
+                }
                 let message = format!("cannot subscribe to `{topic}` now: {error}");
                 self.fail(id, error_code::UNAVAILABLE, &message);
             }
@@ -413,9 +417,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             // The answer may be queued at its place in the topic's stream,
             // so the answers before it go first.
             self.answers.flush(&self.ctx.outbox).await;
-            let conn = self.ctx.conn_id;
             let outbox = &self.ctx.outbox;
-            self.topics.presence_for(topic, conn, outbox, id).await
+            self.topics.presence_for(topic, outbox, id).await
         } else {
             self.topics.presence(topic).await.map(Some)
         };

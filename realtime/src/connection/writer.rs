@@ -38,18 +38,14 @@ pub(super) struct Sources {
     /// Frames a ring may hold unread before this client counts as lagging
     /// (`Config::topic_backlog`).
     backlog: usize,
-    /// The connection's id: a ring's mark with it is where its `$presence`
-    /// answer goes.
-    conn: u64,
 }
 
 impl Sources {
-    pub(super) fn new(home: Feed, backlog: usize, conn: u64) -> Self {
+    pub(super) fn new(home: Feed, backlog: usize) -> Self {
         Self {
             rings: vec![Source::from(home)],
             next_ring: 0,
             backlog,
-            conn,
         }
     }
 
@@ -171,7 +167,7 @@ async fn write_batches(
         let first = tokio::select! {
             biased;
             item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
-            item = next_event(&mut sources.rings, sources.conn) => item,
+            item = next_event(&mut sources.rings, status) => item,
             () = &mut aborted => return false,
         };
         let mut next = Some(first);
@@ -273,11 +269,11 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
     let count = sources.rings.len();
     if count == 1 {
         // The usual case: the URL's topic alone, no turn to take.
-        return try_feed(&mut sources.rings[0], sources.conn);
+        return try_feed(&mut sources.rings[0], status);
     }
     for step in 0..count {
         let at = (sources.next_ring + step) % count;
-        if let Some(item) = try_feed(&mut sources.rings[at], sources.conn) {
+        if let Some(item) = try_feed(&mut sources.rings[at], status) {
             sources.next_ring = (at + 1) % count;
             return Some(item);
         }
@@ -286,11 +282,11 @@ fn try_next(sources: &mut Sources, status: &Status) -> Option<Item> {
 }
 
 /// The next item of one topic, if one is waiting.
-fn try_feed(feed: &mut Source, conn: u64) -> Option<Item> {
+fn try_feed(feed: &mut Source, status: &Status) -> Option<Item> {
     loop {
         match feed.ring.try_recv() {
             Ok(event) => {
-                if let Some(item) = pass(feed, event, conn) {
+                if let Some(item) = pass(feed, event, status) {
                     return Some(item);
                 }
             }
@@ -308,10 +304,12 @@ fn try_feed(feed: &mut Source, conn: u64) -> Option<Item> {
 /// first event past the catch-up ends the skipping, as does a `reset`
 /// (offsets count from a new epoch after it). A frame without an offset
 /// (published with no history) passes and changes nothing. A mark passes
-/// for the connection it names alone.
-fn pass(feed: &mut Source, event: Event, conn: u64) -> Option<Item> {
-    if let Some(asker) = event.asker() {
-        return (asker == conn).then_some(Item::Marked);
+/// for the connections that await its read alone.
+fn pass(feed: &mut Source, event: Event, status: &Status) -> Option<Item> {
+    // Read at the mark, not before: the reader names the read it awaits
+    // while this task may already wait for the ring.
+    if let Some(group) = event.asker() {
+        return status.awaits(group).then_some(Item::Marked);
     }
     if feed.sent_through != 0 {
         match event.offset {
@@ -326,7 +324,7 @@ fn pass(feed: &mut Source, event: Event, conn: u64) -> Option<Item> {
 
 /// Waits for the next event of any ring. With one ring (the usual case) it
 /// waits on it directly; with several it waits on all at once.
-async fn next_event(rings: &mut Vec<Source>, conn: u64) -> Item {
+async fn next_event(rings: &mut Vec<Source>, status: &Status) -> Item {
     loop {
         let (received, at) = match rings.as_mut_slice() {
             [] => return std::future::pending().await,
@@ -339,7 +337,7 @@ async fn next_event(rings: &mut Vec<Source>, conn: u64) -> Item {
         };
         match received {
             Ok(event) => {
-                if let Some(item) = pass(&mut rings[at], event, conn) {
+                if let Some(item) = pass(&mut rings[at], event, status) {
                     return item;
                 }
             }

@@ -198,10 +198,12 @@ impl<S, U> Context<S, U> {
     ///
     /// [`Service::history`]: crate::Service::history
     ///
-    /// At most [`Config::max_reply_bytes`](crate::Config::max_reply_bytes)
-    /// of events are read: after `since`, those up to the budget; the last
-    /// ones, the newest that fit. A reply that sends them back fits the cap,
-    /// and the broker reads no more than that.
+    /// At most seven eighths of
+    /// [`Config::max_reply_bytes`](crate::Config::max_reply_bytes) of events
+    /// are read (the rest is room for the reply's own envelope): after
+    /// `since`, those up to the budget; the last ones, the newest that fit.
+    /// So fewer than `limit` may come back: page on the offsets, not on the
+    /// count.
     ///
     /// # Errors
     ///

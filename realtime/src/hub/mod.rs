@@ -107,12 +107,13 @@ impl Hub {
         }
     }
 
-    /// Puts the mark of connection `conn`'s `$presence` answer in
-    /// `topic`'s ring, after every frame delivered so far.
-    pub(crate) fn mark_answer(&self, topic: &str, conn: u64) {
+    /// Puts the mark of the answers of `$presence` read `group` in
+    /// `topic`'s ring, after every frame delivered so far: one mark for
+    /// every ask the read answers.
+    pub(crate) fn mark_answer(&self, topic: &str, group: u64) {
         let topics = self.topics.read();
         if let Some(entry) = topics.get(topic) {
-            let _ = entry.ring.send(Event::asked(conn));
+            let _ = entry.ring.send(Event::asked(group));
         }
     }
 

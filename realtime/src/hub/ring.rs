@@ -27,20 +27,20 @@ impl Event {
     /// The offset of a `reset` frame: never skipped, and what follows it
     /// counts from a new epoch.
     pub(crate) const RESET: u64 = u64::MAX;
-    /// The bit of a mark: where one connection's `$presence` answer goes
-    /// (the rest of the offset is the connection's id). Offsets and ids
+    /// The bit of a mark: where the `$presence` answers of one read go
+    /// (the rest of the offset is the read's number). Offsets and numbers
     /// stay far below it.
     const ASKED: u64 = 1 << 63;
 
-    /// The mark of connection `conn`'s `$presence` answer.
-    pub(crate) fn asked(conn: u64) -> Self {
+    /// The mark of the answers of `$presence` read `group`.
+    pub(crate) fn asked(group: u64) -> Self {
         Self {
-            offset: Self::ASKED | conn,
+            offset: Self::ASKED | group,
             frame: Frame::from(String::new()),
         }
     }
 
-    /// The connection whose answer this event marks, if it is a mark.
+    /// The read whose answers this event marks, if it is a mark.
     pub(crate) fn asker(&self) -> Option<u64> {
         (self.offset & Self::ASKED != 0 && self.offset != Self::RESET)
             .then_some(self.offset & !Self::ASKED)

@@ -7,7 +7,7 @@
 //! depending on the connection's machinery.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use crate::hub::Feed;
 use crate::protocol::{Frame, close_code};
@@ -61,6 +61,10 @@ pub(crate) struct Status {
     abort: Signal,
     /// The close code to send on abort; 0 when no close frame should be sent.
     abort_code: AtomicU16,
+    /// The read whose mark in a topic's ring is where this connection's
+    /// `$presence` answer goes (0: none). One ask is out at a time per
+    /// connection, so one number is enough.
+    awaiting: AtomicU64,
     counters: Arc<Counters>,
 }
 
@@ -92,6 +96,16 @@ impl Status {
     /// Resolves once the connection is aborted; see [`Signal::fired`].
     pub(crate) fn aborted(&self) -> Fired<'_> {
         self.abort.fired()
+    }
+
+    /// Waits for the mark of read `group`: the writer stops at it.
+    pub(crate) fn await_mark(&self, group: u64) {
+        self.awaiting.store(group, Ordering::Release);
+    }
+
+    /// Whether a mark of read `group` is this connection's.
+    pub(crate) fn awaits(&self, group: u64) -> bool {
+        self.awaiting.load(Ordering::Acquire) == group
     }
 
     /// The close code an abort asked for; 0 for none.
@@ -130,6 +144,7 @@ impl Outbox {
             queue: Queue::new(max_frames, max_bytes, Arc::clone(&counters.queued_bytes)),
             abort: Signal::default(),
             abort_code: AtomicU16::new(0),
+            awaiting: AtomicU64::new(0),
             counters,
         });
         Self { status }

@@ -40,27 +40,40 @@ pub(crate) struct Asks {
 /// One `$presence` waiting for its answer.
 #[derive(Debug)]
 pub(crate) struct Ask {
-    /// The read that answers it.
+    /// The read that answers it, whose mark in the ring is where the
+    /// answer goes.
     group: u64,
-    /// The connection that asked: the mark in the ring names it.
-    pub(crate) conn: u64,
     outbox: Outbox,
     id: Option<Box<RawValue>>,
     answered: oneshot::Sender<()>,
 }
 
 impl Ask {
-    /// Queues the answer, to be written at the connection's mark, which
-    /// `mark` puts in the topic's ring; then tells the asker.
-    pub(crate) fn answer(self, presence: &Presence, mark: impl FnOnce(u64)) {
-        let value = serde_json::value::to_raw_value(presence).expect("presence always serializes");
-        if self
-            .outbox
-            .push_answer(protocol::reply_frame(self.id.as_deref(), &value))
-        {
-            mark(self.conn);
-        }
-        let _ = self.answered.send(());
+    /// Queues the answer, `presence` as JSON, to be written at the read's
+    /// mark in the topic's ring; whether it was queued.
+    fn queue(&self, presence: &RawValue) -> bool {
+        self.outbox
+            .push_answer(protocol::reply_frame(self.id.as_deref(), presence))
+    }
+}
+
+/// Answers every ask of a read: the list serialized once, each answer
+/// queued, then one mark for them all, which `mark` puts in the topic's
+/// ring; then each asker is told.
+pub(crate) fn answer(asks: Vec<Ask>, presence: &Presence, mark: impl FnOnce()) {
+    if asks.is_empty() {
+        return;
+    }
+    let value = serde_json::value::to_raw_value(presence).expect("presence always serializes");
+    let mut queued = false;
+    for ask in &asks {
+        queued |= ask.queue(&value);
+    }
+    if queued {
+        mark();
+    }
+    for ask in asks {
+        let _ = ask.answered.send(());
     }
 }
 
@@ -99,8 +112,8 @@ impl Gate {
 }
 
 impl Asks {
-    /// Waits for an answer to the `$presence` with `id` of connection
-    /// `conn`, behind `outbox`, of `topic`. Returns the ask, which stops
+    /// Waits for an answer to the `$presence` with `id` of the connection
+    /// behind `outbox`, of `topic`. Returns the ask, which stops
     /// waiting when dropped (the connection went away mid-read: its entry
     /// must not stay for an answer that may never come), what fires once
     /// the answer is queued, and the topic's gate, through which the read
@@ -108,31 +121,33 @@ impl Asks {
     pub(crate) fn add(
         &self,
         topic: &str,
-        conn: u64,
         outbox: &Outbox,
         id: Option<&RawValue>,
     ) -> (Waiting<'_>, oneshot::Receiver<()>) {
         let gate = Arc::clone(self.gates.lock().entry(topic.into()).or_default());
-        let group = *gate
-            .open
-            .lock()
-            .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) + 1);
         let number = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (answered, queued) = oneshot::channel();
-        let ask = Ask {
-            group,
-            conn,
-            outbox: outbox.clone(),
-            id: id.map(ToOwned::to_owned),
-            answered,
+        // In the group and among the waiting under the group's lock: a read
+        // that closes the group after this finds the ask to answer.
+        let group = {
+            let mut open = gate.open.lock();
+            let group = *open.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) + 1);
+            let ask = Ask {
+                group,
+                outbox: outbox.clone(),
+                id: id.map(ToOwned::to_owned),
+                answered,
+            };
+            self.waiting.lock().insert(number, ask);
+            group
         };
-        self.waiting.lock().insert(number, ask);
+        outbox.status().await_mark(group);
         let waiting = Waiting {
             asks: self,
             topic: topic.into(),
             number,
             group,
-            gate,
+            gate: Some(gate),
         };
         (waiting, queued)
     }
@@ -156,11 +171,16 @@ impl Asks {
         self.waiting.lock().remove(&number).is_some()
     }
 
-    /// Forgets `topic`'s gate once no ask holds it.
-    fn release(&self, topic: &str, gate: &Arc<Gate>) {
+    /// Lets go of `gate`, and forgets `topic`'s once no ask holds it.
+    /// Under the map's lock, where every other hold is taken, so that two
+    /// asks that end together cannot each see the other's.
+    fn release(&self, topic: &str, gate: Arc<Gate>) {
         let mut gates = self.gates.lock();
-        // The map's and the caller's.
-        if Arc::strong_count(gate) == 2 {
+        drop(gate);
+        if gates
+            .get(topic)
+            .is_some_and(|gate| Arc::strong_count(gate) == 1)
+        {
             gates.remove(topic);
         }
     }
@@ -174,7 +194,8 @@ pub(crate) struct Waiting<'a> {
     topic: Box<str>,
     number: u64,
     group: u64,
-    gate: Arc<Gate>,
+    /// Always there but in `drop`.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Waiting<'_> {
@@ -185,7 +206,7 @@ impl Waiting<'_> {
 
     /// The topic's reads.
     pub(crate) fn gate(&self) -> &Gate {
-        &self.gate
+        self.gate.as_ref().expect("held until dropped")
     }
 
     /// Stops waiting; whether the ask still waited (so that nothing was
@@ -198,7 +219,9 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.asks.cancel(self.number);
-        self.asks.release(&self.topic, &self.gate);
+        if let Some(gate) = self.gate.take() {
+            self.asks.release(&self.topic, gate);
+        }
     }
 }
 
@@ -214,19 +237,20 @@ mod tests {
         let asks = Asks::default();
         let outbox = Outbox::new(8, 1 << 16, Arc::default());
         let id = RawValue::from_string("7".to_owned()).unwrap();
-        let (first, mut queued) = asks.add("t", 3, &outbox, Some(&id));
-        let (second, _) = asks.add("t", 3, &outbox, None);
+        let (first, mut queued) = asks.add("t", &outbox, Some(&id));
+        let (second, _) = asks.add("t", &outbox, None);
         assert_eq!(first.group(), second.group(), "one read for both");
         assert!(second.cancel());
 
-        let mut marks = Vec::new();
-        for ask in asks.take(first.group()) {
-            ask.answer(&Presence::default(), |conn| marks.push(conn));
-        }
+        let mut marks = 0;
+        answer(asks.take(first.group()), &Presence::default(), || {
+            marks += 1
+        });
         assert!(asks.take(first.group()).is_empty(), "answered once");
         assert!(queued.try_recv().is_ok());
         assert!(!first.cancel(), "answered already");
-        assert_eq!(marks, [3]);
+        assert_eq!(marks, 1, "one mark for the read");
+        assert!(outbox.status().awaits(first.group()));
 
         let queue = outbox.status().queue();
         let Some(Outbound::Answer(frame)) = queue.try_pop() else {
@@ -244,7 +268,7 @@ mod tests {
     fn an_ask_whose_asker_went_away_is_forgotten() {
         let asks = Asks::default();
         let outbox = Outbox::new(8, 1 << 16, Arc::default());
-        let (waiting, _) = asks.add("t", 3, &outbox, None);
+        let (waiting, _) = asks.add("t", &outbox, None);
         let group = waiting.group();
         drop(waiting);
         assert!(asks.take(group).is_empty(), "no entry left behind");
@@ -256,12 +280,12 @@ mod tests {
     async fn asks_that_come_while_a_read_is_out_share_the_next_one() {
         let asks = Asks::default();
         let outbox = Outbox::new(8, 1 << 16, Arc::default());
-        let (first, _) = asks.add("t", 1, &outbox, None);
+        let (first, _) = asks.add("t", &outbox, None);
         let (turn, read) = first.gate().turn(first.group()).await;
         assert!(read, "the first ask reads");
         // While the first read is out, two more come: one group.
-        let (second, _) = asks.add("t", 2, &outbox, None);
-        let (third, _) = asks.add("t", 3, &outbox, None);
+        let (second, _) = asks.add("t", &outbox, None);
+        let (third, _) = asks.add("t", &outbox, None);
         assert_ne!(second.group(), first.group());
         assert_eq!(second.group(), third.group());
         first.gate().done(first.group());

@@ -236,7 +236,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         // which the write task empties before it reads any ring.
         let mut feed = feed;
         outbox.catch_up(&mut feed);
-        let mut started = connection::start(socket, id, &outbox, feed, &self.inner.config);
+        let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
         let mut ctx = Context {
             conn_id: id,
             user_id: user,

@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, watch};
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, HistoryQuery, Idempotency, MemoryBroker};
 use crate::config::Config;
-use crate::handler::{ConnectionId, MessageHandler};
+use crate::handler::MessageHandler;
 use crate::history::{History, HistoryError, HistoryPolicy, Position};
 use crate::hub::{Filler, Hub, Owner};
 use crate::outbox::Outbox;
@@ -191,7 +191,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// Reads `topic`'s history: the events after offset `since`, or with
     /// `since` `None` the last `limit` ones; at most `limit` (and at most
     /// the topic's history size), oldest first; with the topic's current
-    /// position.
+    /// position. At most seven eighths of `Config::max_reply_bytes` of
+    /// events are read (the newest that fit, for the last ones), so that a
+    /// reply can carry them: fewer than `limit` may come back, so page on
+    /// the offsets, not on the count.
     ///
     /// # Errors
     ///
@@ -415,7 +418,6 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     pub(super) async fn presence_for(
         &self,
         topic: &str,
-        conn: ConnectionId,
         outbox: &Outbox,
         id: Option<&RawValue>,
     ) -> Result<Option<Presence>, PresenceError> {
@@ -435,7 +437,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         if tracking != Tracking::Announced {
             return Ok(Some(self.broker.presence(topic, false).await?));
         }
-        let (asker, queued) = self.asks.add(topic, conn.0, outbox, id);
+        let (asker, queued) = self.asks.add(topic, outbox, id);
         // One read at a time per topic, for every ask that came while the
         // one before was out: the first of them to get the turn reads.
         let Ok((turn, read)) =
@@ -506,10 +508,11 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             .history
             .retention(topic)
             .ok_or_else(|| HistoryError::NotKept(topic.to_owned()))?;
-        // Within what a reply may hold: a handler that sends the events
-        // back would otherwise read a history only to fail with a 500.
-        let query = HistoryQuery::from(since, limit.min(retention.size()))
-            .max_bytes(self.config.max_reply_bytes);
+        // Within what a reply may hold, less an eighth for the reply's own
+        // envelope: a handler that sends the events back would otherwise
+        // read a history only to fail with a 500.
+        let budget = self.config.max_reply_bytes - self.config.max_reply_bytes / 8;
+        let query = HistoryQuery::from(since, limit.min(retention.size())).max_bytes(budget);
         Ok(self.broker.history(topic, query, &retention).await?)
     }
 }
@@ -532,8 +535,8 @@ impl<H: MessageHandler, B: Broker> Owner for Inner<H, B> {
     }
 
     fn answer_presence(&self, topic: &str, group: u64, presence: &Presence) {
-        for ask in self.asks.take(group) {
-            ask.answer(presence, |conn| self.hub.mark_answer(topic, conn));
-        }
+        crate::presence::asks::answer(self.asks.take(group), presence, || {
+            self.hub.mark_answer(topic, group);
+        });
     }
 }

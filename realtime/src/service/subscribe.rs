@@ -181,9 +181,16 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             // where it left off, and all of it within the queue's bytes;
             // else the broker answers the position alone.
             let query = match since {
+                // The queue holds the `subscribed` frame after them too
+                // (its topic, position and flags; 128 bytes besides the
+                // topic is ample).
                 Some(since) => HistoryQuery::after(since.offset, limit)
                     .epoch(&since.epoch)
-                    .max_bytes(config.outbound_queue_bytes)
+                    .max_bytes(
+                        config
+                            .outbound_queue_bytes
+                            .saturating_sub(topic.len() + 128),
+                    )
                     .whole(),
                 None => HistoryQuery::position(),
             };
@@ -311,11 +318,10 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
     fn presence_for(
         &self,
         topic: &str,
-        conn: ConnectionId,
         outbox: &Outbox,
         id: Option<&RawValue>,
     ) -> impl std::future::Future<Output = Result<Option<Presence>, PresenceError>> + Send {
-        Inner::presence_for(self, topic, conn, outbox, id)
+        Inner::presence_for(self, topic, outbox, id)
     }
 }
 
