@@ -149,10 +149,10 @@ pub struct Config {
     /// A resume queues the events the client missed, up to
     /// `outbound_queue_bytes`, until its socket takes them; clients that
     /// resume and never read would otherwise hold that much each. Checked
-    /// against what is queued when the missed events have been read: the
+    /// when the missed events have been read, against what is queued and
+    /// what resumes checked before hold but have not queued yet: the
     /// upgrade is answered 503, a `$join` error 503, and the client resumes
-    /// later with its position intact. Resumes checked at the same moment
-    /// may pass it together, by at most `outbound_queue_bytes` each.
+    /// later with its position intact.
     pub max_replay_bytes: usize,
     /// Size of each connection's read buffer, in bytes. Default: 4 KiB.
     ///

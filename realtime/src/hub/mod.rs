@@ -26,7 +26,7 @@ mod ring;
 mod sequencer;
 
 pub(crate) use fill::{Fan, Filler, Owner};
-pub(crate) use ring::{Event, Feed, Ring};
+pub(crate) use ring::{Event, Feed, Reservation, Ring};
 use sequencer::{ReadFrom, Sequencer};
 
 /// Reads of the history that fill gaps in rings, at most at once per

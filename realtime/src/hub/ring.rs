@@ -71,4 +71,70 @@ pub(crate) struct Feed {
     /// Whether the subscription resumed with every missed event; `None`
     /// when it did not ask to resume. Counted once the client is told.
     pub(crate) recovered: Option<bool>,
+    /// The catch-up's bytes, counted ahead in the instance's queued total
+    /// until they are queued (see `Config::max_replay_bytes`).
+    pub(crate) reserved: Option<Reservation>,
+}
+
+/// Bytes counted ahead in a total, given back when dropped: a resume's
+/// missed events between the check against the replay budget and their
+/// push into the connection's queue (which counts them itself), so that
+/// resumes checked at the same moment see each other.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    total: Arc<std::sync::atomic::AtomicUsize>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Counts `bytes` in `total` if it stays within `budget`.
+    pub(crate) fn take(
+        total: &Arc<std::sync::atomic::AtomicUsize>,
+        bytes: usize,
+        budget: usize,
+    ) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let before = total.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > budget {
+            total.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            total: Arc::clone(total),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::Reservation;
+
+    #[test]
+    fn reservations_see_each_other_and_give_back_on_drop() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let first = Reservation::take(&total, 600, 1000).expect("within the budget");
+        assert!(
+            Reservation::take(&total, 600, 1000).is_none(),
+            "600 + 600 > 1000"
+        );
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            600,
+            "a refusal counts nothing"
+        );
+        drop(first);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        assert!(Reservation::take(&total, 600, 1000).is_some());
+    }
 }

@@ -181,6 +181,8 @@ impl Outbox {
     /// the feed's fallback, which says the missed events are not coming.
     pub(crate) fn catch_up(&self, feed: &mut Feed) -> bool {
         let frames = std::mem::take(&mut feed.catch_up);
+        // Counted by the queue from here on: the reservation goes.
+        let _reserved = feed.reserved.take();
         let mut recovered = feed.recovered;
         let queued = match self
             .status

@@ -3,7 +3,6 @@
 //! ring), and the adapters through which connections subscribe and publish.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -14,7 +13,7 @@ use crate::connection::Topics;
 use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, Position};
-use crate::hub::{Added, Feed, Ring};
+use crate::hub::{Added, Feed, Reservation, Ring};
 use crate::outbox::Outbox;
 use crate::presence::keeper;
 use crate::presence::{Presence, PresenceError, Tracking};
@@ -140,6 +139,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 sent_through: 0,
                 fallback: None,
                 recovered: None,
+                reserved: None,
             },
             Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
         };
@@ -200,29 +200,34 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                     if now == generation && epoch == read.position.epoch =>
                 {
                     // Events read are events to queue: only a resume that
-                    // can be whole reads any.
+                    // can be whole reads any. Counted ahead in the queued
+                    // total, so that resumes checked together see each other.
                     let missed: usize = read
                         .events
                         .iter()
                         .map(|event| event.frame.as_str().len())
                         .sum();
-                    let queued = inner.counters.queued_bytes.load(Ordering::Relaxed);
-                    if missed > 0 && queued.saturating_add(missed) > config.max_replay_bytes {
-                        tracing::debug!(
-                            topic = &**topic,
+                    let reserved = match missed {
+                        0 => None,
+                        _ => match Reservation::take(
+                            &inner.counters.queued_bytes,
                             missed,
-                            queued,
-                            "a resume would pass the replay budget; refused"
-                        );
-                        return Err(BrokerError::ReplayBudget);
-                    }
-                    return Ok(catch_up(
-                        topic,
-                        ring,
-                        since,
-                        read,
-                        config.outbound_queue_bytes,
-                    ));
+                            config.max_replay_bytes,
+                        ) {
+                            Some(reserved) => Some(reserved),
+                            None => {
+                                tracing::debug!(
+                                    topic = &**topic,
+                                    missed,
+                                    "a resume would pass the replay budget; refused"
+                                );
+                                return Err(BrokerError::ReplayBudget);
+                            }
+                        },
+                    };
+                    let mut feed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
+                    feed.reserved = reserved;
+                    return Ok(feed);
                 }
                 Some((fresh, now, _)) if now != generation => {
                     tracing::debug!(
@@ -411,5 +416,6 @@ fn catch_up(
         sent_through: read.position.offset,
         fallback,
         recovered,
+        reserved: None,
     }
 }
