@@ -122,3 +122,54 @@ async fn reads_that_cannot_be_used_are_not_made() {
     assert_eq!(lines, 4, "the newest four of 12 KB fit 56 KiB");
     assert!(per < 80 * 1024, "Redis sent {per} bytes for the read");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_broker_keeps_histories_within_its_budget() {
+    // 12 KB lines, each into a new room: the histories would grow by the
+    // line for as long as their time to live. With a 1 MiB budget, the
+    // lines past it are refused (error 503) and nothing more is kept;
+    // once the histories expire, lines are taken again.
+    let policy = HistoryPolicy::none().keep("room:*", Retention::new(1000, Duration::from_secs(1)));
+    let mut config = Config::default();
+    config.max_messages_per_sec = 10_000;
+    config.rate_burst = 10_000;
+    let node = Node::serve(
+        realtime::MemoryBroker::with_history_budget(1024 * 1024),
+        policy,
+        config,
+    )
+    .await;
+    let mut client = node.connect("room:0", "alice").await;
+    let line = "z".repeat(12_000);
+    let mut refused = 0;
+    for n in 0..120u64 {
+        let topic = format!("room:{n}");
+        if n > 0 {
+            let joined = client.join(&topic, 1_000 + n).await;
+            assert!(joined.get("error").is_none(), "{joined}");
+        }
+        let said = client
+            .call(&serde_json::json!({"type": "say", "data": {"text": line}, "topic": topic, "id": n}), n)
+            .await;
+        match said["error"]["code"].as_u64() {
+            None => {}
+            Some(503) => refused += 1,
+            Some(other) => panic!("error {other}: {said}"),
+        }
+        if n > 0 {
+            client.leave(&topic, 2_000 + n).await;
+        }
+    }
+    // 1 MiB holds 87 lines of 12 KB; the other 33 were refused.
+    assert!(refused >= 30, "{refused} refused");
+
+    // Once the histories expire, there is room again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let said = client
+        .call(
+            &serde_json::json!({"type": "say", "data": {"text": "again"}, "id": 999}),
+            999,
+        )
+        .await;
+    assert!(said.get("error").is_none(), "{said}");
+}

@@ -326,4 +326,10 @@ pub enum BrokerError {
     /// clients replaying now have read theirs.
     #[error("too many missed events being replayed on this instance; try again later")]
     ReplayBudget,
+    /// The broker's bound on the bytes of all histories is reached
+    /// (`MemoryBroker::with_history_budget`; Redis answers `OOM` past
+    /// `maxmemory` instead, which is [`Unavailable`](Self::Unavailable)):
+    /// the event was not published. Its sender gets error 503.
+    #[error("the broker's history budget is spent")]
+    HistoryFull,
 }

@@ -497,7 +497,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 Err(error) => {
                     // While the broker is away every publish fails, and the
                     // broker said so once: one line each would flood the log.
-                    if matches!(error, BrokerError::Unavailable(_)) {
+                    if matches!(
+                        error,
+                        BrokerError::Unavailable(_) | BrokerError::HistoryFull
+                    ) {
                         tracing::debug!(%conn, topic = &*topic, error = %error, "publish failed");
                     } else {
                         tracing::warn!(%conn, topic = &*topic, error = %error, "publish failed");

@@ -107,11 +107,26 @@ impl Remembered {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Histories {
     topics: HashMap<Box<str>, Kept>,
     /// Appends and reads, to time the sweeps.
     calls: u64,
+    /// Bytes of every kept frame.
+    bytes: usize,
+    /// The most `bytes` may reach; past it appends are refused.
+    budget: usize,
+}
+
+impl Default for Histories {
+    fn default() -> Self {
+        Self {
+            topics: HashMap::new(),
+            calls: 0,
+            bytes: 0,
+            budget: MemoryBroker::DEFAULT_HISTORY_BUDGET,
+        }
+    }
 }
 
 /// One topic's history.
@@ -120,6 +135,8 @@ struct Kept {
     epoch: String,
     offset: u64,
     events: VecDeque<Sequenced>,
+    /// Bytes of `events`' frames.
+    bytes: usize,
     expires: Instant,
 }
 
@@ -136,6 +153,7 @@ impl Histories {
             .entry(topic.into())
             .or_insert_with(|| Kept::new(expires));
         if kept.expires <= now {
+            self.bytes -= kept.bytes;
             *kept = Kept::new(expires);
         }
         if touch {
@@ -149,9 +167,21 @@ impl Histories {
     fn sweep(&mut self) {
         self.calls += 1;
         if self.calls.is_multiple_of(SWEEP_EVERY) {
-            let now = Instant::now();
-            self.topics.retain(|_, kept| kept.expires > now);
+            self.sweep_now();
         }
+    }
+
+    /// Drops expired histories now.
+    fn sweep_now(&mut self) {
+        let now = Instant::now();
+        let bytes = &mut self.bytes;
+        self.topics.retain(|_, kept| {
+            let live = kept.expires > now;
+            if !live {
+                *bytes -= kept.bytes;
+            }
+            live
+        });
     }
 }
 
@@ -161,6 +191,7 @@ impl Kept {
             epoch: crate::util::random_id(),
             offset: 0,
             events: VecDeque::new(),
+            bytes: 0,
             expires,
         }
     }
@@ -174,9 +205,39 @@ impl Kept {
 }
 
 impl MemoryBroker {
+    /// The default bound on the bytes of all topics' histories: 256 MiB.
+    pub const DEFAULT_HISTORY_BUDGET: usize = 256 * 1024 * 1024;
+
     /// A new hub with no subscribers.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new hub whose topics' histories hold at most `bytes` of frames in
+    /// all (default [`DEFAULT_HISTORY_BUDGET`](Self::DEFAULT_HISTORY_BUDGET)).
+    /// Past it, an event of a topic with history is refused with
+    /// [`BrokerError::HistoryFull`] (its sender gets error 503) until
+    /// histories expire: the process's memory, not the clients, sets the
+    /// bound. Handles cloned from it share it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = realtime::MemoryBroker::with_history_budget(64 * 1024 * 1024);
+    /// let _other_node = hub.clone();
+    /// ```
+    pub fn with_history_budget(bytes: usize) -> Self {
+        let hub = Hub {
+            histories: Mutex::new(Histories {
+                budget: bytes,
+                ..Histories::default()
+            }),
+            ..Hub::default()
+        };
+        Self {
+            hub: Arc::new(hub),
+            member: OnceLock::new(),
+        }
     }
 
     fn member(&self) -> Result<(usize, Incoming), BrokerError> {
@@ -250,19 +311,34 @@ impl Broker for MemoryBroker {
                 return Ok(position);
             }
         }
+        let size = frame.as_str().len();
+        if histories.bytes + size > histories.budget {
+            // Expired histories may still hold the room: look now, not at
+            // the next timed sweep.
+            histories.sweep_now();
+            if histories.bytes + size > histories.budget {
+                return Err(BrokerError::HistoryFull);
+            }
+        }
         let kept = histories.get(topic, retention, true);
         let offset = kept.offset + 1;
         let frame = protocol::with_offset(&frame, offset)
             .ok_or_else(|| BrokerError::Invalid("not an event frame".into()))?;
         kept.offset = offset;
+        let added = frame.as_str().len();
         kept.events.push_back(Sequenced {
             offset,
             frame: frame.clone(),
         });
+        let mut removed = 0;
         while kept.events.len() > retention.size() {
-            kept.events.pop_front();
+            if let Some(dropped) = kept.events.pop_front() {
+                removed += dropped.frame.as_str().len();
+            }
         }
+        kept.bytes = kept.bytes + added - removed;
         let position = kept.position();
+        histories.bytes = histories.bytes + added - removed;
         if let Some(once) = once {
             self.hub
                 .remembered
