@@ -103,11 +103,11 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         .write_buffer_size(config.write_buffer_bytes)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let limits = websocket::Limits {
-        frames_per_sec: config.frame_budget(),
-        max_fragments: config.max_fragments,
-        fragment_timeout: config.fragment_timeout,
-    };
+    let limits = websocket::Limits::new(
+        config.frame_budget(),
+        config.max_fragments,
+        config.fragment_timeout,
+    );
     let protocol = (source == TokenSource::Protocol).then_some(BEARER_PROTOCOL);
     // If the upgrade fails, `accepted` is dropped with the closure: the
     // connection unsubscribes from its topic and frees its place. Boxed,

@@ -34,6 +34,8 @@ fn what_every_connection_keeps_stays_small() {
         ("RateLimiter", size_of::<RateLimiter>(), 20),
         ("Answers", size_of::<Answers<'_>>(), 8),
         ("Signal", size_of::<Signal>(), 40),
+        // The frame guard around the socket, less the socket.
+        ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 72),
         // Shared with the service: one pointer.
         ("Outbox", size_of::<Outbox>(), 8),
         // One slot of a topic's ring, and of a connection's queue.

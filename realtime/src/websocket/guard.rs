@@ -32,12 +32,41 @@ use tokio::time::{Instant, Sleep};
 use crate::protocol::close_code;
 
 /// The limits a [`Guarded`] socket applies; copied from the service's
-/// `Config`.
+/// `Config`, small, since every socket keeps them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    pub(crate) frames_per_sec: u32,
-    pub(crate) max_fragments: u32,
-    pub(crate) fragment_timeout: Duration,
+    frames_per_sec: u32,
+    max_fragments: u32,
+    /// Milliseconds.
+    fragment_timeout: u32,
+}
+
+impl Limits {
+    pub(crate) fn new(frames_per_sec: u32, max_fragments: u32, fragment_timeout: Duration) -> Self {
+        Self {
+            frames_per_sec: frames_per_sec.max(1),
+            max_fragments,
+            fragment_timeout: u32::try_from(fragment_timeout.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn fragment_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.fragment_timeout))
+    }
+}
+
+/// Milliseconds since the first call, wrapping after 49 days: the clocks a
+/// socket keeps are 4 bytes each, and only their differences (well under
+/// 49 days) are read.
+fn millis(now: Instant) -> u32 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    now.saturating_duration_since(base).as_millis() as u32
+}
+
+/// The time from `then` to `now`, both from [`millis`].
+fn since(now: u32, then: u32) -> Duration {
+    Duration::from_millis(u64::from(now.wrapping_sub(then)))
 }
 
 /// Why the guard ended a connection: the read fails with this inside an
@@ -91,9 +120,10 @@ pub(crate) struct Guarded<S> {
     scan: Scan,
     /// Frames the client may still send now; below zero, reading waits.
     tokens: f32,
-    refilled: Instant,
-    /// When the open fragmented message began.
-    opened: Option<Instant>,
+    /// When the bucket was last refilled ([`millis`]).
+    refilled: u32,
+    /// When the open fragmented message began ([`millis`]).
+    opened: Option<u32>,
     /// Made only while reading waits for the bucket: an idle socket holds
     /// no timer.
     wait: Option<Pin<Box<Sleep>>>,
@@ -111,7 +141,7 @@ impl<S> Guarded<S> {
                 fragments: 0,
             },
             tokens: limits.frames_per_sec as f32,
-            refilled: Instant::now(),
+            refilled: millis(Instant::now()),
             opened: None,
             wait: None,
         }
@@ -120,8 +150,9 @@ impl<S> Guarded<S> {
     /// Refills the bucket for the time since the last refill, up to one
     /// second's worth.
     fn refill(&mut self, now: Instant) {
+        let now = millis(now);
         let rate = self.limits.frames_per_sec as f32;
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f32();
+        let elapsed = since(now, self.refilled).as_secs_f32();
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.refilled = now;
     }
@@ -168,7 +199,7 @@ impl<S> Guarded<S> {
             // Text or binary: a message begins; unfinished, it is fragmented.
             1 | 2 if !fin => {
                 self.scan.fragments = 1;
-                self.opened = Some(now);
+                self.opened = Some(millis(now));
             }
             // A continuation: one more fragment of the open message.
             0 if self.scan.fragments > 0 => {
@@ -186,9 +217,9 @@ impl<S> Guarded<S> {
             _ => {}
         }
         if let Some(opened) = self.opened
-            && now.saturating_duration_since(opened) > self.limits.fragment_timeout
+            && since(millis(now), opened) > self.limits.fragment_timeout()
         {
-            return Err(Violation::FragmentTimeout(self.limits.fragment_timeout));
+            return Err(Violation::FragmentTimeout(self.limits.fragment_timeout()));
         }
         Ok(())
     }
@@ -235,7 +266,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             this.refill(now);
             if this.tokens < 0.0 {
                 // In debt: wait until the bucket is back at zero.
-                let short = -this.tokens / this.limits.frames_per_sec.max(1) as f32;
+                let short = -this.tokens / this.limits.frames_per_sec as f32;
                 let until = now + Duration::from_secs_f32(short);
                 let wait = this.wait.get_or_insert_with(|| {
                     metrics::counter!(crate::telemetry::READS_THROTTLED).increment(1);
@@ -296,14 +327,7 @@ mod tests {
     use super::*;
 
     fn guard() -> Guarded<()> {
-        Guarded::new(
-            (),
-            Limits {
-                frames_per_sec: 100,
-                max_fragments: 4,
-                fragment_timeout: Duration::from_secs(10),
-            },
-        )
+        Guarded::new((), Limits::new(100, 4, Duration::from_secs(10)))
     }
 
     /// A masked client frame: its head, mask key and `payload`.

@@ -23,8 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use guard::Guarded;
-pub(crate) use guard::{Limits, Violation};
+pub(crate) use guard::{Guarded, Limits, Violation};
 
 /// An upgraded, guarded socket.
 pub(crate) type Socket = WebSocketStream<Guarded<TokioIo<hyper::upgrade::Upgraded>>>;
