@@ -178,6 +178,11 @@ async fn a_user_past_the_per_user_limit_gets_429_and_others_do_not() {
     let first = server.connect("lobby", "alice").await;
     let _second = server.connect("lobby", "alice").await;
     assert_eq!(connect_from(&server, "alice", None).await.err(), Some(429));
+    // A page's plain GET learns the same.
+    assert_eq!(
+        plain_get(server.server.addr(), "/ws/lobby?token=alice").await,
+        429
+    );
     // Another user is not counted with alice.
     let _bob = server.connect("lobby", "bob").await;
     // A place freed is a place taken again.

@@ -81,7 +81,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     service.authorize(&user, &topic).await?;
     let ws = match ws {
         Ok(ws) => ws,
-        Err(_) if !asks_to_upgrade(&headers) => return probe(&service),
+        Err(_) if !asks_to_upgrade(&headers) => return probe(&service, &user),
         Err(rejection) => {
             let response = rejection.into_response();
             telemetry::upgrade_refused(response.status().as_u16());
@@ -134,11 +134,16 @@ fn asks_to_upgrade(headers: &HeaderMap) -> bool {
 
 /// The answer to a plain GET whose token, topic and `since` passed: what
 /// the upgrade would get now. 503 where it would be refused (the instance
-/// is full or shutting down, or its broker is away), else 426 "upgrade
+/// is full or shutting down, or its broker is away), 429 when the user
+/// holds its connections' limit here, else 426 "upgrade
 /// required": a client may try its socket again. (axum's own answer, 400,
 /// would tell a client to stop for good.)
-fn probe<H: MessageHandler, B: Broker>(service: &Service<H, B>) -> Result<Response, UpgradeError> {
+fn probe<H: MessageHandler, B: Broker>(
+    service: &Service<H, B>,
+    user: &H::UserId,
+) -> Result<Response, UpgradeError> {
     service.would_admit().map_err(refused_for)?;
+    service.would_admit_user(user).map_err(refused_for)?;
     if !service.broker().is_connected() {
         return Err(UpgradeError::BrokerAway);
     }

@@ -132,6 +132,17 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         }
     }
 
+    /// Whether [`admit_user`](Self::admit_user) would take a place now,
+    /// without taking it.
+    pub(crate) fn would_admit_user(&self, user: &H::UserId) -> Result<(), Refusal> {
+        let counts = self.inner.per_user.lock();
+        let count = counts.get(&user_key(user)).copied().unwrap_or(0);
+        if count >= self.inner.config.max_connections_per_user {
+            return Err(Refusal::UserAtCapacity);
+        }
+        Ok(())
+    }
+
     /// Takes a place among `user`'s open connections on this instance.
     pub(crate) fn admit_user(
         &self,
