@@ -15,13 +15,10 @@ use support::{Node, RedisServer, position, subscribed};
 
 /// Bytes this Redis has sent to its clients so far.
 async fn sent(redis: &RedisServer) -> u64 {
-    let mut admin = redis.admin().await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut admin)
+    redis
+        .info("stats")
         .await
-        .expect("INFO stats");
-    info.lines()
+        .lines()
         .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
         .and_then(|value| value.trim().parse().ok())
         .expect("total_net_output_bytes")

@@ -336,13 +336,10 @@ async fn bounded_churn<B: Broker>(a: Node<B>, b: Node<B>) {
 
 /// Calls of `EVALSHA` this Redis has served so far.
 async fn script_calls(redis: &RedisServer) -> u64 {
-    let mut admin = redis.admin().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut admin)
+    redis
+        .info("commandstats")
         .await
-        .expect("INFO commandstats");
-    info.lines()
+        .lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())

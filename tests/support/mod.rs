@@ -218,6 +218,16 @@ impl RedisServer {
         signal(self.pid(), "-CONT");
     }
 
+    /// The text of `INFO <section>`.
+    pub(crate) async fn info(&self, section: &str) -> String {
+        let mut admin = self.admin().await;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_else(|error| panic!("INFO {section}: {error}"))
+    }
+
     /// A new connection for the test's own commands.
     pub(crate) async fn admin(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).expect("a valid URL");

@@ -417,15 +417,7 @@ impl Broker for MemoryBroker {
         // Under the presences' lock, which joins and leaves are delivered
         // under too: the list and the events keep one order.
         let mut presences = self.hub.presences.lock();
-        let presence = match presences.get_mut(topic) {
-            Some(table) => {
-                let mut changes = Vec::new();
-                table.sweep(Instant::now(), &mut changes);
-                self.hub.announce(topic, &changes);
-                table.presence()
-            }
-            None => Presence::default(),
-        };
+        let presence = self.hub.swept_presence(&mut presences, topic);
         incoming.presence(topic, asker, &presence);
         Ok(())
     }
@@ -433,15 +425,7 @@ impl Broker for MemoryBroker {
     async fn announce_presence(&self, topic: &str) -> Result<(), BrokerError> {
         // As `resend_presence`, to every member.
         let mut presences = self.hub.presences.lock();
-        let presence = match presences.get_mut(topic) {
-            Some(table) => {
-                let mut changes = Vec::new();
-                table.sweep(Instant::now(), &mut changes);
-                self.hub.announce(topic, &changes);
-                table.presence()
-            }
-            None => Presence::default(),
-        };
+        let presence = self.hub.swept_presence(&mut presences, topic);
         let topics = self.hub.topics.read();
         if let Some(members) = topics.get(topic) {
             for (_, incoming) in members.lock().iter() {
@@ -478,6 +462,19 @@ impl Broker for MemoryBroker {
 impl Hub {
     /// Delivers `changes` of `topic`'s presence as `join` and `leave` frames
     /// to its subscribed nodes; called under the presences' lock.
+    /// `topic`'s presence now, after sweeping the expired entries (whose
+    /// leaves are announced first). Called under the presences' lock, which
+    /// joins and leaves are delivered under too.
+    fn swept_presence(&self, presences: &mut HashMap<Box<str>, Table>, topic: &str) -> Presence {
+        let Some(table) = presences.get_mut(topic) else {
+            return Presence::default();
+        };
+        let mut changes = Vec::new();
+        table.sweep(Instant::now(), &mut changes);
+        self.announce(topic, &changes);
+        table.presence()
+    }
+
     fn announce(&self, topic: &str, changes: &[Change]) {
         if changes.is_empty() {
             return;
