@@ -130,6 +130,9 @@ async fn the_memory_broker_keeps_histories_within_its_budget() {
     let mut config = Config::default();
     config.max_messages_per_sec = 10_000;
     config.rate_burst = 10_000;
+    // The broker's budget is under test, not the user's.
+    config.max_publish_bytes_per_user_per_sec = 1 << 30;
+    config.max_new_topics_per_user_per_min = 10_000;
     let node = Node::serve(
         realtime::MemoryBroker::with_history_budget(1024 * 1024),
         policy,

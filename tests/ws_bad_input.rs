@@ -61,7 +61,7 @@ async fn unknown_type_lists_the_known_types() {
     assert_eq!(
         answer_to(r#"{"type": "sya", "data": {}, "id": 1}"#).await,
         json!({"reply_to": 1, "error": {"code": 400, "message":
-            "unknown type `sya`; known types: `say`, `echo`, `slow`, `fail`, `quiet`, `whoami`, `whisper`, `here`"}})
+            "unknown type `sya`; known types: `say`, `echo`, `slow`, `fail`, `quiet`, `whoami`, `whisper`, `here`, `post`"}})
     );
 }
 

@@ -126,6 +126,25 @@ pub struct Config {
     /// 256. Past it the upgrade answers HTTP 429. Users are told apart by
     /// their id's `Debug` form.
     pub max_connections_per_user: usize,
+    /// Bytes of events one user's clients may publish per second on this
+    /// instance, all its connections together. Default: 256 KiB. Four
+    /// seconds' worth (and at least one frame of `max_frame_bytes`) may go
+    /// at once.
+    ///
+    /// Every published event stays in the broker's history for its time to
+    /// live; without this budget a user with many sockets could fill
+    /// Redis's memory. A broadcast past it is answered with an error frame
+    /// (code 429) and not published; `Context::publish` returns that error.
+    pub max_publish_bytes_per_user_per_sec: usize,
+    /// Topics one user's clients may publish the first event of, per
+    /// minute, on this instance. Default: 60, all at once if need be.
+    ///
+    /// A topic with history costs the broker its keys for the history's
+    /// time to live, from its first event; a topic is new here when this
+    /// instance has seen no event of it. A publish past the budget is
+    /// refused as for the bytes budget (error 429). Topics without history
+    /// cost the broker nothing to keep and are not counted.
+    pub max_new_topics_per_user_per_min: u32,
     /// The `Origin`s a browser's upgrade may come from: exact origins
     /// (`https://chat.example.com`) or patterns with one `*` standing for
     /// one or more host labels (`https://*.example.com`). Default: empty,
@@ -196,6 +215,8 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             max_connections: 10_000,
             max_connections_per_user: 256,
+            max_publish_bytes_per_user_per_sec: 256 * 1024,
+            max_new_topics_per_user_per_min: 60,
             allowed_origins: Vec::new(),
             max_topics_per_connection: 16,
             max_replay_bytes: 256 * 1024 * 1024,
@@ -259,6 +280,14 @@ impl Config {
             ("max_connections", self.max_connections),
             ("max_topics_per_connection", self.max_topics_per_connection),
             ("max_connections_per_user", self.max_connections_per_user),
+            (
+                "max_publish_bytes_per_user_per_sec",
+                self.max_publish_bytes_per_user_per_sec,
+            ),
+            (
+                "max_new_topics_per_user_per_min",
+                self.max_new_topics_per_user_per_min as usize,
+            ),
             ("max_replay_bytes", self.max_replay_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("write_buffer_bytes", self.write_buffer_bytes),

@@ -62,6 +62,9 @@ pub const CONNECTION_ENDS: &str = "realtime_connection_ends_total";
 /// Times a client's socket was left unread for sending frames faster than
 /// `Config::max_frames_per_sec`.
 pub const READS_THROTTLED: &str = "realtime_reads_throttled_total";
+/// Client publishes refused by their user's budget, by `budget` (`bytes`,
+/// `topics`).
+pub const PUBLISHES_REFUSED: &str = "realtime_publishes_refused_total";
 /// Client frames, by `type`.
 pub const FRAMES_RECEIVED: &str = "realtime_frames_received_total";
 /// Handler time in seconds, by `type` (histogram).

@@ -30,6 +30,8 @@ pub(crate) enum RoomMessage {
     Whisper { text: String },
     /// Direct answer with the topic the message is about.
     Here {},
+    /// Publishes `text` on `topic` through `Context::publish`.
+    Post { topic: String, text: String },
 }
 
 /// The event subscribers receive.
@@ -101,6 +103,14 @@ impl MessageHandler for Room {
                 text,
             })),
             RoomMessage::Quiet {} => Ok(Outcome::Handled),
+            RoomMessage::Post { topic, text } => {
+                let said = Said {
+                    from: ctx.user_id().clone(),
+                    text,
+                };
+                ctx.publish(&topic, &said).await?;
+                Ok(Outcome::Handled)
+            }
         }
     }
 }

@@ -484,6 +484,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         if let Err(message) = self.check_size("event", frame.as_str().len()) {
             return self.fail(id, error_code::INTERNAL, &message);
         }
+        let budget = self.ctx.budget.as_deref();
+        if let Err(over) = self
+            .topics
+            .charge(budget, self.ctx.topic(), frame.as_str().len())
+        {
+            return self.fail(id, error_code::TOO_MANY_REQUESTS, &over.to_string());
+        }
         let topics = self.topics;
         let topic = Arc::clone(&self.ctx.topic);
         let conn = self.ctx.conn_id;

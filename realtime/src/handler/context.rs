@@ -13,6 +13,7 @@ use crate::history::{History, HistoryError};
 use crate::outbox::Outbox;
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::{self, Frame, error_code};
+use crate::service::PublishBudget;
 
 /// Identifies one connection within one service instance.
 ///
@@ -43,6 +44,7 @@ pub(crate) trait Publish: Send + Sync {
         &'a self,
         topic: &'a str,
         frame: Frame,
+        budget: Option<&'a PublishBudget>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
     /// Reads a topic's history, as `Service::history`.
@@ -85,6 +87,9 @@ pub struct Context<S, U> {
     pub(crate) state: Arc<S>,
     pub(crate) outbox: Outbox,
     pub(crate) publisher: Arc<dyn Publish>,
+    /// The user's publish budget on this instance, which its publishes
+    /// draw from.
+    pub(crate) budget: Option<Arc<PublishBudget>>,
 }
 
 impl<S, U> Context<S, U> {
@@ -152,8 +157,14 @@ impl<S, U> Context<S, U> {
     ///
     /// # Errors
     ///
-    /// [`HandlerError`] with code 500 when `event` does not serialize, and
-    /// with code 503 when the broker did not take it.
+    /// [`HandlerError`] with code 500 when `event` does not serialize, with
+    /// code 429 when the user's publish budget does not cover it
+    /// ([`Config::max_publish_bytes_per_user_per_sec`],
+    /// [`Config::max_new_topics_per_user_per_min`]), and with code 503 when
+    /// the broker did not take it.
+    ///
+    /// [`Config::max_publish_bytes_per_user_per_sec`]: crate::Config::max_publish_bytes_per_user_per_sec
+    /// [`Config::max_new_topics_per_user_per_min`]: crate::Config::max_new_topics_per_user_per_min
     ///
     /// # Examples
     ///
@@ -189,7 +200,9 @@ impl<S, U> Context<S, U> {
         event: &T,
     ) -> Result<(), HandlerError> {
         let frame = protocol::event_frame(topic, event)?;
-        self.publisher.publish(topic, frame).await
+        self.publisher
+            .publish(topic, frame, self.budget.as_deref())
+            .await
     }
 
     /// Reads `topic`'s history, as [`Service::history`] does: the events

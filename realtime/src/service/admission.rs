@@ -2,7 +2,6 @@
 //! an upgrade, the subscription made before it, and the serving of the
 //! upgraded socket.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -10,6 +9,7 @@ use crate::websocket::Socket;
 use tokio::sync::watch;
 
 use super::subscribe::{Entry, Subscription};
+use super::users::UserPlace;
 use super::{Inner, Service};
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::{Broker, BrokerError};
@@ -28,42 +28,6 @@ pub(crate) enum Refusal {
     ShuttingDown,
     /// The user holds `Config::max_connections_per_user` here already.
     UserAtCapacity,
-}
-
-/// A user's place among its open connections on this instance; dropping
-/// it frees the place.
-pub(crate) struct UserPlace {
-    counts: Arc<crate::util::Mutex<HashMap<u64, usize>>>,
-    key: u64,
-}
-
-impl Drop for UserPlace {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock();
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// A user's key among the counts: its `Debug` form, hashed as it is
-/// written, so that nothing is allocated and any user id type works.
-fn user_key(user: &impl std::fmt::Debug) -> u64 {
-    use std::fmt::Write;
-    use std::hash::Hasher;
-    struct Hashing(std::collections::hash_map::DefaultHasher);
-    impl Write for Hashing {
-        fn write_str(&mut self, text: &str) -> std::fmt::Result {
-            self.0.write(text.as_bytes());
-            Ok(())
-        }
-    }
-    let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
-    let _ = write!(hashing, "{user:?}");
-    hashing.0.finish()
 }
 
 /// A place among the open connections, and the user's among its own, held
@@ -135,12 +99,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// Whether [`admit_user`](Self::admit_user) would take a place now,
     /// without taking it.
     pub(crate) fn would_admit_user(&self, user: &H::UserId) -> Result<(), Refusal> {
-        let counts = self.inner.per_user.lock();
-        let count = counts.get(&user_key(user)).copied().unwrap_or(0);
-        if count >= self.inner.config.max_connections_per_user {
-            return Err(Refusal::UserAtCapacity);
-        }
-        Ok(())
+        self.inner
+            .users
+            .would_admit(user)
+            .map_err(|_| Refusal::UserAtCapacity)
     }
 
     /// Takes a place among `user`'s open connections on this instance.
@@ -149,22 +111,13 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         admission: &mut Admission,
         user: &H::UserId,
     ) -> Result<(), Refusal> {
-        let key = user_key(user);
-        let max = self.inner.config.max_connections_per_user;
-        let mut counts = self.inner.per_user.lock();
-        let count = counts.entry(key).or_default();
-        if *count >= max {
-            if *count == 0 {
-                counts.remove(&key);
-            }
-            return Err(Refusal::UserAtCapacity);
-        }
-        *count += 1;
-        drop(counts);
-        admission.user = Some(UserPlace {
-            counts: Arc::clone(&self.inner.per_user),
-            key,
-        });
+        let open = *self.inner.open.borrow();
+        let place = self
+            .inner
+            .users
+            .admit(user, open)
+            .map_err(|_| Refusal::UserAtCapacity)?;
+        admission.user = Some(place);
         Ok(())
     }
 
@@ -255,6 +208,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             state: Arc::clone(&self.inner.state),
             outbox,
             publisher: Arc::clone(&self.inner) as Arc<dyn Publish>,
+            budget: admission
+                .user
+                .as_ref()
+                .map(|place| Arc::clone(place.budget())),
         };
         metrics::counter!(telemetry::ACCEPTED).increment(1);
         // Every event of the connection's life is logged inside this span:

@@ -170,6 +170,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
             history: self.history.clone(),
         });
         let (open, _) = watch::channel(0);
+        let users = Arc::new(super::users::Users::new(&self.config));
         let inner = Arc::new_cyclic(|inner: &Weak<Inner<H, B>>| {
             let owner: Weak<dyn Owner> = inner.clone();
             broker.attach(Incoming::with_fanout(Fan {
@@ -194,7 +195,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 open,
-                per_user: Arc::default(),
+                users,
                 shutdown: Signal::default(),
                 counters,
             }

@@ -3,7 +3,7 @@
 //! `admission` lets connections in and serves them, `subscribe` joins them
 //! to topics, and the topics themselves live in the private `hub`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +29,11 @@ use crate::util::Signal;
 mod admission;
 mod builder;
 mod subscribe;
+mod users;
 
 pub(crate) use admission::Refusal;
 pub use builder::{BuildError, ServiceBuilder};
+pub(crate) use users::{OverBudget, PublishBudget};
 
 /// The longest [`Service::shutdown`] waits for the broker to remove the
 /// instance's presence entries.
@@ -109,8 +111,8 @@ struct Inner<H: MessageHandler, B> {
     draining: AtomicBool,
     /// Open connections, counted from admission to the end of `serve`.
     open: watch::Sender<usize>,
-    /// Open connections per user, by [`admission::user_key`].
-    per_user: Arc<crate::util::Mutex<HashMap<u64, usize>>>,
+    /// Each user's connections and publish budget here.
+    users: Arc<users::Users>,
     shutdown: Signal,
     counters: Arc<Counters>,
 }
@@ -472,6 +474,25 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             _ if asker.cancel() => Err(timed_out()),
             _ => Ok(None),
         }
+    }
+
+    /// Takes a client's publish of `bytes` on `topic` from its user's
+    /// budget; a topic with history that this instance has seen no event
+    /// of counts as new.
+    pub(super) fn charge(
+        &self,
+        budget: Option<&PublishBudget>,
+        topic: &str,
+        bytes: usize,
+    ) -> Result<(), OverBudget> {
+        let Some(budget) = budget else {
+            return Ok(());
+        };
+        let new_topic = self.history.retention(topic).is_some() && !self.hub.has_events(topic);
+        budget.charge(bytes, new_topic).inspect_err(|over| {
+            metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
+                .increment(1);
+        })
     }
 
     /// Publishes an event frame: with its position and into the history if

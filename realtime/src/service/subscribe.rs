@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::Inner;
+use super::users::{OverBudget, PublishBudget};
 use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
 use crate::handler::ConnectionId;
@@ -298,6 +299,15 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         Inner::publish(self, topic, frame, key)
     }
 
+    fn charge(
+        &self,
+        budget: Option<&PublishBudget>,
+        topic: &str,
+        bytes: usize,
+    ) -> Result<(), OverBudget> {
+        Inner::charge(self, budget, topic, bytes)
+    }
+
     async fn subscribe(
         &self,
         topic: &str,
@@ -335,9 +345,16 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
         &'a self,
         topic: &'a str,
         frame: Frame,
+        budget: Option<&'a PublishBudget>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
     {
         Box::pin(async move {
+            if let Err(over) = Inner::charge(self, budget, topic, frame.as_str().len()) {
+                return Err(HandlerError::new(
+                    protocol::error_code::TOO_MANY_REQUESTS,
+                    over.to_string(),
+                ));
+            }
             Inner::publish(self, topic, frame, None)
                 .await
                 .map(drop)

@@ -1,0 +1,307 @@
+//! Users on this instance: how many connections each holds, and what each
+//! may still publish (`Config::max_connections_per_user`,
+//! `Config::max_publish_bytes_per_user_per_sec`,
+//! `Config::max_new_topics_per_user_per_min`).
+//!
+//! The publish budget is the user's, not a connection's: a client that
+//! opens more sockets, or closes one and opens another, gets no more. So a
+//! user's entry stays after its last connection until its budget has
+//! refilled, and is swept later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::util::Mutex;
+
+/// The users of one instance, by [`user_key`].
+#[derive(Debug)]
+pub(crate) struct Users {
+    table: Mutex<HashMap<u64, User>>,
+    max_connections: usize,
+    rates: Rates,
+}
+
+#[derive(Debug)]
+struct User {
+    connections: usize,
+    budget: Arc<PublishBudget>,
+}
+
+/// The refill rates and sizes of every user's budget.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    bytes_per_sec: f64,
+    bytes_burst: f64,
+    topics_per_sec: f64,
+    topics_burst: f64,
+}
+
+/// How long a whole bytes budget lasts at once: a user may publish four
+/// seconds' worth in a burst, and at least one frame of the largest size.
+const BYTES_BURST: Duration = Duration::from_secs(4);
+
+impl Rates {
+    fn of(config: &Config) -> Self {
+        let bytes_per_sec = config.max_publish_bytes_per_user_per_sec as f64;
+        let topics_per_min = f64::from(config.max_new_topics_per_user_per_min);
+        Self {
+            bytes_per_sec,
+            bytes_burst: (bytes_per_sec * BYTES_BURST.as_secs_f64())
+                .max(config.max_frame_bytes as f64),
+            topics_per_sec: topics_per_min / 60.0,
+            topics_burst: topics_per_min,
+        }
+    }
+}
+
+/// A user's publish budget: two token buckets, of bytes and of new
+/// topics, shared by the user's connections on this instance.
+#[derive(Debug)]
+pub(crate) struct PublishBudget {
+    buckets: Mutex<Buckets>,
+    rates: Rates,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    bytes: f64,
+    topics: f64,
+    at: Instant,
+}
+
+/// A publish the user's budget does not cover; nothing was taken from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OverBudget {
+    #[error(
+        "publish budget exceeded: at most {0} bytes per second per user; this event was not published"
+    )]
+    Bytes(usize),
+    #[error(
+        "publish budget exceeded: at most {0} new topics per minute per user; this event was not published"
+    )]
+    Topics(u32),
+}
+
+impl OverBudget {
+    /// The `budget` label of the refusal's series.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Bytes(_) => "bytes",
+            Self::Topics(_) => "topics",
+        }
+    }
+}
+
+impl PublishBudget {
+    fn new(rates: Rates, now: Instant) -> Self {
+        Self {
+            buckets: Mutex::new(Buckets {
+                bytes: rates.bytes_burst,
+                topics: rates.topics_burst,
+                at: now,
+            }),
+            rates,
+        }
+    }
+
+    /// Takes `bytes`, and one new topic if `new_topic`, from the budget;
+    /// both or neither.
+    pub(crate) fn charge(&self, bytes: usize, new_topic: bool) -> Result<(), OverBudget> {
+        let mut buckets = self.buckets.lock();
+        self.refill(&mut buckets, Instant::now());
+        let bytes = bytes as f64;
+        if bytes > buckets.bytes {
+            return Err(OverBudget::Bytes(self.rates.bytes_per_sec as usize));
+        }
+        if new_topic && buckets.topics < 1.0 {
+            return Err(OverBudget::Topics(
+                (self.rates.topics_per_sec * 60.0) as u32,
+            ));
+        }
+        buckets.bytes -= bytes;
+        if new_topic {
+            buckets.topics -= 1.0;
+        }
+        Ok(())
+    }
+
+    fn refill(&self, buckets: &mut Buckets, now: Instant) {
+        let elapsed = now.saturating_duration_since(buckets.at).as_secs_f64();
+        buckets.at = now;
+        let rates = &self.rates;
+        buckets.bytes = (buckets.bytes + elapsed * rates.bytes_per_sec).min(rates.bytes_burst);
+        buckets.topics = (buckets.topics + elapsed * rates.topics_per_sec).min(rates.topics_burst);
+    }
+
+    /// Whether the budget is whole again, so that forgetting it gives the
+    /// user nothing it would not have had.
+    fn is_full(&self, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock();
+        self.refill(&mut buckets, now);
+        buckets.bytes >= self.rates.bytes_burst && buckets.topics >= self.rates.topics_burst
+    }
+}
+
+/// A user's place among its open connections on this instance; dropping
+/// it frees the place.
+pub(crate) struct UserPlace {
+    users: Arc<Users>,
+    key: u64,
+    budget: Arc<PublishBudget>,
+}
+
+impl UserPlace {
+    /// The user's publish budget, shared by its connections here.
+    pub(crate) fn budget(&self) -> &Arc<PublishBudget> {
+        &self.budget
+    }
+}
+
+impl Drop for UserPlace {
+    fn drop(&mut self) {
+        let mut table = self.users.table.lock();
+        if let Some(user) = table.get_mut(&self.key) {
+            user.connections -= 1;
+            if user.connections == 0 && user.budget.is_full(Instant::now()) {
+                table.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The user already holds `Config::max_connections_per_user` here.
+#[derive(Debug)]
+pub(crate) struct AtCapacity;
+
+impl Users {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            table: Mutex::default(),
+            max_connections: config.max_connections_per_user,
+            rates: Rates::of(config),
+        }
+    }
+
+    /// Whether [`admit`](Self::admit) would take a place now.
+    pub(crate) fn would_admit(&self, user: &impl std::fmt::Debug) -> Result<(), AtCapacity> {
+        let table = self.table.lock();
+        match table.get(&user_key(user)) {
+            Some(user) if user.connections >= self.max_connections => Err(AtCapacity),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a place among `user`'s connections. `open` is the instance's
+    /// connection count, which bounds the entries of users without one.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        user: &impl std::fmt::Debug,
+        open: usize,
+    ) -> Result<UserPlace, AtCapacity> {
+        let key = user_key(user);
+        let now = Instant::now();
+        let mut table = self.table.lock();
+        // Entries kept for their spent budgets: swept once they outnumber
+        // the connections, so each sweep frees at least as many as it reads.
+        if table.len() > 2 * open + 1024 {
+            table.retain(|_, user| user.connections > 0 || !user.budget.is_full(now));
+        }
+        let user = table.entry(key).or_insert_with(|| User {
+            connections: 0,
+            budget: Arc::new(PublishBudget::new(self.rates, now)),
+        });
+        if user.connections >= self.max_connections {
+            if user.connections == 0 {
+                table.remove(&key);
+            }
+            return Err(AtCapacity);
+        }
+        user.connections += 1;
+        let budget = Arc::clone(&user.budget);
+        drop(table);
+        Ok(UserPlace {
+            users: Arc::clone(self),
+            key,
+            budget,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+}
+
+/// A user's key among the counts: its `Debug` form, hashed as it is
+/// written, so that nothing is allocated and any user id type works.
+fn user_key(user: &impl std::fmt::Debug) -> u64 {
+    use std::fmt::Write;
+    use std::hash::Hasher;
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl Write for Hashing {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            self.0.write(text.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
+    let _ = write!(hashing, "{user:?}");
+    hashing.0.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bytes: usize, topics: u32) -> Config {
+        Config {
+            max_publish_bytes_per_user_per_sec: bytes,
+            max_new_topics_per_user_per_min: topics,
+            max_frame_bytes: 1,
+            max_connections_per_user: 2,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn a_budget_refuses_past_its_burst_and_takes_nothing_then() {
+        let users = Arc::new(Users::new(&config(100, 2)));
+        let place = users.admit(&"ann", 1).unwrap();
+        let budget = place.budget();
+        // Four seconds' worth of bytes at once, then no more.
+        assert!(budget.charge(400, false).is_ok());
+        assert_eq!(budget.charge(50, false), Err(OverBudget::Bytes(100)));
+        let users = Arc::new(Users::new(&config(100, 2)));
+        let place = users.admit(&"bob", 1).unwrap();
+        let budget = place.budget();
+        assert!(budget.charge(1, true).is_ok());
+        assert!(budget.charge(1, true).is_ok());
+        assert_eq!(budget.charge(1, true), Err(OverBudget::Topics(2)));
+        // A refused new topic took no bytes either; an old topic still goes.
+        assert!(budget.charge(398, false).is_ok());
+    }
+
+    #[test]
+    fn a_users_connections_share_one_budget_that_outlives_them() {
+        let users = Arc::new(Users::new(&config(100, 60)));
+        let first = users.admit(&"ann", 1).unwrap();
+        let second = users.admit(&"ann", 2).unwrap();
+        assert!(users.admit(&"ann", 2).is_err(), "two connections at most");
+        assert!(first.budget().charge(400, false).is_ok());
+        assert!(second.budget().charge(1, false).is_err());
+        drop((first, second));
+        // Spent, so kept: a new connection gets the same empty budget.
+        assert_eq!(users.len(), 1);
+        let again = users.admit(&"ann", 0).unwrap();
+        assert!(again.budget().charge(50, false).is_err());
+    }
+
+    #[test]
+    fn a_whole_budget_is_forgotten_with_its_last_connection() {
+        let users = Arc::new(Users::new(&config(100, 60)));
+        drop(users.admit(&"ann", 0).unwrap());
+        assert_eq!(users.len(), 0);
+    }
+}
