@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use realtime::broker::Broker;
 use realtime::history::{HistoryPolicy, Retention};
+use realtime::testing::TestClient;
 use realtime::{Config, MemoryBroker};
 use serde_json::{Value, json};
 use support::{Node, RedisServer, ack, say};
@@ -71,19 +72,57 @@ async fn new_rooms_past_the_budget_add_nothing_to_redis() {
     let grown = used_memory(&redis).await.saturating_sub(before);
     assert!(grown < 1024 * 1024, "Redis grew by {grown} bytes");
 
-    // A room this instance has seen events of is not new: it still takes
-    // the line. Another user has a budget of its own.
-    let joined = mallory.join("room:0", 999).await;
-    assert_eq!(joined, ack(999));
+    // A room this instance follows is not new: it still takes the line.
+    // Another user has a budget of its own.
+    let mut bob = node.connect("room:0", "bob").await;
+    support::subscribed(&mut bob).await;
     let said = mallory
         .request("post", json!({"topic": "room:0", "text": "again"}), 1000)
         .await;
     assert_eq!(said, ack(1000));
-    let mut bob = node.connect("lobby", "bob").await;
     let said = bob
         .request("post", json!({"topic": "room:new", "text": "hi"}), 1)
         .await;
     assert_eq!(said, ack(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_new_rooms_past_the_budget_is_refused_and_adds_no_key() {
+    let redis = RedisServer::start().await;
+    let mut config = Config::default();
+    config.max_new_topics_per_user_per_min = 10;
+    let node = Node::serve(redis.broker("open:").await, policy(), config).await;
+    let url = |n: u64| node.server.ws_url(&format!("/ws/room:{n}"));
+
+    // Sockets that open new room names, and say nothing: each room's
+    // position is kept by Redis for the history's time to live.
+    let mut opened = 0u64;
+    for n in 0..30 {
+        match TestClient::connect(&url(n), "mallory").await {
+            Ok(mut client) => {
+                support::subscribed(&mut client).await;
+                client.close().await;
+                opened += 1;
+            }
+            Err(error) => assert_eq!(error.status(), Some(429), "{error}"),
+        }
+    }
+    assert!((10..=11).contains(&opened), "{opened} rooms opened");
+    let mut lobby = node.connect("lobby", "mallory").await;
+    let joined = lobby.join("room:100", 1).await;
+    assert_eq!(joined["error"]["code"], 429, "{joined}");
+
+    let mut admin = redis.admin().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("open:*")
+        .query_async(&mut admin)
+        .await
+        .expect("KEYS");
+    assert!(keys.len() <= 11, "{} keys: {keys:?}", keys.len());
+
+    // Another user opens its own.
+    let mut bob = node.connect("room:200", "bob").await;
+    support::subscribed(&mut bob).await;
 }
 
 /// Two connections of one user send 12 KB lines to a room as fast as the

@@ -136,14 +136,17 @@ pub struct Config {
     /// Redis's memory. A broadcast past it is answered with an error frame
     /// (code 429) and not published; `Context::publish` returns that error.
     pub max_publish_bytes_per_user_per_sec: usize,
-    /// Topics one user's clients may publish the first event of, per
-    /// minute, on this instance. Default: 60, all at once if need be.
+    /// New topics with history one user's clients may subscribe to or
+    /// publish on, per minute, on this instance. Default: 60, all at once
+    /// if need be.
     ///
     /// A topic with history costs the broker its keys for the history's
-    /// time to live, from its first event; a topic is new here when this
-    /// instance has seen no event of it. A publish past the budget is
-    /// refused as for the bytes budget (error 429). Topics without history
-    /// cost the broker nothing to keep and are not counted.
+    /// time to live (its position from the first read, its events from the
+    /// first publish). A topic is new when this instance follows it for
+    /// nobody yet. Past the budget an upgrade is answered HTTP 429, a
+    /// `$join` error 429 and a broadcast error 429 (not published), until
+    /// the budget refills. Topics without history cost the broker nothing
+    /// to keep and are not counted.
     pub max_new_topics_per_user_per_min: u32,
     /// The `Origin`s a browser's upgrade may come from: exact origins
     /// (`https://chat.example.com`) or patterns with one `*` standing for

@@ -246,7 +246,8 @@ pub enum UpgradeError {
     /// The instance is shutting down (503).
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The broker could not subscribe the instance to the topic (503).
+    /// The broker could not subscribe the instance to the topic (503), or
+    /// the user's budget of new topics is spent (429).
     #[error("cannot subscribe to the topic now")]
     Broker(#[source] BrokerError),
     /// A plain GET asked whether an upgrade would work, and the broker's
@@ -279,6 +280,10 @@ impl UpgradeError {
             }
             Self::TooManyForUser => {
                 (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response()
+            }
+            Self::Broker(BrokerError::TopicBudget) => {
+                let body = format!("{self}: {}", BrokerError::TopicBudget);
+                (StatusCode::TOO_MANY_REQUESTS, body).into_response()
             }
             Self::ForbiddenOrigin => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
             other => {

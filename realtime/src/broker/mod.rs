@@ -326,6 +326,12 @@ pub enum BrokerError {
     /// clients replaying now have read theirs.
     #[error("too many missed events being replayed on this instance; try again later")]
     ReplayBudget,
+    /// Not the broker's: the user's budget of new topics
+    /// (`Config::max_new_topics_per_user_per_min`) is spent, and the topic
+    /// is new to this instance. The client is refused (HTTP 429, or error
+    /// 429 for a `$join`) and may subscribe when the budget refills.
+    #[error("too many new topics for this user; try again later")]
+    TopicBudget,
     /// The broker's bound on the bytes of all histories is reached
     /// (`MemoryBroker::with_history_budget`; Redis answers `OOM` past
     /// `maxmemory` instead, which is [`Unavailable`](Self::Unavailable)):

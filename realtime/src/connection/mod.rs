@@ -79,13 +79,16 @@ pub(crate) trait Topics: Send + Sync {
     /// ring, which holds every event published from now on, and for a topic
     /// with history what the client missed since `since`.
     /// `conn` of `user` counts in the topic's presence while the
-    /// subscription lasts, if the topic tracks presence.
+    /// subscription lasts, if the topic tracks presence. A topic with
+    /// history that the instance does not follow yet is a new topic for
+    /// the user's `budget`.
     fn subscribe(
         &self,
         topic: &str,
         since: Option<&Position>,
         conn: ConnectionId,
         user: &Self::User,
+        budget: Option<&PublishBudget>,
     ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Feed), BrokerError>> + Send;
 
     /// Who is subscribed to `topic`, on every instance.

@@ -377,7 +377,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         }
         let subscribed = self
             .topics
-            .subscribe(topic, since, self.ctx.conn_id, self.ctx.user_id())
+            .subscribe(
+                topic,
+                since,
+                self.ctx.conn_id,
+                self.ctx.user_id(),
+                self.ctx.budget.as_deref(),
+            )
             .await;
         match subscribed {
             Ok((name, subscription, feed)) => {
@@ -389,6 +395,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             Err(BrokerError::InvalidTopic(_)) => {
                 let message = format!("invalid topic `{topic}`");
                 self.fail(id, error_code::BAD_REQUEST, &message);
+            }
+            Err(error @ BrokerError::TopicBudget) => {
+                let message = format!("cannot subscribe to `{topic}`: {error}");
+                self.fail(id, error_code::TOO_MANY_REQUESTS, &message);
             }
             Err(error) => {
                 if matches!(error, BrokerError::ReplayBudget) {

@@ -208,16 +208,6 @@ impl Hub {
         live
     }
 
-    /// Whether this instance has seen an event of `topic` with history: its
-    /// ring stands past offset 0.
-    pub(crate) fn has_events(&self, topic: &str) -> bool {
-        let topics = self.topics.read();
-        topics
-            .get(topic)
-            .and_then(|entry| entry.sequencer.as_ref())
-            .is_some_and(|sequencer| sequencer.lock().last() > 0)
-    }
-
     /// A new receiver of `topic`'s ring, and the ring's generation and
     /// epoch, taken together.
     pub(crate) fn ring(&self, topic: &str) -> Option<(Ring, u64, Option<String>)> {

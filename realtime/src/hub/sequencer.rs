@@ -73,11 +73,6 @@ impl Sequencer {
         self.epoch.as_deref()
     }
 
-    /// The offset of the last event put in the ring (0 before any).
-    pub(crate) fn last(&self) -> u64 {
-        self.last
-    }
-
     pub(crate) fn read_from(&self) -> ReadFrom {
         ReadFrom {
             sequencer: self.id,

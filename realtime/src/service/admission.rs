@@ -161,8 +161,9 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
+        let budget = admission.user.as_ref().map(|place| &**place.budget());
         let (topic, subscription, feed, entry) =
-            Inner::subscribe(&self.inner, topic, since, id, &user).await?;
+            Inner::subscribe(&self.inner, topic, since, id, &user, budget).await?;
         Ok(Accepted {
             id,
             topic,

@@ -477,8 +477,8 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     }
 
     /// Takes a client's publish of `bytes` on `topic` from its user's
-    /// budget; a topic with history that this instance has seen no event
-    /// of counts as new.
+    /// budget; a topic with history that this instance does not follow
+    /// counts as new (a subscription to it paid for its keys already).
     pub(super) fn charge(
         &self,
         budget: Option<&PublishBudget>,
@@ -488,7 +488,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let Some(budget) = budget else {
             return Ok(());
         };
-        let new_topic = self.history.retention(topic).is_some() && !self.hub.has_events(topic);
+        let new_topic = self.history.retention(topic).is_some() && !self.hub.has_subscribers(topic);
         budget.charge(bytes, new_topic).inspect_err(|over| {
             metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
                 .increment(1);

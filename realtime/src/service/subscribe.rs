@@ -82,12 +82,17 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     /// connection to the topic's ring. For a topic with history, the feed
     /// starts with what the client missed since `since` and the
     /// `subscribed` frame.
+    ///
+    /// A topic with history that the instance does not follow yet costs
+    /// the user's `budget` a new topic: reading its position writes its
+    /// meta in the broker, for the history's time to live.
     pub(super) async fn subscribe(
         inner: &Arc<Self>,
         topic: &str,
         since: Option<&Position>,
         conn: ConnectionId,
         user: &H::UserId,
+        budget: Option<&PublishBudget>,
     ) -> Result<(Arc<str>, Subscription<H, B>, Feed, Option<Entry>), BrokerError> {
         let history = inner.history.retention(topic);
         // Before the broker call: a user id that does not serialize is
@@ -104,6 +109,16 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         };
         let mut subscribed = inner.subscribed.lock().await;
         let first = !subscribed.contains(topic);
+        if first
+            && history.is_some()
+            && let Some(budget) = budget
+        {
+            budget.charge(0, true).map_err(|over| {
+                metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
+                    .increment(1);
+                BrokerError::TopicBudget
+            })?;
+        }
         if first {
             inner.broker.subscribe(topic).await?;
         }
@@ -314,9 +329,10 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         since: Option<&Position>,
         conn: ConnectionId,
         user: &H::UserId,
+        budget: Option<&PublishBudget>,
     ) -> Result<(Arc<str>, Subscription<H, B>, Feed), BrokerError> {
         let (topic, mut subscription, feed, entry) =
-            Inner::subscribe(self, topic, since, conn, user).await?;
+            Inner::subscribe(self, topic, since, conn, user, budget).await?;
         if let Some(entry) = entry {
             subscription.enter(entry);
         }
