@@ -96,7 +96,7 @@ async fn unknown_dollar_type_is_refused() {
     assert_eq!(
         answer_to(r#"{"type": "$subscribe", "data": {}, "id": 5}"#).await,
         json!({"reply_to": 5, "error": {"code": 400, "message":
-            "unknown control message `$subscribe`; known: `$join`, `$leave`, `$presence`, `$ping`; type names starting with `$` are reserved"}})
+            "unknown control message `$subscribe`; known: `$join`, `$leave`, `$presence`, `$ping`, `$refresh`; type names starting with `$` are reserved"}})
     );
 }
 

@@ -17,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
@@ -63,6 +64,96 @@ pub trait TokenValidator: Send + Sync + 'static {
     /// connection before the upgrade.
     fn validate(&self, token: &str)
     -> impl Future<Output = Result<Self::UserId, AuthError>> + Send;
+
+    /// Checks `token` and tells until when it is good. The default is
+    /// [`validate`](Self::validate)'s user, for ever; a validator of tokens
+    /// that expire (a JWT's `exp`) returns the expiry, and a connection
+    /// past it is closed with 3000 unless the client sends a fresh token
+    /// with `$refresh` first.
+    ///
+    /// # Errors
+    ///
+    /// As [`validate`](Self::validate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use realtime::auth::Identity;
+    /// use realtime::{AuthError, TokenValidator};
+    ///
+    /// /// `<user>:<unix seconds of expiry>`, for a demo.
+    /// struct Timed;
+    ///
+    /// impl TokenValidator for Timed {
+    ///     type UserId = String;
+    ///
+    ///     async fn validate(&self, token: &str) -> Result<String, AuthError> {
+    ///         self.identify(token).await.map(|identity| identity.user)
+    ///     }
+    ///
+    ///     async fn identify(&self, token: &str) -> Result<Identity<String>, AuthError> {
+    ///         let (user, exp) = token.split_once(':').ok_or(AuthError::InvalidToken)?;
+    ///         let secs: u64 = exp.parse().map_err(|_| AuthError::InvalidToken)?;
+    ///         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    ///         Ok(Identity::until(user.to_owned(), at))
+    ///     }
+    /// }
+    /// ```
+    fn identify(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Identity<Self::UserId>, AuthError>> + Send {
+        let validated = self.validate(token);
+        async move { validated.await.map(Identity::new) }
+    }
+}
+
+/// Who a token stands for, and until when.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use realtime::auth::Identity;
+///
+/// let for_ever = Identity::new("alice");
+/// assert_eq!(for_ever.expires_at, None);
+/// let an_hour = Identity::until("alice", SystemTime::now() + Duration::from_secs(3600));
+/// assert!(an_hour.expires_at.is_some());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identity<U> {
+    /// The user.
+    pub user: U,
+    /// When the token stops being good; `None`: never.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl<U> Identity<U> {
+    /// `user`, with a token that does not expire.
+    pub fn new(user: U) -> Self {
+        Self {
+            user,
+            expires_at: None,
+        }
+    }
+
+    /// `user`, with a token good until `at`.
+    pub fn until(user: U, at: SystemTime) -> Self {
+        Self {
+            user,
+            expires_at: Some(at),
+        }
+    }
+
+    /// How long the token has left from `now`; `None` if it does not
+    /// expire, zero if it has.
+    pub fn expires_in(&self, now: SystemTime) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+    }
 }
 
 /// A [`TokenValidator`] made from a plain function; see [`validate_with`].
@@ -109,21 +200,73 @@ where
     }
 }
 
+/// A [`TokenValidator`] of expiring tokens made from a plain function; see
+/// [`identify_with`].
+#[derive(Clone, Copy)]
+pub struct FnIdentifier<F>(F);
+
+impl<F> fmt::Debug for FnIdentifier<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnIdentifier")
+    }
+}
+
+/// A validator from a function that checks a token without waiting on I/O
+/// and tells until when it is good.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use realtime::AuthError;
+/// use realtime::auth::{Identity, identify_with};
+///
+/// // For a demo: every token is its own user, good for ten minutes.
+/// let validator = identify_with(|token: &str| {
+///     let at = SystemTime::now() + Duration::from_secs(600);
+///     Ok::<_, AuthError>(Identity::until(token.to_owned(), at))
+/// });
+/// # let _ = validator;
+/// ```
+pub fn identify_with<F, U>(check: F) -> FnIdentifier<F>
+where
+    F: Fn(&str) -> Result<Identity<U>, AuthError> + Send + Sync + 'static,
+    U: Send + 'static,
+{
+    FnIdentifier(check)
+}
+
+impl<F, U> TokenValidator for FnIdentifier<F>
+where
+    F: Fn(&str) -> Result<Identity<U>, AuthError> + Send + Sync + 'static,
+    U: Send + 'static,
+{
+    type UserId = U;
+
+    fn validate(&self, token: &str) -> impl Future<Output = Result<U, AuthError>> + Send {
+        std::future::ready((self.0)(token).map(|identity| identity.user))
+    }
+
+    fn identify(&self, token: &str) -> impl Future<Output = Result<Identity<U>, AuthError>> + Send {
+        std::future::ready((self.0)(token))
+    }
+}
+
 /// A validator behind a pointer, so the service need not carry its type.
 pub(crate) trait DynValidator<U>: Send + Sync {
-    fn validate_boxed<'a>(
+    fn identify_boxed<'a>(
         &'a self,
         token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<U, AuthError>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Identity<U>, AuthError>> + Send + 'a>>;
 }
 
 impl<V: TokenValidator> DynValidator<V::UserId> for V {
-    fn validate_boxed<'a>(
+    fn identify_boxed<'a>(
         &'a self,
         token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<V::UserId, AuthError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Identity<V::UserId>, AuthError>> + Send + 'a>> {
         // One allocation per connection attempt, not per message.
-        Box::pin(self.validate(token))
+        Box::pin(self.identify(token))
     }
 }
 
@@ -167,7 +310,21 @@ impl<U: Send + 'static> Authenticator<U> {
     ///
     /// What the validator returns, typically [`AuthError::InvalidToken`].
     pub async fn authenticate(&self, token: &str) -> Result<U, AuthError> {
-        self.0.validate_boxed(token).await
+        self.identify(token).await.map(|identity| identity.user)
+    }
+
+    /// Runs the validator on `token`: the user and until when the token is
+    /// good. A token whose expiry has passed is refused.
+    ///
+    /// # Errors
+    ///
+    /// What the validator returns, and [`AuthError::ExpiredToken`].
+    pub async fn identify(&self, token: &str) -> Result<Identity<U>, AuthError> {
+        let identity = self.0.identify_boxed(token).await?;
+        match identity.expires_in(SystemTime::now()) {
+            Some(left) if left.is_zero() => Err(AuthError::ExpiredToken),
+            _ => Ok(identity),
+        }
     }
 }
 
@@ -235,6 +392,9 @@ pub enum AuthError {
     /// The validator refused the token (HTTP 401).
     #[error("invalid token")]
     InvalidToken,
+    /// The token's expiry has passed (HTTP 401).
+    #[error("expired token")]
+    ExpiredToken,
     /// The handler's `authorize_topic` refused this user the topic (HTTP 403).
     #[error("forbidden topic `{0}`")]
     ForbiddenTopic(String),
@@ -244,7 +404,9 @@ impl AuthError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::MissingToken | Self::InvalidToken | Self::ExpiredToken => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::ForbiddenTopic(_) => StatusCode::FORBIDDEN,
         }
     }

@@ -118,6 +118,14 @@ pub struct Config {
     /// How long the server waits for the client's answer to its close frame
     /// before it drops the TCP connection. Default: 2 s.
     pub close_timeout: Duration,
+    /// How long before a connection's token runs out the client is told
+    /// so, with `{"expiring": {"expires_in": <seconds>}}`, so that it can
+    /// send `$refresh` in time. Default: 30 seconds; a token with less left
+    /// at the upgrade is told at once.
+    ///
+    /// Only for tokens that expire (see `TokenValidator::identify`). Past
+    /// the expiry the connection is closed with 3000, within a second.
+    pub token_notice: Duration,
     /// Open connections this instance accepts. Default: 10 000.
     ///
     /// An upgrade request past the limit gets HTTP 503 before the upgrade.
@@ -216,6 +224,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(2),
+            token_notice: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_user: 256,
             max_publish_bytes_per_user_per_sec: 256 * 1024,

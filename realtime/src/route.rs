@@ -77,11 +77,12 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     }
     let since = since(query.as_deref())?;
     let (token, source) = auth::extract_token(&headers, query.as_deref())?;
-    let user = service.authenticate(&token).await?;
-    service.authorize(&user, &topic).await?;
+    let identity = service.identify(&token).await?;
+    let user = &identity.user;
+    service.authorize(user, &topic).await?;
     let ws = match ws {
         Ok(ws) => ws,
-        Err(_) if !asks_to_upgrade(&headers) => return probe(&service, &user),
+        Err(_) if !asks_to_upgrade(&headers) => return probe(&service, user),
         Err(rejection) => {
             let response = rejection.into_response();
             telemetry::upgrade_refused(response.status().as_u16());
@@ -90,10 +91,10 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     };
     let mut admission = service.admit().map_err(refused_for)?;
     service
-        .admit_user(&mut admission, &user)
+        .admit_user(&mut admission, user)
         .map_err(refused_for)?;
     let accepted = service
-        .accept(&topic, since.as_ref(), user, admission)
+        .accept(&topic, since.as_ref(), identity, admission)
         .await
         .map_err(UpgradeError::Broker)?;
 

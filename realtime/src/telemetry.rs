@@ -171,6 +171,7 @@ impl Meters {
             Control::LEAVE,
             Control::PRESENCE,
             Control::PING,
+            Control::REFRESH,
         ];
         Self {
             types: message_types

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::task::JoinHandle;
 
+use crate::auth::{AuthError, Identity};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::ConnectionId;
@@ -33,6 +34,7 @@ use crate::telemetry::{self, Counters, EndedBy};
 use crate::util::Signal;
 
 mod answers;
+mod expiry;
 #[cfg(test)]
 mod idle_memory;
 mod reader;
@@ -90,6 +92,12 @@ pub(crate) trait Topics: Send + Sync {
         user: &Self::User,
         budget: Option<&PublishBudget>,
     ) -> impl Future<Output = Result<(Arc<str>, Self::Subscription, Feed), BrokerError>> + Send;
+
+    /// Checks a fresh token (`$refresh`): its user and expiry.
+    fn identify(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Identity<Self::User>, AuthError>> + Send;
 
     /// Who is subscribed to `topic`, on every instance.
     fn presence(&self, topic: &str)
@@ -182,6 +190,7 @@ pub(crate) fn run<'a, H, T>(
     session: Session<'a, H, T>,
     ctx: &'a mut Context<H::AppState, H::UserId>,
     home: T::Subscription,
+    expires_at: Option<std::time::SystemTime>,
 ) -> impl Future<Output = ()> + 'a
 where
     H: MessageHandler,
@@ -198,8 +207,15 @@ where
             home,
             config.max_topics_per_connection,
         );
-        let mut reader =
-            reader::Reader::new(session.handler, session.topics, ctx, subscriptions, config);
+        let expiry = expires_at.map(|at| expiry::Expiry::new(at, config.ping_interval));
+        let mut reader = reader::Reader::new(
+            session.handler,
+            session.topics,
+            ctx,
+            subscriptions,
+            expiry,
+            config,
+        );
         let end = reader::read(&mut reader, &mut started.stream, session.shutdown).await;
         let joined = reader.into_joined();
         let outbox = &ctx.outbox;

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::answers::Answers;
+use super::expiry::{Due, Expiry};
 use super::{Subscriptions, Topics};
 use crate::broker::BrokerError;
 use crate::config::Config;
@@ -49,6 +50,8 @@ pub(super) struct Reader<'a, H: MessageHandler, T: Topics<User = H::UserId>> {
     subscriptions: Subscriptions<T::Subscription>,
     limiter: RateLimiter,
     answers: Answers<'a>,
+    /// When the token runs out; `None` (nothing kept) if it does not.
+    expiry: Option<Box<Expiry>>,
     config: &'a Config,
 }
 
@@ -58,6 +61,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         topics: &'a T,
         ctx: &'a mut Context<H::AppState, H::UserId>,
         subscriptions: Subscriptions<T::Subscription>,
+        expiry: Option<Box<Expiry>>,
         config: &'a Config,
     ) -> Self {
         Self {
@@ -67,6 +71,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             subscriptions,
             limiter: RateLimiter::new(config.rate_burst, Instant::now()),
             answers: Answers::default(),
+            expiry,
             config,
         }
     }
@@ -114,6 +119,11 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the pings and the token's end: a token that runs
+        // out sooner than the next ping moves it.
+        if let Some(expiry) = &self.expiry {
+            heartbeat.reset_at(expiry.next_due(config.token_notice));
+        }
         let mut last_seen = Instant::now();
         loop {
             // Between frames only: a frame being handled finishes, and its
@@ -139,6 +149,24 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 () = &mut aborted => return End::Aborted,
                 () = &mut stopping => return End::Close(close_code::GOING_AWAY),
                 _ = heartbeat.tick() => {
+                    if let Some(expiry) = self.expiry.as_deref_mut() {
+                        let now = Instant::now();
+                        match expiry.check(now, config.token_notice) {
+                            Due::Expired => {
+                                tracing::debug!(conn = %self.ctx.conn_id, "token expired");
+                                return End::Close(close_code::UNAUTHORIZED);
+                            }
+                            Due::Notice(left) => {
+                                self.ctx.outbox.push(protocol::expiring_frame(left));
+                            }
+                            Due::Nothing => {}
+                        }
+                        let ping = expiry.ping_due(now, config.ping_interval);
+                        heartbeat.reset_at(expiry.next_due(config.token_notice));
+                        if !ping {
+                            continue;
+                        }
+                    }
                     if last_seen.elapsed() >= config.idle_timeout {
                         tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
                         self.ctx.outbox.counters().idle_close();
@@ -158,6 +186,12 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 Message::Text(text) => {
                     if self.limiter.admit(last_seen, config) {
                         self.handle(&text).await;
+                        // A `$refresh` moved the token's end.
+                        if let Some(expiry) = self.expiry.as_deref_mut()
+                            && expiry.take_moved()
+                        {
+                            heartbeat.reset_at(expiry.next_due(config.token_notice));
+                        }
                     } else if let Some(end) = self.reject(&text, last_seen) {
                         return end;
                     }
@@ -351,6 +385,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                     self.answer(protocol::reply_frame(Some(id), &pong));
                 }
             }
+            Ok(Control::Refresh { token }) => self.refresh(id, &token.0).await,
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
         }
     }
@@ -475,6 +510,42 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 let message = format!("not subscribed to topic `{topic}`");
                 self.fail(id, error_code::BAD_REQUEST, &message);
             }
+        }
+    }
+
+    /// Replaces the connection's token with a fresh one of the same user:
+    /// its expiry becomes the connection's. A token the validator refuses
+    /// is error 401, another user's 403; either way the connection keeps
+    /// its user and its expiry.
+    async fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
+        let identity = match self.topics.identify(token).await {
+            Ok(identity) => identity,
+            Err(error) => {
+                let message = format!("{error}; the connection keeps its token");
+                return self.fail(id, error_code::UNAUTHORIZED, &message);
+            }
+        };
+        // Compared by their `Debug` form, as users are told apart for the
+        // per-user limits: no `PartialEq` is asked of a user id.
+        let user = self.ctx.user_id();
+        if format!("{:?}", identity.user) != format!("{user:?}") {
+            let message = "the token is another user's; the connection keeps its user";
+            return self.fail(id, error_code::FORBIDDEN, message);
+        }
+        let now = std::time::SystemTime::now();
+        let left = identity.expires_in(now);
+        match (identity.expires_at, self.expiry.as_deref_mut()) {
+            (Some(at), Some(expiry)) => expiry.renew(at),
+            (Some(at), None) => {
+                let mut expiry = Expiry::new(at, self.config.ping_interval);
+                expiry.renew(at);
+                self.expiry = Some(expiry);
+            }
+            (None, _) => self.expiry = None,
+        }
+        tracing::debug!(conn = %self.ctx.conn_id, ?left, "token refreshed");
+        if let Some(id) = id {
+            self.answer(protocol::refreshed_frame(id, left));
         }
     }
 

@@ -29,6 +29,28 @@ pub(crate) enum Control {
     /// pings to a page nor let it send its own, so a client that wants to
     /// know the connection is alive asks.
     Ping,
+    /// `{"type": "$refresh", "data": {"token": "..."}, "id": 4}`: the
+    /// connection's token replaced by a fresh one, answered
+    /// `{"reply_to": 4, "ok": {"expires_in": 3600}}`.
+    Refresh { token: Token },
+}
+
+/// A token a client sent in a frame; its `Debug` form hides it, so that it
+/// reaches no log.
+#[derive(PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Token(pub(crate) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// The `data` of `$refresh`.
+#[derive(Deserialize)]
+struct RefreshData {
+    token: Token,
 }
 
 /// The `data` of `$join` and `$leave`.
@@ -48,6 +70,8 @@ impl Control {
     pub(crate) const PING: &'static str = "$ping";
     /// The wire name of the presence request.
     pub(crate) const PRESENCE: &'static str = "$presence";
+    /// The wire name of the token refresh.
+    pub(crate) const REFRESH: &'static str = "$refresh";
 
     /// Reads a frame whose type starts with [`RESERVED_PREFIX`].
     pub(crate) fn decode<'a>(request: &Request<'a>) -> Result<Self, FrameError<'a>> {
@@ -55,15 +79,20 @@ impl Control {
         if kind == Self::PING {
             return Ok(Self::Ping);
         }
+        if kind == Self::REFRESH {
+            let RefreshData { token } = request.decode_data()?;
+            return Ok(Self::Refresh { token });
+        }
         if kind != Self::JOIN && kind != Self::LEAVE && kind != Self::PRESENCE {
             return Err(FrameError {
                 id: request.id,
                 message: format!(
-                    "unknown control message `{kind}`; known: `{}`, `{}`, `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
+                    "unknown control message `{kind}`; known: `{}`, `{}`, `{}`, `{}`, `{}`; type names starting with `{RESERVED_PREFIX}` are reserved",
                     Self::JOIN,
                     Self::LEAVE,
                     Self::PRESENCE,
-                    Self::PING
+                    Self::PING,
+                    Self::REFRESH
                 ),
             });
         }
@@ -332,6 +361,20 @@ impl<'de> MapAccess<'de> for FrameFields<'de> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_refresh_token_is_read_and_never_shown() {
+        let text = r#"{"type":"$refresh","data":{"token":"s3cret-abc"},"id":1}"#;
+        let request = read_envelope(text).unwrap();
+        let control = Control::decode(&request).unwrap();
+        assert_eq!(
+            control,
+            Control::Refresh {
+                token: Token("s3cret-abc".to_owned())
+            }
+        );
+        assert!(!format!("{control:?}").contains("s3cret"));
+    }
+
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(tag = "type", content = "data", rename_all = "snake_case")]
     enum Msg {
@@ -496,7 +539,7 @@ mod control_tests {
     fn refuses_an_unknown_control_message() {
         assert_eq!(
             control(r#"{"type":"$subscribe"}"#),
-            Err("unknown control message `$subscribe`; known: `$join`, `$leave`, `$presence`, `$ping`; type names starting with `$` are reserved".into())
+            Err("unknown control message `$subscribe`; known: `$join`, `$leave`, `$presence`, `$ping`, `$refresh`; type names starting with `$` are reserved".into())
         );
     }
 }

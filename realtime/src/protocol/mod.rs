@@ -12,8 +12,9 @@ pub(crate) use incoming::{Control, Request, read_envelope};
 #[cfg(feature = "redis")]
 pub(crate) use outgoing::split_event;
 pub(crate) use outgoing::{
-    ack_frame, error_frame, event_frame, presence_frame, presence_head, presence_list_frame,
-    published_frame, reply_frame, reset_frame, subscribed_frame, with_offset,
+    ack_frame, error_frame, event_frame, expiring_frame, presence_frame, presence_head,
+    presence_list_frame, published_frame, refreshed_frame, reply_frame, reset_frame,
+    subscribed_frame, with_offset,
 };
 pub(crate) use position::is_epoch;
 pub use position::{Position, PositionError};
@@ -43,6 +44,9 @@ pub mod close_code {
     pub const ERROR: u16 = 1011;
     /// The client read too slowly: its outbound queue was full.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired (registered for WebSocket as
+    /// "Unauthorized"): the client connects again with a fresh token.
+    pub const UNAUTHORIZED: u16 = 3000;
 }
 
 /// The reason text sent with each close code the server uses.
@@ -56,6 +60,9 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
         close_code::POLICY => "policy violation: rate limit or idle timeout",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: outbound queue full",
+        close_code::UNAUTHORIZED => {
+            "token expired: send $refresh before it does, or connect with a fresh token"
+        }
         _ => "",
     }
 }
@@ -67,7 +74,10 @@ pub mod error_code {
     /// type, a missing or mistyped field, a topic the connection does not
     /// follow.
     pub const BAD_REQUEST: u16 = 400;
-    /// The handler's `authorize_topic` refused a `$join`.
+    /// A `$refresh` whose token the validator refused.
+    pub const UNAUTHORIZED: u16 = 401;
+    /// The handler's `authorize_topic` refused a `$join`, or a `$refresh`
+    /// brought another user's token.
     pub const FORBIDDEN: u16 = 403;
     /// The client is sending faster than `Config::max_messages_per_sec`.
     pub const TOO_MANY_REQUESTS: u16 = 429;

@@ -109,6 +109,28 @@ pub(crate) fn reply_frame(id: Option<&RawValue>, value: &RawValue) -> Frame {
     Frame::from(text)
 }
 
+/// The answer to a `$refresh`: `{"reply_to": <id>, "ok": {"expires_in":
+/// <seconds>}}`, `null` for a token that does not expire.
+pub(crate) fn refreshed_frame(id: &RawValue, left: Option<std::time::Duration>) -> Frame {
+    let mut text = String::with_capacity(48);
+    text.push('{');
+    push_reply_to(&mut text, Some(id));
+    match left {
+        Some(left) => {
+            let _ = write!(text, "\"ok\":{{\"expires_in\":{}}}}}", left.as_secs());
+        }
+        None => text.push_str("\"ok\":{\"expires_in\":null}}"),
+    }
+    Frame::from(text)
+}
+
+/// `{"expiring": {"expires_in": <seconds>}}`: the connection's token runs
+/// out in that many seconds; the client sends `$refresh` with a fresh one,
+/// or is closed with 3000 then.
+pub(crate) fn expiring_frame(left: u64) -> Frame {
+    Frame::from(format!("{{\"expiring\":{{\"expires_in\":{left}}}}}"))
+}
+
 /// `{"reply_to": <id>, "ok": null}`: an acknowledgement.
 pub(crate) fn ack_frame(id: &RawValue) -> Frame {
     published_frame(id, None)

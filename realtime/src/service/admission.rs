@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::subscribe::{Entry, Subscription};
 use super::users::UserPlace;
 use super::{Inner, Service};
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::broker::{Broker, BrokerError};
 use crate::connection::{self, Session};
 use crate::handler::ConnectionId;
@@ -55,6 +55,8 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
     /// The connection's presence in its URL's topic, written at the upgrade.
     entry: Option<Entry>,
     user: H::UserId,
+    /// When the user's token runs out, if it does.
+    expires_at: Option<std::time::SystemTime>,
     outbox: Outbox,
     admission: Admission,
 }
@@ -126,8 +128,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         &self.inner.validator
     }
 
-    pub(crate) async fn authenticate(&self, token: &str) -> Result<H::UserId, AuthError> {
-        self.inner.validator.authenticate(token).await
+    pub(crate) async fn identify(&self, token: &str) -> Result<Identity<H::UserId>, AuthError> {
+        self.inner.validator.identify(token).await
     }
 
     pub(crate) async fn authorize(&self, user: &H::UserId, topic: &str) -> Result<(), AuthError> {
@@ -151,9 +153,12 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         &self,
         topic: &str,
         since: Option<&Position>,
-        user: H::UserId,
+        identity: Identity<H::UserId>,
         admission: Admission,
     ) -> Result<Accepted<H, B>, BrokerError> {
+        let Identity {
+            user, expires_at, ..
+        } = identity;
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let config = &self.inner.config;
         let outbox = Outbox::new(
@@ -171,6 +176,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             feed,
             entry,
             user,
+            expires_at,
             outbox,
             admission,
         })
@@ -191,6 +197,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             feed,
             entry,
             user,
+            expires_at,
             outbox,
             admission,
         } = accepted;
@@ -231,7 +238,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
                 config: &inner.config,
                 shutdown: &inner.shutdown,
             };
-            connection::run(&mut started, session, &mut ctx, subscription).await;
+            connection::run(&mut started, session, &mut ctx, subscription, expires_at).await;
             // The socket closes before `on_disconnect` runs.
             drop(started);
             inner.handler.on_disconnect(&ctx).await;

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use super::Inner;
 use super::users::{OverBudget, PublishBudget};
+use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
 use crate::handler::ConnectionId;
@@ -337,6 +338,13 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
             subscription.enter(entry);
         }
         Ok((topic, subscription, feed))
+    }
+
+    fn identify(
+        &self,
+        token: &str,
+    ) -> impl std::future::Future<Output = Result<Identity<H::UserId>, AuthError>> + Send {
+        self.validator.identify(token)
     }
 
     fn presence(

@@ -1,0 +1,169 @@
+//! Sessions that outlive their tokens: a validator that tells an expiry
+//! makes the server warn the client (`expiring`), close it with 3000 at the
+//! expiry, and take a fresh token of the same user with `$refresh` without
+//! reconnecting. Another user's token, or an invalid one, is refused and
+//! changes nothing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use realtime::auth::{Identity, identify_with};
+use realtime::testing::{Closed, TestClient, TestServer};
+use realtime::{AuthError, Config, MemoryBroker, Service};
+use serde_json::{Value, json};
+use support::{Hooks, Room};
+use tokio::time::Instant;
+
+/// Tokens read `<user>@<unix milliseconds of expiry>`, or `<user>` for one
+/// that never expires.
+async fn server(config: Config) -> TestServer {
+    let validator = identify_with(|token: &str| match token.split_once('@') {
+        None if !token.is_empty() && token != "bad" => Ok(Identity::new(token.to_owned())),
+        Some((user, ms)) => {
+            let ms: u64 = ms.parse().map_err(|_| AuthError::InvalidToken)?;
+            let at = UNIX_EPOCH + Duration::from_millis(ms);
+            Ok(Identity::until(user.to_owned(), at))
+        }
+        None => Err(AuthError::InvalidToken),
+    });
+    let service = Service::builder(Room, Arc::new(Hooks::default()), validator)
+        .with_broker(MemoryBroker::new())
+        .config(config)
+        .build()
+        .expect("a valid config");
+    TestServer::start(realtime::route::router(service, "/ws/{topic}")).await
+}
+
+/// A token of `user` good for `left` from now, and when it runs out.
+fn token(user: &str, left: Duration) -> (String, SystemTime) {
+    let at = SystemTime::now() + left;
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    (format!("{user}@{ms}"), at)
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.token_notice = Duration::from_millis(800);
+    config
+}
+
+/// The next frame that is not an event or an answer: `expiring`.
+async fn expiring(client: &mut TestClient) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame.get("expiring").is_some() {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_warned_then_closed_with_3000() {
+    let server = server(config()).await;
+    let (token, at) = token("alice", Duration::from_millis(1500));
+    let mut client = TestClient::connect(&server.ws_url("/ws/lobby"), &token)
+        .await
+        .expect("a token with time left gets in");
+
+    let warned = expiring(&mut client).await;
+    assert!(
+        SystemTime::now() + Duration::from_millis(900) >= at,
+        "warned too early: {warned}"
+    );
+    assert_eq!(warned["expiring"]["expires_in"], 0, "{warned}");
+
+    let closed = client.recv_close().await;
+    let late = SystemTime::now().duration_since(at);
+    let Closed::Frame(code, reason) = closed else {
+        panic!("dropped without a close frame");
+    };
+    assert_eq!(code, 3000, "{reason}");
+    assert!(reason.contains("token expired"), "{reason}");
+    let late = late.expect("not closed before the expiry");
+    assert!(late < Duration::from_millis(1000), "closed {late:?} after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_connection_outlives_its_first_token() {
+    let server = server(config()).await;
+    let (first, at) = token("alice", Duration::from_millis(1200));
+    let mut client = TestClient::connect(&server.ws_url("/ws/lobby"), &first)
+        .await
+        .expect("connect");
+    expiring(&mut client).await;
+
+    let (fresh, _) = token("alice", Duration::from_secs(3600));
+    let answer = client.request("$refresh", json!({"token": fresh}), 1).await;
+    let left = answer["ok"]["expires_in"].as_u64().expect("expires_in");
+    assert!((3590..=3600).contains(&left), "{answer}");
+
+    // Past the first token's end the connection still answers.
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(300)).await;
+    let echoed = client
+        .request("echo", json!({"text": "still here"}), 2)
+        .await;
+    assert_eq!(echoed["ok"], "still here", "{echoed}");
+
+    // A token that does not expire ends the expiry.
+    let answer = client
+        .request("$refresh", json!({"token": "alice"}), 3)
+        .await;
+    assert_eq!(answer["ok"], json!({"expires_in": null}), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_foreign_token_changes_nothing() {
+    let server = server(config()).await;
+    let (first, _) = token("alice", Duration::from_millis(2500));
+    let mut client = TestClient::connect(&server.ws_url("/ws/lobby"), &first)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+
+    let answer = client.request("$refresh", json!({"token": "bad"}), 1).await;
+    assert_eq!(answer["error"]["code"], 401, "{answer}");
+    let (bobs, _) = token("bob", Duration::from_secs(3600));
+    let answer = client.request("$refresh", json!({"token": bobs}), 2).await;
+    assert_eq!(answer["error"]["code"], 403, "{answer}");
+    let answer = client.request("whoami", json!({}), 3).await;
+    assert_eq!(answer["ok"], "alice", "{answer}");
+    let answer = client.request("$refresh", json!({}), 4).await;
+    assert_eq!(answer["error"]["code"], 400, "{answer}");
+
+    // The first token's end still holds.
+    let closed = client.recv_close().await;
+    assert!(matches!(closed, Closed::Frame(3000, _)), "{closed:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "closed early");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_already_expired_is_refused_at_the_upgrade() {
+    let server = server(config()).await;
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis()
+        - 1000;
+    let refused = TestClient::connect(&server.ws_url("/ws/lobby"), &format!("alice@{ms}"))
+        .await
+        .expect_err("an expired token is refused");
+    assert_eq!(refused.status(), Some(401), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_does_not_expire_is_never_warned() {
+    let mut config = config();
+    config.ping_interval = Duration::from_millis(200);
+    config.idle_timeout = Duration::from_secs(5);
+    let server = server(config).await;
+    let mut client = TestClient::connect(&server.ws_url("/ws/lobby"), "alice")
+        .await
+        .expect("connect");
+    assert!(client.is_silent_for(Duration::from_millis(700)).await);
+}
