@@ -448,6 +448,32 @@ impl Api {
         {
             refs.push(json!({"$ref": "#/channels/topic/messages/presence"}));
         }
+        messages.insert(
+            "expiring".to_owned(),
+            json!({
+                "name": "expiring",
+                "summary": "The connection's token runs out in `expires_in` seconds: the client sends `$refresh` with a fresh one, or is closed with 3000 then.",
+                "payload": {
+                    "type": "object",
+                    "required": ["expiring"],
+                    "properties": {
+                        "expiring": {
+                            "type": "object",
+                            "required": ["expires_in"],
+                            "properties": {"expires_in": {"type": "integer"}}
+                        }
+                    }
+                }
+            }),
+        );
+        operations.insert(
+            "receive_expiring".to_owned(),
+            json!({
+                "action": "receive",
+                "channel": channel_ref,
+                "messages": [{"$ref": "#/channels/topic/messages/expiring"}]
+            }),
+        );
         let channel_messages: Map<String, Value> = messages
             .keys()
             .map(|key| {
@@ -467,7 +493,7 @@ impl Api {
             "info": {
                 "title": self.name,
                 "version": version,
-                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection; `$presence` answers who is in a topic."
+                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection; `$presence` answers who is in a topic; `$refresh` (`{\"token\": ..}`, answered `{\"expires_in\": ..}`) replaces an expiring token."
             },
             "channels": {
                 "topic": {

@@ -3,7 +3,7 @@
 
 import { Backoff, STABLE_MS } from "./backoff.js";
 import { badIdempotencyKey, Calls, idempotencyKey, newCall } from "./calls.js";
-import { closeAction, probeUrl, refused } from "./close.js";
+import { closeAction, probeUrl, refused, TOKEN_EXPIRED } from "./close.js";
 import { Emitter } from "./emitter.js";
 import { ClosedError, RealtimeError } from "./errors.js";
 import { readFrame, type Request } from "./frames.js";
@@ -51,9 +51,12 @@ export class Client {
   private session = 0;
   /** The topic of the URL. */
   readonly topic: string;
+  /** The token the next connection sends: the option's, then each fresh one. */
+  private token: string | undefined;
 
   constructor(options: ClientOptions) {
     this.options = settings(options);
+    this.token = this.options.token;
     const { clock, backoffMinMs, backoffMaxMs, random } = this.options;
     const bounds = { minMs: backoffMinMs, maxMs: backoffMaxMs, random };
     this.backoff = new Backoff(bounds);
@@ -185,7 +188,7 @@ export class Client {
   private open(): void {
     const { clock } = this.options;
     this.setState(this.backoff.attempt === 0 ? "connecting" : "reconnecting");
-    const protocols = this.options.token === undefined ? undefined : ["bearer", this.options.token];
+    const protocols = this.token === undefined ? undefined : ["bearer", this.token];
     const url = this.topics.socketUrl(this.options.url);
     let socket: WebSocketLike;
     try {
@@ -244,7 +247,9 @@ export class Client {
     // Only a connection that stayed up starts the backoff over: a server
     // that accepts and closes at once (draining, overloaded) is not hammered.
     if (opened && clock.now() - this.openedAt >= STABLE_MS) this.backoff.reset();
-    const again = this.current !== "stopped" && closeAction(code) === "reconnect";
+    const getToken = this.options.getToken;
+    const expired = code === TOKEN_EXPIRED && getToken !== undefined;
+    const again = this.current !== "stopped" && (expired || closeAction(code) === "reconnect");
     this.calls.lost(again);
     if (this.current === "stopped") return;
     if (!again) {
@@ -252,11 +257,27 @@ export class Client {
       return;
     }
     if (opened) this.events.emit("lost", { code, reason });
+    if (expired) {
+      // The old token would be refused: a fresh one first.
+      const session = this.session;
+      this.setState("reconnecting");
+      this.freshToken(getToken).then(
+        (token) => {
+          if (session !== this.session) return;
+          this.token = token;
+          this.retry();
+        },
+        (error: unknown) => {
+          if (session === this.session) this.stop(code, `the token expired, and getToken failed: ${String(error)}`);
+        },
+      );
+      return;
+    }
     if (!opened) {
       // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why,
       // with the very URL (and `since`) the socket asked for.
       const session = this.session;
-      this.options.refusal(probeUrl(url), this.options.token).then(
+      this.options.refusal(probeUrl(url), this.token).then(
         (status) => {
           if (session !== this.session) return;
           if (refused(status)) {
@@ -299,11 +320,44 @@ export class Client {
     this.events.emit("stopped", code === undefined ? { reason } : { code, reason });
   }
 
+  /** A fresh token from `getToken`, which may throw or answer a promise. */
+  private async freshToken(getToken: () => string | Promise<string>): Promise<string> {
+    return await getToken();
+  }
+
+  /**
+   * The server says the token runs out soon: send a fresh one with
+   * `$refresh`. Without `getToken` nothing is done, and the server closes
+   * with 3000 at the expiry.
+   */
+  private refresh(): void {
+    const getToken = this.options.getToken;
+    if (getToken === undefined) return;
+    const session = this.session;
+    this.freshToken(getToken)
+      .then(async (token) => {
+        if (session !== this.session) return;
+        const answer = (await this.call("$refresh", { token })) as { expires_in?: number | null } | null;
+        // Sent with the next connection too, should this one drop.
+        this.token = token;
+        this.events.emit("refreshed", { expiresIn: answer?.expires_in ?? null });
+      })
+      .catch((error: unknown) => {
+        if (session !== this.session) return;
+        const failed = error instanceof Error ? error : new Error(String(error));
+        this.events.emit("error", { error: failed });
+      });
+  }
+
   /** A text frame of the server: an answer, an error, or a frame about a topic. */
   private receive(text: string): void {
     const frame = readFrame(text);
     if (frame instanceof Error) {
       this.events.emit("error", { error: frame });
+      return;
+    }
+    if ("expiring" in frame) {
+      this.refresh();
       return;
     }
     if ("reply_to" in frame) {

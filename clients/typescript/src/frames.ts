@@ -71,10 +71,16 @@ export interface PresenceFrame {
   presence: Presence;
 }
 
+/** The connection's token runs out in `expires_in` seconds. */
+export interface ExpiringFrame {
+  expiring: { expires_in: number };
+}
+
 /** The frames a server sends (realtime/docs/protocol.md, "Server to client"). */
 export type ServerFrame =
   | ReplyFrame
   | ErrorFrame
+  | ExpiringFrame
   | EventFrame
   | SubscribedFrame
   | ResetFrame
@@ -83,7 +89,7 @@ export type ServerFrame =
   | PresenceFrame;
 
 /** The frames about a topic: all but answers and errors. */
-export type TopicFrame = Exclude<ServerFrame, ReplyFrame | ErrorFrame>;
+export type TopicFrame = Exclude<ServerFrame, ReplyFrame | ErrorFrame | ExpiringFrame>;
 
 /**
  * Reads a text frame of the server: the frame, or the error to report when

@@ -11,8 +11,9 @@ const systemClock: Clock = {
 };
 
 /** Every option, the defaults filled in. */
-export type Settings = Required<Omit<ClientOptions, "token" | "WebSocket" | "refusal">> & {
+export type Settings = Required<Omit<ClientOptions, "token" | "getToken" | "WebSocket" | "refusal">> & {
   token: string | undefined;
+  getToken: (() => string | Promise<string>) | undefined;
   WebSocket: WebSocketConstructor;
   refusal: (httpUrl: string, token: string | undefined) => Promise<number | undefined>;
 };
@@ -26,6 +27,7 @@ export function settings(options: ClientOptions): Settings {
   return {
     url: options.url,
     token: options.token,
+    getToken: options.getToken,
     WebSocket: WebSocketImpl,
     callTimeoutMs: options.callTimeoutMs ?? 10_000,
     backoffMinMs: options.backoffMinMs ?? 500,

@@ -50,6 +50,14 @@ export interface ClientOptions {
   url: string;
   /** The token, sent as the `bearer, <token>` subprotocol (browsers cannot set headers). */
   token?: string;
+  /**
+   * Gets a fresh token: called when the server says the connection's token
+   * is about to expire (its `expiring` frame), whose answer is sent with
+   * `$refresh` without reconnecting, and before reconnecting after the
+   * server closed with 3000 (token expired). Without it, a 3000 stops the
+   * client.
+   */
+  getToken?: () => string | Promise<string>;
   /** The WebSocket constructor; default: the global one (Node 20 needs `--experimental-websocket`, or pass one). */
   WebSocket?: WebSocketConstructor;
   /** How long a call waits for its answer. Default 10 000 ms. */
@@ -134,6 +142,8 @@ export interface ClientEvents {
    * leaves of meanwhile may be lost.
    */
   presence: { topic: string; presence: Presence };
+  /** The token was replaced on the open connection (`$refresh`); `expiresIn` in seconds, `null` if it does not expire. */
+  refreshed: { expiresIn: number | null };
   /** An open connection was lost; the client reconnects. */
   lost: { code: number; reason: string };
   /** An error frame that answered no call, or a failed `$join` (each try) or `$leave`. */

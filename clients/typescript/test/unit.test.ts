@@ -332,3 +332,70 @@ describe("server frames", () => {
     client.close();
   });
 });
+
+describe("expiring tokens", () => {
+  it("sends a fresh token with $refresh when told the token runs out, and reconnects with it", async () => {
+    let n = 0;
+    const { client, clock, socket } = setup({ getToken: async () => `fresh-${++n}` });
+    const refreshed: ClientEvents["refreshed"][] = [];
+    client.on("refreshed", (event) => refreshed.push(event));
+    client.connect();
+    socket(0).accept();
+    socket(0).receive({ expiring: { expires_in: 29 } });
+    await settle();
+    const sent = socket(0).frames("$refresh");
+    assert.deepEqual(sent.map((frame) => frame.data), [{ token: "fresh-1" }]);
+    socket(0).answer("$refresh", { ok: { expires_in: 3600 } });
+    await settle();
+    assert.deepEqual(refreshed, [{ expiresIn: 3600 }]);
+    // A later connection sends the fresh token.
+    socket(0).drop(1006);
+    clock.advance(1000);
+    assert.deepEqual(socket(1).protocols, ["bearer", "fresh-1"]);
+    client.close();
+  });
+
+  it("gets a fresh token before reconnecting after 3000, and stops after 3000 without getToken", async () => {
+    const { client, clock, socket } = setup({ getToken: () => "next" });
+    client.connect();
+    socket(0).accept();
+    socket(0).drop(3000, "token expired");
+    await settle();
+    assert.equal(client.state, "reconnecting");
+    clock.advance(1000);
+    assert.deepEqual(socket(1).protocols, ["bearer", "next"]);
+    client.close();
+
+    const plain = setup();
+    const stopped: ClientEvents["stopped"][] = [];
+    plain.client.on("stopped", (event) => stopped.push(event));
+    plain.client.connect();
+    plain.socket(0).accept();
+    plain.socket(0).receive({ expiring: { expires_in: 5 } });
+    await settle();
+    assert.equal(plain.socket(0).frames("$refresh").length, 0, "nothing to refresh with");
+    plain.socket(0).drop(3000, "token expired");
+    await settle();
+    assert.equal(plain.client.state, "stopped");
+    assert.equal(stopped[0]?.code, 3000);
+  });
+
+  it("stops after 3003 with the server's reason, and reports a refused refresh", async () => {
+    const { client, clock, sockets, socket, errors } = setup({ getToken: () => "bobs" });
+    const stopped: ClientEvents["stopped"][] = [];
+    client.on("stopped", (event) => stopped.push(event));
+    client.connect();
+    socket(0).accept();
+    socket(0).receive({ expiring: { expires_in: 10 } });
+    await settle();
+    socket(0).answer("$refresh", { error: { code: 403, message: "the token is another user's" } });
+    await settle();
+    assert.match(String(errors[0]?.error), /another user/);
+    socket(0).drop(3003, "kicked by admin");
+    await settle();
+    assert.equal(client.state, "stopped");
+    assert.deepEqual(stopped, [{ code: 3003, reason: "kicked by admin" }]);
+    clock.advance(60_000);
+    assert.equal(sockets.length, 1, "no other try");
+  });
+});

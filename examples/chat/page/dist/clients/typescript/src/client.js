@@ -2,7 +2,7 @@
 // stopping; it puts the calls, the topics and the watchdog together.
 import { Backoff, STABLE_MS } from "./backoff.js";
 import { badIdempotencyKey, Calls, idempotencyKey, newCall } from "./calls.js";
-import { closeAction, probeUrl, refused } from "./close.js";
+import { closeAction, probeUrl, refused, TOKEN_EXPIRED } from "./close.js";
 import { Emitter } from "./emitter.js";
 import { ClosedError, RealtimeError } from "./errors.js";
 import { readFrame } from "./frames.js";
@@ -37,8 +37,11 @@ export class Client {
     session = 0;
     /** The topic of the URL. */
     topic;
+    /** The token the next connection sends: the option's, then each fresh one. */
+    token;
     constructor(options) {
         this.options = settings(options);
+        this.token = this.options.token;
         const { clock, backoffMinMs, backoffMaxMs, random } = this.options;
         const bounds = { minMs: backoffMinMs, maxMs: backoffMaxMs, random };
         this.backoff = new Backoff(bounds);
@@ -164,7 +167,7 @@ export class Client {
     open() {
         const { clock } = this.options;
         this.setState(this.backoff.attempt === 0 ? "connecting" : "reconnecting");
-        const protocols = this.options.token === undefined ? undefined : ["bearer", this.options.token];
+        const protocols = this.token === undefined ? undefined : ["bearer", this.token];
         const url = this.topics.socketUrl(this.options.url);
         let socket;
         try {
@@ -230,7 +233,9 @@ export class Client {
         // that accepts and closes at once (draining, overloaded) is not hammered.
         if (opened && clock.now() - this.openedAt >= STABLE_MS)
             this.backoff.reset();
-        const again = this.current !== "stopped" && closeAction(code) === "reconnect";
+        const getToken = this.options.getToken;
+        const expired = code === TOKEN_EXPIRED && getToken !== undefined;
+        const again = this.current !== "stopped" && (expired || closeAction(code) === "reconnect");
         this.calls.lost(again);
         if (this.current === "stopped")
             return;
@@ -240,11 +245,26 @@ export class Client {
         }
         if (opened)
             this.events.emit("lost", { code, reason });
+        if (expired) {
+            // The old token would be refused: a fresh one first.
+            const session = this.session;
+            this.setState("reconnecting");
+            this.freshToken(getToken).then((token) => {
+                if (session !== this.session)
+                    return;
+                this.token = token;
+                this.retry();
+            }, (error) => {
+                if (session === this.session)
+                    this.stop(code, `the token expired, and getToken failed: ${String(error)}`);
+            });
+            return;
+        }
         if (!opened) {
             // A refused upgrade looks like 1006 to a WebSocket: ask over HTTP why,
             // with the very URL (and `since`) the socket asked for.
             const session = this.session;
-            this.options.refusal(probeUrl(url), this.options.token).then((status) => {
+            this.options.refusal(probeUrl(url), this.token).then((status) => {
                 if (session !== this.session)
                     return;
                 if (refused(status)) {
@@ -287,11 +307,45 @@ export class Client {
         this.events.emit("state", { state: "stopped" });
         this.events.emit("stopped", code === undefined ? { reason } : { code, reason });
     }
+    /** A fresh token from `getToken`, which may throw or answer a promise. */
+    async freshToken(getToken) {
+        return await getToken();
+    }
+    /**
+     * The server says the token runs out soon: send a fresh one with
+     * `$refresh`. Without `getToken` nothing is done, and the server closes
+     * with 3000 at the expiry.
+     */
+    refresh() {
+        const getToken = this.options.getToken;
+        if (getToken === undefined)
+            return;
+        const session = this.session;
+        this.freshToken(getToken)
+            .then(async (token) => {
+            if (session !== this.session)
+                return;
+            const answer = (await this.call("$refresh", { token }));
+            // Sent with the next connection too, should this one drop.
+            this.token = token;
+            this.events.emit("refreshed", { expiresIn: answer?.expires_in ?? null });
+        })
+            .catch((error) => {
+            if (session !== this.session)
+                return;
+            const failed = error instanceof Error ? error : new Error(String(error));
+            this.events.emit("error", { error: failed });
+        });
+    }
     /** A text frame of the server: an answer, an error, or a frame about a topic. */
     receive(text) {
         const frame = readFrame(text);
         if (frame instanceof Error) {
             this.events.emit("error", { error: frame });
+            return;
+        }
+        if ("expiring" in frame) {
+            this.refresh();
             return;
         }
         if ("reply_to" in frame) {

@@ -19,6 +19,8 @@
  * | 1011 | server error | reconnect |
  * | 1012 | service restart | reconnect |
  * | 1013 | try again later (a reader too slow) | reconnect |
+ * | 3000 | the token expired | reconnect with a token from `getToken`; stop without it |
+ * | 3003 | the server ended this user's sessions | stop |
  * | HTTP 400, 401, 403 on the upgrade | bad topic or `since`, bad token, forbidden topic | stop |
  * | HTTP 426 on the upgrade | the upgrade would be accepted: it failed on the way | reconnect |
  * | HTTP 429, 503, other 5xx on the upgrade | refused for now: overloaded, broker down, shutting down | reconnect |
@@ -43,7 +45,11 @@ export const CLOSE_RULES = Object.freeze({
     1011: "reconnect",
     1012: "reconnect",
     1013: "reconnect",
+    3000: "stop",
+    3003: "stop",
 });
+/** The close code of an expired token: reconnecting needs a fresh one. */
+export const TOKEN_EXPIRED = 3000;
 /** HTTP statuses of a refused upgrade that stop the client: bad request, token, topic. Any other retries. */
 const REFUSALS = [400, 401, 403];
 /** The action for a close code (see {@link CLOSE_RULES}). */

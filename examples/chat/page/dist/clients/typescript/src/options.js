@@ -15,6 +15,7 @@ export function settings(options) {
     return {
         url: options.url,
         token: options.token,
+        getToken: options.getToken,
         WebSocket: WebSocketImpl,
         callTimeoutMs: options.callTimeoutMs ?? 10_000,
         backoffMinMs: options.backoffMinMs ?? 500,
