@@ -65,6 +65,9 @@ async fn killed_subscriber_connection_is_replaced_and_resubscribed() {
     let metrics = b.metrics();
     assert_eq!(metrics.disconnects, 1);
     assert_eq!(metrics.reconnects, 1);
-    assert_eq!(metrics.resubscribes, 2, "room and lobby");
-    assert_eq!(a.metrics().resubscribes, 1);
+    assert_eq!(
+        metrics.resubscribes, 3,
+        "room, lobby and the service's control topic"
+    );
+    assert_eq!(a.metrics().resubscribes, 2, "room and the control topic");
 }

@@ -72,7 +72,8 @@ async fn node_subscribes_only_while_it_has_local_subscribers() {
         1,
         "only node A has subscribers"
     );
-    assert_eq!(a.metrics().subscribed_topics, 1);
+    // The topic and the service's control topic; none before a connection.
+    assert_eq!(a.metrics().subscribed_topics, 2);
     assert_eq!(b.metrics().subscribed_topics, 0);
 
     // A node without local subscribers still publishes to the others.
@@ -86,7 +87,8 @@ async fn node_subscribes_only_while_it_has_local_subscribers() {
     );
     only_on_b.close().await;
     redis.wait_numsub(channel, 1).await;
-    assert_eq!(b.metrics().subscribed_topics, 0);
+    // The service's control topic stays, once a connection came.
+    assert_eq!(b.metrics().subscribed_topics, 1);
 
     // Node A keeps its subscription until its last client leaves.
     first_on_a.close().await;
@@ -94,7 +96,7 @@ async fn node_subscribes_only_while_it_has_local_subscribers() {
     assert_eq!(redis.numsub(channel).await, 1);
     second_on_a.close().await;
     redis.wait_numsub(channel, 0).await;
-    assert_eq!(a.metrics().subscribed_topics, 0);
+    assert_eq!(a.metrics().subscribed_topics, 1, "the control topic");
     assert_eq!(a.metrics().subscribe_errors, 0);
 }
 

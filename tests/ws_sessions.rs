@@ -13,7 +13,7 @@ use realtime::auth::{Identity, identify_with};
 use realtime::testing::{Closed, TestClient, TestServer};
 use realtime::{AuthError, Config, MemoryBroker, Service};
 use serde_json::{Value, json};
-use support::{Hooks, Room};
+use support::{Hooks, Node, RedisServer, Room};
 use tokio::time::Instant;
 
 /// Tokens read `<user>@<unix milliseconds of expiry>`, or `<user>` for one
@@ -166,4 +166,62 @@ async fn a_token_that_does_not_expire_is_never_warned() {
         .await
         .expect("connect");
     assert!(client.is_silent_for(Duration::from_millis(700)).await);
+}
+
+/// `alice` on two nodes (two connections on the first), `bob` beside her:
+/// `disconnect_user` from the second node closes every one of hers with
+/// 3003 and the reason, and none of his.
+async fn disconnect_everywhere<B: realtime::broker::Broker>(a: &Node<B>, b: &Node<B>) {
+    let mut hers = vec![
+        a.connect("lobby", "alice").await,
+        a.connect("room:1", "alice").await,
+        b.connect("lobby", "alice").await,
+    ];
+    let mut bob = a.connect("lobby", "bob").await;
+    b.service
+        .disconnect_user(&"alice".to_owned(), "removed by a moderator")
+        .await
+        .expect("the broker takes it");
+    for client in &mut hers {
+        let closed = client.recv_close().await;
+        assert_eq!(
+            closed,
+            Closed::Frame(3003, "removed by a moderator".to_owned()),
+            "{closed:?}"
+        );
+    }
+    let echoed = bob.request("echo", json!({"text": "still here"}), 1).await;
+    assert_eq!(echoed["ok"], "still here", "{echoed}");
+    // She may come back (the token decides), and is not closed again.
+    let mut back = a.connect("lobby", "alice").await;
+    let echoed = back.request("echo", json!({"text": "back"}), 1).await;
+    assert_eq!(echoed["ok"], "back", "{echoed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_user_closes_every_session_in_memory() {
+    let hub = MemoryBroker::new();
+    let a = Node::with_broker_of(hub.clone()).await;
+    let b = Node::with_broker_of(hub).await;
+    disconnect_everywhere(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_user_closes_every_session_on_redis() {
+    let redis = RedisServer::start().await;
+    let a = Node::with_broker_of(redis.broker("kick:").await).await;
+    let b = Node::with_broker_of(redis.broker("kick:").await).await;
+    disconnect_everywhere(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_topic_is_nobodys() {
+    let node = Node::with_broker_of(MemoryBroker::new()).await;
+    let refused = TestClient::connect(&node.server.ws_url("/ws/$realtime:control"), "mallory")
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    let mut client = node.connect("lobby", "mallory").await;
+    let joined = client.join("$realtime:control", 1).await;
+    assert_eq!(joined["error"]["code"], 400, "{joined}");
 }

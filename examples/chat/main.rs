@@ -142,7 +142,7 @@ const KEPT_FOR: Duration = Duration::from_secs(600);
 /// Longest line, in characters.
 const MAX_TEXT: usize = 2000;
 
-/// The chat's handler: one `#[broadcast]`, one `#[direct]`, one topic rule.
+/// The chat's handler: one `#[broadcast]`, two `#[direct]`, one topic rule.
 struct Chat;
 
 #[realtime_handler(describe)]
@@ -188,6 +188,17 @@ impl Chat {
                 })
             })
             .collect())
+    }
+
+    /// Ends every session of `user`, on every instance (close 3003); only
+    /// `admin` may.
+    #[direct]
+    async fn kick(&self, ctx: &Context<(), String>, user: String) -> Result<(), HandlerError> {
+        if ctx.user_id() != "admin" {
+            return Err(HandlerError::new(403, "only admin may kick"));
+        }
+        ctx.disconnect_user(&user, &format!("kicked by {}", ctx.user_id()))
+            .await
     }
 
     /// Only the user `admin` may enter the room `admin`.

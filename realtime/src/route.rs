@@ -282,6 +282,9 @@ impl UpgradeError {
             Self::TooManyForUser => {
                 (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response()
             }
+            Self::Broker(BrokerError::InvalidTopic(_)) => {
+                (StatusCode::BAD_REQUEST, format!("{self}: reserved topic")).into_response()
+            }
             Self::Broker(BrokerError::TopicBudget) => {
                 let body = format!("{self}: {}", BrokerError::TopicBudget);
                 (StatusCode::TOO_MANY_REQUESTS, body).into_response()

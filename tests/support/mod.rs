@@ -507,6 +507,11 @@ impl Node {
 }
 
 impl<B: Broker> Node<B> {
+    /// Serves a service on `broker` with the defaults.
+    pub(crate) async fn with_broker_of(broker: B) -> Self {
+        Self::serve(broker, HistoryPolicy::none(), Config::default()).await
+    }
+
     /// Serves a service on `broker` that keeps history as `policy` says.
     pub(crate) async fn with_history(broker: B, policy: HistoryPolicy) -> Self {
         Self::serve(broker, policy, Config::default()).await

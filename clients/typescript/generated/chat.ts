@@ -48,6 +48,14 @@ export class ChatClient {
     return this.client.call("history", data as unknown as realtime.Json, options) as Promise<Array<Line>>;
   }
 
+  /**
+   * Ends every session of `user`, on every instance (close 3003); only
+   * `admin` may.
+   */
+  kick(data: { user: string; }, options?: realtime.CallOptions): Promise<null> {
+    return this.client.call("kick", data as unknown as realtime.Json, options) as Promise<null>;
+  }
+
   /** Follows `topic` (`$join`ed unless it is the URL's) with a typed handler. */
   onEvent(topic: string, handler: (event: ChatEvent, meta: realtime.EventMeta) => void): () => void {
     return this.client.subscribe(topic, (event, meta) => handler(event as unknown as ChatEvent, meta));

@@ -225,6 +225,26 @@ describe("against the chat", () => {
     await Promise.all(calls);
   });
 
+  it("stops every client of a kicked user with 3003 and the reason; only admin may kick", async () => {
+    const admin = client(chat.port, "kicks", "admin");
+    const bobs = [client(chat.port, "kicks", "bob"), client(chat.port, "other", "bob")];
+    const carol = client(chat.port, "kicks", "carol");
+    const stopped: { code?: number; reason: string }[] = [];
+    for (const bob of bobs) bob.on("stopped", (event) => stopped.push(event));
+    for (const c of [admin, ...bobs, carol]) c.connect();
+    for (const c of [admin, ...bobs, carol]) await opened(c);
+    await assert.rejects(carol.call("kick", { user: "bob" }), (error) => error instanceof RealtimeError && error.code === 403);
+    assert.equal(await admin.call("kick", { user: "bob" }), null);
+    await until("both of bob's clients stop", () => bobs.every((bob) => bob.state === "stopped"));
+    assert.deepEqual(stopped, [
+      { code: 3003, reason: "kicked by admin" },
+      { code: 3003, reason: "kicked by admin" },
+    ]);
+    assert.equal(carol.state, "open");
+    admin.close();
+    carol.close();
+  });
+
   it("gives a silent connection up after its heartbeat and margin, and reconnects", async () => {
     const proxy = await Proxy.start(chat.port);
     const alice = client(proxy.port, "silent", "alice", { heartbeatMs: 300, silenceMarginMs: 300 });

@@ -58,6 +58,14 @@ describe("the AsyncAPI document", () => {
     assert.ok(document, "it parses");
     assert.equal(document.version(), "3.0.0");
     const operations = document.operations().all().map((operation) => operation.id());
-    assert.deepEqual(operations.sort(), ["receive_event", "receive_position", "receive_presence", "send_history", "send_say"]);
+    assert.deepEqual(operations.sort(), [
+      "receive_event",
+      "receive_expiring",
+      "receive_position",
+      "receive_presence",
+      "send_history",
+      "send_kick",
+      "send_say",
+    ]);
   });
 });

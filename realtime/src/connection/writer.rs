@@ -121,7 +121,10 @@ pub(super) fn write(
                 let code = status.abort_code();
                 if code != 0 {
                     // Best effort: a client that stopped reading may never take it.
-                    let _ = tokio::time::timeout(close_timeout, send_close(&mut sink, code)).await;
+                    let reason = status.abort_reason();
+                    let _ =
+                        tokio::time::timeout(close_timeout, send_close(&mut sink, code, reason))
+                            .await;
                 }
             }
             let _ = tokio::time::timeout(close_timeout, sink.close()).await;
@@ -217,7 +220,7 @@ async fn write_batches(
                     return tokio::select! {
                         biased;
                         () = &mut aborted => false,
-                        sent = send_close(sink, code) => sent,
+                        sent = send_close(sink, code, None) => sent,
                     };
                 }
                 Item::Lagged => {
@@ -385,10 +388,11 @@ async fn unless_stuck<E>(
     .await
 }
 
-async fn send_close(sink: &mut Sink, code: u16) -> bool {
+/// Sends a close frame with `code`, and `reason` or the code's own.
+async fn send_close(sink: &mut Sink, code: u16, reason: Option<&str>) -> bool {
     let frame = CloseFrame {
         code: code.into(),
-        reason: close_reason(code).into(),
+        reason: reason.unwrap_or(close_reason(code)).into(),
     };
     sink.send(Message::Close(Some(frame))).await.is_ok()
 }

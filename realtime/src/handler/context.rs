@@ -55,6 +55,14 @@ pub(crate) trait Publish: Send + Sync {
         limit: usize,
     ) -> Pin<Box<dyn Future<Output = Result<History, HistoryError>> + Send + 'a>>;
 
+    /// Ends the sessions of the user whose id's `Debug` form is `user`, as
+    /// `Service::disconnect_user`.
+    fn disconnect_user<'a>(
+        &'a self,
+        user: String,
+        reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
     /// Reads a topic's presence, as `Service::presence`.
     fn presence<'a>(
         &'a self,
@@ -202,6 +210,37 @@ impl<S, U> Context<S, U> {
         let frame = protocol::event_frame(topic, event)?;
         self.publisher
             .publish(topic, frame, self.budget.as_deref())
+            .await
+    }
+
+    /// Closes every connection of `user`, on every instance, with 3003
+    /// and `reason`, as [`Service::disconnect_user`] does: for a handler
+    /// that lets a moderator remove someone.
+    ///
+    /// [`Service::disconnect_user`]: crate::Service::disconnect_user
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 503 when the broker did not take it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::{Context, HandlerError};
+    ///
+    /// async fn kick(ctx: &Context<(), String>, user: &String) -> Result<(), HandlerError> {
+    ///     if ctx.user_id() != "admin" {
+    ///         return Err(HandlerError::new(403, "only admin may kick"));
+    ///     }
+    ///     ctx.disconnect_user(user, "kicked by admin").await
+    /// }
+    /// ```
+    pub async fn disconnect_user(&self, user: &U, reason: &str) -> Result<(), HandlerError>
+    where
+        U: fmt::Debug,
+    {
+        self.publisher
+            .disconnect_user(format!("{user:?}"), reason)
             .await
     }
 

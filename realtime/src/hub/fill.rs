@@ -32,7 +32,15 @@ pub(crate) trait Owner: Send + Sync + 'static {
     /// The answer to the `$presence` numbered `asker`, at its place in
     /// the topic's stream.
     fn answer_presence(&self, topic: &str, asker: u64, presence: &Presence);
+
+    /// A message of the service's own control topic, sent by an instance
+    /// to every one (`Service::disconnect_user`).
+    fn control(&self, frame: &Frame);
 }
+
+/// The topic the instances of a service tell each other things on. Clients
+/// cannot subscribe to it.
+pub(crate) const CONTROL_TOPIC: &str = "$realtime:control";
 
 /// Reads topics' histories into their rings: the hub, the broker, and the
 /// policy that says how much of each topic is kept.
@@ -145,6 +153,12 @@ impl<B: Broker> Fan<B> {
 
 impl<B: Broker> Fanout for Fan<B> {
     fn deliver(&self, topic: &str, frame: Frame) {
+        if topic == CONTROL_TOPIC {
+            if let Some(owner) = self.owner.upgrade() {
+                owner.control(&frame);
+            }
+            return;
+        }
         self.hub.deliver(topic, frame);
     }
 

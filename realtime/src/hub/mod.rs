@@ -25,7 +25,7 @@ mod fill;
 mod ring;
 mod sequencer;
 
-pub(crate) use fill::{Fan, Filler, Owner};
+pub(crate) use fill::{CONTROL_TOPIC, Fan, Filler, Owner};
 pub(crate) use ring::{Event, Feed, Reservation, Ring};
 use sequencer::{ReadFrom, Sequencer};
 

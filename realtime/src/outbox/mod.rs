@@ -61,6 +61,9 @@ pub(crate) struct Status {
     abort: Signal,
     /// The close code to send on abort; 0 when no close frame should be sent.
     abort_code: AtomicU16,
+    /// The reason to send with it, when the code's own will not do (the
+    /// application's, for `Service::disconnect_user`).
+    abort_reason: std::sync::OnceLock<Box<str>>,
     /// The read whose mark in a topic's ring is where this connection's
     /// `$presence` answer goes (0: none). One ask is out at a time per
     /// connection, so one number is enough.
@@ -76,6 +79,24 @@ impl Status {
             .abort_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.abort.fire();
+    }
+
+    /// Ends the connection now with `code` and `reason`, unless it was
+    /// ended already.
+    pub(crate) fn abort_with(&self, code: u16, reason: &str) {
+        if self
+            .abort_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _ = self.abort_reason.set(reason.into());
+        }
+        self.abort.fire();
+    }
+
+    /// The reason an abort gave, if any.
+    pub(crate) fn abort_reason(&self) -> Option<&str> {
+        self.abort_reason.get().map(|reason| &**reason)
     }
 
     /// Ends the connection with 1013 because it fell behind (a slow
@@ -144,6 +165,7 @@ impl Outbox {
             queue: Queue::new(max_frames, max_bytes, Arc::clone(&counters.queued_bytes)),
             abort: Signal::default(),
             abort_code: AtomicU16::new(0),
+            abort_reason: std::sync::OnceLock::new(),
             awaiting: AtomicU64::new(0),
             counters,
         });

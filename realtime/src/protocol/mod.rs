@@ -47,6 +47,10 @@ pub mod close_code {
     /// The connection's token expired (registered for WebSocket as
     /// "Unauthorized"): the client connects again with a fresh token.
     pub const UNAUTHORIZED: u16 = 3000;
+    /// The server ended the user's sessions (`Service::disconnect_user`;
+    /// registered for WebSocket as "Forbidden"): the client does not
+    /// reconnect.
+    pub const FORBIDDEN: u16 = 3003;
 }
 
 /// The reason text sent with each close code the server uses.
@@ -60,6 +64,7 @@ pub(crate) fn close_reason(code: u16) -> &'static str {
         close_code::POLICY => "policy violation: rate limit or idle timeout",
         close_code::TOO_BIG => "frame too large",
         close_code::TRY_AGAIN_LATER => "too slow: outbound queue full",
+        close_code::FORBIDDEN => "the server ended this user's sessions",
         close_code::UNAUTHORIZED => {
             "token expired: send $refresh before it does, or connect with a fresh token"
         }

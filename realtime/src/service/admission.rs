@@ -204,6 +204,10 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         if let Some(entry) = entry {
             subscription.enter(entry);
         }
+        let mut admission = admission;
+        if let Some(place) = admission.user.as_mut() {
+            place.attach(id.0, outbox.status());
+        }
         // The catch-up of a resumed URL topic goes first in the queue,
         // which the write task empties before it reads any ring.
         let mut feed = feed;

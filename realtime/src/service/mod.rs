@@ -28,6 +28,7 @@ use crate::util::Signal;
 
 mod admission;
 mod builder;
+mod sessions;
 mod subscribe;
 mod users;
 
@@ -553,6 +554,10 @@ impl<H: MessageHandler, B: Broker> Owner for Inner<H, B> {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(Inner::resend_presence(self, written));
         }
+    }
+
+    fn control(&self, frame: &Frame) {
+        Inner::control(self, frame);
     }
 
     fn answer_presence(&self, topic: &str, group: u64, presence: &Presence) {

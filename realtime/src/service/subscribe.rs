@@ -15,6 +15,7 @@ use crate::connection::Topics;
 use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, Position};
+use crate::hub::CONTROL_TOPIC;
 use crate::hub::{Added, Feed, Reservation, Ring};
 use crate::outbox::Outbox;
 use crate::presence::keeper;
@@ -108,7 +109,11 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             }),
             _ => None,
         };
+        if topic == CONTROL_TOPIC {
+            return Err(BrokerError::InvalidTopic(topic.to_owned()));
+        }
         let mut subscribed = inner.subscribed.lock().await;
+        inner.follow_control(&mut subscribed).await?;
         let first = !subscribed.contains(topic);
         if first
             && history.is_some()
@@ -386,6 +391,25 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
                     HandlerError::new(
                         protocol::error_code::UNAVAILABLE,
                         format!("could not publish on `{topic}`: {error}"),
+                    )
+                    .with_source(error)
+                })
+        })
+    }
+
+    fn disconnect_user<'a>(
+        &'a self,
+        user: String,
+        reason: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            Inner::disconnect_user(self, &user, reason)
+                .await
+                .map_err(|error| {
+                    HandlerError::new(
+                        protocol::error_code::UNAVAILABLE,
+                        format!("could not end the user's sessions: {error}"),
                     )
                     .with_source(error)
                 })

@@ -9,10 +9,11 @@
 //! refilled, and is swept later.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::outbox::Status;
 use crate::util::Mutex;
 
 /// The users of one instance, by [`user_key`].
@@ -27,6 +28,9 @@ pub(crate) struct Users {
 struct User {
     connections: usize,
     budget: Arc<PublishBudget>,
+    /// The user's open connections here, by id, to end them
+    /// (`Service::disconnect_user`).
+    sessions: Vec<(u64, Weak<Status>)>,
 }
 
 /// The refill rates and sizes of every user's budget.
@@ -150,6 +154,8 @@ pub(crate) struct UserPlace {
     users: Arc<Users>,
     key: u64,
     budget: Arc<PublishBudget>,
+    /// The connection's id once it is open (see [`attach`](Self::attach)).
+    session: Option<u64>,
 }
 
 impl UserPlace {
@@ -157,12 +163,25 @@ impl UserPlace {
     pub(crate) fn budget(&self) -> &Arc<PublishBudget> {
         &self.budget
     }
+
+    /// Lists the open connection `id`, whose `status` ends it, among the
+    /// user's sessions.
+    pub(crate) fn attach(&mut self, id: u64, status: &Arc<Status>) {
+        let mut table = self.users.table.lock();
+        if let Some(user) = table.get_mut(&self.key) {
+            user.sessions.push((id, Arc::downgrade(status)));
+            self.session = Some(id);
+        }
+    }
 }
 
 impl Drop for UserPlace {
     fn drop(&mut self) {
         let mut table = self.users.table.lock();
         if let Some(user) = table.get_mut(&self.key) {
+            if let Some(id) = self.session {
+                user.sessions.retain(|(session, _)| *session != id);
+            }
             user.connections -= 1;
             if user.connections == 0 && user.budget.is_full(Instant::now()) {
                 table.remove(&self.key);
@@ -211,6 +230,7 @@ impl Users {
         let user = table.entry(key).or_insert_with(|| User {
             connections: 0,
             budget: Arc::new(PublishBudget::new(self.rates, now)),
+            sessions: Vec::new(),
         });
         if user.connections >= self.max_connections {
             if user.connections == 0 {
@@ -225,13 +245,38 @@ impl Users {
             users: Arc::clone(self),
             key,
             budget,
+            session: None,
         })
+    }
+
+    /// The open connections here of the user whose id's `Debug` form is
+    /// `debug`.
+    pub(crate) fn sessions_of(&self, debug: &str) -> Vec<Arc<Status>> {
+        let table = self.table.lock();
+        table
+            .get(&key_of_debug(debug))
+            .map(|user| {
+                user.sessions
+                    .iter()
+                    .filter_map(|(_, status)| status.upgrade())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.table.lock().len()
     }
+}
+
+/// The key of the user whose `Debug` form is `debug`: the same as
+/// [`user_key`] of that user.
+fn key_of_debug(debug: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(debug.as_bytes());
+    hasher.finish()
 }
 
 /// A user's key among the counts: its `Debug` form, hashed as it is
@@ -296,6 +341,17 @@ mod tests {
         assert_eq!(users.len(), 1);
         let again = users.admit(&"ann", 0).unwrap();
         assert!(again.budget().charge(50, false).is_err());
+    }
+
+    #[test]
+    fn a_users_key_is_found_from_its_debug_form() {
+        let user = ("ann", 7);
+        assert_eq!(user_key(&user), key_of_debug(&format!("{user:?}")));
+        assert_ne!(
+            user_key(&"ann"),
+            key_of_debug("ann"),
+            "the Debug form quotes"
+        );
     }
 
     #[test]

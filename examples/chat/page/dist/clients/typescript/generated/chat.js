@@ -22,6 +22,13 @@ export class ChatClient {
     history(data, options) {
         return this.client.call("history", data, options);
     }
+    /**
+     * Ends every session of `user`, on every instance (close 3003); only
+     * `admin` may.
+     */
+    kick(data, options) {
+        return this.client.call("kick", data, options);
+    }
     /** Follows `topic` (`$join`ed unless it is the URL's) with a typed handler. */
     onEvent(topic, handler) {
         return this.client.subscribe(topic, (event, meta) => handler(event, meta));
