@@ -221,6 +221,14 @@ async fn the_control_topic_is_nobodys() {
         .await
         .expect_err("refused");
     assert_eq!(refused.status(), Some(400), "{refused}");
+    // The plain GET a browser client asks why with says the same.
+    let (status, _) = support::http_get(
+        node.server.addr(),
+        "/ws/$realtime:control",
+        "Authorization: Bearer mallory\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
     let mut client = node.connect("lobby", "mallory").await;
     let joined = client.join("$realtime:control", 1).await;
     assert_eq!(joined["error"]["code"], 400, "{joined}");

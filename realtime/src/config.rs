@@ -123,8 +123,10 @@ pub struct Config {
     /// send `$refresh` in time. Default: 30 seconds; a token with less left
     /// at the upgrade is told at once.
     ///
-    /// Only for tokens that expire (see `TokenValidator::identify`). Past
-    /// the expiry the connection is closed with 3000, within a second.
+    /// Only for tokens that expire (see `TokenValidator::identify`). At
+    /// the expiry the connection is closed with 3000 (its heartbeat timer
+    /// fires then). A fresh token from `$refresh` that has no more than
+    /// this left is not told again.
     pub token_notice: Duration,
     /// Open connections this instance accepts. Default: 10 000.
     ///
@@ -151,7 +153,9 @@ pub struct Config {
     /// A topic with history costs the broker its keys for the history's
     /// time to live (its position from the first read, its events from the
     /// first publish). A topic is new when this instance follows it for
-    /// nobody yet. Past the budget an upgrade is answered HTTP 429, a
+    /// nobody yet; so a handler that publishes with `Context::publish` to
+    /// topics nobody follows here pays one each time. A subscription or
+    /// publish that then fails in the broker gives its charge back. Past the budget an upgrade is answered HTTP 429, a
     /// `$join` error 429 and a broadcast error 429 (not published), until
     /// the budget refills. Topics without history cost the broker nothing
     /// to keep and are not counted.

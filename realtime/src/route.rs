@@ -25,6 +25,7 @@ use crate::auth::{self, AuthError, Authenticator, BEARER_PROTOCOL, TokenSource};
 use crate::broker::{Broker, BrokerError};
 use crate::handler::MessageHandler;
 use crate::history::Position;
+use crate::hub::CONTROL_TOPIC;
 use crate::service::{Refusal, Service};
 use crate::telemetry;
 use crate::websocket;
@@ -71,6 +72,9 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     let max = service.config().max_topic_bytes;
     if topic.len() > max {
         return Err(UpgradeError::TopicTooLong { max });
+    }
+    if topic == CONTROL_TOPIC {
+        return Err(UpgradeError::ReservedTopic);
     }
     if !origin_allowed(&headers, &service.config().allowed_origins) {
         return Err(UpgradeError::ForbiddenOrigin);
@@ -255,6 +259,9 @@ pub enum UpgradeError {
     /// link is down now (503).
     #[error("the broker is unavailable; try again later")]
     BrokerAway,
+    /// The topic is the service's own control topic (400).
+    #[error("the topic is reserved for the service")]
+    ReservedTopic,
     /// The user holds `Config::max_connections_per_user` connections on
     /// this instance already (429).
     #[error("too many connections of this user on this instance")]
@@ -276,14 +283,11 @@ impl UpgradeError {
     fn response(self) -> Response {
         match self {
             Self::Auth(error) => error.into_response(),
-            Self::TopicTooLong { .. } | Self::BadSince => {
+            Self::TopicTooLong { .. } | Self::BadSince | Self::ReservedTopic => {
                 (StatusCode::BAD_REQUEST, self.to_string()).into_response()
             }
             Self::TooManyForUser => {
                 (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response()
-            }
-            Self::Broker(BrokerError::InvalidTopic(_)) => {
-                (StatusCode::BAD_REQUEST, format!("{self}: reserved topic")).into_response()
             }
             Self::Broker(BrokerError::TopicBudget) => {
                 let body = format!("{self}: {}", BrokerError::TopicBudget);

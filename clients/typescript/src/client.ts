@@ -53,6 +53,8 @@ export class Client {
   readonly topic: string;
   /** The token the next connection sends: the option's, then each fresh one. */
   private token: string | undefined;
+  /** A `$refresh` is out. */
+  private refreshing = false;
 
   constructor(options: ClientOptions) {
     this.options = settings(options);
@@ -332,7 +334,9 @@ export class Client {
    */
   private refresh(): void {
     const getToken = this.options.getToken;
-    if (getToken === undefined) return;
+    // One refresh at a time: a notice that comes while one is out is its.
+    if (getToken === undefined || this.refreshing) return;
+    this.refreshing = true;
     const session = this.session;
     this.freshToken(getToken)
       .then(async (token) => {
@@ -346,6 +350,9 @@ export class Client {
         if (session !== this.session) return;
         const failed = error instanceof Error ? error : new Error(String(error));
         this.events.emit("error", { error: failed });
+      })
+      .finally(() => {
+        this.refreshing = false;
       });
   }
 

@@ -342,6 +342,8 @@ describe("expiring tokens", () => {
     client.connect();
     socket(0).accept();
     socket(0).receive({ expiring: { expires_in: 29 } });
+    // A notice while the refresh is out is that refresh's.
+    socket(0).receive({ expiring: { expires_in: 28 } });
     await settle();
     const sent = socket(0).frames("$refresh");
     assert.deepEqual(sent.map((frame) => frame.data), [{ token: "fresh-1" }]);

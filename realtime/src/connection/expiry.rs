@@ -44,10 +44,13 @@ impl Expiry {
         })
     }
 
-    /// A fresh token's expiry: the notice is due again before it.
-    pub(crate) fn renew(&mut self, at: SystemTime) {
-        self.at = instant_of(at, Instant::now());
-        self.told = false;
+    /// A fresh token's expiry: the notice is due again before it, unless
+    /// the fresh token is already within `notice` of its end (the client
+    /// has just refreshed; telling it again would loop).
+    pub(crate) fn renew(&mut self, at: SystemTime, notice: Duration) {
+        let now = Instant::now();
+        self.at = instant_of(at, now);
+        self.told = self.at <= now + notice;
         self.moved = true;
     }
 
@@ -147,7 +150,7 @@ mod tests {
         let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), PING);
         let now = Instant::now();
         assert!(matches!(expiry.check(now, NOTICE), Due::Notice(_)));
-        expiry.renew(SystemTime::now() + Duration::from_secs(3600));
+        expiry.renew(SystemTime::now() + Duration::from_secs(3600), NOTICE);
         assert!(expiry.take_moved());
         assert!(!expiry.take_moved());
         assert_eq!(
@@ -156,5 +159,18 @@ mod tests {
         );
         assert!(expiry.ping_due(now + PING, PING));
         assert!(!expiry.ping_due(now + PING, PING));
+    }
+
+    #[test]
+    fn a_fresh_token_as_short_as_the_notice_is_not_noticed_again() {
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(20), PING);
+        let now = Instant::now();
+        assert!(matches!(expiry.check(now, NOTICE), Due::Notice(_)));
+        expiry.renew(SystemTime::now() + Duration::from_secs(25), NOTICE);
+        assert_eq!(expiry.check(Instant::now(), NOTICE), Due::Nothing);
+        assert_eq!(
+            expiry.check(now + Duration::from_secs(26), NOTICE),
+            Due::Expired
+        );
     }
 }

@@ -67,13 +67,14 @@ pub(crate) trait Topics: Send + Sync {
     ) -> impl Future<Output = Result<Option<Position>, BrokerError>> + Send;
 
     /// Takes a publish of `bytes` on `topic` from a user's budget (`None`:
-    /// a connection with no user budget), counting a refusal.
+    /// a connection with no user budget), counting a refusal; whether it
+    /// was charged as a new topic (for [`PublishBudget::refund`]).
     fn charge(
         &self,
         budget: Option<&PublishBudget>,
         topic: &str,
         bytes: usize,
-    ) -> Result<(), OverBudget>;
+    ) -> Result<bool, OverBudget>;
 
     /// Subscribes a connection to `topic` (and the instance at the broker if
     /// it is the topic's first local subscriber). Returns the shared topic

@@ -535,10 +535,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let now = std::time::SystemTime::now();
         let left = identity.expires_in(now);
         match (identity.expires_at, self.expiry.as_deref_mut()) {
-            (Some(at), Some(expiry)) => expiry.renew(at),
+            (Some(at), Some(expiry)) => expiry.renew(at, self.config.token_notice),
             (Some(at), None) => {
                 let mut expiry = Expiry::new(at, self.config.ping_interval);
-                expiry.renew(at);
+                expiry.renew(at, self.config.token_notice);
                 self.expiry = Some(expiry);
             }
             (None, _) => self.expiry = None,
@@ -565,13 +565,14 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         if let Err(message) = self.check_size("event", frame.as_str().len()) {
             return self.fail(id, error_code::INTERNAL, &message);
         }
+        let bytes = frame.as_str().len();
         let budget = self.ctx.budget.as_deref();
-        if let Err(over) = self
-            .topics
-            .charge(budget, self.ctx.topic(), frame.as_str().len())
-        {
-            return self.fail(id, error_code::TOO_MANY_REQUESTS, &over.to_string());
-        }
+        let new_topic = match self.topics.charge(budget, self.ctx.topic(), bytes) {
+            Ok(new_topic) => new_topic,
+            Err(over) => return self.fail(id, error_code::TOO_MANY_REQUESTS, &over.to_string()),
+        };
+        // Given back if the broker does not take it.
+        let budget = self.ctx.budget.clone();
         let topics = self.topics;
         let topic = Arc::clone(&self.ctx.topic);
         let conn = self.ctx.conn_id;
@@ -583,6 +584,9 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             match topics.publish(&topic, frame, key.as_deref()).await {
                 Ok(position) => id.map(|id| protocol::published_frame(&id, position.as_ref())),
                 Err(error) => {
+                    if let Some(budget) = &budget {
+                        budget.refund(bytes, new_topic);
+                    }
                     // While the broker is away every publish fails, and the
                     // broker said so once: one line each would flood the log.
                     if matches!(

@@ -166,6 +166,13 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             config.outbound_queue_bytes,
             Arc::clone(&self.inner.counters),
         );
+        // Listed at once, so that a `disconnect_user` while the topic is
+        // read and the socket upgraded still finds it: the read loop checks
+        // for an abort before anything else.
+        let mut admission = admission;
+        if let Some(place) = admission.user.as_mut() {
+            place.attach(id.0, outbox.status());
+        }
         let budget = admission.user.as_ref().map(|place| &**place.budget());
         let (topic, subscription, feed, entry) =
             Inner::subscribe(&self.inner, topic, since, id, &user, budget).await?;
@@ -203,10 +210,6 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         } = accepted;
         if let Some(entry) = entry {
             subscription.enter(entry);
-        }
-        let mut admission = admission;
-        if let Some(place) = admission.user.as_mut() {
-            place.attach(id.0, outbox.status());
         }
         // The catch-up of a resumed URL topic goes first in the queue,
         // which the write task empties before it reads any ring.

@@ -480,20 +480,24 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
     /// Takes a client's publish of `bytes` on `topic` from its user's
     /// budget; a topic with history that this instance does not follow
     /// counts as new (a subscription to it paid for its keys already).
+    /// Whether it was charged as new, for a refund if the publish fails.
     pub(super) fn charge(
         &self,
         budget: Option<&PublishBudget>,
         topic: &str,
         bytes: usize,
-    ) -> Result<(), OverBudget> {
+    ) -> Result<bool, OverBudget> {
         let Some(budget) = budget else {
-            return Ok(());
+            return Ok(false);
         };
         let new_topic = self.history.retention(topic).is_some() && !self.hub.has_subscribers(topic);
-        budget.charge(bytes, new_topic).inspect_err(|over| {
-            metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
-                .increment(1);
-        })
+        budget
+            .charge(bytes, new_topic)
+            .map(|()| new_topic)
+            .inspect_err(|over| {
+                metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
+                    .increment(1);
+            })
     }
 
     /// Publishes an event frame: with its position and into the history if

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::Inner;
-use super::users::{OverBudget, PublishBudget};
+use super::users::{Charged, OverBudget, PublishBudget};
 use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
@@ -115,16 +115,14 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let mut subscribed = inner.subscribed.lock().await;
         inner.follow_control(&mut subscribed).await?;
         let first = !subscribed.contains(topic);
-        if first
-            && history.is_some()
-            && let Some(budget) = budget
-        {
-            budget.charge(0, true).map_err(|over| {
+        // Given back if the subscription fails: the broker's troubles do
+        // not spend the user's budget.
+        let charged = Charged::take(budget.filter(|_| first && history.is_some()), 0, true)
+            .map_err(|over| {
                 metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
                     .increment(1);
                 BrokerError::TopicBudget
             })?;
-        }
         if first {
             inner.broker.subscribe(topic).await?;
         }
@@ -165,6 +163,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             },
             Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
         };
+        charged.kept();
         Ok((topic, subscription, feed, entry))
     }
 
@@ -325,7 +324,7 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         budget: Option<&PublishBudget>,
         topic: &str,
         bytes: usize,
-    ) -> Result<(), OverBudget> {
+    ) -> Result<bool, OverBudget> {
         Inner::charge(self, budget, topic, bytes)
     }
 
@@ -378,22 +377,27 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
     {
         Box::pin(async move {
-            if let Err(over) = Inner::charge(self, budget, topic, frame.as_str().len()) {
-                return Err(HandlerError::new(
-                    protocol::error_code::TOO_MANY_REQUESTS,
-                    over.to_string(),
-                ));
+            let bytes = frame.as_str().len();
+            let new_topic = match Inner::charge(self, budget, topic, bytes) {
+                Ok(new_topic) => new_topic,
+                Err(over) => {
+                    return Err(HandlerError::new(
+                        protocol::error_code::TOO_MANY_REQUESTS,
+                        over.to_string(),
+                    ));
+                }
+            };
+            let published = Inner::publish(self, topic, frame, None).await;
+            if let (Err(_), Some(budget)) = (&published, budget) {
+                budget.refund(bytes, new_topic);
             }
-            Inner::publish(self, topic, frame, None)
-                .await
-                .map(drop)
-                .map_err(|error| {
-                    HandlerError::new(
-                        protocol::error_code::UNAVAILABLE,
-                        format!("could not publish on `{topic}`: {error}"),
-                    )
-                    .with_source(error)
-                })
+            published.map(drop).map_err(|error| {
+                HandlerError::new(
+                    protocol::error_code::UNAVAILABLE,
+                    format!("could not publish on `{topic}`: {error}"),
+                )
+                .with_source(error)
+            })
         })
     }
 

@@ -21,7 +21,11 @@ use crate::util::Mutex;
 pub(crate) struct Users {
     table: Mutex<HashMap<u64, User>>,
     max_connections: usize,
-    rates: Rates,
+    rates: Arc<Rates>,
+    /// The table's size past which entries without connections are swept:
+    /// twice what the last sweep left, so that sweeps that free little do
+    /// not run at every admission.
+    sweep_at: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -61,18 +65,29 @@ impl Rates {
 }
 
 /// A user's publish budget: two token buckets, of bytes and of new
-/// topics, shared by the user's connections on this instance.
+/// topics, shared by the user's connections on this instance. Small, as
+/// there is one per user: the rates are shared, and the time is `u32`
+/// milliseconds (compared by wrapping differences).
 #[derive(Debug)]
 pub(crate) struct PublishBudget {
     buckets: Mutex<Buckets>,
-    rates: Rates,
+    rates: Arc<Rates>,
 }
 
 #[derive(Debug)]
 struct Buckets {
     bytes: f64,
-    topics: f64,
-    at: Instant,
+    topics: f32,
+    /// When they were last refilled, in [`millis`].
+    at: u32,
+}
+
+/// `now` in milliseconds since the first time any budget asked.
+fn millis(now: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncated on purpose: differences of these wrap correctly.
+    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 /// A publish the user's budget does not cover; nothing was taken from it.
@@ -99,14 +114,14 @@ impl OverBudget {
 }
 
 impl PublishBudget {
-    fn new(rates: Rates, now: Instant) -> Self {
+    fn new(rates: &Arc<Rates>, now: Instant) -> Self {
         Self {
             buckets: Mutex::new(Buckets {
                 bytes: rates.bytes_burst,
-                topics: rates.topics_burst,
-                at: now,
+                topics: rates.topics_burst as f32,
+                at: millis(now),
             }),
-            rates,
+            rates: Arc::clone(rates),
         }
     }
 
@@ -120,9 +135,7 @@ impl PublishBudget {
             return Err(OverBudget::Bytes(self.rates.bytes_per_sec as usize));
         }
         if new_topic && buckets.topics < 1.0 {
-            return Err(OverBudget::Topics(
-                (self.rates.topics_per_sec * 60.0) as u32,
-            ));
+            return Err(OverBudget::Topics(self.rates.topics_burst as u32));
         }
         buckets.bytes -= bytes;
         if new_topic {
@@ -131,12 +144,26 @@ impl PublishBudget {
         Ok(())
     }
 
+    /// Gives back what [`charge`](Self::charge) took for something that
+    /// then failed (the broker was away): a user is not shut out for the
+    /// broker's troubles.
+    pub(crate) fn refund(&self, bytes: usize, new_topic: bool) {
+        let mut buckets = self.buckets.lock();
+        buckets.bytes = (buckets.bytes + bytes as f64).min(self.rates.bytes_burst);
+        if new_topic {
+            let topics = f64::from(buckets.topics) + 1.0;
+            buckets.topics = topics.min(self.rates.topics_burst) as f32;
+        }
+    }
+
     fn refill(&self, buckets: &mut Buckets, now: Instant) {
-        let elapsed = now.saturating_duration_since(buckets.at).as_secs_f64();
+        let now = millis(now);
+        let elapsed = f64::from(now.wrapping_sub(buckets.at)) / 1000.0;
         buckets.at = now;
-        let rates = &self.rates;
+        let rates = &*self.rates;
         buckets.bytes = (buckets.bytes + elapsed * rates.bytes_per_sec).min(rates.bytes_burst);
-        buckets.topics = (buckets.topics + elapsed * rates.topics_per_sec).min(rates.topics_burst);
+        let topics = f64::from(buckets.topics) + elapsed * rates.topics_per_sec;
+        buckets.topics = topics.min(rates.topics_burst) as f32;
     }
 
     /// Whether the budget is whole again, so that forgetting it gives the
@@ -144,7 +171,47 @@ impl PublishBudget {
     fn is_full(&self, now: Instant) -> bool {
         let mut buckets = self.buckets.lock();
         self.refill(&mut buckets, now);
-        buckets.bytes >= self.rates.bytes_burst && buckets.topics >= self.rates.topics_burst
+        buckets.bytes >= self.rates.bytes_burst
+            && f64::from(buckets.topics) >= self.rates.topics_burst
+    }
+}
+
+/// A charge given back when dropped, unless [`kept`](Self::kept): for a
+/// step that may fail after its charge.
+pub(crate) struct Charged<'a> {
+    budget: Option<&'a PublishBudget>,
+    bytes: usize,
+    new_topic: bool,
+}
+
+impl<'a> Charged<'a> {
+    /// Takes the charge from `budget` (none: nothing to take).
+    pub(crate) fn take(
+        budget: Option<&'a PublishBudget>,
+        bytes: usize,
+        new_topic: bool,
+    ) -> Result<Self, OverBudget> {
+        if let Some(budget) = budget {
+            budget.charge(bytes, new_topic)?;
+        }
+        Ok(Self {
+            budget,
+            bytes,
+            new_topic,
+        })
+    }
+
+    /// The step succeeded: the charge stays.
+    pub(crate) fn kept(mut self) {
+        self.budget = None;
+    }
+}
+
+impl Drop for Charged<'_> {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget {
+            budget.refund(self.bytes, self.new_topic);
+        }
     }
 }
 
@@ -169,6 +236,8 @@ impl UserPlace {
     pub(crate) fn attach(&mut self, id: u64, status: &Arc<Status>) {
         let mut table = self.users.table.lock();
         if let Some(user) = table.get_mut(&self.key) {
+            // Most users hold one connection: room for exactly that.
+            user.sessions.reserve_exact(1);
             user.sessions.push((id, Arc::downgrade(status)));
             self.session = Some(id);
         }
@@ -199,7 +268,8 @@ impl Users {
         Self {
             table: Mutex::default(),
             max_connections: config.max_connections_per_user,
-            rates: Rates::of(config),
+            rates: Arc::new(Rates::of(config)),
+            sweep_at: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -223,13 +293,17 @@ impl Users {
         let now = Instant::now();
         let mut table = self.table.lock();
         // Entries kept for their spent budgets: swept once they outnumber
-        // the connections, so each sweep frees at least as many as it reads.
-        if table.len() > 2 * open + 1024 {
+        // the connections, and then only when the table doubled again, so
+        // that a sweep's cost is paid by as many admissions.
+        let sweep_at = self.sweep_at.load(std::sync::atomic::Ordering::Relaxed);
+        if table.len() > sweep_at.max(2 * open + 1024) {
             table.retain(|_, user| user.connections > 0 || !user.budget.is_full(now));
+            self.sweep_at
+                .store(2 * table.len(), std::sync::atomic::Ordering::Relaxed);
         }
         let user = table.entry(key).or_insert_with(|| User {
             connections: 0,
-            budget: Arc::new(PublishBudget::new(self.rates, now)),
+            budget: Arc::new(PublishBudget::new(&self.rates, now)),
             sessions: Vec::new(),
         });
         if user.connections >= self.max_connections {
@@ -352,6 +426,16 @@ mod tests {
             key_of_debug("ann"),
             "the Debug form quotes"
         );
+    }
+
+    #[test]
+    fn a_failed_step_gives_its_charge_back() {
+        let users = Arc::new(Users::new(&config(100, 1)));
+        let place = users.admit(&"ann", 1).unwrap();
+        let budget = place.budget();
+        drop(Charged::take(Some(budget), 400, true).unwrap());
+        Charged::take(Some(budget), 400, true).unwrap().kept();
+        assert_eq!(budget.charge(0, true), Err(OverBudget::Topics(1)));
     }
 
     #[test]

@@ -39,6 +39,8 @@ export class Client {
     topic;
     /** The token the next connection sends: the option's, then each fresh one. */
     token;
+    /** A `$refresh` is out. */
+    refreshing = false;
     constructor(options) {
         this.options = settings(options);
         this.token = this.options.token;
@@ -318,8 +320,10 @@ export class Client {
      */
     refresh() {
         const getToken = this.options.getToken;
-        if (getToken === undefined)
+        // One refresh at a time: a notice that comes while one is out is its.
+        if (getToken === undefined || this.refreshing)
             return;
+        this.refreshing = true;
         const session = this.session;
         this.freshToken(getToken)
             .then(async (token) => {
@@ -335,6 +339,9 @@ export class Client {
                 return;
             const failed = error instanceof Error ? error : new Error(String(error));
             this.events.emit("error", { error: failed });
+        })
+            .finally(() => {
+            this.refreshing = false;
         });
     }
     /** A text frame of the server: an answer, an error, or a frame about a topic. */
