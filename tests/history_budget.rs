@@ -15,13 +15,7 @@ use support::{Node, RedisServer, position, subscribed};
 
 /// Bytes this Redis has sent to its clients so far.
 async fn sent(redis: &RedisServer) -> u64 {
-    redis
-        .info("stats")
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("total_net_output_bytes")
+    redis.info_number("stats", "total_net_output_bytes").await
 }
 
 /// What Redis sent per call of `resume`, over `times` calls.

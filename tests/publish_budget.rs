@@ -23,13 +23,7 @@ fn policy() -> HistoryPolicy {
 
 /// Bytes this Redis holds in memory.
 async fn used_memory(redis: &RedisServer) -> u64 {
-    redis
-        .info("memory")
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("used_memory")
+    redis.info_number("memory", "used_memory").await
 }
 
 /// Whether `answer` is error 429 naming `what`.

@@ -228,6 +228,17 @@ impl RedisServer {
             .unwrap_or_else(|error| panic!("INFO {section}: {error}"))
     }
 
+    /// The number after `<field>:` in `INFO <section>`.
+    pub(crate) async fn info_number(&self, section: &str, field: &str) -> u64 {
+        let prefix = format!("{field}:");
+        self.info(section)
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO {section} has no number `{field}`"))
+    }
+
     /// A new connection for the test's own commands.
     pub(crate) async fn admin(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).expect("a valid URL");

@@ -21,7 +21,7 @@ use crate::history::Position;
 use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 use crate::telemetry::{self, Meters, TypeMeters};
-use crate::util::Signal;
+use crate::util::{Signal, millis};
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -689,14 +689,6 @@ pub(super) struct RateLimiter {
     /// When the current streak of refusals began, and the last refusal.
     streak_start: u32,
     last_strike: u32,
-}
-
-/// `now` in milliseconds since the first time any limiter asked.
-fn millis(now: Instant) -> u32 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // Truncated on purpose: differences of these wrap correctly.
-    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 impl RateLimiter {

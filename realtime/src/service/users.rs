@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::outbox::Status;
-use crate::util::Mutex;
+use crate::util::{Mutex, millis};
 
 /// The users of one instance, by [`user_key`].
 #[derive(Debug)]
@@ -78,16 +78,8 @@ pub(crate) struct PublishBudget {
 struct Buckets {
     bytes: f64,
     topics: f32,
-    /// When they were last refilled, in [`millis`].
+    /// When they were last refilled, in `util::millis`.
     at: u32,
-}
-
-/// `now` in milliseconds since the first time any budget asked.
-fn millis(now: Instant) -> u32 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // Truncated on purpose: differences of these wrap correctly.
-    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 /// A publish the user's budget does not cover; nothing was taken from it.

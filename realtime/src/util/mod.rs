@@ -1,13 +1,16 @@
 //! Small tools every part of the crate may use, and that depend on nothing
 //! in it: a backoff, locks that a panic does not poison, random ids, a
-//! one-way switch, and the bump of a statistics counter.
+//! one-way switch, a `u32` millisecond clock, and the bump of a statistics
+//! counter.
 
 mod backoff;
+mod clock;
 mod id;
 mod lock;
 mod signal;
 
 pub(crate) use backoff::{Backoff, Jitter};
+pub(crate) use clock::millis;
 pub(crate) use id::random_id;
 pub(crate) use lock::{Mutex, RwLock};
 pub(crate) use signal::{Fired, Signal};

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::protocol::close_code;
+use crate::util::millis;
 
 /// The limits a [`Guarded`] socket applies; copied from the service's
 /// `Config`, small, since every socket keeps them.
@@ -55,16 +56,8 @@ impl Limits {
     }
 }
 
-/// Milliseconds since the first call, wrapping after 49 days: the clocks a
-/// socket keeps are 4 bytes each, and only their differences (well under
-/// 49 days) are read.
-fn millis(now: Instant) -> u32 {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    now.saturating_duration_since(base).as_millis() as u32
-}
-
-/// The time from `then` to `now`, both from [`millis`].
+/// The time from `then` to `now`, both from `util::millis` (the clocks a
+/// socket keeps are 4 bytes each).
 fn since(now: u32, then: u32) -> Duration {
     Duration::from_millis(u64::from(now.wrapping_sub(then)))
 }
