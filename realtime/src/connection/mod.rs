@@ -29,7 +29,7 @@ use crate::hub::Feed;
 use crate::outbox::Outbox;
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
-use crate::service::{OverBudget, PublishBudget};
+use crate::service::PublishBudget;
 use crate::telemetry::{self, Counters, EndedBy};
 use crate::util::Signal;
 
@@ -65,16 +65,6 @@ pub(crate) trait Topics: Send + Sync {
         frame: Frame,
         key: Option<&str>,
     ) -> impl Future<Output = Result<Option<Position>, BrokerError>> + Send;
-
-    /// Takes a publish of `bytes` on `topic` from a user's budget (`None`:
-    /// a connection with no user budget), counting a refusal; whether it
-    /// was charged as a new topic (for [`PublishBudget::refund`]).
-    fn charge(
-        &self,
-        budget: Option<&PublishBudget>,
-        topic: &str,
-        bytes: usize,
-    ) -> Result<bool, OverBudget>;
 
     /// Subscribes a connection to `topic` (and the instance at the broker if
     /// it is the topic's first local subscriber). Returns the shared topic

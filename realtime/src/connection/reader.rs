@@ -565,12 +565,14 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         if let Err(message) = self.check_size("event", frame.as_str().len()) {
             return self.fail(id, error_code::INTERNAL, &message);
         }
+        // The frame's topic is one this connection follows: never a new
+        // topic for the user's budget, so no lookup.
         let bytes = frame.as_str().len();
-        let budget = self.ctx.budget.as_deref();
-        let new_topic = match self.topics.charge(budget, self.ctx.topic(), bytes) {
-            Ok(new_topic) => new_topic,
-            Err(over) => return self.fail(id, error_code::TOO_MANY_REQUESTS, &over.to_string()),
-        };
+        if let Some(budget) = self.ctx.budget.as_deref()
+            && let Err(over) = budget.charge(bytes, false)
+        {
+            return self.fail(id, error_code::TOO_MANY_REQUESTS, &over.to_string());
+        }
         // Given back if the broker does not take it.
         let budget = self.ctx.budget.clone();
         let topics = self.topics;
@@ -585,7 +587,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 Ok(position) => id.map(|id| protocol::published_frame(&id, position.as_ref())),
                 Err(error) => {
                     if let Some(budget) = &budget {
-                        budget.refund(bytes, new_topic);
+                        budget.refund(bytes, false);
                     }
                     // While the broker is away every publish fails, and the
                     // broker said so once: one line each would flood the log.

@@ -491,13 +491,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             return Ok(false);
         };
         let new_topic = self.history.retention(topic).is_some() && !self.hub.has_subscribers(topic);
-        budget
-            .charge(bytes, new_topic)
-            .map(|()| new_topic)
-            .inspect_err(|over| {
-                metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
-                    .increment(1);
-            })
+        budget.charge(bytes, new_topic).map(|()| new_topic)
     }
 
     /// Publishes an event frame: with its position and into the history if

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::Inner;
-use super::users::{Charged, OverBudget, PublishBudget};
+use super::users::{Charged, PublishBudget};
 use crate::auth::{AuthError, Identity};
 use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
@@ -118,11 +118,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         // Given back if the subscription fails: the broker's troubles do
         // not spend the user's budget.
         let charged = Charged::take(budget.filter(|_| first && history.is_some()), 0, true)
-            .map_err(|over| {
-                metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
-                    .increment(1);
-                BrokerError::TopicBudget
-            })?;
+            .map_err(|_| BrokerError::TopicBudget)?;
         if first {
             inner.broker.subscribe(topic).await?;
         }
@@ -317,15 +313,6 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         key: Option<&str>,
     ) -> impl std::future::Future<Output = Result<Option<Position>, BrokerError>> + Send {
         Inner::publish(self, topic, frame, key)
-    }
-
-    fn charge(
-        &self,
-        budget: Option<&PublishBudget>,
-        topic: &str,
-        bytes: usize,
-    ) -> Result<bool, OverBudget> {
-        Inner::charge(self, budget, topic, bytes)
     }
 
     async fn subscribe(

@@ -118,8 +118,16 @@ impl PublishBudget {
     }
 
     /// Takes `bytes`, and one new topic if `new_topic`, from the budget;
-    /// both or neither.
+    /// both or neither. A refusal is counted in
+    /// `realtime_publishes_refused_total`.
     pub(crate) fn charge(&self, bytes: usize, new_topic: bool) -> Result<(), OverBudget> {
+        self.take(bytes, new_topic).inspect_err(|over| {
+            metrics::counter!(crate::telemetry::PUBLISHES_REFUSED, "budget" => over.label())
+                .increment(1);
+        })
+    }
+
+    fn take(&self, bytes: usize, new_topic: bool) -> Result<(), OverBudget> {
         let mut buckets = self.buckets.lock();
         self.refill(&mut buckets, Instant::now());
         let bytes = bytes as f64;
