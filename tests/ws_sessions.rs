@@ -2,7 +2,8 @@
 //! makes the server warn the client (`expiring`), close it with 3000 at the
 //! expiry, and take a fresh token of the same user with `$refresh` without
 //! reconnecting. Another user's token, or an invalid one, is refused and
-//! changes nothing.
+//! changes nothing. The server ends a user's sessions, or moves them into
+//! and out of topics, on every instance.
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use realtime::auth::{Identity, identify_with};
 use realtime::testing::{Closed, TestClient, TestServer};
+use realtime::history::{HistoryPolicy, Retention};
 use realtime::{AuthError, Config, MemoryBroker, Service};
 use serde_json::{Value, json};
 use support::{Hooks, Node, RedisServer, Room};
@@ -232,4 +234,125 @@ async fn the_control_topic_is_nobodys() {
     let mut client = node.connect("lobby", "mallory").await;
     let joined = client.join("$realtime:control", 1).await;
     assert_eq!(joined["error"]["code"], 400, "{joined}");
+}
+
+/// The next frame about `topic` that is not an answer.
+async fn about(client: &mut TestClient, topic: &str) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["topic"] == topic {
+            return frame;
+        }
+    }
+}
+
+/// `here` about `topic`: its answer.
+async fn request_on(client: &mut TestClient, topic: &str, id: u64) -> Value {
+    client
+        .send(json!({"type": "here", "data": {}, "topic": topic, "id": id}))
+        .await;
+    client.recv_reply().await
+}
+
+/// `alice` on two nodes (two connections on the first), `bob` beside her:
+/// `subscribe_user` from the second node joins every one of hers to the
+/// room (each is told, then gets the room's next line); a topic her
+/// `authorize_topic` refuses is not joined; `unsubscribe_user` takes her
+/// out again, each told so, and no later line reaches her.
+async fn move_everywhere<B: realtime::broker::Broker>(a: &Node<B>, b: &Node<B>, history: bool) {
+    let mut hers = vec![
+        a.connect("lobby", "alice").await,
+        a.connect("room:1", "alice").await,
+        b.connect("lobby", "alice").await,
+    ];
+    let mut bob = a.connect("lobby", "bob").await;
+    let alice = "alice".to_owned();
+    b.service
+        .subscribe_user(&alice, "forbidden")
+        .await
+        .expect("the broker takes it");
+    b.service
+        .subscribe_user(&alice, "room:9")
+        .await
+        .expect("the broker takes it");
+    for client in &mut hers {
+        let told = about(client, "room:9").await;
+        let subscribed = &told["subscribed"];
+        if history {
+            assert!(subscribed["offset"].is_u64(), "{told}");
+            assert!(subscribed["epoch"].is_string(), "{told}");
+            assert!(subscribed.get("recovered").is_none(), "{told}");
+        } else {
+            assert_eq!(*subscribed, json!({}), "{told}");
+        }
+    }
+    let posted = bob
+        .request("post", json!({"topic": "room:9", "text": "welcome"}), 1)
+        .await;
+    assert!(posted.get("error").is_none(), "{posted}");
+    for client in &mut hers {
+        let line = about(client, "room:9").await;
+        assert_eq!(line["event"]["text"], "welcome", "{line}");
+        // Her own frames may name the room now; the forbidden topic not.
+        let here = request_on(client, "room:9", 2).await;
+        assert_eq!(here["ok"], "room:9", "{here}");
+        let refused = request_on(client, "forbidden", 3).await;
+        assert_eq!(refused["error"]["code"], 400, "{refused}");
+    }
+
+    b.service
+        .unsubscribe_user(&alice, "room:9")
+        .await
+        .expect("the broker takes it");
+    // The URL's topic stays: only closing the connection leaves it.
+    a.service
+        .unsubscribe_user(&alice, "lobby")
+        .await
+        .expect("the broker takes it");
+    for client in &mut hers {
+        let told = about(client, "room:9").await;
+        assert_eq!(told["unsubscribed"], json!({}), "{told}");
+    }
+    let posted = bob
+        .request("post", json!({"topic": "room:9", "text": "gone"}), 4)
+        .await;
+    assert!(posted.get("error").is_none(), "{posted}");
+    let said = bob.request("say", json!({"text": "lobby"}), 5).await;
+    assert!(said.get("error").is_none(), "{said}");
+    for (index, client) in hers.iter_mut().enumerate() {
+        if index == 1 {
+            assert!(client.is_silent_for(Duration::from_millis(300)).await);
+        } else {
+            let line = about(client, "lobby").await;
+            assert_eq!(line["event"]["text"], "lobby", "{line}");
+        }
+    }
+}
+
+fn rooms_with_history() -> HistoryPolicy {
+    HistoryPolicy::none().keep("room:*", Retention::new(100, Duration::from_secs(60)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_user_moves_every_session_in_memory() {
+    let hub = MemoryBroker::new();
+    let a = Node::with_broker_of(hub.clone()).await;
+    let b = Node::with_broker_of(hub).await;
+    move_everywhere(&a, &b, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_user_moves_every_session_on_redis() {
+    let redis = RedisServer::start().await;
+    let a = Node::with_broker_of(redis.broker("move:").await).await;
+    let b = Node::with_broker_of(redis.broker("move:").await).await;
+    move_everywhere(&a, &b, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_user_to_a_topic_with_history_on_redis() {
+    let redis = RedisServer::start().await;
+    let a = Node::with_history(redis.broker("moveh:").await, rooms_with_history()).await;
+    let b = Node::with_history(redis.broker("moveh:").await, rooms_with_history()).await;
+    move_everywhere(&a, &b, true).await;
 }

@@ -26,7 +26,7 @@ use crate::handler::ConnectionId;
 use crate::handler::{Context, MessageHandler};
 use crate::history::Position;
 use crate::hub::Feed;
-use crate::outbox::Outbox;
+use crate::outbox::{Order, Outbox};
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::Frame;
 use crate::service::PublishBudget;
@@ -89,6 +89,10 @@ pub(crate) trait Topics: Send + Sync {
         &self,
         token: &str,
     ) -> impl Future<Output = Result<Identity<Self::User>, AuthError>> + Send;
+
+    /// Takes the orders the instance left for connection `conn`
+    /// (`Service::subscribe_user`), oldest first.
+    fn orders(&self, conn: ConnectionId) -> Vec<Order>;
 
     /// Who is subscribed to `topic`, on every instance.
     fn presence(&self, topic: &str)

@@ -18,6 +18,7 @@ use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::handler::{Context, HandlerError, MessageHandler, Outcome};
 use crate::history::Position;
+use crate::outbox::Order;
 use crate::presence::PresenceError;
 use crate::protocol::{self, Control, Frame, RESERVED_PREFIX, close_code, error_code};
 use crate::telemetry::{self, Meters, TypeMeters};
@@ -113,7 +114,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let status = Arc::clone(self.ctx.outbox.status());
         // Made once: each poll of one of these takes a lock, so they are only
         // polled when no frame is waiting, and the flags are checked instead.
-        let aborted = status.aborted();
+        let aborted = status.aborted_or_poked();
         let stopping = shutdown.fired();
         tokio::pin!(aborted, stopping);
         let mut heartbeat =
@@ -134,6 +135,14 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             if shutdown.is_fired() {
                 return End::Close(close_code::GOING_AWAY);
             }
+            if status.take_poke() {
+                // Waiting for the next poke from here on, then the orders:
+                // one given meanwhile is seen by one or the other.
+                aborted.set(status.aborted_or_poked());
+                // Boxed: rare, and a subscribe's future is large (see
+                // `handle`).
+                Box::pin(self.obey()).await;
+            }
             let waiting = self.answers.len();
             let next = tokio::select! {
                 biased;
@@ -146,7 +155,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 // Past the bound of publishes in flight, the client's next
                 // frame waits in the socket until the oldest is answered.
                 next = stream.next(), if waiting < config.max_publishes_in_flight => next,
-                () = &mut aborted => return End::Aborted,
+                // An abort, or orders (looked at above).
+                () = &mut aborted => continue,
                 () = &mut stopping => return End::Close(close_code::GOING_AWAY),
                 _ = heartbeat.tick() => {
                     if let Some(expiry) = self.expiry.as_deref_mut() {
@@ -393,11 +403,27 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Subscribes to one more topic, once the handler authorizes it. The
     /// topic's events are written from just before the acknowledgement on.
     async fn join(&mut self, id: Option<&RawValue>, topic: &str, since: Option<&Position>) {
-        if let Err(message) = self.check_named_topic(topic) {
-            return self.fail(id, error_code::BAD_REQUEST, &message);
+        match self.subscribe_to(topic, since, false).await {
+            Ok(()) => self.acknowledge(id),
+            Err((code, message)) => self.fail(id, code, &message),
         }
+    }
+
+    /// Subscribes to `topic` (`since`: where the client resumes), unless
+    /// it is subscribed already; the error code and message otherwise. A
+    /// subscription the server made (`told`) on a topic without history
+    /// is announced with a position-less `subscribed` frame, as one with
+    /// history is by its own.
+    async fn subscribe_to(
+        &mut self,
+        topic: &str,
+        since: Option<&Position>,
+        told: bool,
+    ) -> Result<(), (u16, String)> {
+        self.check_named_topic(topic)
+            .map_err(|message| (error_code::BAD_REQUEST, message))?;
         if self.subscriptions.find(topic).is_some() {
-            return self.acknowledge(id);
+            return Ok(());
         }
         if self.subscriptions.is_full() {
             let message = format!(
@@ -405,10 +431,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 self.subscriptions.max(),
                 Control::LEAVE
             );
-            return self.fail(id, error_code::BAD_REQUEST, &message);
+            return Err((error_code::BAD_REQUEST, message));
         }
         if !self.may_subscribe(topic).await {
-            return self.forbidden(id, topic);
+            return Err((error_code::FORBIDDEN, format!("forbidden topic `{topic}`")));
         }
         let subscribed = self
             .topics
@@ -422,27 +448,54 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             .await;
         match subscribed {
             Ok((name, subscription, feed)) => {
+                if told && feed.catch_up.is_empty() {
+                    self.ctx.outbox.push(protocol::joined_frame(&name));
+                }
                 self.ctx.outbox.subscribe(feed);
                 self.subscriptions.add(Arc::clone(&name), subscription);
                 self.handler.on_join(self.ctx, &name).await;
-                self.acknowledge(id);
+                Ok(())
             }
             Err(BrokerError::InvalidTopic(_)) => {
-                let message = format!("invalid topic `{topic}`");
-                self.fail(id, error_code::BAD_REQUEST, &message);
+                Err((error_code::BAD_REQUEST, format!("invalid topic `{topic}`")))
             }
-            Err(error @ BrokerError::TopicBudget) => {
-                let message = format!("cannot subscribe to `{topic}`: {error}");
-                self.fail(id, error_code::TOO_MANY_REQUESTS, &message);
-            }
+            Err(error @ BrokerError::TopicBudget) => Err((
+                error_code::TOO_MANY_REQUESTS,
+                format!("cannot subscribe to `{topic}`: {error}"),
+            )),
             Err(error) => {
                 if matches!(error, BrokerError::ReplayBudget) {
                     tracing::debug!(conn = %self.ctx.conn_id, topic, "a resume past the replay budget; refused");
                 } else {
                     tracing::warn!(conn = %self.ctx.conn_id, topic, error = %error, "subscribe failed");
                 }
-                let message = format!("cannot subscribe to `{topic}` now: {error}");
-                self.fail(id, error_code::UNAVAILABLE, &message);
+                Err((
+                    error_code::UNAVAILABLE,
+                    format!("cannot subscribe to `{topic}` now: {error}"),
+                ))
+            }
+        }
+    }
+
+    /// Carries out the orders the instance left for this connection
+    /// (`Service::subscribe_user`, `Service::unsubscribe_user`), in the
+    /// order they were given. What cannot be done is logged: no client
+    /// asked, so no client is answered.
+    async fn obey(&mut self) {
+        for order in self.topics.orders(self.ctx.conn_id) {
+            match order {
+                Order::Join(topic) => {
+                    if let Err((code, message)) = self.subscribe_to(&topic, None, true).await {
+                        tracing::debug!(conn = %self.ctx.conn_id, code, %message, "a server subscription not made");
+                    }
+                }
+                Order::Leave(topic) => {
+                    if &**self.subscriptions.home() == &*topic {
+                        tracing::debug!(conn = %self.ctx.conn_id, topic = &*topic, "the URL's topic is not left");
+                    } else if self.unsubscribe_from(&topic).await {
+                        self.ctx.outbox.push(protocol::unsubscribed_frame(&topic));
+                    }
+                }
             }
         }
     }
@@ -499,18 +552,24 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             );
             return self.fail(id, error_code::BAD_REQUEST, &message);
         }
-        match self.subscriptions.remove(topic) {
-            Some((name, subscription)) => {
-                drop(subscription);
-                self.ctx.outbox.unsubscribe(Arc::clone(&name));
-                self.handler.on_leave(self.ctx, &name).await;
-                self.acknowledge(id);
-            }
-            None => {
-                let message = format!("not subscribed to topic `{topic}`");
-                self.fail(id, error_code::BAD_REQUEST, &message);
-            }
+        if self.unsubscribe_from(topic).await {
+            self.acknowledge(id);
+        } else {
+            let message = format!("not subscribed to topic `{topic}`");
+            self.fail(id, error_code::BAD_REQUEST, &message);
         }
+    }
+
+    /// Leaves a `$join`ed topic: no event of it is written after what is
+    /// queued next. Whether the connection was subscribed.
+    async fn unsubscribe_from(&mut self, topic: &str) -> bool {
+        let Some((name, subscription)) = self.subscriptions.remove(topic) else {
+            return false;
+        };
+        drop(subscription);
+        self.ctx.outbox.unsubscribe(Arc::clone(&name));
+        self.handler.on_leave(self.ctx, &name).await;
+        true
     }
 
     /// Replaces the connection's token with a fresh one of the same user:

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::HandlerError;
 use crate::history::{History, HistoryError};
-use crate::outbox::Outbox;
+use crate::outbox::{Order, Outbox};
 use crate::presence::{Presence, PresenceError};
 use crate::protocol::{self, Frame, error_code};
 use crate::service::PublishBudget;
@@ -61,6 +61,15 @@ pub(crate) trait Publish: Send + Sync {
         &'a self,
         user: String,
         reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+    /// Has the connections of the user whose id's `Debug` form is `user`
+    /// join or leave a topic, as `Service::subscribe_user` and
+    /// `Service::unsubscribe_user`.
+    fn move_user<'a>(
+        &'a self,
+        user: String,
+        order: Order,
     ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
     /// Reads a topic's presence, as `Service::presence`.
@@ -241,6 +250,62 @@ impl<S, U> Context<S, U> {
     {
         self.publisher
             .disconnect_user(format!("{user:?}"), reason)
+            .await
+    }
+
+    /// Subscribes every connection of `user`, on every instance, to
+    /// `topic`, as [`Service::subscribe_user`] does: for a handler that
+    /// invites someone into a room. `authorize_topic` still decides, for
+    /// the invited user.
+    ///
+    /// [`Service::subscribe_user`]: crate::Service::subscribe_user
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 503 when the broker did not take it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::{Context, HandlerError};
+    ///
+    /// async fn invite(ctx: &Context<(), String>, user: &String) -> Result<(), HandlerError> {
+    ///     ctx.subscribe_user(user, ctx.topic()).await
+    /// }
+    /// ```
+    pub async fn subscribe_user(&self, user: &U, topic: &str) -> Result<(), HandlerError>
+    where
+        U: fmt::Debug,
+    {
+        self.publisher
+            .move_user(format!("{user:?}"), Order::Join(topic.into()))
+            .await
+    }
+
+    /// Unsubscribes every connection of `user`, on every instance, from
+    /// `topic`, as [`Service::unsubscribe_user`] does.
+    ///
+    /// [`Service::unsubscribe_user`]: crate::Service::unsubscribe_user
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`] with code 503 when the broker did not take it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use realtime::{Context, HandlerError};
+    ///
+    /// async fn remove(ctx: &Context<(), String>, user: &String) -> Result<(), HandlerError> {
+    ///     ctx.unsubscribe_user(user, ctx.topic()).await
+    /// }
+    /// ```
+    pub async fn unsubscribe_user(&self, user: &U, topic: &str) -> Result<(), HandlerError>
+    where
+        U: fmt::Debug,
+    {
+        self.publisher
+            .move_user(format!("{user:?}"), Order::Leave(topic.into()))
             .await
     }
 

@@ -50,6 +50,17 @@ impl Outbound {
     }
 }
 
+/// What the instance asks of a connection's read loop, for its user
+/// (`Service::subscribe_user`, `Service::unsubscribe_user`): the read loop
+/// owns the subscriptions, so it carries them out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Subscribe to the topic, if the handler authorizes it.
+    Join(Arc<str>),
+    /// Leave the topic.
+    Leave(Arc<str>),
+}
+
 /// How a connection stands, shared by its read loop, its write task and
 /// every holder of its [`Outbox`]: what waits to be written, whether it must
 /// end at once, with which close code, and the service's counters.
@@ -117,6 +128,21 @@ impl Status {
     /// Resolves once the connection is aborted; see [`Signal::fired`].
     pub(crate) fn aborted(&self) -> Fired<'_> {
         self.abort.fired()
+    }
+
+    /// Tells the read loop that orders wait for it (`Users::order`).
+    pub(crate) fn poke(&self) {
+        self.abort.poke();
+    }
+
+    /// Whether orders were sent since the last look; clears it.
+    pub(crate) fn take_poke(&self) -> bool {
+        self.abort.take_poke()
+    }
+
+    /// Resolves once the connection is aborted or [`poke`](Self::poke)d.
+    pub(crate) fn aborted_or_poked(&self) -> Fired<'_> {
+        self.abort.fired_or_poked()
     }
 
     /// Waits for the mark of read `group`: the writer stops at it.

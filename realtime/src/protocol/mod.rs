@@ -12,9 +12,9 @@ pub(crate) use incoming::{Control, Request, read_envelope};
 #[cfg(feature = "redis")]
 pub(crate) use outgoing::split_event;
 pub(crate) use outgoing::{
-    ack_frame, error_frame, event_frame, expiring_frame, presence_frame, presence_head,
-    presence_list_frame, published_frame, refreshed_frame, reply_frame, reset_frame,
-    subscribed_frame, with_offset,
+    ack_frame, error_frame, event_frame, expiring_frame, joined_frame, presence_frame,
+    presence_head, presence_list_frame, published_frame, refreshed_frame, reply_frame, reset_frame,
+    subscribed_frame, unsubscribed_frame, with_offset,
 };
 pub(crate) use position::is_epoch;
 pub use position::{Position, PositionError};

@@ -49,6 +49,24 @@ pub(crate) fn subscribed_frame(topic: &str, position: &Position, recovered: Opti
     Frame::from(text)
 }
 
+/// `{"topic": <topic>, "subscribed": {}}`: the server subscribed the
+/// connection to a topic without history (`Service::subscribe_user`);
+/// its events follow.
+pub(crate) fn joined_frame(topic: &str) -> Frame {
+    let mut text = presence_head(topic);
+    text.push_str("\"subscribed\":{}}");
+    Frame::from(text)
+}
+
+/// `{"topic": <topic>, "unsubscribed": {}}`: the server unsubscribed the
+/// connection from the topic (`Service::unsubscribe_user`); no event of
+/// it follows.
+pub(crate) fn unsubscribed_frame(topic: &str) -> Frame {
+    let mut text = presence_head(topic);
+    text.push_str("\"unsubscribed\":{}}");
+    Frame::from(text)
+}
+
 /// `{"topic": <topic>, "reset": {"offset": .., "epoch": ..}}`: events of a
 /// live subscription were lost; the client reloads its state.
 pub(crate) fn reset_frame(topic: &str, position: &Position) -> Frame {

@@ -17,7 +17,7 @@ use crate::handler::{HandlerError, MessageHandler, Publish};
 use crate::history::{History, HistoryError, Position};
 use crate::hub::CONTROL_TOPIC;
 use crate::hub::{Added, Feed, Reservation, Ring};
-use crate::outbox::Outbox;
+use crate::outbox::{Order, Outbox};
 use crate::presence::keeper;
 use crate::presence::{Presence, PresenceError, Tracking};
 use crate::protocol::{self, Frame};
@@ -338,6 +338,10 @@ impl<H: MessageHandler, B: Broker> Topics for Arc<Inner<H, B>> {
         self.validator.identify(token)
     }
 
+    fn orders(&self, conn: ConnectionId) -> Vec<Order> {
+        self.users.take_orders(conn.0)
+    }
+
     fn presence(
         &self,
         topic: &str,
@@ -401,6 +405,25 @@ impl<H: MessageHandler, B: Broker> Publish for Inner<H, B> {
                     HandlerError::new(
                         protocol::error_code::UNAVAILABLE,
                         format!("could not end the user's sessions: {error}"),
+                    )
+                    .with_source(error)
+                })
+        })
+    }
+
+    fn move_user<'a>(
+        &'a self,
+        user: String,
+        order: Order,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            Inner::move_user(self, &user, &order)
+                .await
+                .map_err(|error| {
+                    HandlerError::new(
+                        protocol::error_code::UNAVAILABLE,
+                        format!("could not move the user's sessions: {error}"),
                     )
                     .with_source(error)
                 })

@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::outbox::Status;
+use crate::outbox::{Order, Status};
 use crate::util::{Mutex, millis};
 
 /// The users of one instance, by [`user_key`].
@@ -26,6 +26,10 @@ pub(crate) struct Users {
     /// twice what the last sweep left, so that sweeps that free little do
     /// not run at every admission.
     sweep_at: std::sync::atomic::AtomicUsize,
+    /// Orders for the read loops of connections here, by connection id,
+    /// until each takes its own (`Service::subscribe_user`). Rare: one
+    /// list for the instance rather than room in every user's entry.
+    orders: Mutex<Vec<(u64, Order)>>,
 }
 
 #[derive(Debug)]
@@ -256,6 +260,13 @@ impl Drop for UserPlace {
                 table.remove(&self.key);
             }
         }
+        drop(table);
+        if let Some(id) = self.session {
+            let mut orders = self.users.orders.lock();
+            if !orders.is_empty() {
+                orders.retain(|(session, _)| *session != id);
+            }
+        }
     }
 }
 
@@ -270,6 +281,7 @@ impl Users {
             max_connections: config.max_connections_per_user,
             rates: Arc::new(Rates::of(config)),
             sweep_at: std::sync::atomic::AtomicUsize::new(0),
+            orders: Mutex::default(),
         }
     }
 
@@ -336,6 +348,41 @@ impl Users {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Hands `order` to each open connection here of the user whose id's
+    /// `Debug` form is `debug`, and wakes their read loops; how many.
+    pub(crate) fn order(&self, debug: &str, order: &Order) -> usize {
+        let table = self.table.lock();
+        let Some(user) = table.get(&key_of_debug(debug)) else {
+            return 0;
+        };
+        let sessions: Vec<(u64, Arc<Status>)> = user
+            .sessions
+            .iter()
+            .filter_map(|(id, status)| Some((*id, status.upgrade()?)))
+            .collect();
+        drop(table);
+        let mut orders = self.orders.lock();
+        orders.extend(sessions.iter().map(|(id, _)| (*id, order.clone())));
+        drop(orders);
+        for (_, status) in &sessions {
+            status.poke();
+        }
+        sessions.len()
+    }
+
+    /// Takes the orders waiting for connection `id`, oldest first.
+    pub(crate) fn take_orders(&self, id: u64) -> Vec<Order> {
+        let mut orders = self.orders.lock();
+        let mut taken = Vec::new();
+        orders.retain(|(session, order)| {
+            if *session == id {
+                taken.push(order.clone());
+            }
+            *session != id
+        });
+        taken
     }
 
     #[cfg(test)]
