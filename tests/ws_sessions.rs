@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use realtime::auth::{Identity, identify_with};
-use realtime::testing::{Closed, TestClient, TestServer};
 use realtime::history::{HistoryPolicy, Retention};
+use realtime::testing::{Closed, TestClient, TestServer};
 use realtime::{AuthError, Config, MemoryBroker, Service};
 use serde_json::{Value, json};
 use support::{Hooks, Node, RedisServer, Room};

@@ -41,10 +41,20 @@ export interface EventFrame {
   offset?: number;
 }
 
-/** A subscription is live; `recovered` when it resumed from `since`. */
+/**
+ * A subscription is live; `recovered` when it resumed from `since`. A
+ * position on a topic with history; none when the server subscribed the
+ * connection to a topic without (`Service::subscribe_user`).
+ */
 export interface SubscribedFrame {
   topic: string;
-  subscribed: { offset: number; epoch: string; recovered?: boolean };
+  subscribed: { offset?: number; epoch?: string; recovered?: boolean };
+}
+
+/** The server took the connection out of the topic (`Service::unsubscribe_user`). */
+export interface UnsubscribedFrame {
+  topic: string;
+  unsubscribed: Record<string, never>;
 }
 
 /** Events of a topic were lost; the subscription goes on from here. */
@@ -83,6 +93,7 @@ export type ServerFrame =
   | ExpiringFrame
   | EventFrame
   | SubscribedFrame
+  | UnsubscribedFrame
   | ResetFrame
   | JoinFrame
   | LeaveFrame

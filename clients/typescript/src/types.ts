@@ -128,8 +128,16 @@ export type State = "idle" | "connecting" | "open" | "reconnecting" | "stopped";
 export interface ClientEvents {
   /** The state changed. */
   state: { state: State };
-  /** A subscription is live; `recovered` when it resumed (`since`). */
-  subscribed: { topic: string; offset: number; epoch: string; recovered?: boolean };
+  /**
+   * A subscription is live; `recovered` when it resumed (`since`). `offset`
+   * and `epoch` on a topic with history. `server` when the server subscribed
+   * the connection to a topic the client did not follow: the client follows
+   * it from now on (`subscribe` adds its handler, and it is joined again
+   * after a reconnect), as if the application had subscribed.
+   */
+  subscribed: { topic: string; offset?: number; epoch?: string; recovered?: boolean; server?: boolean };
+  /** The server took the connection out of a topic: the client follows it no more. */
+  unsubscribed: { topic: string };
   /** Events of a topic were lost; reload its state. */
   reset: { topic: string; offset: number; epoch: string };
   /** A user's first connection subscribed to a topic that announces joins. */

@@ -401,3 +401,54 @@ describe("expiring tokens", () => {
     assert.equal(sockets.length, 1, "no other try");
   });
 });
+
+describe("server subscriptions", () => {
+  it("adopts a topic the server subscribed it to, joins it again after a reconnect, and drops it when told", () => {
+    const { client, clock, socket } = setup();
+    const live: ClientEvents["subscribed"][] = [];
+    const gone: string[] = [];
+    const heard: Json[] = [];
+    client.on("subscribed", (event) => {
+      live.push(event);
+      // The application takes the topic up as it would its own.
+      if (event.server) client.subscribe(event.topic, (text) => heard.push(text));
+    });
+    client.on("unsubscribed", ({ topic }) => gone.push(topic));
+    client.connect();
+    socket(0).accept();
+    socket(0).receive({ topic: "room:9", subscribed: { offset: 4, epoch: "e1" } });
+    socket(0).receive({ topic: "plain", subscribed: {} });
+    assert.deepEqual(live, [
+      { topic: "room:9", offset: 4, epoch: "e1", server: true },
+      { topic: "plain", server: true },
+    ]);
+    assert.equal(socket(0).frames("$join").length, 0, "already subscribed: nothing to ask");
+    socket(0).receive({ topic: "room:9", offset: 5, event: { text: "welcome" } });
+    socket(0).receive({ topic: "plain", event: { text: "plain" } });
+    assert.deepEqual(heard, [{ text: "welcome" }, { text: "plain" }]);
+    assert.deepEqual(client.position("room:9"), { offset: 5, epoch: "e1" });
+
+    socket(0).drop(1006);
+    clock.advance(1000);
+    socket(1).accept();
+    const joins = socket(1).sent.filter((frame) => frame.type === "$join").map((frame) => frame.data);
+    assert.deepEqual(joins, [{ topic: "room:9", since: { offset: 5, epoch: "e1" } }, { topic: "plain" }]);
+
+    socket(1).receive({ topic: "plain", unsubscribed: {} });
+    assert.deepEqual(gone, ["plain"]);
+    assert.equal(socket(1).frames("$leave").length, 0, "the server left it already");
+    socket(1).receive({ topic: "plain", event: { text: "late" } });
+    assert.equal(heard.length, 2);
+    // The URL's topic is never dropped.
+    socket(1).receive({ topic: "lobby", unsubscribed: {} });
+    assert.deepEqual(gone, ["plain"]);
+    socket(1).drop(1006);
+    clock.advance(1000);
+    socket(2).accept();
+    assert.deepEqual(
+      socket(2).sent.filter((frame) => frame.type === "$join").map((frame) => frame.data),
+      [{ topic: "room:9", since: { offset: 5, epoch: "e1" } }],
+    );
+    client.close();
+  });
+});

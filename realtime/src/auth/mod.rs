@@ -12,6 +12,10 @@
 //! a topic the handler refuses with 403. The same check guards an
 //! application's plain HTTP routes through the [`HttpAuth`] extractor.
 
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
