@@ -120,13 +120,13 @@ pub struct Config {
     pub close_timeout: Duration,
     /// How long before a connection's token runs out the client is told
     /// so, with `{"expiring": {"expires_in": <seconds>}}`, so that it can
-    /// send `$refresh` in time. Default: 30 seconds; a token with less left
-    /// at the upgrade is told at once.
+    /// send `$refresh` in time. Default: 30 seconds; a token that lives
+    /// less than twice this is told at half its life.
     ///
     /// Only for tokens that expire (see `TokenValidator::identify`). At
     /// the expiry the connection is closed with 3000 (its heartbeat timer
-    /// fires then). A fresh token from `$refresh` that has no more than
-    /// this left is not told again.
+    /// fires then). Each fresh token from `$refresh` is told of by the
+    /// same rule.
     pub token_notice: Duration,
     /// Open connections this instance accepts. Default: 10 000.
     ///

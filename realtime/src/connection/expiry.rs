@@ -12,6 +12,10 @@ use tokio::time::Instant;
 pub(crate) struct Expiry {
     /// When the token runs out.
     at: Instant,
+    /// How long before `at` the client is told: `Config::token_notice`,
+    /// or half the token's life if that is shorter, so that a client of
+    /// short tokens is told of each one with time to refresh it.
+    lead: Duration,
     /// Whether the client was told it is running out.
     told: bool,
     /// When the next heartbeat ping is due: the timer serves both.
@@ -32,25 +36,29 @@ pub(crate) enum Due {
 }
 
 impl Expiry {
-    /// An expiry at `at` (wall clock), for a connection whose first ping is
+    /// An expiry at `at` (wall clock), told `notice` before (at most half
+    /// the token's life), for a connection whose first ping is
     /// `ping_interval` from now.
-    pub(crate) fn new(at: SystemTime, ping_interval: Duration) -> Box<Self> {
+    pub(crate) fn new(at: SystemTime, notice: Duration, ping_interval: Duration) -> Box<Self> {
         let now = Instant::now();
+        let at = instant_of(at, now);
         Box::new(Self {
-            at: instant_of(at, now),
+            at,
+            lead: lead(at - now, notice),
             told: false,
             next_ping: now + ping_interval,
             moved: false,
         })
     }
 
-    /// A fresh token's expiry: the notice is due again before it, unless
-    /// the fresh token is already within `notice` of its end (the client
-    /// has just refreshed; telling it again would loop).
+    /// A fresh token's expiry: the notice is due again before it, at most
+    /// half its life before (a client that has just refreshed is not told
+    /// again at once, which would loop).
     pub(crate) fn renew(&mut self, at: SystemTime, notice: Duration) {
         let now = Instant::now();
         self.at = instant_of(at, now);
-        self.told = self.at <= now + notice;
+        self.lead = lead(self.at - now, notice);
+        self.told = false;
         self.moved = true;
     }
 
@@ -59,12 +67,12 @@ impl Expiry {
         std::mem::take(&mut self.moved)
     }
 
-    /// What is due at `now` about the token, `notice` before its end.
-    pub(crate) fn check(&mut self, now: Instant, notice: Duration) -> Due {
+    /// What is due at `now` about the token: the notice, or its end.
+    pub(crate) fn check(&mut self, now: Instant) -> Due {
         if now >= self.at {
             return Due::Expired;
         }
-        if !self.told && now + notice >= self.at {
+        if !self.told && now + self.lead >= self.at {
             self.told = true;
             return Due::Notice((self.at - now).as_secs());
         }
@@ -83,13 +91,19 @@ impl Expiry {
 
     /// When the timer must fire next: the next ping, the notice or the end,
     /// whichever comes first.
-    pub(crate) fn next_due(&self, notice: Duration) -> Instant {
+    pub(crate) fn next_due(&self) -> Instant {
         let token = match self.told {
-            false => self.at.checked_sub(notice).unwrap_or(self.at),
+            false => self.at.checked_sub(self.lead).unwrap_or(self.at),
             true => self.at,
         };
         self.next_ping.min(token)
     }
+}
+
+/// How long before its end a token of `life` is told of: `notice`, or
+/// half its life if shorter.
+fn lead(life: Duration, notice: Duration) -> Duration {
+    notice.min(life / 2)
 }
 
 /// The instant of wall-clock time `at`, seen from `now`.
@@ -110,67 +124,75 @@ mod tests {
     #[test]
     fn the_notice_comes_once_before_the_end() {
         let before = Instant::now();
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(100), PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(100), NOTICE, PING);
         let start = Instant::now();
-        let due = expiry.next_due(NOTICE);
+        let due = expiry.next_due();
         assert!(
             due >= before + PING && due <= start + PING,
             "the next ping first"
         );
-        assert_eq!(
-            expiry.check(start + Duration::from_secs(60), NOTICE),
-            Due::Nothing
-        );
+        assert_eq!(expiry.check(start + Duration::from_secs(60)), Due::Nothing);
         assert!(matches!(
-            expiry.check(start + Duration::from_secs(71), NOTICE),
+            expiry.check(start + Duration::from_secs(71)),
             Due::Notice(28 | 29)
         ));
-        assert_eq!(
-            expiry.check(start + Duration::from_secs(72), NOTICE),
-            Due::Nothing
-        );
-        assert_eq!(
-            expiry.check(start + Duration::from_secs(101), NOTICE),
-            Due::Expired
-        );
+        assert_eq!(expiry.check(start + Duration::from_secs(72)), Due::Nothing);
+        assert_eq!(expiry.check(start + Duration::from_secs(101)), Due::Expired);
     }
 
     #[test]
-    fn a_short_token_is_noticed_at_once_and_the_timer_fires_at_its_end() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), PING);
+    fn a_short_token_is_noticed_at_half_its_life_and_the_timer_fires_at_its_end() {
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(6), NOTICE, PING);
         let now = Instant::now();
-        assert!(expiry.next_due(NOTICE) <= now, "the notice is due now");
-        assert!(matches!(expiry.check(now, NOTICE), Due::Notice(4 | 5)));
-        let end = expiry.next_due(NOTICE);
-        assert!(end > now + Duration::from_secs(4) && end < now + PING);
+        let due = expiry.next_due();
+        assert!(
+            due > now + Duration::from_millis(2900) && due <= now + Duration::from_secs(3),
+            "the notice at half its life"
+        );
+        assert_eq!(expiry.check(now + Duration::from_secs(2)), Due::Nothing);
+        assert!(matches!(
+            expiry.check(now + Duration::from_millis(3100)),
+            Due::Notice(2)
+        ));
+        let end = expiry.next_due();
+        assert!(end > now + Duration::from_secs(5) && end < now + PING);
     }
 
     #[test]
     fn a_renewed_token_is_noticed_again_and_moves_the_timer() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), NOTICE, PING);
         let now = Instant::now();
-        assert!(matches!(expiry.check(now, NOTICE), Due::Notice(_)));
+        assert!(matches!(
+            expiry.check(now + Duration::from_secs(3)),
+            Due::Notice(_)
+        ));
         expiry.renew(SystemTime::now() + Duration::from_secs(3600), NOTICE);
         assert!(expiry.take_moved());
         assert!(!expiry.take_moved());
-        assert_eq!(
-            expiry.check(now + Duration::from_secs(10), NOTICE),
-            Due::Nothing
-        );
+        assert_eq!(expiry.check(now + Duration::from_secs(10)), Due::Nothing);
+        assert!(matches!(
+            expiry.check(now + Duration::from_secs(3571)),
+            Due::Notice(28 | 29)
+        ));
         assert!(expiry.ping_due(now + PING, PING));
         assert!(!expiry.ping_due(now + PING, PING));
     }
 
     #[test]
-    fn a_fresh_token_as_short_as_the_notice_is_not_noticed_again() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(20), PING);
+    fn each_fresh_short_token_is_noticed_at_half_its_life_not_at_once() {
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(4), NOTICE, PING);
         let now = Instant::now();
-        assert!(matches!(expiry.check(now, NOTICE), Due::Notice(_)));
-        expiry.renew(SystemTime::now() + Duration::from_secs(25), NOTICE);
-        assert_eq!(expiry.check(Instant::now(), NOTICE), Due::Nothing);
-        assert_eq!(
-            expiry.check(now + Duration::from_secs(26), NOTICE),
-            Due::Expired
-        );
+        assert!(matches!(
+            expiry.check(now + Duration::from_millis(2100)),
+            Due::Notice(1)
+        ));
+        expiry.renew(SystemTime::now() + Duration::from_secs(4), NOTICE);
+        let renewed = Instant::now();
+        assert_eq!(expiry.check(renewed), Due::Nothing, "not at once");
+        assert!(matches!(
+            expiry.check(renewed + Duration::from_millis(2100)),
+            Due::Notice(1)
+        ));
+        assert_eq!(expiry.check(renewed + Duration::from_secs(5)), Due::Expired);
     }
 }

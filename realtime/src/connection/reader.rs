@@ -123,7 +123,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         // One timer for the pings and the token's end: a token that runs
         // out sooner than the next ping moves it.
         if let Some(expiry) = &self.expiry {
-            heartbeat.reset_at(expiry.next_due(config.token_notice));
+            heartbeat.reset_at(expiry.next_due());
         }
         let mut last_seen = Instant::now();
         loop {
@@ -161,7 +161,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 _ = heartbeat.tick() => {
                     if let Some(expiry) = self.expiry.as_deref_mut() {
                         let now = Instant::now();
-                        match expiry.check(now, config.token_notice) {
+                        match expiry.check(now) {
                             Due::Expired => {
                                 tracing::debug!(conn = %self.ctx.conn_id, "token expired");
                                 return End::Close(close_code::UNAUTHORIZED);
@@ -172,7 +172,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                             Due::Nothing => {}
                         }
                         let ping = expiry.ping_due(now, config.ping_interval);
-                        heartbeat.reset_at(expiry.next_due(config.token_notice));
+                        heartbeat.reset_at(expiry.next_due());
                         if !ping {
                             continue;
                         }
@@ -200,7 +200,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                         if let Some(expiry) = self.expiry.as_deref_mut()
                             && expiry.take_moved()
                         {
-                            heartbeat.reset_at(expiry.next_due(config.token_notice));
+                            heartbeat.reset_at(expiry.next_due());
                         }
                     } else if let Some(end) = self.reject(&text, last_seen) {
                         return end;
@@ -490,7 +490,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                     }
                 }
                 Order::Leave(topic) => {
-                    if &**self.subscriptions.home() == &*topic {
+                    if **self.subscriptions.home() == *topic {
                         tracing::debug!(conn = %self.ctx.conn_id, topic = &*topic, "the URL's topic is not left");
                     } else if self.unsubscribe_from(&topic).await {
                         self.ctx.outbox.push(protocol::unsubscribed_frame(&topic));
@@ -596,7 +596,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         match (identity.expires_at, self.expiry.as_deref_mut()) {
             (Some(at), Some(expiry)) => expiry.renew(at, self.config.token_notice),
             (Some(at), None) => {
-                let mut expiry = Expiry::new(at, self.config.ping_interval);
+                let mut expiry =
+                    Expiry::new(at, self.config.token_notice, self.config.ping_interval);
                 expiry.renew(at, self.config.token_notice);
                 self.expiry = Some(expiry);
             }
