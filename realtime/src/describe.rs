@@ -372,7 +372,7 @@ impl Api {
                 [
                     (
                         "subscribed",
-                        "A subscription to a topic with history is live (after the missed events, when it resumed).",
+                        "A subscription is live: to a topic with history, at its position (after the missed events, when it resumed); or one the server made (`Service::subscribe_user`), with no position on a topic without history. A client that did not ask for the topic follows it from then on.",
                     ),
                     (
                         "reset",
@@ -396,8 +396,13 @@ impl Api {
                 &user,
             ),
         ];
+        // A subscription the server made to a topic without history says
+        // so with no position.
+        let mut live = position.clone();
+        live["required"] = json!([]);
         for (operation, pair, body) in frames {
             for (key, summary) in pair {
+                let body = if key == "subscribed" { &live } else { body };
                 messages.insert(
                     key.to_owned(),
                     json!({
@@ -448,6 +453,26 @@ impl Api {
         {
             refs.push(json!({"$ref": "#/channels/topic/messages/presence"}));
         }
+        messages.insert(
+            "unsubscribed".to_owned(),
+            json!({
+                "name": "unsubscribed",
+                "summary": "The server took the connection out of the topic (`Service::unsubscribe_user`): no event of it follows, and the client follows it no more.",
+                "payload": {
+                    "type": "object",
+                    "required": ["topic", "unsubscribed"],
+                    "properties": {"topic": {"type": "string"}, "unsubscribed": {"type": "object"}}
+                }
+            }),
+        );
+        operations.insert(
+            "receive_unsubscribed".to_owned(),
+            json!({
+                "action": "receive",
+                "channel": channel_ref,
+                "messages": [{"$ref": "#/channels/topic/messages/unsubscribed"}]
+            }),
+        );
         messages.insert(
             "expiring".to_owned(),
             json!({

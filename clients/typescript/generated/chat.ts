@@ -56,6 +56,14 @@ export class ChatClient {
     return this.client.call("kick", data as unknown as realtime.Json, options) as Promise<null>;
   }
 
+  /**
+   * Brings `user` into this room: every connection of theirs, on every
+   * instance, joins it (if the room lets them in) and is told so.
+   */
+  invite(data: { user: string; }, options?: realtime.CallOptions): Promise<null> {
+    return this.client.call("invite", data as unknown as realtime.Json, options) as Promise<null>;
+  }
+
   /** Follows `topic` (`$join`ed unless it is the URL's) with a typed handler. */
   onEvent(topic: string, handler: (event: ChatEvent, meta: realtime.EventMeta) => void): () => void {
     return this.client.subscribe(topic, (event, meta) => handler(event as unknown as ChatEvent, meta));

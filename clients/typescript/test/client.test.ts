@@ -13,6 +13,7 @@ import {
   closeAction,
   RealtimeError,
   TimeoutError,
+  type ClientEvents,
   type ClientOptions,
   type Clock,
   type Json,
@@ -243,6 +244,42 @@ describe("against the chat", () => {
     assert.equal(carol.state, "open");
     admin.close();
     carol.close();
+  });
+
+  it("follows a room it was invited to, as if it had joined it, and hears its next line", async () => {
+    const bob = client(chat.port, "den", "bob");
+    const alices = [client(chat.port, "hall", "alice"), client(chat.port, "porch", "alice")];
+    const heard: Json[][] = [[], []];
+    const invited: ClientEvents["subscribed"][] = [];
+    alices.forEach((alice, index) => {
+      alice.on("subscribed", (event) => {
+        if (!event.server) return;
+        invited.push(event);
+        alice.subscribe(event.topic, (line) => heard[index]?.push(line));
+      });
+    });
+    for (const c of [bob, ...alices]) c.connect();
+    for (const c of [bob, ...alices]) await opened(c);
+    assert.equal(await bob.call("invite", { user: "alice" }), null);
+    await until("both of alice's clients are in the den", () => invited.length === 2);
+    assert.deepEqual(
+      invited.map(({ topic, server }) => ({ topic, server })),
+      [
+        { topic: "den", server: true },
+        { topic: "den", server: true },
+      ],
+    );
+    assertAck(await bob.call("say", { text: "welcome" }));
+    await until("both hear the den", () => heard.every((lines) => lines.length === 1));
+    assert.equal((heard[0]?.[0] as { text: string }).text, "welcome");
+    // An invitation into the room only admin may enter is refused for her.
+    const admin = client(chat.port, "admin", "admin");
+    admin.connect();
+    await opened(admin);
+    assert.equal(await admin.call("invite", { user: "alice" }), null);
+    await sleep(300);
+    assert.equal(invited.length, 2);
+    for (const c of [bob, admin, ...alices]) c.close();
   });
 
   it("gives a silent connection up after its heartbeat and margin, and reconnects", async () => {

@@ -63,7 +63,9 @@ describe("the AsyncAPI document", () => {
       "receive_expiring",
       "receive_position",
       "receive_presence",
+      "receive_unsubscribed",
       "send_history",
+      "send_invite",
       "send_kick",
       "send_say",
     ]);
