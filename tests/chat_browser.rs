@@ -356,3 +356,108 @@ async fn a_page_opened_while_redis_is_down_comes_up_once_redis_is_back() {
     let _ = page.close().await;
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// Types `user` into the moderation box and presses `button` (`invite` or
+/// `kick`).
+async fn moderate(page: &Client, button: &str, user: &str) {
+    let input = page.find(Locator::Id("who")).await.unwrap();
+    input.send_keys(user).await.unwrap();
+    click(page, button).await;
+}
+
+/// How many lines of the page's log contain `text`.
+async fn count_lines(page: &Client, text: &str) -> u64 {
+    let script = format!(
+        "return [...document.querySelectorAll('#log li')].filter(li => li.textContent.includes('{text}')).length;"
+    );
+    let value = page.execute(&script, vec![]).await.expect("count lines");
+    value.as_u64().expect("a count")
+}
+
+/// The chat with JWTs of 3 s on two instances: three pages stay open for
+/// 20 s on refreshed tokens (each refresh in their log, never a
+/// reconnect); an invitation brings alice's page into bob's room, which it
+/// shows; admin kicks bob, whose page stops and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_live_on_short_jwts_are_invited_and_kicked() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let jwt = [
+        ("JWT_SECRET", "a browser test secret of 32 bytes"),
+        ("TOKEN_SECS", "3"),
+    ];
+    let (port_a, port_b) = (free_port(), free_port());
+    let _node_a = support::chat::start_chat_with(&redis_url, port_a, &jwt);
+    let _node_b = support::chat::start_chat_with(&redis_url, port_b, &jwt);
+    let (_driver, driver_port) = start_chromedriver();
+    let profiles = std::env::temp_dir().join(format!("realtime-chat-jwt-{}", std::process::id()));
+    let alice = browser(driver_port, &profiles.join("alice")).await;
+    let bob = browser(driver_port, &profiles.join("bob")).await;
+    let admin = browser(driver_port, &profiles.join("admin")).await;
+
+    join(&alice, port_a, "alice", "lobby").await;
+    join(&bob, port_b, "bob", "den").await;
+    join(&admin, port_a, "admin", "lobby").await;
+    let connected = "document.getElementById('status').dataset.state === 'open'";
+    for page in [&alice, &bob, &admin] {
+        wait_for(page, "the page is connected", connected).await;
+    }
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for page in [&alice, &bob, &admin] {
+        let opens = page
+            .execute(
+                "return document.getElementById('status').dataset.opens;",
+                vec![],
+            )
+            .await
+            .expect("read the page's opens");
+        assert_eq!(opens, serde_json::json!("1"), "no reconnect in 20 s");
+        let refreshes = count_lines(page, "token refreshed").await;
+        assert!(
+            refreshes >= 5,
+            "{refreshes} refreshes in 20 s of 3 s tokens"
+        );
+    }
+    screenshot(&alice, "chat-jwt-refreshes.png").await;
+
+    moderate(&bob, "invite", "alice").await;
+    wait_for(
+        &alice,
+        "alice's page shows the room she was invited to",
+        "[...document.querySelectorAll('#log li')].some(li => li.textContent === 'invited to den') && document.getElementById('rooms').textContent === 'den'",
+    )
+    .await;
+    say(&bob, "welcome to the den").await;
+    wait_for(
+        &alice,
+        "alice's page shows the den's next line",
+        &shows("bob", "welcome to the den"),
+    )
+    .await;
+    screenshot(&alice, "chat-invited.png").await;
+
+    moderate(&admin, "kick", "bob").await;
+    wait_for(
+        &bob,
+        "bob's page stops and says why",
+        "document.getElementById('status').dataset.state === 'stopped' && document.getElementById('error').textContent === 'stopped by the server: kicked by admin'",
+    )
+    .await;
+    screenshot(&bob, "chat-kicked.png").await;
+    // Stopped for good: no reconnect after 3003.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = bob
+        .execute(
+            "return document.getElementById('status').dataset.state;",
+            vec![],
+        )
+        .await
+        .expect("read the page's state");
+    assert_eq!(state, serde_json::json!("stopped"));
+
+    for page in [alice, bob, admin] {
+        let _ = page.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&profiles);
+}

@@ -43,15 +43,26 @@
 //! patterns too); an upgrade from another origin gets 403.
 //!
 //! For the demo, the token is the user's name: any non-empty name is
-//! accepted. The room `admin` is only for the user `admin` (403 for anyone
-//! else), to show topic authorization. Ctrl-C or SIGTERM close every socket
-//! with 1001 before the process exits.
+//! accepted. With `JWT_SECRET` set (at least 32 bytes), tokens are HS256
+//! JWTs instead (`sub` the name, `exp` `TOKEN_SECS` ahead, 60 by default),
+//! which `POST /login` hands to anyone who names themselves (a demo: a real
+//! login checks a password); the page asks it again before each token runs
+//! out and sends the new one with `$refresh`, on the open socket. The page
+//! asks `/login` in both modes; without `JWT_SECRET` it answers the name.
+//!
+//! `invite {user}` brings `user`'s pages, on every instance, into the
+//! sender's room; `kick {user}` (only `admin` may) closes every one of
+//! them with 3003. The room `admin` is only for the user `admin` (403 for
+//! anyone else), to show topic authorization; an invitation into it is
+//! refused the same way. Ctrl-C or SIGTERM close every socket with 1001
+//! before the process exits.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::header;
 use axum::response::Html;
 use axum::routing::get;
+use realtime::auth::jwt::JwtValidator;
 use realtime::auth::validate_with;
 use realtime::history::{HistoryPolicy, Retention};
 use realtime::prelude::*;
@@ -201,6 +212,13 @@ impl Chat {
             .await
     }
 
+    /// Brings `user` into this room: every connection of theirs, on every
+    /// instance, joins it (if the room lets them in) and is told so.
+    #[direct]
+    async fn invite(&self, ctx: &Context<(), String>, user: String) -> Result<(), HandlerError> {
+        ctx.subscribe_user(&user, ctx.topic()).await
+    }
+
     /// Only the user `admin` may enter the room `admin`.
     #[authorize_topic]
     async fn may_enter(&self, _state: &(), user: &String, room: &str) -> bool {
@@ -214,17 +232,92 @@ fn now_millis() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// The demo's validator: the token is the name; any non-empty name up to 32
-/// characters is accepted.
-fn demo_validator() -> impl realtime::TokenValidator<UserId = String> {
-    validate_with(|token: &str| {
-        let name = token.trim();
-        if name.is_empty() || name.chars().count() > 32 {
-            Err(AuthError::InvalidToken)
-        } else {
-            Ok(name.to_owned())
+/// A user's name: non-empty, at most 32 characters.
+fn checked_name(name: &str) -> Result<String, AuthError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 32 {
+        Err(AuthError::InvalidToken)
+    } else {
+        Ok(name.to_owned())
+    }
+}
+
+/// How the chat's tokens are made and checked: the name itself, or HS256
+/// JWTs signed with `JWT_SECRET`.
+#[derive(Clone)]
+enum Tokens {
+    Names,
+    Jwt {
+        key: jsonwebtoken::EncodingKey,
+        life: Duration,
+    },
+}
+
+impl Tokens {
+    /// From `JWT_SECRET` and `TOKEN_SECS`.
+    fn from_env() -> Result<(Self, Option<JwtValidator>), Box<dyn std::error::Error>> {
+        let Ok(secret) = std::env::var("JWT_SECRET") else {
+            return Ok((Self::Names, None));
+        };
+        let validator = JwtValidator::hs256(secret.as_bytes())?;
+        let secs: u64 = match std::env::var("TOKEN_SECS") {
+            Ok(secs) => secs
+                .parse()
+                .map_err(|_| format!("TOKEN_SECS must be a number of seconds, got `{secs}`"))?,
+            Err(_) => 60,
+        };
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
+        let tokens = Self::Jwt {
+            key,
+            life: Duration::from_secs(secs),
+        };
+        Ok((tokens, Some(validator)))
+    }
+
+    /// A token for `name`, and how many seconds it is good for.
+    fn issue(&self, name: &str) -> Result<(String, Option<u64>), AuthError> {
+        let name = checked_name(name)?;
+        match self {
+            Self::Names => Ok((name, None)),
+            Self::Jwt { key, life } => {
+                let exp = SystemTime::now() + *life;
+                let exp = exp.duration_since(UNIX_EPOCH).map_or(0, |at| at.as_secs());
+                let claims = serde_json::json!({"sub": name, "exp": exp});
+                let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
+                    .map_err(|_| AuthError::InvalidToken)?;
+                Ok((token, Some(life.as_secs())))
+            }
         }
-    })
+    }
+}
+
+/// `POST /login` with `{"name": ..}`: `{"token": .., "expires_in": ..}`.
+/// The demo's login takes anyone at their word.
+async fn login(
+    axum::extract::State(tokens): axum::extract::State<Tokens>,
+    axum::Json(body): axum::Json<Login>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokens.issue(&body.name) {
+        Ok((token, expires_in)) => {
+            axum::Json(serde_json::json!({"token": token, "expires_in": expires_in}))
+                .into_response()
+        }
+        Err(error) => {
+            tracing::debug!(%error, "login refused");
+            let refused = (
+                axum::http::StatusCode::BAD_REQUEST,
+                "a name is 1 to 32 characters",
+            );
+            refused.into_response()
+        }
+    }
+}
+
+/// What `POST /login` reads.
+#[derive(serde::Deserialize)]
+struct Login {
+    name: String,
 }
 
 #[tokio::main]
@@ -296,7 +389,12 @@ async fn serve<B: Broker>(
     broker: B,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let service = Service::builder(Chat, (), demo_validator())
+    let (tokens, jwt) = Tokens::from_env()?;
+    let builder = match jwt {
+        Some(validator) => Service::builder(Chat, (), validator),
+        None => Service::builder(Chat, (), validate_with(checked_name)),
+    };
+    let service = builder
         .config(chat_config(addr.port()))
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
@@ -313,6 +411,7 @@ async fn serve<B: Broker>(
     let mut app = Chat::router(service.clone())
         .merge(realtime::health::routes(service.clone()))
         .route("/metrics", get(move || async move { prometheus.render() }))
+        .route("/login", axum::routing::post(login).with_state(tokens))
         .route("/", get(|| async { Html(include_str!("index.html")) }));
     for (path, source) in PAGE_SCRIPTS {
         let script = (

@@ -8,6 +8,13 @@
 // events; a `presence` snapshot (the server's broker link came back, and
 // joins and leaves may have been lost meanwhile) replaces it.
 //
+// Tokens come from the chat's `POST /login`: the name itself, or a JWT that
+// runs out, which the client asks for again before it does (`getToken`) and
+// sends on the open socket; each refresh is shown in the log. A room the
+// user is invited to (`invite`) arrives as a `subscribed` event the page
+// did not ask for, and is followed from then on. A kicked page stops, and
+// says why.
+//
 // Compiled with `npm run build:page` in clients/typescript; the JavaScript
 // is committed, so that `cargo run --example chat` needs no Node.
 
@@ -29,6 +36,9 @@ const follow = element<HTMLButtonElement>("follow");
 const extra = element<HTMLInputElement>("extra");
 const roomsLine = element<HTMLSpanElement>("rooms");
 const people = element<HTMLUListElement>("users");
+const who = element<HTMLInputElement>("who");
+const invite = element<HTMLButtonElement>("invite");
+const kick = element<HTMLButtonElement>("kick");
 
 /** The connection of this tab, and what the page shows of each room. */
 interface Session {
@@ -51,6 +61,8 @@ function setStatus(state: State | "refused", message: string): void {
   text.disabled = !open;
   send.disabled = !open;
   follow.disabled = !open;
+  invite.disabled = !open;
+  kick.disabled = !open;
 }
 
 function showError(message: string): void {
@@ -185,17 +197,44 @@ function replacePresence(current: Session, presence: Presence): void {
 function watch(current: Session, room: string): void {
   current.rooms.set(room, { shown: 0, held: null });
   current.chat.onEvent(room, (line, meta) => showLive(current, room, line, meta.offset));
+  showRooms(current);
+}
+
+function showRooms(current: Session): void {
   roomsLine.textContent = [...current.rooms.keys()].filter((name) => name !== current.room).join(", ");
 }
 
-function start(name: string, room: string): void {
+/** A token for `name` from the chat's login: the name, or a JWT. */
+async function login(name: string): Promise<{ token: string; expires_in: number | null }> {
+  const response = await fetch("/login", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  if (!response.ok) throw new Error(`login refused: HTTP ${response.status} ${await response.text()}`);
+  return (await response.json()) as { token: string; expires_in: number | null };
+}
+
+async function start(name: string, room: string): Promise<void> {
   session?.client.close();
+  session = null;
+  delete status.dataset.opens;
   log.replaceChildren();
   showError("");
+  let first: { token: string; expires_in: number | null };
+  try {
+    first = await login(name);
+  } catch (error) {
+    setStatus("refused", "refused");
+    showError((error as Error).message);
+    return;
+  }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const client = new Client({
     url: `${scheme}://${location.host}/ws/${encodeURIComponent(room)}`,
-    token: name,
+    token: first.token,
+    // Asked before the token runs out, and before reconnecting after it did.
+    getToken: async () => (await login(name)).token,
   });
   const current: Session = {
     client,
@@ -216,26 +255,45 @@ function start(name: string, room: string): void {
       reconnecting: "reconnecting…",
       stopped: "not connected",
     }[state];
-    if (state === "open") showError("");
+    if (state === "open") {
+      showError("");
+      // How many times this session opened: 1 while it never reconnected.
+      status.dataset.opens = String(Number(status.dataset.opens ?? "0") + 1);
+    }
     if (state !== "stopped") setStatus(state, message);
   });
   client.on("lost", ({ code }) => {
     if (session !== current) return;
     showError(code === 1001 ? "the server went away; reconnecting" : `connection lost (${code}); reconnecting`);
   });
-  client.on("stopped", ({ reason }) => {
+  client.on("stopped", ({ code, reason }) => {
     if (session !== current) return;
     const refused = /HTTP (400|401|403)/.test(reason);
     setStatus(refused ? "refused" : "stopped", refused ? "refused" : "not connected");
     if (refused) showError(`cannot join ${room}: ${reason}`);
+    else if (code === 3003) showError(`stopped by the server: ${reason}`);
   });
-  client.on("subscribed", ({ topic, offset, recovered }) => {
+  client.on("refreshed", ({ expiresIn }) => {
+    if (session === current) addSystem(`token refreshed (good for ${expiresIn ?? "ever"} s)`);
+  });
+  client.on("subscribed", ({ topic, offset, recovered, server }) => {
     if (session !== current) return;
+    if (server) {
+      // Invited: the client follows the room now; so does the page.
+      watch(current, topic);
+      addSystem(`invited to ${topic}`);
+    }
     // Who is here may have changed while the connection was away.
     if (topic === room) void loadPresence(current);
     // Resumed with every missed line: nothing to reload.
     if (recovered === true) return;
-    void loadHistory(current, topic, offset);
+    void loadHistory(current, topic, offset ?? 0);
+  });
+  client.on("unsubscribed", ({ topic }) => {
+    if (session !== current) return;
+    current.rooms.delete(topic);
+    showRooms(current);
+    addSystem(`removed from ${topic}`);
   });
   for (const kind of ["join", "leave"] as const) {
     client.on(kind, ({ topic, user }) => {
@@ -261,7 +319,28 @@ element<HTMLFormElement>("join").addEventListener("submit", (event) => {
   event.preventDefault();
   const name = element<HTMLInputElement>("name").value.trim();
   const room = element<HTMLInputElement>("room").value.trim();
-  if (name && room) start(name, room);
+  if (name && room) void start(name, room);
+});
+
+/** `invite` or `kick` the user named in #who. */
+async function moderate(action: "invite" | "kick"): Promise<void> {
+  const current = session;
+  const user = who.value.trim();
+  if (!current || !user) return;
+  try {
+    if (action === "invite") await current.chat.invite({ user });
+    else await current.chat.kick({ user });
+    who.value = "";
+    addSystem(action === "invite" ? `invited ${user} to ${current.room}` : `kicked ${user}`);
+  } catch (error) {
+    showError(`${action} ${user}: ${(error as Error).message}`);
+  }
+}
+
+element<HTMLFormElement>("moderate").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const submitter = (event as SubmitEvent).submitter;
+  void moderate(submitter === kick ? "kick" : "invite");
 });
 
 element<HTMLFormElement>("more").addEventListener("submit", (event) => {

@@ -29,6 +29,13 @@ export class ChatClient {
     kick(data, options) {
         return this.client.call("kick", data, options);
     }
+    /**
+     * Brings `user` into this room: every connection of theirs, on every
+     * instance, joins it (if the room lets them in) and is told so.
+     */
+    invite(data, options) {
+        return this.client.call("invite", data, options);
+    }
     /** Follows `topic` (`$join`ed unless it is the URL's) with a typed handler. */
     onEvent(topic, handler) {
         return this.client.subscribe(topic, (event, meta) => handler(event, meta));

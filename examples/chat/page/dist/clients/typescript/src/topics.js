@@ -1,7 +1,8 @@
 // The topics a client follows: the URL's, and those it `$join`s (again
 // after every reconnect, resuming with `since`, and retried with backoff on
 // the same connection when a `$join` fails for now); where each stands;
-// `$leave`; and the frames about them.
+// `$leave`; the topics the server subscribes the connection to, adopted as
+// the client's own; and the frames about them.
 import { Backoff } from "./backoff.js";
 import { newCall } from "./calls.js";
 import { RealtimeError } from "./errors.js";
@@ -81,9 +82,21 @@ export class Topics {
         const followed = this.followed.get(topic);
         if ("subscribed" in frame) {
             const live = frame.subscribed;
-            if (followed)
-                followed.position = { offset: live.offset, epoch: live.epoch };
-            events.emit("subscribed", { topic, ...live });
+            // Not asked for: the server subscribed this connection, and the topic
+            // is followed from now on as if the application had subscribed.
+            const adopted = followed ?? this.adopt(topic);
+            if (live.offset !== undefined && live.epoch !== undefined) {
+                adopted.position = { offset: live.offset, epoch: live.epoch };
+            }
+            events.emit("subscribed", followed ? { topic, ...live } : { topic, ...live, server: true });
+            return;
+        }
+        if ("unsubscribed" in frame) {
+            if (!followed || followed.home)
+                return;
+            this.followed.delete(topic);
+            this.host.clock.clearTimeout(followed.joinTimer);
+            events.emit("unsubscribed", { topic });
             return;
         }
         if ("reset" in frame) {
@@ -115,6 +128,11 @@ export class Topics {
         }
         for (const handler of followed.handlers)
             handler(frame.event, meta);
+    }
+    adopt(topic) {
+        const followed = this.entry(false);
+        this.followed.set(topic, followed);
+        return followed;
     }
     entry(home) {
         return { handlers: new Set(), home, joins: new Backoff(this.host.backoff), joinTimer: null };
