@@ -247,8 +247,9 @@ pub mod __private {
     }
 }
 
-// The README's examples compile as doc tests; one uses `describe`, so they
-// run with it (the README's test command turns on every feature).
-#[cfg(all(doctest, feature = "describe"))]
+// The README's examples compile as doc tests; they use `describe` and
+// `jwt`, so they run with those (the README's test command turns on every
+// feature).
+#[cfg(all(doctest, feature = "describe", feature = "jwt"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
