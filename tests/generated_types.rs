@@ -52,6 +52,18 @@ mod before {
             let _ = limit;
             Ok(Vec::new())
         }
+
+        #[direct]
+        async fn invite(&self, user: String) -> Result<(), HandlerError> {
+            let _ = user;
+            Ok(())
+        }
+
+        #[direct]
+        async fn kick(&self, user: String) -> Result<(), HandlerError> {
+            let _ = user;
+            Ok(())
+        }
     }
 }
 
@@ -77,6 +89,18 @@ mod after {
         async fn history(&self, limit: u32) -> Result<Vec<Line>, HandlerError> {
             let _ = limit;
             Ok(Vec::new())
+        }
+
+        #[direct]
+        async fn invite(&self, user: String) -> Result<(), HandlerError> {
+            let _ = user;
+            Ok(())
+        }
+
+        #[direct]
+        async fn kick(&self, user: String) -> Result<(), HandlerError> {
+            let _ = user;
+            Ok(())
         }
     }
 }
