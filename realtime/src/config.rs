@@ -110,7 +110,13 @@ pub struct Config {
     /// How long a message split into frames may take from its first frame
     /// to its last. Default: 10 s. A slower one is closed with 1008.
     pub fragment_timeout: Duration,
-    /// How often the server pings each client. Default: 20 s.
+    /// How often the server pings each client. Default: 25 s, as Socket.IO
+    /// and Centrifugo do: often enough for the NATs and proxies that drop
+    /// a silent connection after 30 s or more, and each ping costs the
+    /// instance a write and a read per connection (docs/SCALING.md).
+    /// They go out in one sweep per twentieth of the interval (a group of
+    /// the connections each time), not on a timer per connection; a silent
+    /// client is found at its group's sweep.
     pub ping_interval: Duration,
     /// How long a client may stay silent (no frame, not even a pong) before it
     /// is closed with 1008. Default: 60 s. Must exceed `ping_interval`.
@@ -225,7 +231,7 @@ impl Default for Config {
             max_frames_per_sec: 1000,
             max_fragments: 64,
             fragment_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(2),
             token_notice: Duration::from_secs(30),

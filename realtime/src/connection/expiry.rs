@@ -1,6 +1,6 @@
-//! When a connection's token runs out: the notice before it, the close at
-//! it, and the pings in between, all on the read loop's one heartbeat timer
-//! (a connection whose token does not expire keeps nothing of this).
+//! When a connection's token runs out: the notice before it and the close
+//! at it, on a timer of the read loop's that only a connection whose token
+//! expires has.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,13 +18,11 @@ pub(crate) struct Expiry {
     lead: Duration,
     /// Whether the client was told it is running out.
     told: bool,
-    /// When the next heartbeat ping is due: the timer serves both.
-    next_ping: Instant,
     /// The expiry moved (`$refresh`): the timer must be set again.
     moved: bool,
 }
 
-/// What the heartbeat timer found due.
+/// What the token's timer found due.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Due {
     /// The token ran out: close with 3000.
@@ -37,16 +35,14 @@ pub(crate) enum Due {
 
 impl Expiry {
     /// An expiry at `at` (wall clock), told `notice` before (at most half
-    /// the token's life), for a connection whose first ping is
-    /// `ping_interval` from now.
-    pub(crate) fn new(at: SystemTime, notice: Duration, ping_interval: Duration) -> Box<Self> {
+    /// the token's life).
+    pub(crate) fn new(at: SystemTime, notice: Duration) -> Box<Self> {
         let now = Instant::now();
         let at = instant_of(at, now);
         Box::new(Self {
             at,
             lead: lead(at - now, notice),
             told: false,
-            next_ping: now + ping_interval,
             moved: false,
         })
     }
@@ -79,24 +75,12 @@ impl Expiry {
         Due::Nothing
     }
 
-    /// Whether a ping is due at `now`; if so the next one is
-    /// `ping_interval` later.
-    pub(crate) fn ping_due(&mut self, now: Instant, ping_interval: Duration) -> bool {
-        if now < self.next_ping {
-            return false;
-        }
-        self.next_ping = now + ping_interval;
-        true
-    }
-
-    /// When the timer must fire next: the next ping, the notice or the end,
-    /// whichever comes first.
+    /// When the timer must fire next: the notice, or once told, the end.
     pub(crate) fn next_due(&self) -> Instant {
-        let token = match self.told {
+        match self.told {
             false => self.at.checked_sub(self.lead).unwrap_or(self.at),
             true => self.at,
-        };
-        self.next_ping.min(token)
+        }
     }
 }
 
@@ -118,18 +102,17 @@ fn instant_of(at: SystemTime, now: Instant) -> Instant {
 mod tests {
     use super::*;
 
-    const PING: Duration = Duration::from_secs(20);
     const NOTICE: Duration = Duration::from_secs(30);
 
     #[test]
     fn the_notice_comes_once_before_the_end() {
         let before = Instant::now();
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(100), NOTICE, PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(100), NOTICE);
         let start = Instant::now();
         let due = expiry.next_due();
         assert!(
-            due >= before + PING && due <= start + PING,
-            "the next ping first"
+            due >= before + Duration::from_secs(69) && due <= start + Duration::from_secs(70),
+            "the notice, 30 s before the end"
         );
         assert_eq!(expiry.check(start + Duration::from_secs(60)), Due::Nothing);
         assert!(matches!(
@@ -142,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_short_token_is_noticed_at_half_its_life_and_the_timer_fires_at_its_end() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(6), NOTICE, PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(6), NOTICE);
         let now = Instant::now();
         let due = expiry.next_due();
         assert!(
@@ -155,12 +138,12 @@ mod tests {
             Due::Notice(2)
         ));
         let end = expiry.next_due();
-        assert!(end > now + Duration::from_secs(5) && end < now + PING);
+        assert!(end > now + Duration::from_secs(5) && end <= now + Duration::from_secs(6));
     }
 
     #[test]
     fn a_renewed_token_is_noticed_again_and_moves_the_timer() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), NOTICE, PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(5), NOTICE);
         let now = Instant::now();
         assert!(matches!(
             expiry.check(now + Duration::from_secs(3)),
@@ -174,13 +157,11 @@ mod tests {
             expiry.check(now + Duration::from_secs(3571)),
             Due::Notice(28 | 29)
         ));
-        assert!(expiry.ping_due(now + PING, PING));
-        assert!(!expiry.ping_due(now + PING, PING));
     }
 
     #[test]
     fn each_fresh_short_token_is_noticed_at_half_its_life_not_at_once() {
-        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(4), NOTICE, PING);
+        let mut expiry = Expiry::new(SystemTime::now() + Duration::from_secs(4), NOTICE);
         let now = Instant::now();
         assert!(matches!(
             expiry.check(now + Duration::from_millis(2100)),

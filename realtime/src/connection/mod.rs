@@ -202,8 +202,7 @@ where
             home,
             config.max_topics_per_connection,
         );
-        let expiry =
-            expires_at.map(|at| expiry::Expiry::new(at, config.token_notice, config.ping_interval));
+        let expiry = expires_at.map(|at| expiry::Expiry::new(at, config.token_notice));
         let mut reader = reader::Reader::new(
             session.handler,
             session.topics,

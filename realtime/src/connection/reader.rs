@@ -117,18 +117,16 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         let aborted = status.aborted_or_poked();
         let stopping = shutdown.fired();
         tokio::pin!(aborted, stopping);
-        let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One timer for the pings and the token's end: a token that runs
-        // out sooner than the next ping moves it.
-        if let Some(expiry) = &self.expiry {
-            heartbeat.reset_at(expiry.next_due());
-        }
-        let mut last_seen = Instant::now();
+        // The pings and the idle timeout are the instance's heartbeat's
+        // (one sweep for every connection); a timer here is only for a
+        // token that runs out, and only when it does.
+        let mut token_timer = self
+            .expiry
+            .as_deref()
+            .map(|expiry| Box::pin(tokio::time::sleep_until(expiry.next_due())));
         loop {
             // Between frames only: a frame being handled finishes, and its
-            // answer is queued, before shutdown or a heartbeat is looked at.
+            // answer is queued, before shutdown or the token is looked at.
             if status.is_aborted() {
                 return End::Aborted;
             }
@@ -158,10 +156,11 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 // An abort, or orders (looked at above).
                 () = &mut aborted => continue,
                 () = &mut stopping => return End::Close(close_code::GOING_AWAY),
-                _ = heartbeat.tick() => {
-                    if let Some(expiry) = self.expiry.as_deref_mut() {
-                        let now = Instant::now();
-                        match expiry.check(now) {
+                () = token_due(&mut token_timer) => {
+                    if let (Some(expiry), Some(timer)) =
+                        (self.expiry.as_deref_mut(), token_timer.as_mut())
+                    {
+                        match expiry.check(Instant::now()) {
                             Due::Expired => {
                                 tracing::debug!(conn = %self.ctx.conn_id, "token expired");
                                 return End::Close(close_code::UNAUTHORIZED);
@@ -171,18 +170,11 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                             }
                             Due::Nothing => {}
                         }
-                        let ping = expiry.ping_due(now, config.ping_interval);
-                        heartbeat.reset_at(expiry.next_due());
-                        if !ping {
-                            continue;
-                        }
+                        timer.as_mut().reset(expiry.next_due());
+                    } else {
+                        // A `$refresh` took a token that never runs out.
+                        token_timer = None;
                     }
-                    if last_seen.elapsed() >= config.idle_timeout {
-                        tracing::debug!(conn = %self.ctx.conn_id, "peer silent past the idle timeout");
-                        self.ctx.outbox.counters().idle_close();
-                        return End::Close(close_code::POLICY);
-                    }
-                    self.ctx.outbox.ping();
                     continue;
                 }
             };
@@ -191,18 +183,26 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 Some(Err(error)) => return read_error(&error),
                 Some(Ok(message)) => message,
             };
-            last_seen = Instant::now();
+            let now = Instant::now();
+            status.seen(now);
             match message {
                 Message::Text(text) => {
-                    if self.limiter.admit(last_seen, config) {
+                    if self.limiter.admit(now, config) {
                         self.handle(&text).await;
-                        // A `$refresh` moved the token's end.
+                        // A `$refresh` moved the token's end, or gave the
+                        // connection its first expiring token.
                         if let Some(expiry) = self.expiry.as_deref_mut()
                             && expiry.take_moved()
                         {
-                            heartbeat.reset_at(expiry.next_due());
+                            match token_timer.as_mut() {
+                                Some(timer) => timer.as_mut().reset(expiry.next_due()),
+                                None => {
+                                    token_timer =
+                                        Some(Box::pin(tokio::time::sleep_until(expiry.next_due())));
+                                }
+                            }
                         }
-                    } else if let Some(end) = self.reject(&text, last_seen) {
+                    } else if let Some(end) = self.reject(&text, now) {
                         return end;
                     }
                 }
@@ -215,8 +215,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
                 // costs a pong. Past it they get no error frame (they have no
                 // id, and an answer would double the flood).
                 Message::Ping(_) | Message::Pong(_) => {
-                    if !self.limiter.admit(last_seen, config)
-                        && let Some(end) = self.flooding(last_seen)
+                    if !self.limiter.admit(now, config)
+                        && let Some(end) = self.flooding(now)
                     {
                         return end;
                     }
@@ -228,7 +228,17 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             }
         }
     }
+}
 
+/// Resolves when the token's timer is due; never without a timer.
+async fn token_due(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Answers a frame past the rate limit with a 429 error frame, and ends
     /// the connection with 1008 once the client keeps flooding.
     fn reject(&mut self, text: &str, now: Instant) -> Option<End> {
@@ -596,8 +606,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         match (identity.expires_at, self.expiry.as_deref_mut()) {
             (Some(at), Some(expiry)) => expiry.renew(at, self.config.token_notice),
             (Some(at), None) => {
-                let mut expiry =
-                    Expiry::new(at, self.config.token_notice, self.config.ping_interval);
+                let mut expiry = Expiry::new(at, self.config.token_notice);
                 expiry.renew(at, self.config.token_notice);
                 self.expiry = Some(expiry);
             }

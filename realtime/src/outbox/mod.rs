@@ -7,12 +7,14 @@
 //! depending on the connection's machinery.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+use tokio::time::Instant;
 
 use crate::hub::Feed;
 use crate::protocol::{Frame, close_code};
 use crate::telemetry::Counters;
-use crate::util::{Fired, Signal};
+use crate::util::{Fired, Signal, millis};
 
 mod queue;
 
@@ -79,6 +81,9 @@ pub(crate) struct Status {
     /// `$presence` answer goes (0: none). One ask is out at a time per
     /// connection, so one number is enough.
     awaiting: AtomicU64,
+    /// When the client last sent a frame ([`millis`]), for the heartbeat's
+    /// idle timeout.
+    last_seen: AtomicU32,
     counters: Arc<Counters>,
 }
 
@@ -160,6 +165,23 @@ impl Status {
         self.abort_code.load(Ordering::Acquire)
     }
 
+    /// Notes that the client sent a frame at `now`.
+    pub(crate) fn seen(&self, now: Instant) {
+        self.last_seen.store(millis(now), Ordering::Relaxed);
+    }
+
+    /// When the client last sent a frame ([`millis`]).
+    pub(crate) fn last_seen(&self) -> u32 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// Queues a heartbeat ping, unless the queue is full: a client that far
+    /// behind gets no ping, and the next frame that finds the queue full
+    /// closes it with 1013.
+    pub(crate) fn ping(&self) {
+        let _ = self.queue.push(Outbound::Ping);
+    }
+
     /// The service's counters.
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
@@ -193,6 +215,7 @@ impl Outbox {
             abort_code: AtomicU16::new(0),
             abort_reason: std::sync::OnceLock::new(),
             awaiting: AtomicU64::new(0),
+            last_seen: AtomicU32::new(millis(Instant::now())),
             counters,
         });
         Self { status }
@@ -209,13 +232,6 @@ impl Outbox {
     /// connection's mark in the topic's ring; as [`push`](Self::push).
     pub(crate) fn push_answer(&self, frame: Frame) -> bool {
         self.queue(Outbound::Answer(frame))
-    }
-
-    /// Queues a heartbeat ping, unless the queue is full: a client that far
-    /// behind gets no ping, and the next frame that finds the queue full
-    /// closes it with 1013.
-    pub(crate) fn ping(&self) {
-        let _ = self.status.queue.push(Outbound::Ping);
     }
 
     /// Hands the write task one more topic's ring, after its catch-up; the

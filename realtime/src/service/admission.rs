@@ -216,6 +216,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         let mut feed = feed;
         outbox.catch_up(&mut feed);
         let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
+        self.inner.heartbeat.watch(outbox.status());
         let mut ctx = Context {
             conn_id: id,
             user_id: user,

@@ -171,6 +171,8 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
         });
         let (open, _) = watch::channel(0);
         let users = Arc::new(super::users::Users::new(&self.config));
+        let heartbeat =
+            super::heartbeat::Heartbeat::new(self.config.ping_interval, self.config.idle_timeout);
         let inner = Arc::new_cyclic(|inner: &Weak<Inner<H, B>>| {
             let owner: Weak<dyn Owner> = inner.clone();
             broker.attach(Incoming::with_fanout(Fan {
@@ -196,6 +198,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 draining: AtomicBool::new(false),
                 open,
                 users,
+                heartbeat,
                 shutdown: Signal::default(),
                 counters,
             }

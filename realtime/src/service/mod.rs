@@ -28,6 +28,7 @@ use crate::util::Signal;
 
 mod admission;
 mod builder;
+mod heartbeat;
 mod sessions;
 mod subscribe;
 mod users;
@@ -114,6 +115,8 @@ struct Inner<H: MessageHandler, B> {
     open: watch::Sender<usize>,
     /// Each user's connections and publish budget here.
     users: Arc<users::Users>,
+    /// Pings every connection and closes the silent ones.
+    heartbeat: Arc<heartbeat::Heartbeat>,
     shutdown: Signal,
     counters: Arc<Counters>,
 }

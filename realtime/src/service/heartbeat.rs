@@ -1,0 +1,175 @@
+//! The instance's heartbeat: one task pings every connection once per
+//! `Config::ping_interval` and closes those silent past
+//! `Config::idle_timeout`, in one sweep per tick rather than a timer per
+//! connection.
+//!
+//! A timer per connection wakes a worker thread for each ping, spread
+//! evenly over the interval: at 20,000 connections and a 20 s interval, a
+//! thread parks and wakes a thousand times a second, and that switching,
+//! not the ping, was most of the idle CPU. Here the connections are dealt
+//! into [`SLOTS`] groups; each tick sweeps one group, so the pings of a
+//! tick go out in one burst that the threads serve without parking in
+//! between. A connection also keeps no timer in its read loop, which is
+//! memory every idle connection held.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::outbox::Status;
+use crate::protocol::close_code;
+use crate::util::{Mutex, millis};
+
+/// How many groups the connections are dealt into: one is swept per
+/// `ping_interval / SLOTS` (a second by default).
+const SLOTS: usize = 20;
+
+/// The connections and when each is looked at.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    /// Slot `k` is swept at the `k`th tick of each interval. A connection's
+    /// entry stays until the sweep finds it ended (the heartbeat holds the
+    /// last reference to its status).
+    slots: Box<[Mutex<Vec<Arc<Status>>>]>,
+    /// The slot swept last: a new connection joins it, so that its first
+    /// ping comes one interval after it opened.
+    current: AtomicUsize,
+    started: AtomicBool,
+    tick: Duration,
+    idle_timeout: Duration,
+}
+
+impl Heartbeat {
+    /// A heartbeat that pings every `ping_interval` and closes a
+    /// connection silent for `idle_timeout`.
+    pub(crate) fn new(ping_interval: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            slots: (0..SLOTS).map(|_| Mutex::default()).collect(),
+            current: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            tick: (ping_interval / SLOTS as u32).max(Duration::from_millis(1)),
+            idle_timeout,
+        })
+    }
+
+    /// Looks after one more connection until it ends. The task starts with
+    /// the first connection, inside the runtime that serves it.
+    pub(crate) fn watch(self: &Arc<Self>, status: &Arc<Status>) {
+        status.seen(tokio::time::Instant::now());
+        let slot = self.current.load(Ordering::Relaxed);
+        self.slots[slot].lock().push(Arc::clone(status));
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(Arc::downgrade(self)));
+        }
+    }
+
+    /// Sweeps the next slot: drops the ended connections, closes the silent
+    /// ones with 1008, and pings the rest.
+    fn sweep(&self) {
+        let slot = (self.current.load(Ordering::Relaxed) + 1) % SLOTS;
+        self.current.store(slot, Ordering::Relaxed);
+        // Swept out of the lock: a ping wakes a writer, and connections
+        // opening meanwhile need not wait for a whole slot's worth.
+        let mut swept = std::mem::take(&mut *self.slots[slot].lock());
+        let now = millis(tokio::time::Instant::now());
+        let idle_ms = u32::try_from(self.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        swept.retain(|status| {
+            if Arc::strong_count(status) == 1 || status.is_aborted() {
+                return false;
+            }
+            if now.wrapping_sub(status.last_seen()) >= idle_ms {
+                tracing::debug!("peer silent past the idle timeout; closing it with 1008");
+                status.counters().idle_close();
+                status.abort(close_code::POLICY);
+                return false;
+            }
+            status.ping();
+            true
+        });
+        let mut slot = self.slots[slot].lock();
+        swept.append(&mut slot);
+        *slot = swept;
+    }
+}
+
+/// Sweeps a slot every tick, for as long as the service lives.
+async fn run(heartbeat: Weak<Heartbeat>) {
+    let Some(tick) = heartbeat.upgrade().map(|heartbeat| heartbeat.tick) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(heartbeat) = heartbeat.upgrade() else {
+            return;
+        };
+        heartbeat.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::telemetry::Counters;
+
+    fn outbox() -> Outbox {
+        Outbox::new(8, 1024, Arc::new(Counters::default()))
+    }
+
+    /// How many pings wait in the connection's queue; takes them.
+    fn pings(outbox: &Outbox) -> usize {
+        std::iter::from_fn(|| outbox.status().queue().try_pop()).count()
+    }
+
+    #[tokio::test]
+    async fn each_connection_is_pinged_once_per_interval() {
+        let heartbeat = Heartbeat::new(Duration::from_secs(20), Duration::from_secs(60));
+        let outbox = outbox();
+        heartbeat.watch(outbox.status());
+        for _ in 0..SLOTS - 1 {
+            heartbeat.sweep();
+            assert_eq!(pings(&outbox), 0, "pinged early");
+        }
+        heartbeat.sweep();
+        assert_eq!(pings(&outbox), 1, "one ping per interval");
+        for _ in 0..SLOTS {
+            heartbeat.sweep();
+        }
+        assert_eq!(pings(&outbox), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_with_1008() {
+        let heartbeat = Heartbeat::new(Duration::from_millis(20), Duration::from_millis(0));
+        let outbox = outbox();
+        heartbeat.watch(outbox.status());
+        for _ in 0..SLOTS {
+            heartbeat.sweep();
+        }
+        assert!(outbox.status().is_aborted());
+        assert_eq!(outbox.status().abort_code(), close_code::POLICY);
+        assert_eq!(
+            outbox
+                .status()
+                .counters()
+                .idle_closes
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_connection_leaves_at_its_next_sweep() {
+        let heartbeat = Heartbeat::new(Duration::from_secs(20), Duration::from_secs(60));
+        let outbox = outbox();
+        heartbeat.watch(outbox.status());
+        drop(outbox);
+        for _ in 0..SLOTS {
+            heartbeat.sweep();
+        }
+        let held: usize = heartbeat.slots.iter().map(|slot| slot.lock().len()).sum();
+        assert_eq!(held, 0);
+    }
+}
