@@ -19,6 +19,11 @@
 //!   two chat instances on one Redis under a steady load: memory over time,
 //!   latency, lost and reordered events, and the `/metrics` matched
 //!   against what the generator counted (see docs/PERFORMANCE.md);
+//! - `scale [--instances 6] [--conns 100000] [--clients 6] [--idle-secs 40] [--rate 10] [--seconds 60]`:
+//!   `examples/bench_server` (release) instances on one private Redis and
+//!   client processes (`scale-client`, from 127.0.0.2 and up): memory per
+//!   connection, idle CPU per 100,000 connections, one event to all, and
+//!   a steady rate to all (see docs/SCALING.md);
 //! - `chaos --seed N --duration D [--cluster] [--durable] [--rooms 4] [--subs 3] [--pubs 2] [--rate 3] [--keep-going] [--trace FILE]`:
 //!   a seeded fault checker. Two `chaos-node` instances (`src/bin/chaos-node.rs`)
 //!   on a private Redis, or a local Redis Cluster of 3 masters and 3
@@ -42,6 +47,7 @@ use std::process::ExitCode;
 mod chaos;
 mod matrix;
 mod presence;
+mod scale;
 mod soak;
 mod stats;
 mod workload;
@@ -85,7 +91,7 @@ impl Flags<'_> {
 
 async fn run(args: &[String]) -> Result<(), String> {
     let (workload, rest) = args.split_first().ok_or(
-        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|chaos> [--flags]; see the crate docs",
+        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|scale|chaos> [--flags]; see the crate docs",
     )?;
     let flags = Flags(rest);
     let urls = flags.all("--url");
@@ -152,6 +158,33 @@ async fn run(args: &[String]) -> Result<(), String> {
             })
             .await?;
         }
+        "scale" => {
+            scale::run(&scale::Options {
+                instances: flags.number("--instances", 6)?,
+                connections: flags.number("--conns", 100_000)?,
+                clients: flags.number("--clients", 6)?,
+                idle: std::time::Duration::from_secs(flags.number("--idle-secs", 40)?),
+                rate: flags.number("--rate", 10)?,
+                seconds: flags.number("--seconds", 60)?,
+            })
+            .await?;
+        }
+        "scale-client" => {
+            let source = flags
+                .all("--source")
+                .pop()
+                .ok_or("--source 127.0.0.N")?
+                .parse()
+                .map_err(|_| "--source takes an IPv4 address".to_owned())?;
+            let topic = flags.all("--topic").pop().ok_or("--topic")?;
+            scale::client(
+                source,
+                &non_empty(urls)?,
+                &topic,
+                flags.number("--conns", 1000)?,
+            )
+            .await?;
+        }
         "chaos" => {
             let flag = |name: &str| rest.iter().any(|flag| flag == name);
             chaos::run(&chaos::Options {
@@ -170,7 +203,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         other => {
             return Err(format!(
-                "unknown workload `{other}`; use fanout, rpc, idle, matrix, presence, soak or chaos"
+                "unknown workload `{other}`; use fanout, rpc, idle, matrix, presence, soak, scale or chaos"
             ));
         }
     }
