@@ -24,6 +24,12 @@
 //!   client processes (`scale-client`, from 127.0.0.2 and up): memory per
 //!   connection, idle CPU per 100,000 connections, one event to all, and
 //!   a steady rate to all (see docs/SCALING.md);
+//! - `storm [--clients 10000] [--rooms 100] [--rate 200] [--backoff-ms 2000]`:
+//!   two `bench_server` instances (history on) on one Redis, subscribers
+//!   following their rooms' positions on both; one is killed with SIGKILL
+//!   and its clients resume on the other: recovered or not, refused, events
+//!   missed, the storm's length, its Redis commands and CPU (see
+//!   docs/SCALING.md);
 //! - `chaos --seed N --duration D [--cluster] [--durable] [--rooms 4] [--subs 3] [--pubs 2] [--rate 3] [--keep-going] [--trace FILE]`:
 //!   a seeded fault checker. Two `chaos-node` instances (`src/bin/chaos-node.rs`)
 //!   on a private Redis, or a local Redis Cluster of 3 masters and 3
@@ -50,6 +56,7 @@ mod presence;
 mod scale;
 mod soak;
 mod stats;
+mod storm;
 mod workload;
 
 fn main() -> ExitCode {
@@ -91,7 +98,7 @@ impl Flags<'_> {
 
 async fn run(args: &[String]) -> Result<(), String> {
     let (workload, rest) = args.split_first().ok_or(
-        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|scale|chaos> [--flags]; see the crate docs",
+        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|scale|storm|chaos> [--flags]; see the crate docs",
     )?;
     let flags = Flags(rest);
     let urls = flags.all("--url");
@@ -169,6 +176,15 @@ async fn run(args: &[String]) -> Result<(), String> {
             })
             .await?;
         }
+        "storm" => {
+            storm::run(&storm::Options {
+                clients: flags.number("--clients", 10_000)?,
+                rooms: flags.number("--rooms", 100)?,
+                rate: flags.number("--rate", 200)?,
+                backoff: std::time::Duration::from_millis(flags.number("--backoff-ms", 2000)?),
+            })
+            .await?;
+        }
         "scale-client" => {
             let source = flags
                 .all("--source")
@@ -203,7 +219,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         other => {
             return Err(format!(
-                "unknown workload `{other}`; use fanout, rpc, idle, matrix, presence, soak, scale or chaos"
+                "unknown workload `{other}`; use fanout, rpc, idle, matrix, presence, soak, scale, storm or chaos"
             ));
         }
     }

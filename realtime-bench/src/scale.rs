@@ -195,7 +195,7 @@ fn sent_at(frame: &str) -> Option<u64> {
 }
 
 /// A child process killed when dropped.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -274,7 +274,7 @@ impl Merged {
 }
 
 /// User plus system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
     // The fields after the command's closing parenthesis; utime and stime
