@@ -57,7 +57,16 @@ impl Heartbeat {
     pub(crate) fn watch(self: &Arc<Self>, status: &Arc<Status>) {
         status.seen(tokio::time::Instant::now());
         let slot = self.current.load(Ordering::Relaxed);
-        self.slots[slot].lock().push(Arc::clone(status));
+        let mut watched = self.slots[slot].lock();
+        // Before the list grows, the ended connections leave it: a client
+        // that opens and closes connections fast cannot make the instance
+        // keep their statuses until the sweep comes round (it costs one
+        // pass when the list is full, which doubling makes rare).
+        if watched.len() == watched.capacity() {
+            watched.retain(|status| Arc::strong_count(status) > 1);
+        }
+        watched.push(Arc::clone(status));
+        drop(watched);
         if !self.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(run(Arc::downgrade(self)));
         }
@@ -171,5 +180,20 @@ mod tests {
         }
         let held: usize = heartbeat.slots.iter().map(|slot| slot.lock().len()).sum();
         assert_eq!(held, 0);
+    }
+
+    #[tokio::test]
+    async fn connections_that_come_and_go_between_sweeps_are_not_kept() {
+        let heartbeat = Heartbeat::new(Duration::from_secs(20), Duration::from_secs(60));
+        let open = outbox();
+        heartbeat.watch(open.status());
+        for _ in 0..10_000 {
+            heartbeat.watch(outbox().status());
+        }
+        let room = heartbeat.slots[0].lock().capacity();
+        assert!(
+            room <= 8,
+            "room for {room} statuses kept for 1 open connection"
+        );
     }
 }
