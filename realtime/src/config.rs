@@ -130,7 +130,7 @@ pub struct Config {
     /// less than twice this is told at half its life.
     ///
     /// Only for tokens that expire (see `TokenValidator::identify`). At
-    /// the expiry the connection is closed with 3000 (its heartbeat timer
+    /// the expiry the connection is closed with 3000 (its token timer
     /// fires then). Each fresh token from `$refresh` is told of by the
     /// same rule.
     pub token_notice: Duration,

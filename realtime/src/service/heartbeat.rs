@@ -21,7 +21,7 @@ use crate::protocol::close_code;
 use crate::util::{Mutex, millis};
 
 /// How many groups the connections are dealt into: one is swept per
-/// `ping_interval / SLOTS` (a second by default).
+/// `ping_interval / SLOTS` (1.25 s by default).
 const SLOTS: usize = 20;
 
 /// The connections and when each is looked at.
@@ -68,7 +68,7 @@ impl Heartbeat {
         watched.push(Arc::clone(status));
         drop(watched);
         if !self.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(run(Arc::downgrade(self)));
+            tokio::spawn(run(Running(Arc::downgrade(self))));
         }
     }
 
@@ -86,7 +86,7 @@ impl Heartbeat {
             if Arc::strong_count(status) == 1 || status.is_aborted() {
                 return false;
             }
-            if now.wrapping_sub(status.last_seen()) >= idle_ms {
+            if silent_for(now, status.last_seen()) >= idle_ms {
                 tracing::debug!("peer silent past the idle timeout; closing it with 1008");
                 status.counters().idle_close();
                 status.abort(close_code::POLICY);
@@ -101,8 +101,35 @@ impl Heartbeat {
     }
 }
 
-/// Sweeps a slot every tick, for as long as the service lives.
-async fn run(heartbeat: Weak<Heartbeat>) {
+/// How long a client has been silent at `now`, both in [`millis`]. A read
+/// loop notes its frames while the sweep runs, so `last_seen` may be a
+/// little after the sweep's `now`: that is no silence (the wrapping
+/// difference would read as 49 days).
+fn silent_for(now: u32, last_seen: u32) -> u32 {
+    match now.wrapping_sub(last_seen) {
+        ahead if ahead > u32::MAX / 2 => 0,
+        silent => silent,
+    }
+}
+
+/// Lets the next connection start the sweep again if its task ends while
+/// the service lives on: the runtime that ran it was shut down, and the
+/// service is now served from another.
+struct Running(Weak<Heartbeat>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(heartbeat) = self.0.upgrade() {
+            heartbeat.started.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Sweeps a slot every tick, for as long as the service lives. The guard
+/// is an argument, so that it is dropped with the task even if the task
+/// never ran.
+async fn run(running: Running) {
+    let heartbeat = &running.0;
     let Some(tick) = heartbeat.upgrade().map(|heartbeat| heartbeat.tick) else {
         return;
     };
@@ -166,6 +193,47 @@ mod tests {
                 .idle_closes
                 .load(Ordering::Relaxed),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_noted_during_the_sweep_is_no_silence() {
+        let heartbeat = Heartbeat::new(Duration::from_millis(20), Duration::from_secs(60));
+        let outbox = outbox();
+        heartbeat.watch(outbox.status());
+        // A read loop noted a frame a moment after the sweep read the clock.
+        outbox
+            .status()
+            .seen(tokio::time::Instant::now() + Duration::from_millis(5));
+        for _ in 0..SLOTS {
+            heartbeat.sweep();
+        }
+        assert!(!outbox.status().is_aborted(), "a live client was closed");
+        assert_eq!(silent_for(100, 105), 0);
+        assert_eq!(silent_for(105, 100), 5);
+        assert_eq!(silent_for(3, u32::MAX - 1), 5, "across the wrap");
+    }
+
+    #[test]
+    fn the_sweep_starts_again_under_another_runtime() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime")
+        };
+        let heartbeat = Heartbeat::new(Duration::from_millis(20), Duration::from_secs(60));
+        let first = outbox();
+        runtime().block_on(async { heartbeat.watch(first.status()) });
+        // That runtime is gone, and its task with it.
+        let second = outbox();
+        runtime().block_on(async {
+            heartbeat.watch(second.status());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert!(
+            pings(&second) >= 1,
+            "nobody pinged under the second runtime"
         );
     }
 
