@@ -114,7 +114,8 @@ impl Histogram {
 
 /// `scale-client`: holds `connections` sockets from `source` to `urls` in
 /// turn, records the latency of every event, and answers the commands on
-/// stdin: `mark` (start counting again) and `report` (a line on stdout).
+/// stdin: `mark` (start counting again; answers `marked`) and `report`
+/// (a line on stdout).
 /// Prints `ready <held>` once every socket is in.
 pub(crate) async fn client(
     source: Ipv4Addr,
@@ -176,7 +177,10 @@ pub(crate) async fn client(
     tokio::task::spawn_blocking(move || {
         while let Some(Ok(line)) = lines.next() {
             match line.trim() {
-                "mark" => histogram.reset(),
+                "mark" => {
+                    histogram.reset();
+                    println!("marked");
+                }
                 "report" => println!("report {}", histogram.line()),
                 _ => {}
             }
@@ -285,6 +289,21 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
         + fields[12].parse::<u64>().map_err(|e| e.to_string())?;
     // USER_HZ is 100 on Linux.
     Ok(ticks as f64 / 100.0)
+}
+
+/// Starts every client's count again, and waits until each has: a
+/// delivery counted before its reset would be lost from the next phase.
+fn mark_all(clients: &mut [ClientProcess]) -> Result<(), String> {
+    for client in clients.iter_mut() {
+        client.command("mark")?;
+    }
+    for client in clients.iter_mut() {
+        let line = client.line()?;
+        if line != "marked" {
+            return Err(format!("a client answered `{line}` to mark"));
+        }
+    }
+    Ok(())
 }
 
 fn report_all(clients: &mut [ClientProcess]) -> Result<Merged, String> {
@@ -435,9 +454,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         );
         Message::text(text)
     };
-    for client in &mut clients {
-        client.command("mark")?;
-    }
+    mark_all(&mut clients)?;
     // The publisher is a subscriber too: it is not counted.
     publisher
         .send(say(1))
@@ -452,9 +469,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         one.max_us as f64 / 1000.0
     );
 
-    for client in &mut clients {
-        client.command("mark")?;
-    }
+    mark_all(&mut clients)?;
     let events = options.rate * options.seconds;
     let gap = Duration::from_secs_f64(1.0 / options.rate.max(1) as f64);
     let (mut sink, mut stream) = publisher.split();
