@@ -335,31 +335,42 @@ async fn drained(clients: &mut [ClientProcess], expected: u64) -> Result<Merged,
     }
 }
 
-/// Runs the whole measurement and prints its report.
-pub(crate) async fn run(options: &Options) -> Result<(), String> {
-    let dir = binaries()?;
-    let server = dir.join("examples").join("bench_server");
+/// Starts a release `bench_server` on a free port, on the Redis at
+/// `redis_url`, with `env` besides; returns it and its WebSocket URL.
+pub(crate) fn bench_server(
+    redis_url: &str,
+    env: &[(&str, &str)],
+) -> Result<(Process, String), String> {
+    let server = binaries()?.join("examples").join("bench_server");
     if !server.exists() {
         return Err(format!(
             "{} is missing: cargo build --release -p realtime-suite --example bench_server",
             server.display()
         ));
     }
+    let port = free_port()?;
+    let child = Command::new(&server)
+        .env("PORT", port.to_string())
+        .env("REDIS_URL", redis_url)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", server.display()))?;
+    let server = Process(child);
+    wait_for_port(port)?;
+    Ok((server, format!("ws://127.0.0.1:{port}/ws")))
+}
+
+/// Runs the whole measurement and prints its report.
+pub(crate) async fn run(options: &Options) -> Result<(), String> {
     let redis = Redis::start()?;
     let mut servers = Vec::new();
     let mut urls = Vec::new();
     for _ in 0..options.instances {
-        let port = free_port()?;
-        let child = Command::new(&server)
-            .env("PORT", port.to_string())
-            .env("REDIS_URL", &redis.url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", server.display()))?;
-        servers.push(Process(child));
-        wait_for_port(port)?;
-        urls.push(format!("ws://127.0.0.1:{port}/ws"));
+        let (server, url) = bench_server(&redis.url, &[])?;
+        servers.push(server);
+        urls.push(url);
     }
     let pids: Vec<u32> = servers.iter().map(|server| server.0.id()).collect();
     // Let the instances settle before their baseline.

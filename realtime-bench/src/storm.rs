@@ -15,7 +15,6 @@
 //! surviving instance's CPU.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +25,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::matrix::{Redis, binaries, free_port, wait_for_port};
-use crate::scale::{Process, cpu_seconds};
+use crate::matrix::Redis;
+use crate::scale::{bench_server, cpu_seconds};
 
 /// Parameters of a `storm` run.
 #[derive(Debug, Clone)]
@@ -223,29 +222,13 @@ fn command_calls(url: &str) -> Result<BTreeMap<String, u64>, String> {
 
 /// Runs the storm and prints its report.
 pub(crate) async fn run(options: &Options) -> Result<(), String> {
-    let server = binaries()?.join("examples").join("bench_server");
-    if !server.exists() {
-        return Err(format!(
-            "{} is missing: cargo build --release -p realtime-suite --example bench_server",
-            server.display()
-        ));
-    }
     let redis = Redis::start()?;
     let mut servers = Vec::new();
     let mut bases = Vec::new();
     for _ in 0..2 {
-        let port = free_port()?;
-        let child = Command::new(&server)
-            .env("PORT", port.to_string())
-            .env("REDIS_URL", &redis.url)
-            .env("HISTORY", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", server.display()))?;
-        servers.push(Some(Process(child)));
-        wait_for_port(port)?;
-        bases.push(format!("ws://127.0.0.1:{port}/ws"));
+        let (server, base) = bench_server(&redis.url, &[("HISTORY", "1")])?;
+        servers.push(Some(server));
+        bases.push(base);
     }
     let bases: Arc<[String; 2]> = Arc::new([bases[0].clone(), bases[1].clone()]);
     let survivor_pid = servers[1].as_ref().map(|server| server.0.id()).unwrap_or(0);
