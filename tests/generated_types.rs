@@ -109,18 +109,26 @@ fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The TypeScript compiler, installed once: both tests ask for it at
+/// once, and two `npm ci` in one directory break each other (on a clean
+/// clone one failed with ENOTDIR while the other installed).
 fn tsc() -> PathBuf {
-    let dir = repository().join("clients/typescript");
-    let tsc = dir.join("node_modules/.bin/tsc");
-    if !tsc.exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is installed (Node 20)");
-        assert!(status.success(), "npm ci in clients/typescript failed");
-    }
-    tsc
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = repository().join("clients/typescript");
+            let tsc = dir.join("node_modules/.bin/tsc");
+            if !tsc.exists() {
+                let status = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm is installed (Node 20)");
+                assert!(status.success(), "npm ci in clients/typescript failed");
+            }
+            tsc
+        })
+        .clone()
 }
 
 /// Lays out the page, the client library and a client generated from `api`
