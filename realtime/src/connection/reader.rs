@@ -228,17 +228,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             }
         }
     }
-}
 
-/// Resolves when the token's timer is due; never without a timer.
-async fn token_due(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
     /// Answers a frame past the rate limit with a 429 error frame, and ends
     /// the connection with 1008 once the client keeps flooding.
     fn reject(&mut self, text: &str, now: Instant) -> Option<End> {
@@ -718,6 +708,14 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 
     fn answer(&mut self, frame: Frame) {
         self.answers.ready(&self.ctx.outbox, Some(frame));
+    }
+}
+
+/// Resolves when the token's timer is due; never without a timer.
+async fn token_due(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
