@@ -163,6 +163,30 @@ async fn message_typed_on_one_instance_appears_on_the_other() {
     wait_for(&page_b, "page B shows A's message", &seen).await;
     wait_for(&page_a, "page A shows its own message", &seen).await;
 
+    // Chromium offers permessage-deflate and both instances take it: a line
+    // long enough to be compressed goes from A to B, compressed both ways.
+    let long = "a long line, long enough to be sent compressed both ways: ".repeat(4);
+    say(&page_a, long.trim()).await;
+    wait_for(
+        &page_b,
+        "page B shows A's long line",
+        &shows("alice", long.trim()),
+    )
+    .await;
+    for port in [port_a, port_b] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let (status, metrics) = support::http_get(addr, "/metrics", "").await;
+        assert_eq!(status, 200);
+        let compressed = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("realtime_connections_compressed_total "))
+            .and_then(|count| count.trim().parse::<f64>().ok());
+        assert!(
+            compressed.is_some_and(|count| count >= 1.0),
+            "the page's connection negotiated compression on port {port}: {compressed:?}"
+        );
+    }
+
     // History lives in Redis: a page that joins later on node B sees the line.
     let page_c = browser(driver_port, &profiles.join("c")).await;
     join(&page_c, port_b, "carol", "lobby").await;

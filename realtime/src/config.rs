@@ -213,6 +213,23 @@ pub struct Config {
     /// key costs the broker a small entry for this long (in Redis, a key of
     /// the topic's slot with this expiry).
     pub idempotency_window: Duration,
+    /// Whether permessage-deflate (RFC 7692) is negotiated with clients
+    /// that offer it. Default: on.
+    ///
+    /// Each message is compressed on its own (the server answers with
+    /// `server_no_context_takeover` and `client_no_context_takeover`), so
+    /// an event is compressed once per instance and the same bytes serve
+    /// every subscriber that negotiated it, and a connection keeps no
+    /// compression state: idle memory is the same with it on or off.
+    /// Compressed messages from clients are read too, and inflate to at most
+    /// `max_frame_bytes`.
+    pub compression: bool,
+    /// Frames smaller than this are sent uncompressed even on a socket that
+    /// negotiated compression. Default: 128 bytes.
+    ///
+    /// Without a shared context, DEFLATE saves little on a short frame and
+    /// costs CPU all the same (see docs/PERFORMANCE.md in the repository).
+    pub compression_min_bytes: usize,
 }
 
 impl Default for Config {
@@ -245,6 +262,8 @@ impl Default for Config {
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 8 * 1024,
             idempotency_window: Duration::from_secs(120),
+            compression: true,
+            compression_min_bytes: 128,
         }
     }
 }

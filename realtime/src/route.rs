@@ -119,9 +119,14 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
     // because the task keeps the closure's room for the connection's whole
     // life, and a pointer is smaller.
     let accepted = Box::new(accepted);
-    Ok(ws.answer(socket, limits, protocol, move |socket| {
-        service.serve(socket, *accepted)
-    }))
+    let inflate_limit = config.compression.then_some(config.max_frame_bytes);
+    Ok(ws.answer(
+        socket,
+        limits,
+        inflate_limit,
+        protocol,
+        move |socket, deflate| service.serve(socket, deflate, *accepted),
+    ))
 }
 
 /// Whether the request asks for a WebSocket at all (`Upgrade: websocket`):

@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `realtime_connections` | gauge (admitted, from the upgrade request to the connection's end) | |
 //! | `realtime_connections_accepted_total` | counter | |
+//! | `realtime_connections_compressed_total` | counter: upgraded connections that negotiated permessage-deflate | |
 //! | `realtime_upgrade_refused_total` | counter | `status` (400, 401, 403, 426, 429, 500, 503 or `other`) |
 //! | `realtime_connection_ends_total` | counter: every upgraded connection's end, registered at 0 when the service is built | `by` (`client`: its close frame; `server`: the server's close; `none`: the socket ended with no close frame), `code` (the close code: 1005 for a client close frame without one, 1006 for `none`) |
 //! | `realtime_reads_throttled_total` | counter: times a client's socket was left unread for sending frames faster than `Config::max_frames_per_sec` | |
@@ -51,6 +52,12 @@ use crate::util::bump;
 pub const CONNECTIONS: &str = "realtime_connections";
 /// Connections upgraded.
 pub const ACCEPTED: &str = "realtime_connections_accepted_total";
+/// Connections upgraded with permessage-deflate negotiated.
+///
+/// ```
+/// assert_eq!(realtime::telemetry::COMPRESSED, "realtime_connections_compressed_total");
+/// ```
+pub const COMPRESSED: &str = "realtime_connections_compressed_total";
 /// Upgrades refused, by `status`.
 pub const UPGRADE_REFUSED: &str = "realtime_upgrade_refused_total";
 /// Connections ended, by `by` (`client`, `server`, `none`) and `code`.

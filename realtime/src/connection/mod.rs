@@ -147,17 +147,28 @@ impl Drop for Started {
 }
 
 /// Splits an upgraded socket and starts its write task, which writes
-/// `outbox`'s queue and the events of `home` (the URL's topic's feed).
+/// `outbox`'s queue and the events of `home` (the URL's topic's feed),
+/// compressed when the socket negotiated it (`deflate`).
 ///
 /// Not async, and called before the connection's future is made: an
 /// `async fn` keeps the space of each argument it was given for as long as
 /// it runs, and the socket (368 bytes, moved into the split's shared half)
 /// would cost every idle connection that much again.
-pub(crate) fn start(socket: Socket, outbox: &Outbox, home: Feed, config: &Config) -> Started {
+pub(crate) fn start(
+    socket: Socket,
+    deflate: bool,
+    outbox: &Outbox,
+    home: Feed,
+    config: &Config,
+) -> Started {
     let (sink, stream) = socket.split();
+    let deflate_min = match deflate {
+        true => config.compression_min_bytes,
+        false => usize::MAX,
+    };
     let writer = tokio::spawn(writer::write(
         sink,
-        writer::Sources::new(home, config.topic_backlog),
+        writer::Sources::new(home, config.topic_backlog, deflate_min),
         Arc::clone(outbox.status()),
         config.write_batch,
         config.close_timeout,

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
 
 use crate::websocket::Socket;
 use futures_util::SinkExt;
@@ -18,6 +21,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use crate::hub::{Event, Feed, Ring};
 use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
+use crate::websocket::deflate;
 
 type Sink = SplitSink<Socket, Message>;
 
@@ -38,15 +42,39 @@ pub(super) struct Sources {
     /// Frames a ring may hold unread before this client counts as lagging
     /// (`Config::topic_backlog`).
     backlog: usize,
+    /// Frames of at least this many bytes are sent compressed; `usize::MAX`
+    /// on a socket without permessage-deflate.
+    deflate_min: usize,
 }
 
 impl Sources {
-    pub(super) fn new(home: Feed, backlog: usize) -> Self {
+    pub(super) fn new(home: Feed, backlog: usize, deflate_min: usize) -> Self {
         Self {
             rings: vec![Source::from(home)],
             next_ring: 0,
             backlog,
+            deflate_min,
         }
+    }
+
+    /// The message of a frame of the connection's own: compressed here if
+    /// it is large enough, since nobody else sends it.
+    fn own(&self, frame: Frame) -> Message {
+        if frame.as_bytes().len() >= self.deflate_min {
+            return compressed(deflate::deflate(frame.as_bytes()));
+        }
+        Message::Text(frame.into_text())
+    }
+
+    /// The message of a topic's event: its compressed form, made once for
+    /// every subscriber, if it is large enough.
+    fn event(&self, event: Event) -> Message {
+        if event.frame().as_bytes().len() >= self.deflate_min
+            && let Some(deflated) = event.deflated()
+        {
+            return compressed(deflated.clone());
+        }
+        Message::Text(event.into_frame().into_text())
     }
 
     /// Whether some ring holds more unread events than the backlog: the
@@ -80,7 +108,7 @@ impl From<Feed> for Source {
 /// One thing to write, or a reason to stop.
 enum Item {
     Queued(Outbound),
-    Event(Frame),
+    Event(Event),
     /// The place of this connection's `$presence` answer in a ring.
     Marked,
     /// A ring overwrote events this client had not read yet.
@@ -179,11 +207,10 @@ async fn write_batches(
         while let Some(item) = next.take() {
             let is_event = matches!(item, Item::Event(_));
             let message = match item {
-                Item::Queued(Outbound::Frame(frame)) | Item::Event(frame) => {
-                    Message::Text(frame.into_text())
-                }
+                Item::Queued(Outbound::Frame(frame)) => sources.own(frame),
+                Item::Event(event) => sources.event(event),
                 Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
-                    Some(Pending::Marked) => Message::Text(frame.into_text()),
+                    Some(Pending::Marked) => sources.own(frame),
                     _ => {
                         pending = Some(Box::new(Pending::Answer(frame)));
                         next = try_next(sources, status);
@@ -191,7 +218,7 @@ async fn write_batches(
                     }
                 },
                 Item::Marked => match pending.take().map(|p| *p) {
-                    Some(Pending::Answer(frame)) => Message::Text(frame.into_text()),
+                    Some(Pending::Answer(frame)) => sources.own(frame),
                     _ => {
                         pending = Some(Box::new(Pending::Marked));
                         next = try_next(sources, status);
@@ -209,7 +236,7 @@ async fn write_batches(
                     // Its mark may be in the ring just dropped: the client
                     // left that topic, so no event of it follows anyway.
                     match pending.take().map(|p| *p) {
-                        Some(Pending::Answer(frame)) => Message::Text(frame.into_text()),
+                        Some(Pending::Answer(frame)) => sources.own(frame),
                         _ => {
                             next = try_next(sources, status);
                             continue;
@@ -322,7 +349,7 @@ fn pass(feed: &mut Source, event: Event, status: &Status) -> Option<Item> {
             _ => feed.sent_through = 0,
         }
     }
-    Some(Item::Event(event.frame))
+    Some(Item::Event(event))
 }
 
 /// Waits for the next event of any ring. With one ring (the usual case) it
@@ -386,6 +413,17 @@ async fn unless_stuck<E>(
         Poll::Pending
     })
     .await
+}
+
+/// A text message's compressed payload as a frame: RSV1 set, as RFC 7692
+/// marks a compressed message. tungstenite writes it as it is.
+fn compressed(payload: Bytes) -> Message {
+    let header = FrameHeader {
+        rsv1: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    Message::Frame(WireFrame::from_payload(header, payload))
 }
 
 /// Sends a close frame with `code`, and `reason` or the code's own.

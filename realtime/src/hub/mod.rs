@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::util::{Mutex as StdMutex, RwLock};
 
-use tokio::sync::broadcast;
-
 use crate::broker::History;
 use crate::protocol::Frame;
 use crate::telemetry;
@@ -26,7 +24,7 @@ mod ring;
 mod sequencer;
 
 pub(crate) use fill::{CONTROL_TOPIC, Fan, Filler, Owner};
-pub(crate) use ring::{Event, Feed, Reservation, Ring};
+pub(crate) use ring::{Event, Feed, Outlet, Reservation, Ring};
 use sequencer::{ReadFrom, Sequencer};
 
 /// Reads of the history that fill gaps in rings, at most at once per
@@ -40,6 +38,8 @@ pub(crate) struct Hub {
     topics: RwLock<HashMap<Arc<str>, Topic>>,
     /// Frames per ring (`Config::topic_backlog`).
     backlog: usize,
+    /// See [`Outlet`]: `usize::MAX` when nothing is compressed.
+    deflate_min: usize,
     pub(crate) counters: Arc<Counters>,
     /// The id of the next topic's [`Sequencer`].
     next_sequencer: AtomicU64,
@@ -61,7 +61,7 @@ pub(crate) struct Added {
 struct Topic {
     /// Every event of the topic goes in once; each subscriber's writer reads
     /// it from there.
-    ring: broadcast::Sender<Event>,
+    ring: Outlet,
     /// Local subscriptions. The writers' ring receivers may outlive theirs
     /// for a moment, so the ring's own receiver count is not this.
     subscribers: usize,
@@ -82,10 +82,11 @@ impl Topic {
 }
 
 impl Hub {
-    pub(crate) fn new(backlog: usize, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(backlog: usize, deflate_min: usize, counters: Arc<Counters>) -> Self {
         Self {
             topics: RwLock::default(),
             backlog,
+            deflate_min,
             counters,
             next_sequencer: AtomicU64::new(1),
             reads: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
@@ -100,10 +101,7 @@ impl Hub {
         let topics = self.topics.read();
         if let Some(entry) = topics.get(topic) {
             // No receiver left: every subscriber is leaving; nothing to do.
-            let _ = entry.ring.send(Event {
-                offset: Event::PLAIN,
-                frame,
-            });
+            entry.ring.send(Event::PLAIN, frame);
         }
     }
 
@@ -113,7 +111,7 @@ impl Hub {
     pub(crate) fn mark_answer(&self, topic: &str, group: u64) {
         let topics = self.topics.read();
         if let Some(entry) = topics.get(topic) {
-            let _ = entry.ring.send(Event::asked(group));
+            entry.ring.mark(group);
         }
     }
 
@@ -132,10 +130,7 @@ impl Hub {
             }
             None => {
                 // The policy keeps no history for it here: a plain event.
-                let _ = entry.ring.send(Event {
-                    offset: Event::PLAIN,
-                    frame,
-                });
+                entry.ring.send(Event::PLAIN, frame);
                 false
             }
         }
@@ -239,7 +234,7 @@ impl Hub {
         }
         let name: Arc<str> = topic.into();
         metrics::gauge!(telemetry::SUBSCRIBED_TOPICS).increment(1.0);
-        let (ring, receiver) = broadcast::channel(self.backlog);
+        let (ring, receiver) = Outlet::new(self.backlog, self.deflate_min);
         let id = self.next_sequencer.fetch_add(1, Ordering::Relaxed);
         let sequencer = history.then(|| StdMutex::new(Sequencer::new(id)));
         topics.insert(

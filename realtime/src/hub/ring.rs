@@ -1,11 +1,13 @@
 //! A topic's ring as its readers see it: the events in it, and the feed a
 //! new subscriber starts from.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::protocol::Frame;
+use crate::websocket::deflate;
 
 /// One topic's events as a connection's writer reads them: the receiving
 /// end of the topic's ring, shared by every local subscriber.
@@ -18,7 +20,26 @@ pub(crate) struct Event {
     /// The event's offset; [`Event::PLAIN`] for a topic without history,
     /// [`Event::RESET`] for a `reset` frame.
     pub(crate) offset: u64,
-    pub(crate) frame: Frame,
+    body: Body,
+}
+
+/// An event's frame, and for one that subscribers get compressed, the room
+/// for its compressed form. One of two, so that an event is no larger than
+/// its frame and offset (the frame's pointers leave a niche for the tag):
+/// every topic's ring holds `Config::topic_backlog` of them.
+#[derive(Debug, Clone)]
+enum Body {
+    Plain(Frame),
+    Deflatable(Arc<Deflatable>),
+}
+
+/// A frame that subscribers which negotiated permessage-deflate get
+/// compressed: made by the first of their writers, shared by the others
+/// (one compression per event per instance).
+#[derive(Debug)]
+struct Deflatable {
+    frame: Frame,
+    deflated: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -36,7 +57,7 @@ impl Event {
     pub(crate) fn asked(group: u64) -> Self {
         Self {
             offset: Self::ASKED | group,
-            frame: Frame::from(String::new()),
+            body: Body::Plain(Frame::from(String::new())),
         }
     }
 
@@ -44,6 +65,88 @@ impl Event {
     pub(crate) fn asker(&self) -> Option<u64> {
         (self.offset & Self::ASKED != 0 && self.offset != Self::RESET)
             .then_some(self.offset & !Self::ASKED)
+    }
+
+    /// The event's frame.
+    pub(crate) fn frame(&self) -> &Frame {
+        match &self.body {
+            Body::Plain(frame) => frame,
+            Body::Deflatable(shared) => &shared.frame,
+        }
+    }
+
+    /// The event's frame, to write as it is.
+    pub(crate) fn into_frame(self) -> Frame {
+        match self.body {
+            Body::Plain(frame) => frame,
+            Body::Deflatable(shared) => shared.frame.clone(),
+        }
+    }
+
+    /// The frame's payload compressed, made once for every subscriber;
+    /// `None` if the event is not to be compressed (the service does not
+    /// compress, or the frame is below its threshold).
+    pub(crate) fn deflated(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Plain(_) => None,
+            Body::Deflatable(shared) => Some(
+                shared
+                    .deflated
+                    .get_or_init(|| deflate::deflate(shared.frame.as_bytes())),
+            ),
+        }
+    }
+}
+
+/// The sending end of a topic's ring.
+#[derive(Debug)]
+pub(crate) struct Outlet {
+    sender: broadcast::Sender<Event>,
+    /// Events of at least this many bytes get a shared slot for their
+    /// compressed form (`Config::compression_min_bytes`); `usize::MAX` when
+    /// the service does not compress, so that no event pays for one.
+    deflate_min: usize,
+}
+
+impl Outlet {
+    /// A ring of `capacity` events, and its first receiver.
+    pub(crate) fn new(capacity: usize, deflate_min: usize) -> (Self, Ring) {
+        let (sender, receiver) = broadcast::channel(capacity);
+        (
+            Self {
+                sender,
+                deflate_min,
+            },
+            receiver,
+        )
+    }
+
+    /// Puts an event in the ring; without receivers it is dropped (every
+    /// subscriber is leaving).
+    pub(crate) fn send(&self, offset: u64, frame: Frame) {
+        let body = match frame.as_bytes().len() >= self.deflate_min {
+            true => Body::Deflatable(Arc::new(Deflatable {
+                frame,
+                deflated: OnceLock::new(),
+            })),
+            false => Body::Plain(frame),
+        };
+        let _ = self.sender.send(Event { offset, body });
+    }
+
+    /// Puts a mark in the ring.
+    pub(crate) fn mark(&self, group: u64) {
+        let _ = self.sender.send(Event::asked(group));
+    }
+
+    /// A new receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> Ring {
+        self.sender.subscribe()
+    }
+
+    /// Events its slowest receiver has not read.
+    pub(crate) fn len(&self) -> usize {
+        self.sender.len()
     }
 }
 

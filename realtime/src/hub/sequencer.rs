@@ -5,9 +5,7 @@
 //! are read from the history; the read is applied, then the held events.
 //! Only when the history cannot fill the gap does the ring get a `reset`.
 
-use tokio::sync::broadcast;
-
-use super::Event;
+use super::{Event, Outlet};
 use crate::broker::{History, Sequenced};
 use crate::protocol::{self, Frame, Position};
 
@@ -85,7 +83,7 @@ impl Sequencer {
     /// history has it); returns whether a read of the history must start.
     pub(crate) fn live(
         &mut self,
-        ring: &broadcast::Sender<Event>,
+        ring: &Outlet,
         offset: u64,
         epoch: &str,
         frame: Frame,
@@ -108,7 +106,7 @@ impl Sequencer {
             }
             if offset == self.last + 1 {
                 self.last = offset;
-                let _ = ring.send(Event { offset, frame });
+                ring.send(offset, frame);
                 return false;
             }
         }
@@ -137,7 +135,7 @@ impl Sequencer {
     /// false: read again from [`read_from`](Self::read_from).
     pub(crate) fn apply(
         &mut self,
-        ring: &broadcast::Sender<Event>,
+        ring: &Outlet,
         topic: &str,
         from: ReadFrom,
         read: History,
@@ -158,10 +156,7 @@ impl Sequencer {
                 for event in read.events {
                     if event.offset == self.last + 1 {
                         self.last = event.offset;
-                        let _ = ring.send(Event {
-                            offset: event.offset,
-                            frame: event.frame,
-                        });
+                        ring.send(event.offset, event.frame);
                     }
                 }
             }
@@ -177,10 +172,7 @@ impl Sequencer {
                         epoch: read.position.epoch,
                     },
                 };
-                let _ = ring.send(Event {
-                    offset: Event::RESET,
-                    frame: protocol::reset_frame(topic, &position),
-                });
+                ring.send(Event::RESET, protocol::reset_frame(topic, &position));
                 self.epoch = Some(position.epoch);
                 self.last = position.offset;
                 self.generation += 1;
@@ -207,10 +199,7 @@ impl Sequencer {
             }
             if rest.is_empty() && offset == self.last + 1 {
                 self.last = offset;
-                let _ = ring.send(Event {
-                    offset,
-                    frame: held.event.frame,
-                });
+                ring.send(offset, held.event.frame);
                 continue;
             }
             rest.push(held);
@@ -227,6 +216,7 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Ring;
 
     fn frame(offset: u64) -> Frame {
         Frame::from(format!(
@@ -250,21 +240,15 @@ mod tests {
         }
     }
 
-    fn drain(receiver: &mut broadcast::Receiver<Event>) -> Vec<u64> {
+    fn drain(receiver: &mut Ring) -> Vec<u64> {
         std::iter::from_fn(|| receiver.try_recv().ok())
             .map(|event| event.offset)
             .collect()
     }
 
     /// A sequencer at offset `last` of epoch "e", live.
-    fn live_at(
-        last: u64,
-    ) -> (
-        Sequencer,
-        broadcast::Sender<Event>,
-        broadcast::Receiver<Event>,
-    ) {
-        let (ring, receiver) = broadcast::channel(64);
+    fn live_at(last: u64) -> (Sequencer, Outlet, Ring) {
+        let (ring, receiver) = Outlet::new(64, usize::MAX);
         let mut sequencer = Sequencer::new(1);
         let from = sequencer.read_from();
         assert!(sequencer.apply(&ring, "t", from, read("e", last, &[])));

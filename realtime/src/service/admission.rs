@@ -195,6 +195,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
     pub(crate) fn serve(
         self,
         socket: Socket,
+        deflate: bool,
         accepted: Accepted<H, B>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let Accepted {
@@ -215,7 +216,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         // which the write task empties before it reads any ring.
         let mut feed = feed;
         outbox.catch_up(&mut feed);
-        let mut started = connection::start(socket, &outbox, feed, &self.inner.config);
+        let mut started = connection::start(socket, deflate, &outbox, feed, &self.inner.config);
         self.inner.heartbeat.watch(outbox.status());
         let mut ctx = Context {
             conn_id: id,
@@ -230,6 +231,9 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
                 .map(|place| Arc::clone(place.budget())),
         };
         metrics::counter!(telemetry::ACCEPTED).increment(1);
+        if deflate {
+            metrics::counter!(telemetry::COMPRESSED).increment(1);
+        }
         // Every event of the connection's life is logged inside this span:
         // which connection, whose, on which topic. Frames are `debug`.
         let span = tracing::info_span!(

@@ -162,7 +162,15 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
             return Err(BuildError::PresenceUnsupported);
         }
         let counters = Arc::new(Counters::new(H::MESSAGE_TYPES));
-        let hub = Arc::new(Hub::new(self.config.topic_backlog, Arc::clone(&counters)));
+        let deflate_min = match self.config.compression {
+            true => self.config.compression_min_bytes,
+            false => usize::MAX,
+        };
+        let hub = Arc::new(Hub::new(
+            self.config.topic_backlog,
+            deflate_min,
+            Arc::clone(&counters),
+        ));
         let broker = Arc::new(self.broker);
         let filler = Arc::new(Filler {
             hub: Arc::clone(&hub),

@@ -20,6 +20,18 @@
 //! Only frame heads are parsed (2 to 14 bytes); payloads are skipped by
 //! arithmetic. The scan runs on every byte tungstenite reads, from the first
 //! byte after the upgrade, so it cannot be put out of step with the frames.
+//!
+//! On a socket that negotiated permessage-deflate the guard also reads the
+//! compressed messages, which tungstenite would refuse (it knows no
+//! extension, so RSV1 is a protocol error to it): their frames are taken out
+//! of the stream, their payloads unmasked and gathered, and the message,
+//! inflated within the size limit, is handed to tungstenite as one plain
+//! frame in their place. A message that is not DEFLATE data ends the
+//! connection with 1007, one that inflates past `Config::max_frame_bytes`
+//! with 1009 (before more than that is allocated), a frame that breaks the
+//! extension's rules (RSV1 on a continuation, a new message inside a
+//! compressed one, an unmasked frame) with 1002. Everything else passes as
+//! it came, in place.
 
 use std::io;
 use std::pin::Pin;
@@ -32,6 +44,8 @@ use tokio::time::{Instant, Sleep};
 use crate::protocol::close_code;
 use crate::util::millis;
 
+use super::deflate::{self, InflateError};
+
 /// The limits a [`Guarded`] socket applies; copied from the service's
 /// `Config`, small, since every socket keeps them.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +54,10 @@ pub(crate) struct Limits {
     max_fragments: u32,
     /// Milliseconds.
     fragment_timeout: u32,
+    /// The largest message a compressed one may inflate to; 0 on a socket
+    /// without permessage-deflate, whose compressed frames pass to
+    /// tungstenite, which refuses them.
+    inflate_limit: u32,
 }
 
 impl Limits {
@@ -48,7 +66,22 @@ impl Limits {
             frames_per_sec: frames_per_sec.max(1),
             max_fragments,
             fragment_timeout: u32::try_from(fragment_timeout.as_millis()).unwrap_or(u32::MAX),
+            inflate_limit: 0,
         }
+    }
+
+    /// The limits of a socket that negotiated permessage-deflate: its
+    /// compressed messages are read, and inflate to at most `max_message`
+    /// bytes.
+    pub(crate) fn inflating(self, max_message: usize) -> Self {
+        Self {
+            inflate_limit: u32::try_from(max_message).unwrap_or(u32::MAX).max(1),
+            ..self
+        }
+    }
+
+    fn deflate(&self) -> bool {
+        self.inflate_limit != 0
     }
 
     fn fragment_timeout(&self) -> Duration {
@@ -75,6 +108,16 @@ pub(crate) enum Violation {
     /// A frame's 64-bit length had its most significant bit set.
     #[error("a frame length with its most significant bit set")]
     BadLength,
+    /// A compressed message was not DEFLATE data.
+    #[error("invalid compressed data")]
+    BadCompression,
+    /// A compressed message inflated, or would, past the limit.
+    #[error("a compressed message larger than {0} bytes")]
+    Inflated(u32),
+    /// A frame broke permessage-deflate's rules: RSV1 on a continuation, a
+    /// new message inside a compressed one, an unmasked compressed frame.
+    #[error("a frame that breaks permessage-deflate")]
+    Extension,
 }
 
 impl Violation {
@@ -82,7 +125,9 @@ impl Violation {
     pub(crate) fn code(self) -> u16 {
         match self {
             Self::TooManyFragments(_) | Self::FragmentTimeout(_) => close_code::POLICY,
-            Self::BadLength => close_code::PROTOCOL_ERROR,
+            Self::BadLength | Self::Extension => close_code::PROTOCOL_ERROR,
+            Self::BadCompression => close_code::INVALID_DATA,
+            Self::Inflated(_) => close_code::TOO_BIG,
         }
     }
 
@@ -100,8 +145,43 @@ struct Scan {
     /// The head being read: its bytes so far, and how many.
     head: [u8; 14],
     have: u8,
-    /// Frames of the fragmented message now open; 0 when none is.
-    fragments: u32,
+    /// Whether the current frame is part of a compressed message, taken
+    /// out of the stream rather than passed on.
+    capture: bool,
+}
+
+/// What a scan of bytes just read leaves for tungstenite.
+#[derive(Debug, PartialEq, Eq)]
+struct Scanned {
+    /// The bytes to hand on: the first `keep`, moved there in place.
+    keep: usize,
+    /// Where the scan stopped, after a compressed message's last frame:
+    /// the bytes from here on come after that message and are scanned once
+    /// it is handed on.
+    rest: Option<usize>,
+}
+
+/// A compressed message being read, and the bytes that wait to be handed
+/// to tungstenite. Made when a compressed message begins and dropped as
+/// soon as all of it is empty again: an idle socket holds none.
+#[derive(Debug, Default)]
+struct Inflating {
+    /// The opcode of the compressed message now open (1 or 2); 0 when none is.
+    opcode: u8,
+    /// Its payload so far, unmasked.
+    compressed: Vec<u8>,
+    /// The last message inflated, as one plain frame, and how much of it
+    /// was handed on.
+    ready: Vec<u8>,
+    handed: usize,
+    /// Bytes read after the end of a compressed message, not scanned yet.
+    unread: Vec<u8>,
+}
+
+impl Inflating {
+    fn is_empty(&self) -> bool {
+        self.opcode == 0 && self.ready.is_empty() && self.unread.is_empty()
+    }
 }
 
 /// An upgraded socket whose reads are scanned frame by frame; writes pass
@@ -111,15 +191,23 @@ pub(crate) struct Guarded<S> {
     inner: S,
     limits: Limits,
     scan: Scan,
+    /// Frames of the fragmented message now open; 0 when none is. (Here
+    /// rather than in [`Scan`], whose padding it would grow: every socket
+    /// keeps a guard.)
+    fragments: u32,
     /// Frames the client may still send now; below zero, reading waits.
     tokens: f32,
     /// When the bucket was last refilled ([`millis`]).
     refilled: u32,
-    /// When the open fragmented message began ([`millis`]).
-    opened: Option<u32>,
+    /// When the open fragmented message began ([`millis`]); meaningful
+    /// only while one is open (`fragments > 0`), which saves an option's
+    /// tag.
+    opened: u32,
     /// Made only while reading waits for the bucket: an idle socket holds
     /// no timer.
     wait: Option<Pin<Box<Sleep>>>,
+    /// Only while a compressed message is read or handed on.
+    inflating: Option<Box<Inflating>>,
 }
 
 impl<S> Guarded<S> {
@@ -131,12 +219,14 @@ impl<S> Guarded<S> {
                 skip: 0,
                 head: [0; 14],
                 have: 0,
-                fragments: 0,
+                capture: false,
             },
+            fragments: 0,
             tokens: limits.frames_per_sec as f32,
             refilled: millis(Instant::now()),
-            opened: None,
+            opened: 0,
             wait: None,
+            inflating: None,
         }
     }
 
@@ -151,37 +241,193 @@ impl<S> Guarded<S> {
     }
 
     /// Scans `bytes`, just read; counts their frames against the bucket.
-    fn scan(&mut self, mut bytes: &[u8], now: Instant) -> Result<(), Violation> {
+    /// The frames of compressed messages are taken out (the rest is moved
+    /// up in place); the scan stops after a compressed message's last frame,
+    /// whose inflated frame must be handed on before what follows it.
+    fn scan(&mut self, bytes: &mut [u8], now: Instant) -> Result<Scanned, Violation> {
         let mut frames = 0u32;
-        while !bytes.is_empty() {
+        let scanned = self.scan_frames(bytes, now, &mut frames);
+        self.tokens -= frames as f32;
+        scanned
+    }
+
+    /// [`scan`](Self::scan)'s loop; `frames` counts the frames begun.
+    fn scan_frames(
+        &mut self,
+        bytes: &mut [u8],
+        now: Instant,
+        frames: &mut u32,
+    ) -> Result<Scanned, Violation> {
+        let (mut read, mut kept) = (0, 0);
+        while read < bytes.len() {
             if self.scan.skip > 0 {
-                let skipped = (bytes.len() as u64).min(self.scan.skip);
-                self.scan.skip -= skipped;
-                bytes = &bytes[skipped as usize..];
+                let take = ((bytes.len() - read) as u64).min(self.scan.skip) as usize;
+                if self.scan.capture {
+                    self.gather(&bytes[read..read + take]);
+                } else {
+                    keep(bytes, read, take, &mut kept);
+                }
+                read += take;
+                self.scan.skip -= take as u64;
+                if self.scan.skip == 0 && self.scan.capture && self.captured()? {
+                    return Ok(Scanned {
+                        keep: kept,
+                        rest: (read < bytes.len()).then_some(read),
+                    });
+                }
                 continue;
             }
             let have = usize::from(self.scan.have);
+            if have == 0 {
+                self.scan.capture = self.captures(bytes[read])?;
+            }
             // The head's length is known from its first two bytes.
             let need = if have < 2 {
                 2
             } else {
                 head_len(self.scan.head[1])
             };
-            let take = (need - have).min(bytes.len());
-            self.scan.head[have..have + take].copy_from_slice(&bytes[..take]);
+            let take = (need - have).min(bytes.len() - read);
+            self.scan.head[have..have + take].copy_from_slice(&bytes[read..read + take]);
+            if !self.scan.capture {
+                keep(bytes, read, take, &mut kept);
+            }
+            read += take;
             self.scan.have += take as u8;
-            bytes = &bytes[take..];
             let have = usize::from(self.scan.have);
             if have < 2 || have < head_len(self.scan.head[1]) {
                 continue;
             }
             self.scan.have = 0;
-            frames += 1;
+            *frames += 1;
             self.scan.skip = payload_len(&self.scan.head)?;
             self.frame(self.scan.head[0], now)?;
+            if self.scan.capture {
+                self.open_payload()?;
+                if self.scan.skip == 0 && self.captured()? {
+                    return Ok(Scanned {
+                        keep: kept,
+                        rest: (read < bytes.len()).then_some(read),
+                    });
+                }
+            }
         }
-        self.tokens -= frames as f32;
+        Ok(Scanned {
+            keep: kept,
+            rest: None,
+        })
+    }
+
+    /// Whether the frame that begins with `first` is part of a compressed
+    /// message; opens one on a data frame with RSV1.
+    fn captures(&mut self, first: u8) -> Result<bool, Violation> {
+        if !self.limits.deflate() {
+            return Ok(false);
+        }
+        let rsv1 = first & 0x40 != 0;
+        let open = self.inflating.as_ref().is_some_and(|open| open.opcode != 0);
+        match first & 0x0F {
+            1 | 2 if open => Err(Violation::Extension),
+            // Inside a plain fragmented message: tungstenite refuses it.
+            1 | 2 if !rsv1 || self.fragments > 0 => Ok(false),
+            opcode @ (1 | 2) => {
+                self.inflating.get_or_insert_default().opcode = opcode;
+                Ok(true)
+            }
+            0 if open && rsv1 => Err(Violation::Extension),
+            0 if open => Ok(true),
+            // Control frames, plain messages, and what tungstenite refuses
+            // itself (RSV1 on a control frame).
+            _ => Ok(false),
+        }
+    }
+
+    /// Checks a compressed frame's head: masked, as a client's frames must
+    /// be, and within the size limit with what came before.
+    fn open_payload(&mut self) -> Result<(), Violation> {
+        if self.scan.head[1] & 0x80 == 0 {
+            return Err(Violation::Extension);
+        }
+        let limit = self.limits.inflate_limit;
+        let gathered = self
+            .inflating
+            .as_ref()
+            .map_or(0, |open| open.compressed.len());
+        // DEFLATE makes hardly any message larger, and none by more than a
+        // few bytes per 16 KiB: compressed data past this cannot be within it.
+        let bound = u64::from(limit) + u64::from(limit) / 1024 + 64;
+        if gathered as u64 + self.scan.skip > bound {
+            return Err(Violation::Inflated(limit));
+        }
         Ok(())
+    }
+
+    /// Unmasks and keeps payload bytes of a compressed frame.
+    fn gather(&mut self, bytes: &[u8]) {
+        let head = &self.scan.head;
+        let len = head_len(head[1]);
+        let mask = [head[len - 4], head[len - 3], head[len - 2], head[len - 1]];
+        // Where these bytes are in the payload, for the mask's phase.
+        let at = payload_len(head).unwrap_or(0) - self.scan.skip;
+        let open = self.inflating.get_or_insert_default();
+        open.compressed.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[(at as usize + i) % 4]),
+        );
+    }
+
+    /// At the end of a compressed frame's payload: if it was the message's
+    /// last, inflates it into the frame to hand on; returns whether it was.
+    fn captured(&mut self) -> Result<bool, Violation> {
+        if self.scan.head[0] & 0x80 == 0 {
+            return Ok(false);
+        }
+        let limit = self.limits.inflate_limit;
+        let open = self.inflating.get_or_insert_default();
+        let opcode = std::mem::take(&mut open.opcode);
+        let compressed = std::mem::take(&mut open.compressed);
+        let plain = deflate::inflate(compressed, limit as usize).map_err(|error| match error {
+            InflateError::Invalid => Violation::BadCompression,
+            InflateError::TooBig(_) => Violation::Inflated(limit),
+        })?;
+        debug_assert!(
+            open.ready.is_empty(),
+            "a frame is handed on before the next is read"
+        );
+        open.ready = plain_frame(opcode, &plain);
+        open.handed = 0;
+        Ok(true)
+    }
+
+    /// Drops the state of compressed messages once nothing is left in it.
+    fn tidy(&mut self) {
+        if self.inflating.as_ref().is_some_and(|open| open.is_empty()) {
+            self.inflating = None;
+        }
+    }
+
+    /// Waits while the bucket is in debt.
+    fn throttle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.tokens < 0.0 {
+            let now = Instant::now();
+            self.refill(now);
+            if self.tokens < 0.0 {
+                // In debt: wait until the bucket is back at zero.
+                let short = -self.tokens / self.limits.frames_per_sec as f32;
+                let until = now + Duration::from_secs_f32(short);
+                let wait = self.wait.get_or_insert_with(|| {
+                    metrics::counter!(crate::telemetry::READS_THROTTLED).increment(1);
+                    Box::pin(tokio::time::sleep_until(until))
+                });
+                wait.as_mut().reset(until);
+                ready!(wait.as_mut().poll(cx));
+                self.refill(Instant::now());
+            }
+            self.wait = None;
+        }
+        Poll::Ready(())
     }
 
     /// Follows the fragments of a message through one frame's first byte.
@@ -191,31 +437,59 @@ impl<S> Guarded<S> {
         match opcode {
             // Text or binary: a message begins; unfinished, it is fragmented.
             1 | 2 if !fin => {
-                self.scan.fragments = 1;
-                self.opened = Some(millis(now));
+                self.fragments = 1;
+                self.opened = millis(now);
             }
             // A continuation: one more fragment of the open message.
-            0 if self.scan.fragments > 0 => {
-                self.scan.fragments += 1;
-                if self.scan.fragments > self.limits.max_fragments {
+            0 if self.fragments > 0 => {
+                self.fragments += 1;
+                if self.fragments > self.limits.max_fragments {
                     return Err(Violation::TooManyFragments(self.limits.max_fragments));
                 }
                 if fin {
-                    self.scan.fragments = 0;
-                    self.opened = None;
+                    self.fragments = 0;
                 }
             }
             // Control frames, whole messages, and what tungstenite refuses
             // itself (a continuation with nothing open, a reserved opcode).
             _ => {}
         }
-        if let Some(opened) = self.opened
-            && since(millis(now), opened) > self.limits.fragment_timeout()
-        {
+        if self.fragments > 0 && since(millis(now), self.opened) > self.limits.fragment_timeout() {
             return Err(Violation::FragmentTimeout(self.limits.fragment_timeout()));
         }
         Ok(())
     }
+}
+
+/// Moves `len` bytes at `from` to `*kept` (they stay where they are until a
+/// frame has been taken out before them).
+fn keep(bytes: &mut [u8], from: usize, len: usize, kept: &mut usize) {
+    if from != *kept {
+        bytes.copy_within(from..from + len, *kept);
+    }
+    *kept += len;
+}
+
+/// `payload` as one final, masked client frame of `opcode` (with a zero
+/// mask key, which leaves it as it is): what tungstenite, which asks a
+/// client's frames to be masked, reads in place of a compressed message.
+fn plain_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// A frame head's length, from its second byte: 2, the extended length (2
@@ -254,34 +528,58 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tokens < 0.0 {
-            let now = Instant::now();
-            this.refill(now);
-            if this.tokens < 0.0 {
-                // In debt: wait until the bucket is back at zero.
-                let short = -this.tokens / this.limits.frames_per_sec as f32;
-                let until = now + Duration::from_secs_f32(short);
-                let wait = this.wait.get_or_insert_with(|| {
-                    metrics::counter!(crate::telemetry::READS_THROTTLED).increment(1);
-                    Box::pin(tokio::time::sleep_until(until))
-                });
-                wait.as_mut().reset(until);
-                ready!(wait.as_mut().poll(cx));
-                this.refill(Instant::now());
-            }
-            this.wait = None;
-        }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        if read.is_empty() {
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let now = Instant::now();
-        this.refill(now);
-        this.scan(read, now)
-            .map_err(|violation| io::Error::new(io::ErrorKind::InvalidData, violation))?;
-        Poll::Ready(Ok(()))
+        loop {
+            // An inflated message first, then what was read after it, then
+            // the socket.
+            let before = buf.filled().len();
+            if let Some(open) = this.inflating.as_deref_mut()
+                && open.handed < open.ready.len()
+            {
+                let take = buf.remaining().min(open.ready.len() - open.handed);
+                buf.put_slice(&open.ready[open.handed..open.handed + take]);
+                open.handed += take;
+                if open.handed == open.ready.len() {
+                    open.ready = Vec::new();
+                }
+                this.tidy();
+                return Poll::Ready(Ok(()));
+            }
+            match this.inflating.as_deref_mut() {
+                Some(open) if !open.unread.is_empty() => {
+                    let take = buf.remaining().min(open.unread.len());
+                    buf.put_slice(&open.unread[..take]);
+                    open.unread.drain(..take);
+                }
+                _ => {
+                    ready!(this.throttle(cx));
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                    if buf.filled().len() == before {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            let now = Instant::now();
+            this.refill(now);
+            let read = &mut buf.filled_mut()[before..];
+            let scanned = this
+                .scan(read, now)
+                .map_err(|violation| io::Error::new(io::ErrorKind::InvalidData, violation))?;
+            if let Some(rest) = scanned.rest {
+                // Ahead of anything unread already: it was read before.
+                let open = this.inflating.get_or_insert_default();
+                open.unread.splice(0..0, read[rest..].iter().copied());
+            }
+            buf.set_filled(before + scanned.keep);
+            this.tidy();
+            if scanned.keep > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // All of it was a compressed message's: hand on its frame, or
+            // read on.
+        }
     }
 }
 
@@ -323,7 +621,7 @@ mod tests {
         Guarded::new((), Limits::new(100, 4, Duration::from_secs(10)))
     }
 
-    /// A masked client frame: its head, mask key and `payload`.
+    /// A masked client frame: its head, mask key and `payload` (masked).
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut bytes = vec![first];
         match payload.len() {
@@ -337,9 +635,137 @@ mod tests {
                 bytes.extend_from_slice(&(len as u64).to_be_bytes());
             }
         }
-        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let mask = [1, 2, 3, 4];
+        bytes.extend_from_slice(&mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        bytes
+    }
+
+    /// A socket that gives `stream` a few bytes per read.
+    struct Trickle {
+        stream: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let take = this
+                .step
+                .min(buf.remaining())
+                .min(this.stream.len() - this.at);
+            buf.put_slice(&this.stream[this.at..this.at + take]);
+            this.at += take;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Everything tungstenite would read from `stream` behind a guard that
+    /// negotiated compression, `step` bytes per socket read into a buffer
+    /// of `room`.
+    async fn read_all(stream: Vec<u8>, step: usize, room: usize) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let limits = Limits::new(1000, 8, Duration::from_secs(10)).inflating(64 * 1024);
+        let mut guard = Guarded::new(
+            Trickle {
+                stream,
+                at: 0,
+                step,
+            },
+            limits,
+        );
+        let mut out = Vec::new();
+        let mut buf = vec![0; room];
+        loop {
+            let read = guard.read(&mut buf).await?;
+            if read == 0 {
+                assert!(guard.inflating.is_none(), "nothing kept once read");
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..read]);
+        }
+    }
+
+    /// A frame as tungstenite reads a compressed message in its place.
+    fn plain(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = frame(first, b"");
+        let len = bytes.len();
+        bytes[len - 4..].copy_from_slice(&[0; 4]);
+        bytes[1] = 0x80 | payload.len() as u8;
         bytes.extend_from_slice(payload);
         bytes
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_read_in_place_whatever_the_reads_cut() {
+        let text = br#"{"type":"say","data":{"text":"hello hello hello hello"}}"#;
+        let deflated = deflate::deflate(text);
+        let (first, second) = deflated.split_at(deflated.len() / 2);
+        let mut stream = frame(0x81, b"plain");
+        // In one frame, then in two with a ping between them.
+        stream.extend(frame(0xC1, &deflated));
+        stream.extend(frame(0x41, first));
+        stream.extend(frame(0x89, b"p"));
+        stream.extend(frame(0x80, second));
+        stream.extend(frame(0x82, b"after"));
+        let mut expected = frame(0x81, b"plain");
+        expected.extend(plain(0x81, text));
+        expected.extend(frame(0x89, b"p"));
+        expected.extend(plain(0x81, text));
+        expected.extend(frame(0x82, b"after"));
+        for (step, room) in [(1, 4096), (3, 5), (7, 64), (4096, 4096), (4096, 9)] {
+            let read = read_all(stream.clone(), step, room).await.unwrap();
+            assert_eq!(read, expected, "step {step}, room {room}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_compressed_message_ends_the_socket_with_its_code() {
+        let code = |stream: Vec<u8>| async move {
+            let error = read_all(stream, 4096, 4096).await.unwrap_err();
+            Violation::of(&error).map(Violation::code)
+        };
+        // Not DEFLATE data: 1007.
+        assert_eq!(code(frame(0xC1, &[0xff, 0xff, 0xff])).await, Some(1007));
+        // 10 MiB of zeros in a few KiB: 1009, past the 64 KiB limit.
+        let bomb = deflate::deflate(&vec![0; 10 << 20]);
+        assert_eq!(code(frame(0xC1, &bomb)).await, Some(1009));
+        // RSV1 on a continuation, a new message inside a compressed one: 1002.
+        let mut stream = frame(0x41, &deflate::deflate(b"a"));
+        stream.extend(frame(0xC0, b""));
+        assert_eq!(code(stream).await, Some(1002));
+        let mut stream = frame(0x41, &deflate::deflate(b"a"));
+        stream.extend(frame(0x81, b"b"));
+        assert_eq!(code(stream).await, Some(1002));
+        // A compressed frame larger than anything within the limit: 1009
+        // from its head, before its payload is read.
+        let mut head = vec![0xC1, 0x80 | 127];
+        head.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(code(head).await, Some(1009));
+    }
+
+    #[tokio::test]
+    async fn without_the_extension_compressed_frames_pass_to_be_refused() {
+        use tokio::io::AsyncReadExt;
+        let stream = frame(0xC1, &deflate::deflate(b"a"));
+        let limits = Limits::new(1000, 8, Duration::from_secs(10));
+        let mut guard = Guarded::new(
+            Trickle {
+                stream: stream.clone(),
+                at: 0,
+                step: 4096,
+            },
+            limits,
+        );
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, stream);
     }
 
     #[test]
@@ -352,7 +778,7 @@ mod tests {
         // One byte at a time: the heads are put back together.
         let now = Instant::now();
         for byte in &stream {
-            guard.scan(std::slice::from_ref(byte), now).unwrap();
+            guard.scan(&mut [*byte], now).unwrap();
         }
         assert_eq!(guard.tokens, 97.0);
         assert_eq!(guard.scan.skip, 0);
@@ -369,9 +795,9 @@ mod tests {
         }
         // A ping between fragments is allowed, and not a fragment.
         stream.extend(frame(0x89, b""));
-        guard.scan(&stream, now).unwrap();
+        guard.scan(&mut stream, now).unwrap();
         assert_eq!(
-            guard.scan(&frame(0x00, b""), now),
+            guard.scan(&mut frame(0x00, b""), now),
             Err(Violation::TooManyFragments(4))
         );
     }
@@ -384,21 +810,21 @@ mod tests {
             let mut stream = frame(0x01, b"a");
             stream.extend(frame(0x00, b"b"));
             stream.extend(frame(0x80, b"c"));
-            guard.scan(&stream, now).unwrap();
+            guard.scan(&mut stream, now).unwrap();
         }
-        assert_eq!(guard.scan.fragments, 0);
-        assert!(guard.opened.is_none());
+        assert_eq!(guard.fragments, 0);
+        assert_eq!(guard.fragments, 0, "no message open");
     }
 
     #[test]
     fn a_fragmented_message_has_a_deadline() {
         let mut guard = guard();
         let start = Instant::now();
-        guard.scan(&frame(0x01, b"a"), start).unwrap();
+        guard.scan(&mut frame(0x01, b"a"), start).unwrap();
         let late = start + Duration::from_secs(11);
         // Even a pong, which is not part of the message, finds it late.
         assert_eq!(
-            guard.scan(&frame(0x8A, b""), late),
+            guard.scan(&mut frame(0x8A, b""), late),
             Err(Violation::FragmentTimeout(Duration::from_secs(10)))
         );
     }
@@ -409,7 +835,10 @@ mod tests {
         let mut head = vec![0x81, 0x80 | 127];
         head.extend_from_slice(&u64::MAX.to_be_bytes());
         head.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(guard.scan(&head, Instant::now()), Err(Violation::BadLength));
+        assert_eq!(
+            guard.scan(&mut head, Instant::now()),
+            Err(Violation::BadLength)
+        );
         assert_eq!(Violation::BadLength.code(), 1002);
     }
 }

@@ -8,7 +8,11 @@
 //! cannot be upgraded, 400 for a wrong `Upgrade`, `Sec-WebSocket-Version`
 //! or a missing `Sec-WebSocket-Key`. HTTP/2's extended CONNECT is not
 //! served: browsers fall back to HTTP/1.1 for WebSockets.
+//!
+//! permessage-deflate (RFC 7692) is negotiated here too, when the service
+//! allows it and the client offers it; see [`deflate`].
 
+pub(crate) mod deflate;
 mod guard;
 
 use std::future::Future;
@@ -47,6 +51,9 @@ pub(crate) type Socket = WebSocketStream<Guarded<TokioIo<hyper::upgrade::Upgrade
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// Whether the client offered permessage-deflate in a form the server
+    /// can accept.
+    deflate: bool,
 }
 
 /// Why a request cannot be upgraded, answered with its HTTP status (400,
@@ -128,26 +135,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "the connection cannot be upgraded",
             );
         };
-        Ok(Self { key, on_upgrade })
+        let deflate = deflate::accepts(
+            parts
+                .headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        Ok(Self {
+            key,
+            on_upgrade,
+            deflate,
+        })
     }
 }
 
 impl Upgrade {
     /// The 101 answer; once it is sent, `serve` runs on the socket in a task
-    /// of its own. `protocol` is the `Sec-WebSocket-Protocol` chosen, if any.
+    /// of its own, told whether permessage-deflate was negotiated: it is
+    /// when `inflate_limit` is given (the service allows compression, and
+    /// compressed messages inflate to at most that many bytes) and the
+    /// client offered it. `protocol` is the `Sec-WebSocket-Protocol`
+    /// chosen, if any.
     pub(crate) fn answer<F, Fut>(
         self,
         config: WebSocketConfig,
         limits: Limits,
+        inflate_limit: Option<usize>,
         protocol: Option<&'static str>,
         serve: F,
     ) -> Response
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
+        F: FnOnce(Socket, bool) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        let (deflate, limits) = match inflate_limit {
+            Some(max) if self.deflate => (true, limits.inflating(max)),
+            _ => (false, limits),
+        };
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 // The client went away before the 101 reached it; `serve`
@@ -157,7 +184,7 @@ impl Upgrade {
             };
             let io = Guarded::new(TokioIo::new(upgraded), limits);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            serve(socket).await;
+            serve(socket, deflate).await;
         });
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -166,6 +193,12 @@ impl Upgrade {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(accept) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if deflate {
+            headers.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(deflate::ACCEPTED),
+            );
         }
         if let Some(protocol) = protocol {
             headers.insert(

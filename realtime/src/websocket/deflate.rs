@@ -1,0 +1,265 @@
+//! permessage-deflate (RFC 7692): the offer a client makes in its upgrade,
+//! and the DEFLATE of one message either way.
+//!
+//! The server always answers with `server_no_context_takeover` and
+//! `client_no_context_takeover` (RFC 7692, 7.1.1.1 and 7.1.1.2 let it add
+//! both to any offer it accepts). Each message is then compressed on its
+//! own, in both directions, which is what makes the rest cheap:
+//!
+//! - an event compressed once serves every subscriber that negotiated the
+//!   extension, since no subscriber's stream depends on what it was sent
+//!   before;
+//! - a connection keeps no compressor or window of its own, idle or not:
+//!   the (de)compressors are one per thread, reset for each message.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const NAME: &str = "permessage-deflate";
+
+/// The server's answer to an offer it accepts.
+pub(crate) const ACCEPTED: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The four bytes a sync flush ends with, which RFC 7692 (7.2.1) has the
+/// sender remove and the receiver put back.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// How much more room inflating asks for at a time: a small frame that
+/// inflates far is found out before its output is allocated (see
+/// [`inflate`]).
+const INFLATE_STEP: usize = 16 * 1024;
+
+/// Whether one of the offers in the request's `Sec-WebSocket-Extensions`
+/// values is a permessage-deflate offer the server can accept: one whose
+/// parameters are all known, each at most once, and whose
+/// `server_max_window_bits`, if any, is 15 (the compressor's window is not
+/// made smaller; an offer that asks for that is declined, and the socket
+/// runs without compression).
+pub(crate) fn accepts<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    values.into_iter().any(|value| {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return false;
+        };
+        value.split(',').any(acceptable)
+    })
+}
+
+/// Whether one offer (`name; param; param=value`) can be accepted.
+fn acceptable(offer: &str) -> bool {
+    let mut parts = offer.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case(NAME))
+    {
+        return false;
+    }
+    let mut seen = [false; 4];
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        let (at, ok) = match name {
+            "server_no_context_takeover" => (0, value.is_none()),
+            "client_no_context_takeover" => (1, value.is_none()),
+            "server_max_window_bits" => (2, value == Some("15")),
+            // The client's window: any size inflates with a 15-bit window.
+            "client_max_window_bits" => (3, value.is_none_or(window_bits)),
+            _ => return false,
+        };
+        if !ok || std::mem::replace(&mut seen[at], true) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `value` is a window size RFC 7692 allows (8 to 15).
+fn window_bits(value: &str) -> bool {
+    value
+        .parse::<u8>()
+        .is_ok_and(|bits| (8..=15).contains(&bits))
+        && !value.starts_with('0')
+}
+
+thread_local! {
+    /// One compressor per thread, reset for every message: its state is
+    /// hundreds of KiB, too much to make per message or keep per socket.
+    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), false));
+    /// One decompressor per thread, likewise.
+    static DECOMPRESSOR: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// `payload` compressed as one message's payload (RFC 7692, 7.2.1):
+/// DEFLATE with a sync flush, without its last four bytes.
+pub(crate) fn deflate(payload: &[u8]) -> Bytes {
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        compressor.reset();
+        // Enough for incompressible input (stored blocks add 5 bytes per
+        // 64 KiB) and the flush.
+        let mut out = Vec::with_capacity(payload.len() + payload.len() / 1024 * 5 + 64);
+        let mut consumed = 0;
+        loop {
+            let before = compressor.total_in();
+            compressor
+                .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
+                .expect("compressing into memory does not fail");
+            consumed += (compressor.total_in() - before) as usize;
+            if consumed == payload.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        Bytes::from(out)
+    })
+}
+
+/// Why a compressed message could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum InflateError {
+    /// The bytes are not DEFLATE data.
+    #[error("invalid compressed data")]
+    Invalid,
+    /// The message inflates past the limit.
+    #[error("a compressed message inflates past {0} bytes")]
+    TooBig(usize),
+}
+
+/// One message's payload inflated: `compressed` (which the four bytes RFC
+/// 7692 has the sender remove are appended to) into at most `limit` bytes.
+/// The output grows a step at a time, so a message that would inflate past
+/// `limit` fails with at most `limit` bytes allocated for it.
+pub(crate) fn inflate(mut compressed: Vec<u8>, limit: usize) -> Result<Vec<u8>, InflateError> {
+    compressed.extend_from_slice(&TAIL);
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        decompressor.reset(false);
+        let mut out: Vec<u8> = Vec::new();
+        let mut consumed = 0;
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() > limit {
+                    return Err(InflateError::TooBig(limit));
+                }
+                out.reserve_exact(INFLATE_STEP.min(limit + 1 - out.len()));
+            }
+            let (read, written) = (decompressor.total_in(), out.len());
+            let status = decompressor
+                .decompress_vec(&compressed[consumed..], &mut out, FlushDecompress::Sync)
+                .map_err(|_| InflateError::Invalid)?;
+            consumed += (decompressor.total_in() - read) as usize;
+            if out.len() > limit {
+                return Err(InflateError::TooBig(limit));
+            }
+            let room = out.len() < out.capacity();
+            if status == Status::StreamEnd || (consumed == compressed.len() && room) {
+                return Ok(out);
+            }
+            if room && decompressor.total_in() == read && out.len() == written {
+                // No progress with input left and room to write: the data
+                // ends in the middle of a block.
+                return Err(InflateError::Invalid);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_are_read_as_rfc_7692_writes_them() {
+        let accepts_one = |value: &str| accepts([value.as_bytes()]);
+        // Chromium's and Firefox's offer.
+        assert!(accepts_one("permessage-deflate; client_max_window_bits"));
+        // Python websockets' default offer.
+        assert!(accepts_one(
+            "permessage-deflate; server_max_window_bits=15; client_max_window_bits"
+        ));
+        assert!(accepts_one(
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+        ));
+        assert!(accepts_one("x-webkit-deflate-frame, permessage-deflate"));
+        assert!(accepts_one(
+            "permessage-deflate; client_max_window_bits=\"10\""
+        ));
+        // A window the compressor does not make smaller: declined.
+        assert!(!accepts_one(
+            "permessage-deflate; server_max_window_bits=10"
+        ));
+        // Unless a later offer can be taken.
+        assert!(accepts_one(
+            "permessage-deflate; server_max_window_bits=10, permessage-deflate"
+        ));
+        assert!(!accepts_one(
+            "permessage-deflate; client_max_window_bits=16"
+        ));
+        assert!(!accepts_one(
+            "permessage-deflate; client_max_window_bits=08"
+        ));
+        assert!(!accepts_one("permessage-deflate; unknown_param"));
+        assert!(!accepts_one(
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover"
+        ));
+        assert!(!accepts_one(
+            "permessage-deflate; server_no_context_takeover=1"
+        ));
+        assert!(!accepts_one("x-webkit-deflate-frame"));
+        assert!(!accepts([]));
+    }
+
+    #[test]
+    fn a_message_deflated_inflates_back() {
+        let event = br#"{"topic":"quotes","event":"quote","data":{"symbol":"ACME","bid":101.25,"ask":101.27,"symbol2":"ACME"}}"#;
+        let compressed = deflate(event);
+        assert!(compressed.len() < event.len());
+        assert!(!compressed.ends_with(&TAIL));
+        assert_eq!(inflate(compressed.to_vec(), 1 << 20).unwrap(), event);
+        // Each message on its own: the second is not smaller for the first.
+        assert_eq!(deflate(event), compressed);
+        // Empty and incompressible payloads too.
+        assert_eq!(inflate(deflate(b"").to_vec(), 10).unwrap(), b"");
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_eq!(inflate(deflate(&noise).to_vec(), 1 << 20).unwrap(), noise);
+    }
+
+    #[test]
+    fn a_bomb_fails_before_its_output_is_allocated() {
+        let zeros = vec![0u8; 10 << 20];
+        let compressed = deflate(&zeros);
+        assert!(compressed.len() < 20_000, "{}", compressed.len());
+        assert_eq!(
+            inflate(compressed.to_vec(), 64 * 1024),
+            Err(InflateError::TooBig(64 * 1024))
+        );
+        // Exactly at the limit is allowed.
+        assert_eq!(
+            inflate(deflate(&zeros[..1000]).to_vec(), 1000)
+                .unwrap()
+                .len(),
+            1000
+        );
+        assert_eq!(
+            inflate(deflate(&zeros[..1001]).to_vec(), 1000),
+            Err(InflateError::TooBig(1000))
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_deflate_are_invalid() {
+        // BTYPE 11 is reserved.
+        assert_eq!(
+            inflate(vec![0xff, 0xff, 0xff], 1000),
+            Err(InflateError::Invalid)
+        );
+    }
+}
