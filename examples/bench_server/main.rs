@@ -1,9 +1,13 @@
 //! The server the benchmark measures: `say {text}` broadcasts the text to the
-//! topic, `echo {text}` answers it. Any `?token=` is accepted.
+//! topic, `tick {quote}` broadcasts a JSON value (a quote, as a market feed
+//! sends it), `echo {text}` answers it. Any `?token=` is accepted.
 //!
 //! ```text
-//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] [HISTORY=1] [PRESENCE=quiet|announced] cargo run --release --example bench_server
+//! PORT=4000 [REDIS_URL=redis://127.0.0.1:6379/] [HISTORY=1] [PRESENCE=quiet|announced] [COMPRESSION_MIN_BYTES=128] cargo run --release --example bench_server
 //! ```
+//!
+//! `COMPRESSION_MIN_BYTES` sets `Config::compression_min_bytes`, the size
+//! from which frames are compressed for clients that negotiated it.
 //!
 //! `PRESENCE` tracks who is in every topic (`announced`: with join and
 //! leave events), with no linger, so that a leave is measured when it
@@ -22,10 +26,13 @@ use realtime::presence::{PresencePolicy, Tracking};
 use realtime::{Broker, Config, MemoryBroker, RedisBroker, Service};
 use serde::Serialize;
 
-/// The event every subscriber receives.
+/// The event every subscriber receives: `{"text": ...}` for `say`, the
+/// quote itself for `tick`.
 #[derive(Debug, Serialize)]
-struct Text {
-    text: String,
+#[serde(untagged)]
+enum Event {
+    Text { text: String },
+    Quote(serde_json::Value),
 }
 
 struct Bench;
@@ -34,8 +41,14 @@ struct Bench;
 impl Bench {
     /// Broadcasts `text` to the topic.
     #[broadcast]
-    async fn say(&self, text: String) -> Result<Text, HandlerError> {
-        Ok(Text { text })
+    async fn say(&self, text: String) -> Result<Event, HandlerError> {
+        Ok(Event::Text { text })
+    }
+
+    /// Broadcasts `quote`, whatever JSON it is, as the event.
+    #[broadcast]
+    async fn tick(&self, quote: serde_json::Value) -> Result<Event, HandlerError> {
+        Ok(Event::Quote(quote))
     }
 
     /// Answers `text` to the sender.
@@ -65,8 +78,14 @@ async fn serve<B: Broker>(port: u16, broker: B) -> Result<(), Box<dyn std::error
     // protect a chat would only measure themselves here.
     config.max_messages_per_sec = 1_000_000;
     config.rate_burst = 1_000_000;
+    config.max_publish_bytes_per_user_per_sec = 1 << 30;
     config.topic_backlog = 4096;
     config.max_connections = 20_000;
+    if let Ok(min) = std::env::var("COMPRESSION_MIN_BYTES") {
+        config.compression_min_bytes = min
+            .parse()
+            .map_err(|_| format!("COMPRESSION_MIN_BYTES must be a number, got `{min}`"))?;
+    }
     // `HISTORY=1`: every topic keeps its last 1000 events, to measure what
     // history costs a publish.
     let history = match std::env::var("HISTORY").as_deref() {

@@ -30,6 +30,12 @@
 //!   and its clients resume on the other: recovered or not, refused, events
 //!   missed, the storm's length, its Redis commands and CPU (see
 //!   docs/SCALING.md);
+//! - `compression [--subs 1000] [--messages 400] [--repeats 3] [--idle 5000]`: two
+//!   `bench_server` instances on one Redis and clients that offer
+//!   permessage-deflate or not: bytes on the wire per event (a 1 KiB quote,
+//!   a chat line) through a counting proxy, and a fan-out burst of quotes
+//!   with every subscriber compressed against none, and idle memory per
+//!   connection with and without it (see docs/PERFORMANCE.md);
 //! - `chaos --seed N --duration D [--cluster] [--durable] [--rooms 4] [--subs 3] [--pubs 2] [--rate 3] [--keep-going] [--trace FILE]`:
 //!   a seeded fault checker. Two `chaos-node` instances (`src/bin/chaos-node.rs`)
 //!   on a private Redis, or a local Redis Cluster of 3 masters and 3
@@ -51,6 +57,7 @@
 use std::process::ExitCode;
 
 mod chaos;
+mod compression;
 mod matrix;
 mod presence;
 mod scale;
@@ -98,7 +105,7 @@ impl Flags<'_> {
 
 async fn run(args: &[String]) -> Result<(), String> {
     let (workload, rest) = args.split_first().ok_or(
-        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|scale|storm|chaos> [--flags]; see the crate docs",
+        "usage: realtime-bench <fanout|rpc|idle|matrix|presence|soak|scale|storm|compression|chaos> [--flags]; see the crate docs",
     )?;
     let flags = Flags(rest);
     let urls = flags.all("--url");
@@ -173,6 +180,15 @@ async fn run(args: &[String]) -> Result<(), String> {
                 idle: std::time::Duration::from_secs(flags.number("--idle-secs", 40)?),
                 rate: flags.number("--rate", 10)?,
                 seconds: flags.number("--seconds", 60)?,
+            })
+            .await?;
+        }
+        "compression" => {
+            compression::run(&compression::Options {
+                subscribers: flags.number("--subs", 1000)?,
+                messages: flags.number("--messages", 400)?,
+                repeats: flags.number("--repeats", 3)?,
+                idle: flags.number("--idle", 5000)?,
             })
             .await?;
         }
