@@ -371,7 +371,7 @@ async fn publish(
 /// Bytes on the wire per delivered event.
 async fn wire(server: SocketAddr, shape: Shape, offer: bool) -> Result<f64, String> {
     let proxy = Proxy::start(server).await?;
-    let topic = format!("wire{}", rand::random::<u32>());
+    let topic = format!("wire{:010}", rand::random::<u32>());
     let mut readers = Vec::new();
     for n in 0..WIRE_SUBSCRIBERS {
         let path = format!("/ws/{topic}?token=sub{n}");
@@ -416,7 +416,7 @@ async fn fanout(
     offer: bool,
     every: usize,
 ) -> Result<Burst, String> {
-    let topic = format!("fan{}", rand::random::<u32>());
+    let topic = format!("fan{:010}", rand::random::<u32>());
     let servers: Vec<SocketAddr> = urls
         .iter()
         .map(|url| addr_of(url))
@@ -457,10 +457,10 @@ async fn fanout(
 }
 
 /// Resident memory per idle connection, in KiB: `count` connections to a
-/// fresh instance, offering permessage-deflate or not, each of which sent
-/// one long `echo` (compressed if negotiated) and read its answer (long
-/// enough to come compressed) before going idle.
-async fn idle(redis_url: &str, count: usize, offer: bool) -> Result<f64, String> {
+/// fresh instance, offering permessage-deflate or not; with `echo`, each
+/// sent one long `echo` (compressed if negotiated) and read its answer
+/// (long enough to come compressed) before going idle.
+async fn idle(redis_url: &str, count: usize, offer: bool, echo: bool) -> Result<f64, String> {
     let (server, url) = bench_server(redis_url, &[])?;
     let addr = addr_of(&url)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -469,17 +469,26 @@ async fn idle(redis_url: &str, count: usize, offer: bool) -> Result<f64, String>
     let request = format!(r#"{{"type":"echo","data":{{"text":"{text}"}},"id":1}}"#);
     let mut held = Vec::with_capacity(count);
     for n in 0..count {
-        let path = format!("/ws/idle{}?token=idle{n}", n % 100);
+        let path = format!("/ws/idle?token=idle{n}");
         let (mut socket, negotiated) = connect(addr, &path, offer).await?;
         if negotiated != offer {
             return Err(format!("offered {offer}, negotiated {negotiated}"));
+        }
+        let mut reader = Reader::new(socket, 1);
+        if !echo {
+            held.push(reader);
+            continue;
         }
         let frame = match offer {
             true => compressed_frame(request.as_bytes()),
             false => client_frame(request.as_bytes()),
         };
-        socket.write_all(&frame).await.map_err(|e| e.to_string())?;
-        let mut reader = Reader::new(socket, 1);
+        reader
+            .socket
+            .get_mut()
+            .write_all(&frame)
+            .await
+            .map_err(|e| e.to_string())?;
         let (answer, compressed) = tokio::time::timeout(STALL, reader.next())
             .await
             .map_err(|_| "no answer to echo".to_owned())??;
@@ -568,19 +577,25 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
     );
     drop(servers);
     println!(
-        "idle memory: {} connections to a fresh instance, each after one long echo, {} runs each:",
+        "idle memory: {} connections to a fresh instance, {} runs each:",
         options.idle, options.repeats
     );
-    let mut kib: [Vec<f64>; 2] = Default::default();
+    let sides = [(false, false), (true, false), (false, true), (true, true)];
+    let mut kib: [Vec<f64>; 4] = Default::default();
     for _ in 0..options.repeats {
-        for (offer, kib) in [false, true].into_iter().zip(kib.iter_mut()) {
-            kib.push(idle(&redis.url, options.idle, offer).await?);
+        for (&(offer, echo), kib) in sides.iter().zip(kib.iter_mut()) {
+            kib.push(idle(&redis.url, options.idle, offer, echo).await?);
         }
     }
     println!(
-        "  KiB per connection: plain {:.2}, deflate negotiated and used {:.2}",
+        "  KiB per connection, connected only: plain {:.2}, deflate negotiated {:.2}",
         median(&kib[0]),
         median(&kib[1])
+    );
+    println!(
+        "  KiB per connection, after one long echo: plain {:.2}, deflate negotiated and used {:.2}",
+        median(&kib[2]),
+        median(&kib[3])
     );
     Ok(())
 }
