@@ -57,11 +57,12 @@ impl Sources {
         }
     }
 
-    /// The message of a frame of the connection's own: compressed here if
-    /// it is large enough, since nobody else sends it.
+    /// The message of a frame of the connection's own (a reply, an error, a
+    /// resume's catch-up): compressed here, fast, if it is large enough,
+    /// since nobody else sends it.
     fn own(&self, frame: Frame) -> Message {
         if frame.as_bytes().len() >= self.deflate_min {
-            return compressed(deflate::deflate(frame.as_bytes()));
+            return compressed(deflate::deflate(frame.as_bytes(), deflate::Effort::Own));
         }
         Message::Text(frame.into_text())
     }

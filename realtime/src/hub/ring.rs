@@ -89,11 +89,9 @@ impl Event {
     pub(crate) fn deflated(&self) -> Option<&Bytes> {
         match &self.body {
             Body::Plain(_) => None,
-            Body::Deflatable(shared) => Some(
-                shared
-                    .deflated
-                    .get_or_init(|| deflate::deflate(shared.frame.as_bytes())),
-            ),
+            Body::Deflatable(shared) => Some(shared.deflated.get_or_init(|| {
+                deflate::deflate(shared.frame.as_bytes(), deflate::Effort::Shared)
+            })),
         }
     }
 }

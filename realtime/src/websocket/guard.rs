@@ -704,7 +704,7 @@ mod tests {
     #[tokio::test]
     async fn compressed_messages_are_read_in_place_whatever_the_reads_cut() {
         let text = br#"{"type":"say","data":{"text":"hello hello hello hello"}}"#;
-        let deflated = deflate::deflate(text);
+        let deflated = deflate::deflate(text, deflate::Effort::Own);
         let (first, second) = deflated.split_at(deflated.len() / 2);
         let mut stream = frame(0x81, b"plain");
         // In one frame, then in two with a ping between them.
@@ -733,13 +733,13 @@ mod tests {
         // Not DEFLATE data: 1007.
         assert_eq!(code(frame(0xC1, &[0xff, 0xff, 0xff])).await, Some(1007));
         // 10 MiB of zeros in a few KiB: 1009, past the 64 KiB limit.
-        let bomb = deflate::deflate(&vec![0; 10 << 20]);
+        let bomb = deflate::deflate(&vec![0; 10 << 20], deflate::Effort::Own);
         assert_eq!(code(frame(0xC1, &bomb)).await, Some(1009));
         // RSV1 on a continuation, a new message inside a compressed one: 1002.
-        let mut stream = frame(0x41, &deflate::deflate(b"a"));
+        let mut stream = frame(0x41, &deflate::deflate(b"a", deflate::Effort::Own));
         stream.extend(frame(0xC0, b""));
         assert_eq!(code(stream).await, Some(1002));
-        let mut stream = frame(0x41, &deflate::deflate(b"a"));
+        let mut stream = frame(0x41, &deflate::deflate(b"a", deflate::Effort::Own));
         stream.extend(frame(0x81, b"b"));
         assert_eq!(code(stream).await, Some(1002));
         // A compressed frame larger than anything within the limit: 1009
@@ -753,7 +753,7 @@ mod tests {
     #[tokio::test]
     async fn without_the_extension_compressed_frames_pass_to_be_refused() {
         use tokio::io::AsyncReadExt;
-        let stream = frame(0xC1, &deflate::deflate(b"a"));
+        let stream = frame(0xC1, &deflate::deflate(b"a", deflate::Effort::Own));
         let limits = Limits::new(1000, 8, Duration::from_secs(10));
         let mut guard = Guarded::new(
             Trickle {
