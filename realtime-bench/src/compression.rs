@@ -470,7 +470,7 @@ async fn idle(redis_url: &str, count: usize, offer: bool, echo: bool) -> Result<
     let mut held = Vec::with_capacity(count);
     for n in 0..count {
         let path = format!("/ws/idle?token=idle{n}");
-        let (mut socket, negotiated) = connect(addr, &path, offer).await?;
+        let (socket, negotiated) = connect(addr, &path, offer).await?;
         if negotiated != offer {
             return Err(format!("offered {offer}, negotiated {negotiated}"));
         }
