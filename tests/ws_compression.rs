@@ -168,14 +168,19 @@ fn long_text() -> String {
 #[tokio::test]
 async fn the_extension_is_answered_only_to_an_offer_it_can_take() {
     let server = RoomServer::start().await;
-    // Chromium's offer, Python websockets' offer.
-    for offer in [
-        "permessage-deflate; client_max_window_bits",
-        "permessage-deflate; server_max_window_bits=15; client_max_window_bits",
-    ] {
-        let (_, answer) = upgrade(&server, "alice", Some(offer)).await;
-        assert_eq!(answer.as_deref(), Some(ACCEPTED), "{offer}");
-    }
+    // The browsers', Node's and Python websockets' offer.
+    let offer = "permessage-deflate; client_max_window_bits";
+    let (_, answer) = upgrade(&server, "alice", Some(offer)).await;
+    assert_eq!(answer.as_deref(), Some(ACCEPTED), "{offer}");
+    // A server window named is accepted by naming it back (RFC 7692, 7.1.2.1).
+    let offer = "permessage-deflate; server_max_window_bits=15; client_max_window_bits";
+    let (_, answer) = upgrade(&server, "alice", Some(offer)).await;
+    assert_eq!(
+        answer.map(|answer| answer.replace(' ', "")).as_deref(),
+        Some(
+            "permessage-deflate;server_no_context_takeover;client_no_context_takeover;server_max_window_bits=15"
+        )
+    );
     // No offer; an offer whose window the server does not shrink; another
     // extension.
     for offer in [
@@ -307,6 +312,25 @@ async fn a_message_that_inflates_past_the_limit_closes_with_1009_and_spares_the_
         .expect("write");
     let (reply, _) = next_text(&mut bystander).await;
     assert!(reply.contains("still here"), "{reply}");
+}
+
+#[tokio::test]
+async fn rsv2_or_rsv3_on_a_compressed_frame_closes_with_1002() {
+    let server = RoomServer::start().await;
+    let request = deflate(br#"{"type":"echo","data":{"text":"hi"}}"#);
+    // RSV2 on the first frame; RSV3 on a continuation.
+    let mut rsv2 = client_frame(true, true, 0x1, &request);
+    rsv2[0] |= 0x20;
+    let (half, rest) = request.split_at(request.len() / 2);
+    let mut rsv3 = client_frame(false, true, 0x1, half);
+    let mut continuation = client_frame(true, false, 0x0, rest);
+    continuation[0] |= 0x10;
+    rsv3.extend(continuation);
+    for bytes in [rsv2, rsv3] {
+        let (mut socket, _) = upgrade(&server, "alice", Some("permessage-deflate")).await;
+        socket.write_all(&bytes).await.expect("write");
+        assert_eq!(close_code(&mut socket).await, 1002);
+    }
 }
 
 #[tokio::test]

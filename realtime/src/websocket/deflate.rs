@@ -24,38 +24,41 @@ const NAME: &str = "permessage-deflate";
 pub(crate) const ACCEPTED: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
+/// The answer to an offer that named `server_max_window_bits=15`, which
+/// RFC 7692 (7.1.2.1) has the server accept by naming it back.
+pub(crate) const ACCEPTED_WINDOW: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15";
+
 /// The four bytes a sync flush ends with, which RFC 7692 (7.2.1) has the
 /// sender remove and the receiver put back.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// How much more room inflating asks for at a time: a small frame that
-/// inflates far is found out before its output is allocated (see
-/// [`inflate`]).
+/// The room inflating asks for first; it doubles from there, up to the
+/// limit and one byte, so that a small frame that inflates far is found
+/// out before more than the limit is allocated (see [`inflate`]).
 const INFLATE_STEP: usize = 16 * 1024;
 
-/// Whether one of the offers in the request's `Sec-WebSocket-Extensions`
-/// values is a permessage-deflate offer the server can accept: one whose
-/// parameters are all known, each at most once, and whose
-/// `server_max_window_bits`, if any, is 15 (the compressor's window is not
-/// made smaller; an offer that asks for that is declined, and the socket
-/// runs without compression).
-pub(crate) fn accepts<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    values.into_iter().any(|value| {
-        let Ok(value) = std::str::from_utf8(value) else {
-            return false;
-        };
-        value.split(',').any(acceptable)
+/// The answer to the first of the offers in the request's
+/// `Sec-WebSocket-Extensions` values that the server can accept, if one
+/// is: a permessage-deflate offer whose parameters are all known, each at
+/// most once, and whose `server_max_window_bits`, if any, is 15 (the
+/// compressor's window is not made smaller; an offer that asks for that is
+/// declined, and the socket runs without compression).
+pub(crate) fn answer<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<&'static str> {
+    values.into_iter().find_map(|value| {
+        let value = std::str::from_utf8(value).ok()?;
+        value.split(',').find_map(acceptable)
     })
 }
 
-/// Whether one offer (`name; param; param=value`) can be accepted.
-fn acceptable(offer: &str) -> bool {
+/// The answer to one offer (`name; param; param=value`), if it can be
+/// accepted.
+fn acceptable(offer: &str) -> Option<&'static str> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts
         .next()
         .is_some_and(|name| name.eq_ignore_ascii_case(NAME))
     {
-        return false;
+        return None;
     }
     let mut seen = [false; 4];
     for param in parts {
@@ -69,13 +72,13 @@ fn acceptable(offer: &str) -> bool {
             "server_max_window_bits" => (2, value == Some("15")),
             // The client's window: any size inflates with a 15-bit window.
             "client_max_window_bits" => (3, value.is_none_or(window_bits)),
-            _ => return false,
+            _ => return None,
         };
         if !ok || std::mem::replace(&mut seen[at], true) {
-            return false;
+            return None;
         }
     }
-    true
+    Some(if seen[2] { ACCEPTED_WINDOW } else { ACCEPTED })
 }
 
 /// Whether `value` is a window size RFC 7692 allows (8 to 15).
@@ -153,8 +156,15 @@ pub(crate) enum InflateError {
 
 /// One message's payload inflated: `compressed` (which the four bytes RFC
 /// 7692 has the sender remove are appended to) into at most `limit` bytes.
-/// The output grows a step at a time, so a message that would inflate past
-/// `limit` fails with at most `limit` bytes allocated for it.
+/// The output grows by doubling, never past `limit` and one byte, so a
+/// message that would inflate past `limit` fails with no more than that
+/// allocated for it.
+///
+/// A message whose DEFLATE data stops short (a block cut off) inflates to
+/// what it holds, and bytes after a final block are ignored: a sync-flushed
+/// stream has no end marker to tell a cut from a whole, and only the client
+/// that sent it gets the shorter message (which the UTF-8 check or the
+/// envelope's parser then refuses).
 pub(crate) fn inflate(mut compressed: Vec<u8>, limit: usize) -> Result<Vec<u8>, InflateError> {
     compressed.extend_from_slice(&TAIL);
     DECOMPRESSOR.with_borrow_mut(|decompressor| {
@@ -166,7 +176,8 @@ pub(crate) fn inflate(mut compressed: Vec<u8>, limit: usize) -> Result<Vec<u8>, 
                 if out.len() > limit {
                     return Err(InflateError::TooBig(limit));
                 }
-                out.reserve_exact(INFLATE_STEP.min(limit + 1 - out.len()));
+                let more = out.len().max(INFLATE_STEP);
+                out.reserve_exact(more.min(limit + 1 - out.len()));
             }
             let (read, written) = (decompressor.total_in(), out.len());
             let status = decompressor
@@ -181,8 +192,7 @@ pub(crate) fn inflate(mut compressed: Vec<u8>, limit: usize) -> Result<Vec<u8>, 
                 return Ok(out);
             }
             if room && decompressor.total_in() == read && out.len() == written {
-                // No progress with input left and room to write: the data
-                // ends in the middle of a block.
+                // No progress with input left and room to write.
                 return Err(InflateError::Invalid);
             }
         }
@@ -195,13 +205,13 @@ mod tests {
 
     #[test]
     fn offers_are_read_as_rfc_7692_writes_them() {
-        let accepts_one = |value: &str| accepts([value.as_bytes()]);
-        // Chromium's and Firefox's offer.
-        assert!(accepts_one("permessage-deflate; client_max_window_bits"));
-        // Python websockets' default offer.
-        assert!(accepts_one(
-            "permessage-deflate; server_max_window_bits=15; client_max_window_bits"
-        ));
+        let accepts_one = |value: &str| answer([value.as_bytes()]).is_some();
+        // The browsers', Node's and Python websockets' offer.
+        let offer = "permessage-deflate; client_max_window_bits";
+        assert_eq!(answer([offer.as_bytes()]), Some(ACCEPTED));
+        // A server window named is named back (RFC 7692, 7.1.2.1).
+        let offer = "permessage-deflate; server_max_window_bits=15; client_max_window_bits";
+        assert_eq!(answer([offer.as_bytes()]), Some(ACCEPTED_WINDOW));
         assert!(accepts_one(
             "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
         ));
@@ -231,7 +241,7 @@ mod tests {
             "permessage-deflate; server_no_context_takeover=1"
         ));
         assert!(!accepts_one("x-webkit-deflate-frame"));
-        assert!(!accepts([]));
+        assert_eq!(answer([]), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   with 1002.
 //!
 //! Only frame heads are parsed (2 to 14 bytes); payloads are skipped by
-//! arithmetic. The scan runs on every byte tungstenite reads, from the first
+//! arithmetic (except a compressed message's, below). The scan runs on every byte tungstenite reads, from the first
 //! byte after the upgrade, so it cannot be put out of step with the frames.
 //!
 //! On a socket that negotiated permessage-deflate the guard also reads the
@@ -321,7 +321,9 @@ impl<S> Guarded<S> {
     /// Whether the frame that begins with `first` is part of a compressed
     /// message; opens one on a data frame with RSV1.
     fn captures(&mut self, first: u8) -> Result<bool, Violation> {
-        if !self.limits.deflate() {
+        // RSV2 and RSV3 mean nothing here: such a frame passes, and
+        // tungstenite refuses it (1002).
+        if !self.limits.deflate() || first & 0x30 != 0 {
             return Ok(false);
         }
         let rsv1 = first & 0x40 != 0;
@@ -353,9 +355,10 @@ impl<S> Guarded<S> {
             .inflating
             .as_ref()
             .map_or(0, |open| open.compressed.len());
-        // DEFLATE makes hardly any message larger, and none by more than a
-        // few bytes per 16 KiB: compressed data past this cannot be within it.
-        let bound = u64::from(limit) + u64::from(limit) / 1024 + 64;
+        // DEFLATE makes a message larger only by its blocks' heads (5 bytes
+        // per stored block): compressed data twice the limit is no message
+        // within it, from any compressor a client would use.
+        let bound = 2 * u64::from(limit) + 1024;
         if gathered as u64 + self.scan.skip > bound {
             return Err(Violation::Inflated(limit));
         }

@@ -51,9 +51,9 @@ pub(crate) type Socket = WebSocketStream<Guarded<TokioIo<hyper::upgrade::Upgrade
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
-    /// Whether the client offered permessage-deflate in a form the server
-    /// can accept.
-    deflate: bool,
+    /// The answer to the client's permessage-deflate offer, if it made one
+    /// the server can accept.
+    deflate: Option<&'static str>,
 }
 
 /// Why a request cannot be upgraded, answered with its HTTP status (400,
@@ -135,7 +135,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "the connection cannot be upgraded",
             );
         };
-        let deflate = deflate::accepts(
+        let deflate = deflate::answer(
             parts
                 .headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -171,10 +171,11 @@ impl Upgrade {
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        let (deflate, limits) = match inflate_limit {
-            Some(max) if self.deflate => (true, limits.inflating(max)),
-            _ => (false, limits),
+        let (extension, limits) = match (inflate_limit, self.deflate) {
+            (Some(max), Some(answer)) => (Some(answer), limits.inflating(max)),
+            _ => (None, limits),
         };
+        let deflate = extension.is_some();
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 // The client went away before the 101 reached it; `serve`
@@ -194,10 +195,10 @@ impl Upgrade {
         if let Ok(accept) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
-        if deflate {
+        if let Some(answer) = extension {
             headers.insert(
                 header::SEC_WEBSOCKET_EXTENSIONS,
-                HeaderValue::from_static(deflate::ACCEPTED),
+                HeaderValue::from_static(answer),
             );
         }
         if let Some(protocol) = protocol {
