@@ -165,7 +165,7 @@ async fn upgrade(
     Path(topic): Path<String>,
     State(floor): State<Arc<Floor>>,
 ) -> Response {
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| serve(socket, topic, floor))
 }
