@@ -60,6 +60,13 @@ impl Bench {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings (a lost Redis link, say) to stderr; `RUST_LOG` for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()

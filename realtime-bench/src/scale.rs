@@ -154,11 +154,24 @@ pub(crate) async fn client(
             drop(permit);
             // Reading answers the server's pings; every event is timed.
             tokio::spawn(async move {
-                while let Some(Ok(message)) = socket.next().await {
-                    if let Message::Text(text) = message
-                        && let Some(sent) = sent_at(&text)
-                    {
-                        histogram.record(unix_micros().saturating_sub(sent));
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(sent) = sent_at(&text) {
+                                histogram.record(unix_micros().saturating_sub(sent));
+                            }
+                        }
+                        Some(Ok(Message::Close(close))) => {
+                            let code = close.map_or(1005, |close| u16::from(close.code));
+                            eprintln!("scale-client: closed by the server with {code}");
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => {
+                            eprintln!("scale-client: socket failed: {error}");
+                            break;
+                        }
+                        None => break,
                     }
                 }
             });
