@@ -21,28 +21,11 @@ async fn upgrade(
     user: &str,
     extensions: Option<&str>,
 ) -> (TcpStream, Option<String>) {
-    let mut socket = TcpStream::connect(server.server.addr())
-        .await
-        .expect("connect");
     let offer = extensions
         .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
         .unwrap_or_default();
-    let request = format!(
-        "GET /ws/lobby?token={user} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n{offer}\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.expect("write");
-    // Byte by byte, so that nothing after the head is consumed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        socket.read_exact(&mut byte).await.expect("the response");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("an HTTP head");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let path = format!("/ws/lobby?token={user}");
+    let (socket, head) = support::raw_upgrade(server.server.addr(), &path, &offer).await;
     let answer = head.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.eq_ignore_ascii_case("sec-websocket-extensions")
@@ -53,22 +36,10 @@ async fn upgrade(
 
 /// A masked client frame; `compressed` sets RSV1.
 fn client_frame(fin: bool, compressed: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut bytes = vec![u8::from(fin) << 7 | u8::from(compressed) << 6 | opcode];
-    match payload.len() {
-        len @ 0..=125 => bytes.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    bytes.extend_from_slice(&key);
-    bytes.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-    bytes
+    support::masked_frame(
+        u8::from(fin) << 7 | u8::from(compressed) << 6 | opcode,
+        payload,
+    )
 }
 
 /// DEFLATE as RFC 7692 sends it: a sync flush without its last 4 bytes.

@@ -15,24 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// Upgrades a raw socket to `/ws/lobby` by hand.
 async fn upgraded(server: &RoomServer) -> TcpStream {
-    let mut socket = TcpStream::connect(server.server.addr())
+    support::raw_upgrade(server.server.addr(), "/ws/lobby?token=alice", "")
         .await
-        .expect("connect");
-    let request = "GET /ws/lobby?token=alice HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-                   Upgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                   Sec-WebSocket-Version: 13\r\n\r\n";
-    socket.write_all(request.as_bytes()).await.expect("write");
-    // Read the response head byte by byte, so nothing after it is consumed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        socket.read_exact(&mut byte).await.expect("the response");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("an HTTP head");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    socket
+        .0
 }
 
 /// A client frame: FIN, `opcode`, masked with a fixed key unless `masked` is
@@ -99,22 +84,7 @@ async fn a_reserved_bit_closes_with_1002() {
 
 /// A masked client frame of any length, FIN set or not.
 fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        len @ 0..=125 => bytes.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    bytes.extend_from_slice(&key);
-    bytes.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-    bytes
+    support::masked_frame(u8::from(fin) << 7 | opcode, payload)
 }
 
 /// The next server frame on a raw socket: its opcode and payload (server

@@ -655,6 +655,58 @@ pub(crate) fn position(frame: &Value, key: &str) -> Position {
     serde_json::from_value(frame[key].clone()).expect("a position")
 }
 
+/// A WebSocket upgrade of a raw socket to `addr`, by hand: `GET
+/// path_and_query` with `headers` (each line ending in `\r\n`) besides the
+/// handshake's; asserts the 101 and returns the socket, positioned at the
+/// first frame, and the response's head.
+pub(crate) async fn raw_upgrade(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &str,
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    // Byte by byte, so that nothing after the head is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        socket.read_exact(&mut byte).await.expect("the response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("an HTTP head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (socket, head)
+}
+
+/// A client frame as RFC 6455 has a client send it, for tests that write
+/// bytes a client library would not: `first` (FIN, RSV bits, opcode) and
+/// `payload` of any length, masked with a fixed key.
+pub(crate) fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut bytes = vec![first];
+    match payload.len() {
+        len @ 0..=125 => bytes.push(0x80 | len as u8),
+        len @ 126..=65535 => {
+            bytes.push(0x80 | 126);
+            bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            bytes.push(0x80 | 127);
+            bytes.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    bytes.extend_from_slice(&key);
+    bytes.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+    bytes
+}
+
 /// A plain HTTP/1.1 GET of `path` at `addr` over a real socket, with
 /// `header` (each line ending in `\r\n`, or empty): the status and the body.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str, header: &str) -> (u16, String) {

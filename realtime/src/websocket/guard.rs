@@ -478,21 +478,27 @@ fn keep(bytes: &mut [u8], from: usize, len: usize, kept: &mut usize) {
 /// client's frames to be masked, reads in place of a compressed message.
 fn plain_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 14);
-    frame.push(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[0; 4]);
+    masked_head(&mut frame, 0x80 | opcode, payload.len(), [0; 4]);
     frame.extend_from_slice(payload);
     frame
+}
+
+/// A client frame's head: `first` (FIN, RSV bits, opcode), the masked
+/// length of a `len`-byte payload, and the `mask` key.
+fn masked_head(out: &mut Vec<u8>, first: u8, len: usize, mask: [u8; 4]) {
+    out.push(first);
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
 }
 
 /// A frame head's length, from its second byte: 2, the extended length (2
@@ -626,20 +632,9 @@ mod tests {
 
     /// A masked client frame: its head, mask key and `payload` (masked).
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![first];
-        match payload.len() {
-            len @ 0..=125 => bytes.push(0x80 | len as u8),
-            len @ 126..=65535 => {
-                bytes.push(0x80 | 126);
-                bytes.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                bytes.push(0x80 | 127);
-                bytes.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
         let mask = [1, 2, 3, 4];
-        bytes.extend_from_slice(&mask);
+        let mut bytes = Vec::new();
+        masked_head(&mut bytes, first, payload.len(), mask);
         bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         bytes
     }
@@ -694,16 +689,6 @@ mod tests {
         }
     }
 
-    /// A frame as tungstenite reads a compressed message in its place.
-    fn plain(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = frame(first, b"");
-        let len = bytes.len();
-        bytes[len - 4..].copy_from_slice(&[0; 4]);
-        bytes[1] = 0x80 | payload.len() as u8;
-        bytes.extend_from_slice(payload);
-        bytes
-    }
-
     #[tokio::test]
     async fn compressed_messages_are_read_in_place_whatever_the_reads_cut() {
         let text = br#"{"type":"say","data":{"text":"hello hello hello hello"}}"#;
@@ -717,9 +702,9 @@ mod tests {
         stream.extend(frame(0x80, second));
         stream.extend(frame(0x82, b"after"));
         let mut expected = frame(0x81, b"plain");
-        expected.extend(plain(0x81, text));
+        expected.extend(plain_frame(0x1, text));
         expected.extend(frame(0x89, b"p"));
-        expected.extend(plain(0x81, text));
+        expected.extend(plain_frame(0x1, text));
         expected.extend(frame(0x82, b"after"));
         for (step, room) in [(1, 4096), (3, 5), (7, 64), (4096, 4096), (4096, 9)] {
             let read = read_all(stream.clone(), step, room).await.unwrap();
