@@ -68,9 +68,11 @@ impl Sources {
     }
 
     /// The message of a topic's event: its compressed form, made once for
-    /// every subscriber, if it is large enough.
+    /// every subscriber, if the socket negotiated compression. (The ring
+    /// gives an event a compressed form only at the service's threshold,
+    /// which is this socket's.)
     fn event(&self, event: Event) -> Message {
-        if event.frame().as_bytes().len() >= self.deflate_min
+        if self.deflate_min != usize::MAX
             && let Some(deflated) = event.deflated()
         {
             return compressed(deflated.clone());

@@ -67,14 +67,6 @@ impl Event {
             .then_some(self.offset & !Self::ASKED)
     }
 
-    /// The event's frame.
-    pub(crate) fn frame(&self) -> &Frame {
-        match &self.body {
-            Body::Plain(frame) => frame,
-            Body::Deflatable(shared) => &shared.frame,
-        }
-    }
-
     /// The event's frame, to write as it is.
     pub(crate) fn into_frame(self) -> Frame {
         match self.body {
