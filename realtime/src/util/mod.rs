@@ -1,8 +1,10 @@
 //! Small tools every part of the crate may use, and that depend on nothing
-//! in it: a backoff, locks that a panic does not poison, random ids, a
+//! in it: a timeout counted in the runtime's awake time, a backoff, locks that a panic does not poison, random ids, a
 //! one-way switch, a `u32` millisecond clock, and the bump of a statistics
 //! counter.
 
+#[cfg(feature = "redis")]
+pub(crate) mod awake;
 mod backoff;
 mod clock;
 mod id;

@@ -63,6 +63,12 @@ pub struct RedisConfig {
     /// partition) is detected by a ping that fails or times out, within
     /// `ping_interval + command_timeout`.
     ///
+    /// On a single Redis the ping's `command_timeout` counts only the time
+    /// the instance's runtime was awake to keep it: when an overloaded
+    /// instance runs its tasks seconds late, the ping waits longer in
+    /// proportion rather than taking the late reading of Redis's answer
+    /// for silence and giving a working connection up.
+    ///
     /// Default: 1 s.
     pub ping_interval: Duration,
     /// Whether positions of topics with history survive a Redis restart.

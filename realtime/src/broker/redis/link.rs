@@ -176,13 +176,22 @@ impl Publisher {
         }
     }
 
-    /// `PING`s the connection: the watchdog's check of the publishing side,
-    /// which a cut path can leave timing out while the subscriber works.
-    pub(super) async fn ping(&mut self) -> Result<(), RedisError> {
-        match &mut self.conn {
-            PublishConn::Single(conn) => ::redis::cmd("PING").exec_async(conn).await,
-            PublishConn::Cluster(conn) => ::redis::cmd("PING").exec_async(conn).await,
-        }
+    /// A handle on the publishing connection of a single Redis for the
+    /// watchdog, whose response timeout is `timeout` rather than the
+    /// command timeout (the watchdog bounds its wait itself). A handle is
+    /// the same connection, so a cut path that leaves publishes timing out
+    /// leaves this handle's `PING` unanswered too.
+    ///
+    /// # Panics
+    ///
+    /// On a cluster's publisher: cluster mode has its own watchdog.
+    pub(super) fn watchdog_handle(&self, timeout: std::time::Duration) -> MultiplexedConnection {
+        let PublishConn::Single(conn) = &self.conn else {
+            unreachable!("a single Redis's supervisor holds a single Redis's link");
+        };
+        let mut conn = conn.clone();
+        conn.set_response_timeout(timeout);
+        conn
     }
 
     /// Runs the presence script (see `script::presence`).

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{Client, RedisError};
@@ -24,7 +25,7 @@ use super::config::RedisConfig;
 use super::link::{self, Link};
 use super::{Shared, Unavailable};
 use crate::broker::BrokerError;
-use crate::util::bump;
+use crate::util::{awake, bump};
 
 /// The answer to one subscriber command.
 pub(super) type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -49,13 +50,33 @@ enum Interrupted {
 enum LossCause {
     #[error("the connection was closed (Redis restarted, or killed the client)")]
     Closed,
-    #[error("the watchdog's ping failed: {0}")]
-    Ping(RedisError),
-    #[error("the watchdog's ping of the publishing connection failed: {0}")]
-    PublisherPing(RedisError),
+    #[error("the watchdog's ping of the {0} connection failed: {1}")]
+    Ping(Side, RedisError),
+    #[error("the watchdog's ping of the {0} connection had {1}")]
+    Unanswered(Side, awake::Elapsed),
     #[error("a subscriber command failed: {0}")]
     Command(RedisError),
 }
+
+/// Which of the link's two connections the watchdog found wanting.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Subscriber,
+    Publisher,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Subscriber => "subscribing",
+            Self::Publisher => "publishing",
+        })
+    }
+}
+
+/// The response timeout of the watchdog's own handles on the link's
+/// connections: out of the way, since the watchdog bounds its wait itself.
+const FAR: Duration = Duration::from_secs(3600);
 
 pub(super) struct Supervisor {
     pub(super) client: Client,
@@ -100,6 +121,16 @@ impl Supervisor {
     /// link's loss.
     async fn serve(&mut self, link: &Link) -> Interrupted {
         let mut subscriber = link.subscriber.clone();
+        // The watchdog's own handles, whose waits it bounds by the time the
+        // runtime was awake (`util::awake`), not by the clock: an overloaded
+        // instance whose tasks wait seconds for their turn reads Redis's
+        // answer late, and taking that for a silent Redis would throw away
+        // a working link and, with it, what topics without history were
+        // sent meanwhile. A frozen Redis is still found within
+        // `ping_interval + command_timeout` when the runtime keeps up.
+        let mut pinger = link.subscriber.clone();
+        pinger.set_response_timeout(FAR);
+        let mut publisher_pinger = link.publisher.watchdog_handle(FAR);
         let period = self.config.ping_interval;
         let mut watchdog = tokio::time::interval_at(Instant::now() + period, period);
         watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -109,18 +140,15 @@ impl Supervisor {
                 () = link.lost.notified() => return Interrupted::Lost(LossCause::Closed),
                 // Before commands, so that a stream of them cannot starve it.
                 _ = watchdog.tick() => {
-                    // Bounded by the connection's response timeout, the
-                    // command timeout: a frozen Redis fails here.
-                    let ping = ::redis::cmd("PING").exec_async(&mut subscriber).await;
-                    if let Err(error) = ping {
-                        return Interrupted::Lost(LossCause::Ping(error));
+                    let budget = self.config.command_timeout;
+                    if let Err(cause) = ping(&mut pinger, Side::Subscriber, budget).await {
+                        return Interrupted::Lost(cause);
                     }
                     // The publisher too: its path can be cut while the
                     // subscriber's works, and then every publish would
                     // time out for good on a connection nobody replaces.
-                    let mut publisher = link.publisher.clone();
-                    if let Err(error) = publisher.ping().await {
-                        return Interrupted::Lost(LossCause::PublisherPing(error));
+                    if let Err(cause) = ping(&mut publisher_pinger, Side::Publisher, budget).await {
+                        return Interrupted::Lost(cause);
                     }
                 }
                 command = self.commands.recv() => {
@@ -283,6 +311,20 @@ impl Supervisor {
 
     fn broker_error(&self, error: RedisError) -> BrokerError {
         super::broker_error(error, self.config.command_timeout)
+    }
+}
+
+/// The watchdog's `PING` of one connection, bounded by `budget` of the
+/// runtime's awake time: a frozen Redis or a cut path fails here.
+async fn ping(
+    conn: &mut MultiplexedConnection,
+    side: Side,
+    budget: Duration,
+) -> Result<(), LossCause> {
+    match awake::timeout(budget, ::redis::cmd("PING").exec_async(conn)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(LossCause::Ping(side, error)),
+        Err(elapsed) => Err(LossCause::Unanswered(side, elapsed)),
     }
 }
 
