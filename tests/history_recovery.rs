@@ -374,3 +374,72 @@ fn a_broker_without_history_is_refused() {
         Err(realtime::service::BuildError::HistoryUnsupported)
     ));
 }
+
+/// Clients resuming one topic at once, as after an instance's crash.
+const RESUMERS: usize = 50;
+
+/// Resumes of one topic that arrive while its history is being read share
+/// the next read: a reconnect storm costs each instance a read or two per
+/// topic, not one per client. Redis is held still (SIGSTOP) while the
+/// first read is under way, so that every other resume arrives during it;
+/// then the first read and one more serve all 50, each with exactly what it
+/// missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_of_one_topic_share_one_read() {
+    let redis = RedisServer::start().await;
+    let mut redis_config = support::redis_config("shared:");
+    // Longer than Redis is held still below.
+    redis_config.command_timeout = Duration::from_secs(20);
+    let broker = realtime::RedisBroker::connect(&redis.url(), redis_config)
+        .await
+        .expect("connects");
+    let a = Node::serve(
+        broker,
+        policy(Duration::from_secs(60)),
+        realtime::Config::default(),
+    )
+    .await;
+    // A member that stays: the instance holds the topic throughout, so the
+    // resumes need nothing from Redis but the history.
+    let mut stays = a.connect("room:storm", "stays").await;
+    let start = position(&subscribed(&mut stays).await, "subscribed");
+    for n in 0..10 {
+        a.publish("room:storm", format!("missed {n}")).await;
+    }
+    for _ in 0..10 {
+        stays.recv_event().await;
+    }
+    let reads = a.service.metrics().resume_reads;
+    let scripts = redis.script_calls().await;
+
+    redis.freeze();
+    let url = a.server.ws_url(&format!("/ws/room:storm?since={start}"));
+    let resumes: Vec<_> = (0..RESUMERS)
+        .map(|n| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                TestClient::connect(&url, &format!("back{n}"))
+                    .await
+                    .expect("resumes")
+            })
+        })
+        .collect();
+    support::wait_until("every resume waits for the history", || async {
+        a.service.metrics().resumes_waiting == RESUMERS
+    })
+    .await;
+    redis.thaw();
+
+    for resume in resumes {
+        let mut back = resume.await.expect("a resume");
+        for n in 0..10u64 {
+            let event = back.recv().await;
+            assert_eq!(event["offset"].as_u64(), Some(start.offset + 1 + n));
+        }
+        let done = subscribed(&mut back).await;
+        assert_eq!(done["subscribed"]["recovered"], true, "{done}");
+    }
+    assert_eq!(a.service.metrics().resume_reads - reads, 2);
+    assert_eq!(redis.script_calls().await - scripts, 2);
+    assert_eq!(a.service.metrics().resumes_waiting, 0);
+}

@@ -334,18 +334,6 @@ async fn bounded_churn<B: Broker>(a: Node<B>, b: Node<B>) {
     );
 }
 
-/// Calls of `EVALSHA` this Redis has served so far.
-async fn script_calls(redis: &RedisServer) -> u64 {
-    redis
-        .info("commandstats")
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_presence_asks_of_one_topic_share_reads() {
     let redis = RedisServer::start().await;
@@ -372,7 +360,7 @@ async fn concurrent_presence_asks_of_one_topic_share_reads() {
     assert_eq!(answer["ok"]["clients"], 100, "{answer}");
     members.push(last);
 
-    let before = script_calls(&redis).await;
+    let before = redis.script_calls().await;
     for member in &mut members {
         member
             .send(serde_json::json!({"type": "$presence", "data": {"topic": "lobby"}, "id": 2}))
@@ -382,7 +370,7 @@ async fn concurrent_presence_asks_of_one_topic_share_reads() {
         let answer = until_frame(member, "the answer", |frame| frame["reply_to"] == 2).await;
         assert_eq!(answer["ok"]["clients"], 100, "{answer}");
     }
-    let calls = script_calls(&redis).await - before;
+    let calls = redis.script_calls().await - before;
     // One read per ask before; now the asks that come while a read is out
     // share the next one.
     assert!(calls <= 30, "{calls} script calls for 100 asks");

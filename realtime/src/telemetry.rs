@@ -22,6 +22,7 @@
 //! | `realtime_subscribed_topics` | gauge | |
 //! | `realtime_history_recovered_total` | counter | `result` (`recovered`, `not_recovered`) |
 //! | `realtime_history_gap_fills_total` | counter | |
+//! | `realtime_history_resume_reads_total` | counter: reads of a topic's history for subscriptions to it (a resume's missed events, or the position); concurrent ones of one topic share a read | |
 //! | `realtime_topic_resets_total` | counter | |
 //!
 //! No label holds a topic name or a user id: ten thousand topics add no
@@ -99,6 +100,9 @@ pub const SUBSCRIBED_TOPICS: &str = "realtime_subscribed_topics";
 pub const RECOVERED: &str = "realtime_history_recovered_total";
 /// Reads of a topic's history that filled a gap in its ring.
 pub const GAP_FILLS: &str = "realtime_history_gap_fills_total";
+/// Reads of a topic's history for subscriptions to it; concurrent
+/// subscriptions of one topic share one.
+pub const RESUME_READS: &str = "realtime_history_resume_reads_total";
 /// `reset` frames: a topic's history started again.
 pub const RESETS: &str = "realtime_topic_resets_total";
 
@@ -227,6 +231,9 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
     pub(crate) recovered: AtomicU64,
     pub(crate) not_recovered: AtomicU64,
+    pub(crate) resume_reads: AtomicU64,
+    /// Subscriptions waiting now for their topic's history to be read.
+    pub(crate) resumes_waiting: AtomicUsize,
     /// Bytes queued for clients in every connection's own queue (answers,
     /// catch-ups), shared with each queue.
     pub(crate) queued_bytes: Arc<AtomicUsize>,
@@ -252,6 +259,8 @@ impl Counters {
             resets: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
+            resume_reads: AtomicU64::new(0),
+            resumes_waiting: AtomicUsize::new(0),
             queued_bytes: Arc::default(),
         }
     }
@@ -295,6 +304,12 @@ impl Counters {
     pub(crate) fn reset(&self) {
         bump(&self.resets);
         metrics::counter!(RESETS).increment(1);
+    }
+
+    /// A read of a topic's history for subscriptions to it.
+    pub(crate) fn resume_read(&self) {
+        bump(&self.resume_reads);
+        metrics::counter!(RESUME_READS).increment(1);
     }
 
     /// A subscription that asked to resume was told whether it got every

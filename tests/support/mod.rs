@@ -239,6 +239,18 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("INFO {section} has no number `{field}`"))
     }
 
+    /// Calls of `EVALSHA` (the broker's scripts: publishes with history,
+    /// history reads, presence) this Redis has served so far.
+    pub(crate) async fn script_calls(&self) -> u64 {
+        self.info("commandstats")
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A new connection for the test's own commands.
     pub(crate) async fn admin(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).expect("a valid URL");

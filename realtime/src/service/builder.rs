@@ -202,6 +202,7 @@ impl<H: MessageHandler, B: Broker> ServiceBuilder<H, B> {
                 hub,
                 filler,
                 subscribed: Mutex::default(),
+                reads: Default::default(),
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 open,

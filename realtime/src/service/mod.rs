@@ -30,6 +30,7 @@ mod admission;
 mod builder;
 mod heartbeat;
 mod sessions;
+mod shared_reads;
 mod subscribe;
 mod users;
 
@@ -108,6 +109,9 @@ struct Inner<H: MessageHandler, B> {
     /// across the broker call, so that subscribes and unsubscribes of one
     /// topic cannot overtake each other.
     subscribed: Mutex<HashSet<Arc<str>>>,
+    /// Reads of topics' histories that subscriptions arriving together
+    /// share.
+    reads: shared_reads::SharedReads,
     next_id: AtomicU64,
     /// Set by `Service::drain`: readiness says no, connections stay.
     draining: AtomicBool,
@@ -152,6 +156,14 @@ pub struct Metrics {
     /// Subscriptions that resumed but could not get every missed event
     /// (`recovered: false`).
     pub not_recovered: u64,
+    /// Reads of a topic's history for subscriptions to it (a resume's
+    /// missed events, or the position a new subscriber starts from).
+    /// Subscriptions of one topic that arrive while a read is under way
+    /// share the next one, so a reconnect storm on one topic costs a few
+    /// reads per instance, not one per client.
+    pub resume_reads: u64,
+    /// Subscriptions waiting now for their topic's history to be read.
+    pub resumes_waiting: usize,
     /// Bytes queued now for this instance's clients in their own queues
     /// (answers, catch-ups; topic events are read from the topics' rings).
     pub queued_bytes: usize,
@@ -359,6 +371,8 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             resets: counters.resets.load(Ordering::Relaxed),
             recovered: counters.recovered.load(Ordering::Relaxed),
             not_recovered: counters.not_recovered.load(Ordering::Relaxed),
+            resume_reads: counters.resume_reads.load(Ordering::Relaxed),
+            resumes_waiting: counters.resumes_waiting.load(Ordering::Relaxed),
             queued_bytes: counters.queued_bytes.load(Ordering::Relaxed),
         }
     }

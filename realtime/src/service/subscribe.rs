@@ -191,18 +191,19 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let limit = retention
             .size()
             .min(config.outbound_queue.saturating_sub(1));
-        let deadline = tokio::time::Instant::now() + RESUME_WAIT;
-        let mut moved_ring = false;
-        loop {
-            // A resume reads only what it can use: of its epoch, from
-            // where it left off, and all of it within the queue's bytes;
-            // else the broker answers the position alone.
-            let query = match since {
+        // A resume reads only what it can use: of its epoch, from where it
+        // left off, and all of it within the queue's bytes; else the broker
+        // answers the position alone. Resumes of the topic that come
+        // together share a read, from the furthest back of them.
+        let retention = &retention;
+        let read_from = |from: Option<Position>| async move {
+            inner.counters.resume_read();
+            let query = match &from {
                 // The queue holds the `subscribed` frame after them too
                 // (its topic, position and flags; 128 bytes besides the
                 // topic is ample).
-                Some(since) => HistoryQuery::after(since.offset, limit)
-                    .epoch(&since.epoch)
+                Some(from) => HistoryQuery::after(from.offset, limit)
+                    .epoch(&from.epoch)
                     .max_bytes(
                         config
                             .outbound_queue_bytes
@@ -211,7 +212,15 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                     .whole(),
                 None => HistoryQuery::position(),
             };
-            let read = inner.broker.history(topic, query, &retention).await?;
+            inner.broker.history(topic, query, retention).await
+        };
+        let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+        let mut moved_ring = false;
+        loop {
+            let read = inner
+                .reads
+                .read(topic, since, &inner.counters.resumes_waiting, read_from)
+                .await?;
             match inner.hub.ring(topic) {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
