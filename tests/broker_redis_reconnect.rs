@@ -240,3 +240,76 @@ async fn requeue() {
     })
     .await;
 }
+
+/// Tasks that keep the runtime below busy, each with a datagram in flight.
+const ECHOING: usize = 1000;
+
+/// The same on a multi-threaded runtime whose tasks are woken by I/O, as
+/// an instance's connections are: the watchdog's timer wakes it alone, so
+/// Tokio runs it next and its sleeps end nearly on time, while the reader
+/// of Redis's answer is woken together with hundreds of sockets and waits
+/// behind them. (At 100 000 connections on 2 cores: sleeps on time to
+/// 0.2 s, the answer read more than 2 s late.) Here 1000 tasks each send a
+/// datagram to an echoing thread, hold the one worker 0.5 ms when it comes
+/// back, and send again, so that every poll of the runtime's I/O wakes
+/// many at once and a task woken by I/O waits about half a second for its
+/// turn. (With sleeps for steps, the watchdog gave the link up in two runs
+/// of three.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_runtime_busy_with_io_is_not_taken_for_a_silent_redis() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let redis = RedisServer::start().await;
+    let mut config = support::redis_config("echoing:");
+    config.command_timeout = Duration::from_millis(200);
+    config.ping_interval = Duration::from_millis(100);
+    let broker = realtime::RedisBroker::connect(&redis.url(), config)
+        .await
+        .expect("connects");
+
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("binds");
+    echo.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("a read timeout");
+    let echo_at = echo.local_addr().expect("an address");
+    let busy = Arc::new(AtomicBool::new(true));
+    let echoing = Arc::clone(&busy);
+    let echoer = std::thread::spawn(move || {
+        let mut datagram = [0u8; 16];
+        while echoing.load(Ordering::Relaxed) {
+            if let Ok((len, from)) = echo.recv_from(&mut datagram) {
+                let _ = echo.send_to(&datagram[..len], from);
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..ECHOING {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        socket.connect(echo_at).await.expect("connects");
+        let busy = Arc::clone(&busy);
+        tasks.push(tokio::spawn(async move {
+            let mut datagram = [0u8; 16];
+            while busy.load(Ordering::Relaxed) {
+                let _ = socket.send(b"work").await;
+                let back = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut datagram));
+                if let Ok(Ok(_)) = back.await {
+                    // Blocking on purpose: this is the overload.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    busy.store(false, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("a busy task");
+    }
+    echoer.join().expect("the echoing thread");
+    // Let a ping that waited through the overload end either way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = broker.metrics();
+    assert_eq!(metrics.disconnects, 0, "{metrics:?}");
+    assert!(metrics.connected);
+}
