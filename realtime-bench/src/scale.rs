@@ -495,23 +495,11 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
 
     mark_all(&mut clients)?;
     let events = options.rate * options.seconds;
-    let gap = Duration::from_secs_f64(1.0 / options.rate.max(1) as f64);
-    let (mut sink, mut stream) = publisher.split();
-    // The publisher's own copies and answers are read and dropped.
-    let reader = tokio::spawn(async move { while stream.next().await.is_some() {} });
-    let mut next = tokio::time::Instant::now();
-    for id in 0..events {
-        sink.send(say(id + 2))
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
-        next += gap;
-        tokio::time::sleep_until(next).await;
-    }
+    let sent_again = steady_rate(publisher, options.rate, events).await?;
     let expected = events * held;
     let steady = drained(&mut clients, expected).await?;
-    reader.abort();
     println!(
-        "{} events/s for {} s: {} of {expected} delivered, {} lost; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{} events/s for {} s: {} of {expected} delivered, {} lost ({sent_again} refused with 503 and sent again); p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         options.rate,
         options.seconds,
         steady.received,
@@ -524,6 +512,83 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
     drop(servers);
     drop(redis);
     Ok(())
+}
+
+/// How long the publisher waits for the last answers of the steady phase.
+const ANSWERS_WITHIN: Duration = Duration::from_secs(60);
+
+/// Publishes `events` at `rate` a second, each under an idempotency key,
+/// as a client that keeps the protocol does: a broadcast answered with 503
+/// (the broker did not take it in time; it may or may not be published) is
+/// sent again under its key, so that it is published once. Returns how
+/// many were sent again, once every broadcast is acknowledged.
+async fn steady_rate(
+    publisher: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    rate: u64,
+    events: u64,
+) -> Result<u64, String> {
+    let (mut sink, mut stream) = publisher.split();
+    let (refused, mut to_resend) = tokio::sync::mpsc::unbounded_channel();
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    // The publisher's own copies are dropped; answers are sorted.
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Text(text) = message else { continue };
+            let Ok(answer) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let Some(id) = answer["reply_to"].as_u64() else { continue };
+            let _ = match answer["error"]["code"].as_u64() {
+                Some(503) => refused.send(id),
+                Some(code) => panic!("broadcast {id} refused with {code}: {answer}"),
+                None => acked.send(id),
+            };
+        }
+    });
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    // Each broadcast as first written: its clock stays the first send's.
+    let mut unanswered = std::collections::HashMap::new();
+    let mut sent_again = 0;
+    let mut next = tokio::time::Instant::now();
+    let mut id = 2;
+    let deadline = || tokio::time::Instant::now() + ANSWERS_WITHIN;
+    let mut until = deadline();
+    while id < events + 2 || !unanswered.is_empty() {
+        while let Ok(answered) = acks.try_recv() {
+            unanswered.remove(&answered);
+        }
+        while let Ok(refused) = to_resend.try_recv() {
+            if let Some(text) = unanswered.get(&refused) {
+                sent_again += 1;
+                sink.send(Message::text(String::clone(text)))
+                    .await
+                    .map_err(|e| format!("publish: {e}"))?;
+            }
+        }
+        if id < events + 2 {
+            let text = format!(
+                r#"{{"type":"say","data":{{"text":"{}"}},"id":{id},"idempotency_key":"k{id}"}}"#,
+                unix_micros()
+            );
+            unanswered.insert(id, text.clone());
+            sink.send(Message::text(text))
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+            id += 1;
+            next += gap;
+            until = deadline();
+        } else if tokio::time::Instant::now() > until {
+            reader.abort();
+            return Err(format!("{} broadcasts unanswered", unanswered.len()));
+        } else {
+            next = tokio::time::Instant::now() + Duration::from_millis(10);
+        }
+        tokio::time::sleep_until(next).await;
+    }
+    reader.abort();
+    Ok(sent_again)
 }
 
 #[cfg(test)]
