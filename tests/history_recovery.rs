@@ -378,6 +378,10 @@ fn a_broker_without_history_is_refused() {
 /// Clients resuming one topic at once, as after an instance's crash.
 const RESUMERS: usize = 50;
 
+/// Events the resumes below missed: more than an instance keeps of a
+/// topic's last events (64), so that each must read the history.
+const FAR_BEHIND: u64 = 100;
+
 /// Resumes of one topic that arrive while its history is being read share
 /// the next read: a reconnect storm costs each instance a read or two per
 /// topic, not one per client. Redis is held still (SIGSTOP) while the
@@ -403,10 +407,10 @@ async fn concurrent_resumes_of_one_topic_share_one_read() {
     // resumes need nothing from Redis but the history.
     let mut stays = a.connect("room:storm", "stays").await;
     let start = position(&subscribed(&mut stays).await, "subscribed");
-    for n in 0..10 {
+    for n in 0..FAR_BEHIND {
         a.publish("room:storm", format!("missed {n}")).await;
     }
-    for _ in 0..10 {
+    for _ in 0..FAR_BEHIND {
         stays.recv_event().await;
     }
     let reads = a.service.metrics().resume_reads;
@@ -432,7 +436,7 @@ async fn concurrent_resumes_of_one_topic_share_one_read() {
 
     for resume in resumes {
         let mut back = resume.await.expect("a resume");
-        for n in 0..10u64 {
+        for n in 0..FAR_BEHIND {
             let event = back.recv().await;
             assert_eq!(event["offset"].as_u64(), Some(start.offset + 1 + n));
         }
@@ -442,4 +446,79 @@ async fn concurrent_resumes_of_one_topic_share_one_read() {
     assert_eq!(a.service.metrics().resume_reads - reads, 2);
     assert_eq!(redis.script_calls().await - scripts, 2);
     assert_eq!(a.service.metrics().resumes_waiting, 0);
+}
+
+/// A resume from among the last events the instance delivered on its topic
+/// is answered from them, with no read of the history, exactly as a read
+/// would have answered it; one from further back reads as before. Every
+/// event is sent once: the ones it missed, then `subscribed`, then live
+/// ones, with none between the two lost or repeated while events keep
+/// coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_among_the_recent_events_reads_nothing() {
+    let redis = RedisServer::start().await;
+    let broker = redis.broker("recent:").await;
+    let a = Node::serve(
+        broker,
+        policy(Duration::from_secs(60)),
+        realtime::Config::default(),
+    )
+    .await;
+    let mut stays = a.connect("room:r", "stays").await;
+    let start = position(&subscribed(&mut stays).await, "subscribed");
+    for n in 0..30 {
+        a.publish("room:r", format!("missed {n}")).await;
+    }
+    for _ in 0..30 {
+        stays.recv_event().await;
+    }
+    let before = a.service.metrics();
+    let scripts = redis.script_calls().await;
+    // Events keep coming while it resumes, from another task.
+    let publisher = {
+        let service = a.service.clone();
+        tokio::spawn(async move {
+            for n in 0..50 {
+                let said = support::Said {
+                    from: "server".to_owned(),
+                    text: format!("live {n}"),
+                };
+                service.publish("room:r", &said).await.expect("published");
+            }
+        })
+    };
+    let mut back = a.connect(&format!("room:r?since={start}"), "back").await;
+    publisher.await.expect("the publisher");
+    let mut offsets = Vec::new();
+    let mut recovered = None;
+    while offsets.len() < 80 {
+        let frame = back.recv().await;
+        if let Some(offset) = frame["offset"].as_u64() {
+            offsets.push(offset);
+        } else if frame.get("subscribed").is_some() {
+            recovered = Some(frame["subscribed"]["recovered"].clone());
+        }
+    }
+    assert_eq!(recovered, Some(Value::Bool(true)));
+    let expected: Vec<u64> = (start.offset + 1..=start.offset + 80).collect();
+    assert_eq!(offsets, expected, "each offset once, in order");
+    let after = a.service.metrics();
+    assert_eq!(after.resumes_here - before.resumes_here, 1);
+    assert_eq!(after.resume_reads, before.resume_reads);
+    // The 50 publishes are scripts; no read is.
+    assert_eq!(redis.script_calls().await - scripts, 50);
+
+    // 80 behind, from before the last 64: the history is read.
+    let mut far = a.connect(&format!("room:r?since={start}"), "far").await;
+    let mut count = 0;
+    loop {
+        let frame = far.recv().await;
+        if frame.get("subscribed").is_some() {
+            assert_eq!(frame["subscribed"]["recovered"], true, "{frame}");
+            break;
+        }
+        count += 1;
+    }
+    assert_eq!(count, 80);
+    assert_eq!(a.service.metrics().resume_reads - after.resume_reads, 1);
 }

@@ -535,11 +535,15 @@ async fn steady_rate(
     // The publisher's own copies are dropped; answers are sorted.
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
-            let Message::Text(text) = message else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
             let Ok(answer) = serde_json::from_str::<serde_json::Value>(&text) else {
                 continue;
             };
-            let Some(id) = answer["reply_to"].as_u64() else { continue };
+            let Some(id) = answer["reply_to"].as_u64() else {
+                continue;
+            };
             let _ = match answer["error"]["code"].as_u64() {
                 Some(503) => refused.send(id),
                 Some(code) => panic!("broadcast {id} refused with {code}: {answer}"),

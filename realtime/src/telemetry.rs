@@ -22,6 +22,7 @@
 //! | `realtime_subscribed_topics` | gauge | |
 //! | `realtime_history_recovered_total` | counter | `result` (`recovered`, `not_recovered`) |
 //! | `realtime_history_gap_fills_total` | counter | |
+//! | `realtime_history_resumes_here_total` | counter: resumes answered from the last events the instance's ring of the topic delivered (64 per topic), with no read of the history | |
 //! | `realtime_history_resume_reads_total` | counter: reads of a topic's history for subscriptions to it (a resume's missed events, or the position); concurrent ones of one topic share a read | |
 //! | `realtime_topic_resets_total` | counter | |
 //!
@@ -103,6 +104,9 @@ pub const GAP_FILLS: &str = "realtime_history_gap_fills_total";
 /// Reads of a topic's history for subscriptions to it; concurrent
 /// subscriptions of one topic share one.
 pub const RESUME_READS: &str = "realtime_history_resume_reads_total";
+/// Resumes answered from the events the instance's ring of the topic had
+/// just delivered, with no read of the history.
+pub const RESUMES_HERE: &str = "realtime_history_resumes_here_total";
 /// `reset` frames: a topic's history started again.
 pub const RESETS: &str = "realtime_topic_resets_total";
 
@@ -232,6 +236,7 @@ pub(crate) struct Counters {
     pub(crate) recovered: AtomicU64,
     pub(crate) not_recovered: AtomicU64,
     pub(crate) resume_reads: AtomicU64,
+    pub(crate) resumes_here: AtomicU64,
     /// Subscriptions waiting now for their topic's history to be read.
     pub(crate) resumes_waiting: AtomicUsize,
     /// Bytes queued for clients in every connection's own queue (answers,
@@ -260,6 +265,7 @@ impl Counters {
             recovered: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
             resume_reads: AtomicU64::new(0),
+            resumes_here: AtomicU64::new(0),
             resumes_waiting: AtomicUsize::new(0),
             queued_bytes: Arc::default(),
         }
@@ -310,6 +316,12 @@ impl Counters {
     pub(crate) fn resume_read(&self) {
         bump(&self.resume_reads);
         metrics::counter!(RESUME_READS).increment(1);
+    }
+
+    /// A resume answered from its topic's recent events, with no read.
+    pub(crate) fn resumed_here(&self) {
+        bump(&self.resumes_here);
+        metrics::counter!(RESUMES_HERE).increment(1);
     }
 
     /// A subscription that asked to resume was told whether it got every

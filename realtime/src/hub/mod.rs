@@ -54,6 +54,18 @@ pub(crate) struct Added {
     pub(crate) ring: Ring,
     pub(crate) generation: u64,
     pub(crate) new: bool,
+    /// For a subscriber resuming from among the ring's recent events: what
+    /// it missed, up to where `ring` starts.
+    pub(crate) recent: Option<History>,
+}
+
+/// A subscriber's resume, and the bounds of what it may be given (see
+/// [`Sequencer::recent_since`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume<'a> {
+    pub(crate) since: &'a crate::protocol::Position,
+    pub(crate) limit: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// One topic on this instance.
@@ -214,9 +226,12 @@ impl Hub {
 
     /// Adds a subscriber; returns the shared topic name, a receiver of
     /// every event from now on with the ring's generation at that moment,
-    /// and whether the topic is new here (its ring, if it keeps history,
-    /// has no position yet).
-    pub(crate) fn add(&self, topic: &str, history: bool) -> Added {
+    /// whether the topic is new here (its ring, if it keeps history, has no
+    /// position yet), and for a `resume` whose missed events the ring's
+    /// recent ones hold, those. The write lock keeps every event out while
+    /// the receiver and the recent events are taken, so that together they
+    /// give every offset once.
+    pub(crate) fn add(&self, topic: &str, history: bool, resume: Option<Resume<'_>>) -> Added {
         let mut topics = self.topics.write();
         if let Some(name) = topics
             .get_key_value(topic)
@@ -224,12 +239,22 @@ impl Hub {
         {
             let entry = topics.get_mut(topic).expect("present: just found");
             entry.subscribers += 1;
-            let (generation, _) = entry.position();
+            let (generation, recent) = match &entry.sequencer {
+                Some(sequencer) => {
+                    let sequencer = sequencer.lock();
+                    let recent = resume.and_then(|resume| {
+                        sequencer.recent_since(resume.since, resume.limit, resume.max_bytes)
+                    });
+                    (sequencer.generation(), recent)
+                }
+                None => (0, None),
+            };
             return Added {
                 name,
                 ring: entry.ring.subscribe(),
                 generation,
                 new: false,
+                recent,
             };
         }
         let name: Arc<str> = topic.into();
@@ -250,6 +275,7 @@ impl Hub {
             ring: receiver,
             generation: 0,
             new: true,
+            recent: None,
         }
     }
 

@@ -4,10 +4,22 @@
 //! that came back, makes the sequencer hold live events while the missing ones
 //! are read from the history; the read is applied, then the held events.
 //! Only when the history cannot fill the gap does the ring get a `reset`.
+//!
+//! It also keeps the last [`RECENT`] events it put in the ring, so that a
+//! subscriber that resumes from among them is answered here, with no read
+//! of the history: after an instance's crash its clients come back to the
+//! others a few events behind.
+
+use std::collections::VecDeque;
 
 use super::{Event, Outlet};
 use crate::broker::{History, Sequenced};
 use crate::protocol::{self, Frame, Position};
+
+/// The events a sequencer keeps of those it put in its ring last. A few
+/// seconds of a busy room; 64 references to frames the ring holds anyway
+/// (about 2.5 KiB per topic with history, once it has had that many).
+pub(crate) const RECENT: usize = 64;
 
 /// Where a topic's ring stands.
 #[derive(Debug)]
@@ -30,6 +42,9 @@ pub(crate) struct Sequencer {
     /// Events were dropped from `held` (it was full), or the link was lost
     /// while a read ran: read again before going live.
     again: bool,
+    /// The last events put in the ring, oldest first: consecutive offsets
+    /// of `epoch`, the last one `last`.
+    recent: VecDeque<Sequenced>,
 }
 
 /// A live event held while the history is read, with its epoch.
@@ -60,6 +75,7 @@ impl Sequencer {
             generation: 0,
             held: Some(Vec::new()),
             again: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -105,8 +121,7 @@ impl Sequencer {
                 return false;
             }
             if offset == self.last + 1 {
-                self.last = offset;
-                ring.send(offset, frame);
+                self.put(ring, offset, frame);
                 return false;
             }
         }
@@ -115,6 +130,69 @@ impl Sequencer {
             event: Sequenced { offset, frame },
         }]);
         true
+    }
+
+    /// Puts the next event in the ring, and keeps it among the recent ones.
+    fn put(&mut self, ring: &Outlet, offset: u64, frame: Frame) {
+        debug_assert_eq!(
+            offset,
+            self.last + 1,
+            "the ring gets every offset once, in order"
+        );
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Sequenced {
+            offset,
+            frame: frame.clone(),
+        });
+        self.last = offset;
+        ring.send(offset, frame);
+    }
+
+    /// What a subscriber resuming from `since` missed, if the ring's recent
+    /// events hold all of it: the events after `since` up to where the ring
+    /// stands, and that position. A receiver of the ring taken at the same
+    /// moment gets every event after it, so the two give every offset once.
+    /// `None` (the history must be read) for another epoch, a position
+    /// ahead of the ring, or more than `limit` events or `max_bytes` bytes
+    /// of frames.
+    pub(crate) fn recent_since(
+        &self,
+        since: &Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Option<History> {
+        let epoch = self.epoch.as_deref()?;
+        if epoch != since.epoch || since.offset > self.last {
+            return None;
+        }
+        let missed = usize::try_from(self.last - since.offset).ok()?;
+        if missed > limit || missed > self.recent.len() {
+            return None;
+        }
+        let events: Vec<Sequenced> = self
+            .recent
+            .iter()
+            .skip(self.recent.len() - missed)
+            .cloned()
+            .collect();
+        let bytes: usize = events.iter().map(|event| event.frame.as_str().len()).sum();
+        if bytes > max_bytes {
+            return None;
+        }
+        debug_assert!(
+            events
+                .first()
+                .is_none_or(|first| first.offset == since.offset + 1)
+        );
+        Some(History {
+            position: Position {
+                offset: self.last,
+                epoch: epoch.to_owned(),
+            },
+            events,
+        })
     }
 
     /// Holds live events for a read of the history (the broker's link came
@@ -155,8 +233,7 @@ impl Sequencer {
             {
                 for event in read.events {
                     if event.offset == self.last + 1 {
-                        self.last = event.offset;
-                        ring.send(event.offset, event.frame);
+                        self.put(ring, event.offset, event.frame);
                     }
                 }
             }
@@ -173,6 +250,7 @@ impl Sequencer {
                     },
                 };
                 ring.send(Event::RESET, protocol::reset_frame(topic, &position));
+                self.recent.clear();
                 self.epoch = Some(position.epoch);
                 self.last = position.offset;
                 self.generation += 1;
@@ -198,8 +276,7 @@ impl Sequencer {
                 continue;
             }
             if rest.is_empty() && offset == self.last + 1 {
-                self.last = offset;
-                ring.send(offset, held.event.frame);
+                self.put(ring, offset, held.event.frame);
                 continue;
             }
             rest.push(held);
@@ -312,5 +389,111 @@ mod tests {
         assert!(sequencer.apply(&ring, "t", from, read("e", 20, &rest)));
         assert_eq!(drain(&mut receiver), (4..=20).collect::<Vec<_>>());
         assert_eq!(sequencer.generation(), 0, "no reset");
+    }
+
+    fn at(epoch: &str, offset: u64) -> Position {
+        Position {
+            offset,
+            epoch: epoch.to_owned(),
+        }
+    }
+
+    fn offsets(history: &History) -> Vec<u64> {
+        history.events.iter().map(|event| event.offset).collect()
+    }
+
+    #[test]
+    fn a_resume_from_among_the_recent_events_is_answered_here() {
+        let (mut sequencer, ring, _receiver) = live_at(3);
+        for offset in 4..=10 {
+            assert!(!sequencer.live(&ring, offset, "e", frame(offset), 16));
+        }
+        let missed = sequencer
+            .recent_since(&at("e", 7), 100, usize::MAX)
+            .expect("held here");
+        assert_eq!(offsets(&missed), [8, 9, 10]);
+        assert_eq!(missed.position, at("e", 10));
+        let none = sequencer
+            .recent_since(&at("e", 10), 100, usize::MAX)
+            .expect("held here");
+        assert!(none.events.is_empty());
+        assert_eq!(none.position, at("e", 10));
+        // Before what the ring has kept (it started at 3), ahead of the
+        // ring, another epoch, past the limits: the history decides.
+        assert!(
+            sequencer
+                .recent_since(&at("e", 2), 100, usize::MAX)
+                .is_none()
+        );
+        assert!(
+            sequencer
+                .recent_since(&at("e", 11), 100, usize::MAX)
+                .is_none()
+        );
+        assert!(
+            sequencer
+                .recent_since(&at("f", 7), 100, usize::MAX)
+                .is_none()
+        );
+        assert!(sequencer.recent_since(&at("e", 7), 2, usize::MAX).is_none());
+        let three_frames: usize = (8..=10).map(|offset| frame(offset).as_str().len()).sum();
+        assert!(
+            sequencer
+                .recent_since(&at("e", 7), 100, three_frames)
+                .is_some()
+        );
+        assert!(
+            sequencer
+                .recent_since(&at("e", 7), 100, three_frames - 1)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_recent_events_are_the_last_ones_and_a_reset_forgets_them() {
+        let (mut sequencer, ring, _receiver) = live_at(0);
+        let last = RECENT as u64 + 10;
+        for offset in 1..=last {
+            assert!(!sequencer.live(&ring, offset, "e", frame(offset), 16));
+        }
+        let oldest = last - RECENT as u64;
+        let all = sequencer
+            .recent_since(&at("e", oldest), usize::MAX, usize::MAX)
+            .expect("kept");
+        assert_eq!(offsets(&all), (oldest + 1..=last).collect::<Vec<_>>());
+        assert!(
+            sequencer
+                .recent_since(&at("e", oldest - 1), usize::MAX, usize::MAX)
+                .is_none()
+        );
+        // Filled from a read: kept the same way.
+        assert!(sequencer.live(&ring, last + 3, "e", frame(last + 3), 16));
+        let from = sequencer.read_from();
+        assert!(sequencer.apply(&ring, "t", from, read("e", last + 2, &[last + 1, last + 2])));
+        let tail = sequencer
+            .recent_since(&at("e", last), 100, usize::MAX)
+            .expect("kept");
+        assert_eq!(offsets(&tail), [last + 1, last + 2, last + 3]);
+        // A new epoch: what the ring had is no resume's any more.
+        assert!(sequencer.live(&ring, 1, "f", frame(1), 16));
+        let from = sequencer.read_from();
+        assert!(!sequencer.apply(&ring, "t", from, read("f", 1, &[])));
+        assert!(
+            sequencer
+                .recent_since(&at("e", last), 100, usize::MAX)
+                .is_none()
+        );
+        // Where the ring restarted: nothing missed up to it; the ring
+        // brings the rest once the read of the new epoch is applied.
+        let start = sequencer
+            .recent_since(&at("f", 0), 100, usize::MAX)
+            .expect("the ring's start");
+        assert!(start.events.is_empty());
+        assert!(
+            sequencer
+                .recent_since(&at("f", 1), 100, usize::MAX)
+                .is_none(),
+            "ahead of the ring"
+        );
     }
 }

@@ -162,6 +162,10 @@ pub struct Metrics {
     /// share the next one, so a reconnect storm on one topic costs a few
     /// reads per instance, not one per client.
     pub resume_reads: u64,
+    /// Resumes answered from the last events this instance delivered on
+    /// the topic (it keeps 64 per topic with history), with no read of the
+    /// history: a client back from another instance a few events behind.
+    pub resumes_here: u64,
     /// Subscriptions waiting now for their topic's history to be read.
     pub resumes_waiting: usize,
     /// Bytes queued now for this instance's clients in their own queues
@@ -372,6 +376,7 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
             recovered: counters.recovered.load(Ordering::Relaxed),
             not_recovered: counters.not_recovered.load(Ordering::Relaxed),
             resume_reads: counters.resume_reads.load(Ordering::Relaxed),
+            resumes_here: counters.resumes_here.load(Ordering::Relaxed),
             resumes_waiting: counters.resumes_waiting.load(Ordering::Relaxed),
             queued_bytes: counters.queued_bytes.load(Ordering::Relaxed),
         }

@@ -14,9 +14,9 @@ use crate::broker::{Broker, BrokerError, HistoryQuery};
 use crate::connection::Topics;
 use crate::handler::ConnectionId;
 use crate::handler::{HandlerError, MessageHandler, Publish};
-use crate::history::{History, HistoryError, Position};
+use crate::history::{History, HistoryError, Position, Retention};
 use crate::hub::CONTROL_TOPIC;
-use crate::hub::{Added, Feed, Reservation, Ring};
+use crate::hub::{Added, Feed, Reservation, Resume, Ring};
 use crate::outbox::{Order, Outbox};
 use crate::presence::keeper;
 use crate::presence::{Presence, PresenceError, Tracking};
@@ -122,12 +122,21 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         if first {
             inner.broker.subscribe(topic).await?;
         }
+        let bounds = history
+            .as_ref()
+            .map(|retention| Inner::resume_bounds(inner, topic, retention));
+        let resume = since.zip(bounds).map(|(since, (limit, max_bytes))| Resume {
+            since,
+            limit,
+            max_bytes,
+        });
         let Added {
             name: topic,
             ring,
             generation,
             new,
-        } = inner.hub.add(topic, history.is_some());
+            recent,
+        } = inner.hub.add(topic, history.is_some(), resume);
         if first {
             // The hub's name, shared: one copy of it per instance.
             subscribed.insert(Arc::clone(&topic));
@@ -157,7 +166,14 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 recovered: None,
                 reserved: None,
             },
-            Some(_) => Inner::resume(inner, &topic, (ring, generation), since).await?,
+            Some(_) => match recent {
+                // The ring's recent events hold what it missed: no read.
+                Some(read) => {
+                    inner.counters.resumed_here();
+                    Inner::feed(inner, &topic, ring, since, read)?
+                }
+                None => Inner::resume(inner, &topic, (ring, generation), since).await?,
+            },
         };
         charged.kept();
         Ok((topic, subscription, feed, entry))
@@ -184,13 +200,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             .history
             .retention(topic)
             .expect("called for topics with history");
-        let config = &inner.config;
-        // No more than the connection's queue holds, in frames, with the
-        // `subscribed` frame that follows them: a longer gap is not
-        // recovered, so it is not read either.
-        let limit = retention
-            .size()
-            .min(config.outbound_queue.saturating_sub(1));
+        let (limit, max_bytes) = Inner::resume_bounds(inner, topic, &retention);
         // A resume reads only what it can use: of its epoch, from where it
         // left off, and all of it within the queue's bytes; else the broker
         // answers the position alone. Resumes of the topic that come
@@ -199,16 +209,9 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         let read_from = |from: Option<Position>| async move {
             inner.counters.resume_read();
             let query = match &from {
-                // The queue holds the `subscribed` frame after them too
-                // (its topic, position and flags; 128 bytes besides the
-                // topic is ample).
                 Some(from) => HistoryQuery::after(from.offset, limit)
                     .epoch(&from.epoch)
-                    .max_bytes(
-                        config
-                            .outbound_queue_bytes
-                            .saturating_sub(topic.len() + 128),
-                    )
+                    .max_bytes(max_bytes)
                     .whole(),
                 None => HistoryQuery::position(),
             };
@@ -225,35 +228,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 Some((_, now, Some(epoch)))
                     if now == generation && epoch == read.position.epoch =>
                 {
-                    // Events read are events to queue: only a resume that
-                    // can be whole reads any. Counted ahead in the queued
-                    // total, so that resumes checked together see each other.
-                    let missed: usize = read
-                        .events
-                        .iter()
-                        .map(|event| event.frame.as_str().len())
-                        .sum();
-                    let reserved = match missed {
-                        0 => None,
-                        _ => match Reservation::take(
-                            &inner.counters.queued_bytes,
-                            missed,
-                            config.max_replay_bytes,
-                        ) {
-                            Some(reserved) => Some(reserved),
-                            None => {
-                                tracing::debug!(
-                                    topic = &**topic,
-                                    missed,
-                                    "a resume would pass the replay budget; refused"
-                                );
-                                return Err(BrokerError::ReplayBudget);
-                            }
-                        },
-                    };
-                    let mut feed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
-                    feed.reserved = reserved;
-                    return Ok(feed);
+                    return Inner::feed(inner, topic, ring, since, read);
                 }
                 Some((fresh, now, _)) if now != generation => {
                     tracing::debug!(
@@ -286,6 +261,65 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         Err(BrokerError::Unavailable(
             format!("the history of `{topic}` is being read again; try later").into(),
         ))
+    }
+
+    /// How much of a topic's history a resume may be given: at most so many
+    /// events (no more than the connection's queue holds, in frames, with
+    /// the `subscribed` frame that follows them) and so many bytes of
+    /// frames (the queue's bytes, less room for the `subscribed` frame: its
+    /// topic, position and flags; 128 bytes besides the topic is ample). A
+    /// longer gap is not recovered, so it is not read either.
+    fn resume_bounds(inner: &Arc<Self>, topic: &str, retention: &Retention) -> (usize, usize) {
+        let config = &inner.config;
+        let limit = retention
+            .size()
+            .min(config.outbound_queue.saturating_sub(1));
+        let max_bytes = config
+            .outbound_queue_bytes
+            .saturating_sub(topic.len() + 128);
+        (limit, max_bytes)
+    }
+
+    /// The feed of a subscriber from `since` that got `read` of a ring of
+    /// the same epoch and generation: the events it missed, queued ahead in
+    /// the instance's replay budget, then the ring.
+    fn feed(
+        inner: &Arc<Self>,
+        topic: &Arc<str>,
+        ring: Ring,
+        since: Option<&Position>,
+        read: History,
+    ) -> Result<Feed, BrokerError> {
+        let config = &inner.config;
+        // Events read are events to queue: only a resume that can be whole
+        // reads any. Counted ahead in the queued total, so that resumes
+        // checked together see each other.
+        let missed: usize = read
+            .events
+            .iter()
+            .map(|event| event.frame.as_str().len())
+            .sum();
+        let reserved = match missed {
+            0 => None,
+            _ => match Reservation::take(
+                &inner.counters.queued_bytes,
+                missed,
+                config.max_replay_bytes,
+            ) {
+                Some(reserved) => Some(reserved),
+                None => {
+                    tracing::debug!(
+                        topic = &**topic,
+                        missed,
+                        "a resume would pass the replay budget; refused"
+                    );
+                    return Err(BrokerError::ReplayBudget);
+                }
+            },
+        };
+        let mut feed = catch_up(topic, ring, since, read, config.outbound_queue_bytes);
+        feed.reserved = reserved;
+        Ok(feed)
     }
 
     /// Unsubscribes the instance from `topic` at the broker, unless a new
