@@ -182,47 +182,89 @@ async fn frozen_redis_is_detected_by_the_watchdog() {
 /// per turn.
 const TURN: Duration = Duration::from_millis(5);
 
+/// A broker on `redis` whose watchdog pings every 100 ms with a 200 ms
+/// budget.
+async fn quick_watchdog(redis: &RedisServer, prefix: &str) -> realtime::RedisBroker {
+    let mut config = support::redis_config(prefix);
+    config.command_timeout = Duration::from_millis(200);
+    config.ping_interval = Duration::from_millis(100);
+    realtime::RedisBroker::connect(&redis.url(), config)
+        .await
+        .expect("connects")
+}
+
+/// 100 tasks that hold the runtime's thread for [`TURN`] each and then go
+/// to the back of its queue, until the returned switch is turned off:
+/// every task waits about half a second for its turn.
+fn hold_the_thread() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let busy = Arc::new(AtomicBool::new(true));
+    let tasks = (0..100)
+        .map(|_| {
+            let busy = Arc::clone(&busy);
+            tokio::spawn(async move {
+                while busy.load(Ordering::Relaxed) {
+                    // Blocking on purpose: this is the overload.
+                    std::thread::sleep(TURN);
+                    requeue().await;
+                }
+            })
+        })
+        .collect();
+    (busy, tasks)
+}
+
 /// A runtime too busy to poll its tasks on time is not a silent Redis: the
 /// `PING` is answered at once, but the connection's reader and the
 /// watchdog each wait their turn, and the watchdog's turn can come first.
 /// Giving the link up then loses what was published meanwhile to topics
-/// without history (seen at 100 000 connections on 2 cores). Here 100
-/// tasks hold one thread for 5 ms per turn, so every task waits about half
-/// a second to run, longer than the command timeout.
+/// without history (seen at 100 000 connections on 2 cores). Here the
+/// runtime's one thread is held so that every task waits about half a
+/// second to run, longer than the command timeout.
 #[tokio::test(flavor = "current_thread")]
 async fn a_starved_runtime_is_not_taken_for_a_silent_redis() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let redis = RedisServer::start().await;
-    let mut config = support::redis_config("starved:");
-    config.command_timeout = Duration::from_millis(200);
-    config.ping_interval = Duration::from_millis(100);
-    let broker = realtime::RedisBroker::connect(&redis.url(), config)
-        .await
-        .expect("connects");
-
-    let busy = Arc::new(AtomicBool::new(true));
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let busy = Arc::clone(&busy);
-        tasks.push(tokio::spawn(async move {
-            while busy.load(Ordering::Relaxed) {
-                // Blocking on purpose: this is the overload.
-                std::thread::sleep(TURN);
-                requeue().await;
-            }
-        }));
-    }
+    let broker = quick_watchdog(&redis, "starved:").await;
+    let (busy, tasks) = hold_the_thread();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    busy.store(false, Ordering::Relaxed);
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
     for task in tasks {
         task.await.expect("a busy task");
     }
+    // A ping that waited through the overload ends now, either way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Redis answered every ping; the watchdog may be late, never wrong.
     let metrics = broker.metrics();
     assert_eq!(metrics.disconnects, 0, "{metrics:?}");
     assert!(metrics.connected);
+}
+
+/// The other side of the same bound: under the same overload, a Redis
+/// that does stop answering is still found, within ten budgets on the
+/// clock at most (2 s here), rather than waited for as long as the
+/// overload lasts.
+#[tokio::test(flavor = "current_thread")]
+async fn a_frozen_redis_is_found_under_overload_too() {
+    let redis = RedisServer::start().await;
+    let broker = quick_watchdog(&redis, "frozen-busy:").await;
+    let (busy, tasks) = hold_the_thread();
+    redis.freeze();
+    let found = support::wait_until("the watchdog gives the frozen Redis up", || async {
+        broker.metrics().disconnects >= 1
+    })
+    .await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    redis.thaw();
+    for task in tasks {
+        task.await.expect("a busy task");
+    }
+    // The cap (2 s), a ping interval, and the overload's own lateness.
+    assert!(found < Duration::from_secs(6), "found after {found:?}");
 }
 
 /// Goes to the back of the run queue at once. (`yield_now` waits for the

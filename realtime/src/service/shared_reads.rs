@@ -87,8 +87,15 @@ impl SharedReads {
                     // one joins it from now on.
                     entry.topic.start(&shared);
                     let want = shared.want.lock().clone();
-                    let outcome = read(want).await;
-                    shared.outcome.get_or_init(|| outcome)
+                    match read(want).await {
+                        Ok(history) => shared.outcome.get_or_init(|| Ok(history)),
+                        // The reader keeps its error as it came; the others
+                        // get a copy.
+                        Err(error) => {
+                            let _ = shared.outcome.set(Err(copy(&error)));
+                            return Err(error);
+                        }
+                    }
                 }
             }
         };
@@ -184,13 +191,19 @@ fn view(
     whole.then_some(Ok(mine))
 }
 
-/// A read's error, for each subscription that shared it.
+/// A read's error, for each subscription that shared it: the same kind
+/// (the same answer to the client), the source's message in words.
 fn copy(error: &BrokerError) -> BrokerError {
+    let words = |source: &(dyn std::error::Error + Send + Sync)| source.to_string().into();
     match error {
+        BrokerError::Unavailable(source) => BrokerError::Unavailable(words(&**source)),
         BrokerError::Timeout(after) => BrokerError::Timeout(*after),
+        BrokerError::Invalid(source) => BrokerError::Invalid(words(&**source)),
+        BrokerError::InvalidTopic(topic) => BrokerError::InvalidTopic(topic.clone()),
         BrokerError::Unsupported(what) => BrokerError::Unsupported(what),
         BrokerError::ReplayBudget => BrokerError::ReplayBudget,
-        other => BrokerError::Unavailable(other.to_string().into()),
+        BrokerError::TopicBudget => BrokerError::TopicBudget,
+        BrokerError::HistoryFull => BrokerError::HistoryFull,
     }
 }
 

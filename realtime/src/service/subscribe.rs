@@ -169,8 +169,9 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             Some(_) => match recent {
                 // The ring's recent events hold what it missed: no read.
                 Some(read) => {
+                    let feed = Inner::feed(inner, &topic, ring, since, read)?;
                     inner.counters.resumed_here();
-                    Inner::feed(inner, &topic, ring, since, read)?
+                    feed
                 }
                 None => Inner::resume(inner, &topic, (ring, generation), since).await?,
             },

@@ -66,8 +66,9 @@ pub struct RedisConfig {
     /// On a single Redis the ping's `command_timeout` counts only the time
     /// the instance's runtime was awake to keep it: when an overloaded
     /// instance runs its tasks seconds late, the ping waits longer in
-    /// proportion rather than taking the late reading of Redis's answer
-    /// for silence and giving a working connection up.
+    /// proportion (up to ten command timeouts on the clock) rather than
+    /// taking the late reading of Redis's answer for silence and giving a
+    /// working connection up.
     ///
     /// Default: 1 s.
     pub ping_interval: Duration,

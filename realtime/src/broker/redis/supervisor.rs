@@ -150,6 +150,11 @@ impl Supervisor {
                     if let Err(cause) = ping(&mut publisher_pinger, Side::Publisher, budget).await {
                         return Interrupted::Lost(cause);
                     }
+                    // A period from now: a turn that took longer than one
+                    // (pings waiting through an overload) must not leave a
+                    // tick due at once, which would win over the commands
+                    // again and again.
+                    watchdog.reset();
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else {
