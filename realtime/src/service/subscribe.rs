@@ -156,7 +156,7 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
             }
         }
         drop(subscribed);
-        let feed = match history {
+        let feed = match history.zip(bounds) {
             None => Feed {
                 topic: Arc::clone(&topic),
                 ring,
@@ -166,14 +166,17 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
                 recovered: None,
                 reserved: None,
             },
-            Some(_) => match recent {
+            Some((retention, bounds)) => match recent {
                 // The ring's recent events hold what it missed: no read.
                 Some(read) => {
                     let feed = Inner::feed(inner, &topic, ring, since, read)?;
                     inner.counters.resumed_here();
                     feed
                 }
-                None => Inner::resume(inner, &topic, (ring, generation), since).await?,
+                None => {
+                    let ring = (ring, generation);
+                    Inner::resume(inner, &topic, ring, since, &retention, bounds).await?
+                }
             },
         };
         charged.kept();
@@ -196,17 +199,13 @@ impl<H: MessageHandler, B: Broker> Inner<H, B> {
         topic: &Arc<str>,
         (mut ring, mut generation): (Ring, u64),
         since: Option<&Position>,
+        retention: &Retention,
+        (limit, max_bytes): (usize, usize),
     ) -> Result<Feed, BrokerError> {
-        let retention = inner
-            .history
-            .retention(topic)
-            .expect("called for topics with history");
-        let (limit, max_bytes) = Inner::resume_bounds(inner, topic, &retention);
         // A resume reads only what it can use: of its epoch, from where it
         // left off, and all of it within the queue's bytes; else the broker
         // answers the position alone. Resumes of the topic that come
         // together share a read, from the furthest back of them.
-        let retention = &retention;
         let read_from = |from: Option<Position>| async move {
             inner.counters.resume_read();
             let query = match &from {
