@@ -259,6 +259,36 @@ async fn a_steady_flood_is_closed_with_1008_after_a_bounded_number_of_429s() {
 }
 
 #[tokio::test]
+async fn a_client_that_floods_on_after_the_close_is_let_go_within_the_bound() {
+    use futures_util::SinkExt;
+    // After the close frame the server reads a burst, then throws away what
+    // comes (without parsing it) until the client ends its side: at most
+    // 1 MiB, for at most the close timeout. A client that never stops must
+    // not hold its socket longer than that.
+    let mut config = flood_config();
+    config.close_timeout = std::time::Duration::from_millis(300);
+    let server = RoomServer::with_config(config).await;
+    let mut socket = server.connect("flood", "mallory").await.into_inner();
+    let endless = tokio::spawn(async move {
+        let frame = Message::text(format!(
+            r#"{{"type":"echo","data":{{"text":"{}"}}}}"#,
+            "z".repeat(1000)
+        ));
+        // Never reads: sends until the server has let the socket go.
+        while socket.send(frame.clone()).await.is_ok() {}
+    });
+    support::wait_until("the server lets the flooding client go", || async {
+        server.service.connections() == 0
+    })
+    .await;
+    tokio::time::timeout(support::DEADLINE, endless)
+        .await
+        .expect("the client's sends fail once the server let it go")
+        .unwrap();
+    assert!(server.service.metrics().rate_limited >= 1);
+}
+
+#[tokio::test]
 async fn a_ping_flood_is_closed_with_1008() {
     let server = RoomServer::with_config(flood_config()).await;
     let outcome = flood(&server, Message::Ping(Default::default())).await;

@@ -204,7 +204,12 @@ pub struct Config {
     /// `max_frame_bytes`; client frames are small (requests, not events),
     /// and 4 KiB measured no faster for a publisher's burst or round trips.
     pub read_buffer_bytes: usize,
-    /// Bytes the socket writer collects before it writes to the socket. Default: 8 KiB.
+    /// Bytes tungstenite collects before it writes the frames it sends by
+    /// itself (pongs, the close handshake). Default: 8 KiB.
+    ///
+    /// Events and replies do not pass through it: the write task queues
+    /// them as whole frames, an event's the same bytes for every
+    /// subscriber, and writes up to `write_batch` of them in one call.
     pub write_buffer_bytes: usize,
     /// How long a broadcast's `idempotency_key` is remembered. Default:
     /// 2 minutes.

@@ -26,16 +26,22 @@ use crate::util::Signal;
 #[test]
 fn what_every_connection_keeps_stays_small() {
     let sizes = [
-        // The write task's state: its topics, one `Source` per subscription.
-        ("Sources", size_of::<Sources>(), 48),
+        // The write task's state: its topics, one `Source` per
+        // subscription, and the (empty while idle) buffer its own frames
+        // are put together in, which took the place of tungstenite's write
+        // buffer.
+        ("Sources", size_of::<Sources>(), 80),
         ("Source", size_of::<Source>(), 40),
         // The read loop's state.
         ("Subscriptions", size_of::<Subscriptions<()>>(), 48),
         ("RateLimiter", size_of::<RateLimiter>(), 20),
         ("Answers", size_of::<Answers<'_>>(), 8),
         ("Signal", size_of::<Signal>(), 40),
-        // The frame guard around the socket, less the socket.
-        ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 72),
+        // The frame guard around the socket, less the socket: 8 more since
+        // it tells the writer when the client's close came in.
+        ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 80),
+        // The queue of whole frames around it (empty while idle).
+        ("Queued", size_of::<crate::websocket::Queued<()>>(), 40),
         // Shared with the service: one pointer.
         ("Outbox", size_of::<Outbox>(), 8),
         // One slot of a topic's ring, and of a connection's queue.

@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use crate::websocket::Socket;
+use crate::websocket::{Incoming, Socket};
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use tokio::task::JoinHandle;
 
 use crate::auth::{AuthError, Identity};
@@ -111,6 +110,11 @@ pub(crate) trait Topics: Send + Sync {
     ) -> impl Future<Output = Result<Option<Presence>, PresenceError>> + Send;
 }
 
+/// The most a client that goes on sending after the server's close frame
+/// may make the server read (and throw away) while it waits for the client
+/// to end its side; `Config::close_timeout` bounds the time.
+const DISCARD_BYTES: usize = 1024 * 1024;
+
 /// What every connection of one service shares.
 pub(crate) struct Session<'a, H: MessageHandler, T: Topics> {
     pub(crate) handler: &'a H,
@@ -132,7 +136,7 @@ impl<H: MessageHandler, T: Topics> Copy for Session<'_, H, T> {}
 
 /// A socket whose write task runs: what the read loop still needs of it.
 pub(crate) struct Started {
-    stream: SplitStream<Socket>,
+    stream: Incoming,
     writer: JoinHandle<()>,
 }
 
@@ -161,13 +165,13 @@ pub(crate) fn start(
     home: Feed,
     config: &Config,
 ) -> Started {
-    let (sink, stream) = socket.split();
+    let (stream, wire) = crate::websocket::split(socket);
     let deflate_min = match deflate {
         true => config.compression_min_bytes,
         false => usize::MAX,
     };
     let writer = tokio::spawn(writer::write(
-        sink,
+        wire,
         writer::Sources::new(home, config.topic_backlog, deflate_min),
         Arc::clone(outbox.status()),
         config.write_batch,
@@ -246,6 +250,7 @@ where
                 outbox.close(code);
             }
         }
+        let mut flooding = false;
         if matches!(end, reader::End::Close(_) | reader::End::Aborted) {
             // Read until the peer answers our close frame (or the deadline), so
             // the socket is not dropped with unread input, which would reset the
@@ -255,8 +260,12 @@ where
             let _ = tokio::time::timeout(config.close_timeout, async {
                 let mut budget = config.rate_burst;
                 while let Some(Ok(message)) = started.stream.next().await {
+                    if matches!(message, tungstenite::Message::Close(_)) {
+                        break;
+                    }
                     budget = budget.saturating_sub(1);
-                    if budget == 0 || matches!(message, tungstenite::Message::Close(_)) {
+                    if budget == 0 {
+                        flooding = true;
                         break;
                     }
                 }
@@ -271,6 +280,12 @@ where
         {
             outbox.abort(0);
             let _ = (&mut started.writer).await;
+        }
+        if flooding {
+            // The client still sends: its input is thrown away unread until
+            // it has read the close frame and ended its side. Boxed: rare.
+            let discard = Box::pin(started.stream.discard(DISCARD_BYTES));
+            let _ = tokio::time::timeout(config.close_timeout, discard).await;
         }
         if !joined.is_empty() {
             // Boxed: rare, and the hooks' futures would otherwise take room

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tungstenite::Message;
 
-use crate::websocket::{Socket, Violation};
+use crate::websocket::{Incoming, Violation};
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -89,7 +88,7 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
 /// timeout). Dropping the reader afterwards ends its subscriptions.
 pub(super) async fn read<H: MessageHandler, T: Topics<User = H::UserId>>(
     reader: &mut Reader<'_, H, T>,
-    stream: &mut SplitStream<Socket>,
+    stream: &mut Incoming,
     shutdown: &Signal,
 ) -> End {
     let end = reader.read_loop(stream, shutdown).await;
@@ -109,7 +108,7 @@ pub(super) async fn read<H: MessageHandler, T: Topics<User = H::UserId>>(
 }
 
 impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
-    async fn read_loop(&mut self, stream: &mut SplitStream<Socket>, shutdown: &Signal) -> End {
+    async fn read_loop(&mut self, stream: &mut Incoming, shutdown: &Signal) -> End {
         let config = self.config;
         let status = Arc::clone(self.ctx.outbox.status());
         // Made once: each poll of one of these takes a lock, so they are only

@@ -7,23 +7,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tungstenite::Message;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
-
-use crate::websocket::Socket;
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tungstenite::protocol::CloseFrame;
 
 use crate::hub::{Event, Feed, Ring};
 use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
-use crate::websocket::deflate;
-
-type Sink = SplitSink<Socket, Message>;
+use crate::websocket::{Outgoing, deflate, framing};
 
 /// How often a writer that waits for a full socket looks whether its client
 /// fell a whole ring behind. A ring never waits for its slowest reader, so
@@ -45,6 +36,9 @@ pub(super) struct Sources {
     /// Frames of at least this many bytes are sent compressed; `usize::MAX`
     /// on a socket without permessage-deflate.
     deflate_min: usize,
+    /// Where the connection's own frames are put together; given back
+    /// whenever the task waits for more, so an idle connection holds none.
+    scratch: BytesMut,
 }
 
 impl Sources {
@@ -54,30 +48,34 @@ impl Sources {
             next_ring: 0,
             backlog,
             deflate_min,
+            scratch: BytesMut::new(),
         }
     }
 
-    /// The message of a frame of the connection's own (a reply, an error, a
-    /// resume's catch-up): compressed here, fast, if it is large enough,
-    /// since nobody else sends it.
-    fn own(&self, frame: Frame) -> Message {
+    /// The wire frame of a frame of the connection's own (a reply, an
+    /// error, a resume's catch-up): compressed here, fast, if it is large
+    /// enough, since nobody else sends it.
+    fn own(&mut self, frame: &Frame) -> Bytes {
         if frame.as_bytes().len() >= self.deflate_min {
-            return compressed(deflate::deflate(frame.as_bytes(), deflate::Effort::Own));
+            return deflate::deflated_text(frame.as_bytes(), deflate::Effort::Own);
         }
-        Message::Text(frame.into_text())
+        framing::text_in(&mut self.scratch, frame.as_bytes())
     }
 
-    /// The message of a topic's event: its compressed form, made once for
-    /// every subscriber, if the socket negotiated compression. (The ring
-    /// gives an event a compressed form only at the service's threshold,
-    /// which is this socket's.)
-    fn event(&self, event: Event) -> Message {
-        if self.deflate_min != usize::MAX
-            && let Some(deflated) = event.deflated()
-        {
-            return compressed(deflated.clone());
+    /// The wire frame of a topic's event, the same bytes for every
+    /// subscriber: compressed (made once for all of them) if the socket
+    /// negotiated compression. (The ring gives an event a compressed form
+    /// only at the service's threshold, which is this socket's.)
+    fn event(&self, event: &Event) -> Bytes {
+        event.wire(self.deflate_min != usize::MAX).clone()
+    }
+
+    /// Gives back the room a burst took, before the task waits.
+    fn rest(&mut self, wire: &Outgoing) {
+        if self.scratch.capacity() > 0 {
+            self.scratch = BytesMut::new();
         }
-        Message::Text(event.into_frame().into_text())
+        wire.shrink();
     }
 
     /// Whether some ring holds more unread events than the backlog: the
@@ -134,7 +132,7 @@ enum Pending {
     reason = "an async fn would hold its arguments twice; see the body"
 )]
 pub(super) fn write(
-    mut sink: Sink,
+    wire: Outgoing,
     mut sources: Sources,
     status: Arc<Status>,
     batch: usize,
@@ -144,7 +142,7 @@ pub(super) fn write(
     // (as given and as bound), and every idle connection's task would hold
     // the copy.
     async move {
-        let closed = drain(&mut sink, &mut sources, &status, batch).await;
+        let closed = drain(&wire, &mut sources, &status, batch).await;
         // Boxed: the task spends its life in `drain`, and the timers of its
         // end would otherwise take room in every idle connection's task.
         Box::pin(async {
@@ -154,11 +152,10 @@ pub(super) fn write(
                     // Best effort: a client that stopped reading may never take it.
                     let reason = status.abort_reason();
                     let _ =
-                        tokio::time::timeout(close_timeout, send_close(&mut sink, code, reason))
-                            .await;
+                        tokio::time::timeout(close_timeout, send_close(&wire, code, reason)).await;
                 }
             }
-            let _ = tokio::time::timeout(close_timeout, sink.close()).await;
+            let _ = tokio::time::timeout(close_timeout, wire.finish()).await;
         })
         .await;
         status.queue().close();
@@ -168,9 +165,9 @@ pub(super) fn write(
 
 /// Writes until the end; returns whether a close frame was sent. Events
 /// written are counted per batch, and at the end those of the last one.
-async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: usize) -> bool {
+async fn drain(wire: &Outgoing, sources: &mut Sources, status: &Status, batch: usize) -> bool {
     let mut events = 0;
-    let closed = write_batches(sink, sources, status, batch, &mut events).await;
+    let closed = write_batches(wire, sources, status, batch, &mut events).await;
     if events > 0 {
         status.counters().meters.delivered.increment(events);
     }
@@ -180,7 +177,7 @@ async fn drain(sink: &mut Sink, sources: &mut Sources, status: &Status, batch: u
 /// [`drain`]'s loop; `events` counts the events written and not yet
 /// counted in the service's series.
 async fn write_batches(
-    sink: &mut Sink,
+    wire: &Outgoing,
     sources: &mut Sources,
     status: &Status,
     batch: usize,
@@ -198,22 +195,28 @@ async fn write_batches(
         if status.is_aborted() {
             return false;
         }
-        let first = tokio::select! {
-            biased;
-            item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
-            item = next_event(&mut sources.rings, status) => item,
-            () = &mut aborted => return false,
+        let first = match try_next(sources, status) {
+            Some(item) => item,
+            None => {
+                sources.rest(wire);
+                tokio::select! {
+                    biased;
+                    item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
+                    item = next_event(&mut sources.rings, status) => item,
+                    () = &mut aborted => return false,
+                }
+            }
         };
         let mut next = Some(first);
         let mut fed = 0;
         // Feed up to `batch` frames that are already waiting, then flush once.
         while let Some(item) = next.take() {
             let is_event = matches!(item, Item::Event(_));
-            let message = match item {
-                Item::Queued(Outbound::Frame(frame)) => sources.own(frame),
-                Item::Event(event) => sources.event(event),
+            let frame = match item {
+                Item::Queued(Outbound::Frame(frame)) => sources.own(&frame),
+                Item::Event(event) => sources.event(&event),
                 Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
-                    Some(Pending::Marked) => sources.own(frame),
+                    Some(Pending::Marked) => sources.own(&frame),
                     _ => {
                         pending = Some(Box::new(Pending::Answer(frame)));
                         next = try_next(sources, status);
@@ -221,14 +224,14 @@ async fn write_batches(
                     }
                 },
                 Item::Marked => match pending.take().map(|p| *p) {
-                    Some(Pending::Answer(frame)) => sources.own(frame),
+                    Some(Pending::Answer(frame)) => sources.own(&frame),
                     _ => {
                         pending = Some(Box::new(Pending::Marked));
                         next = try_next(sources, status);
                         continue;
                     }
                 },
-                Item::Queued(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
+                Item::Queued(Outbound::Ping) => framing::PING,
                 Item::Queued(Outbound::Subscribe(feed)) => {
                     sources.rings.push(Source::from(*feed));
                     next = try_next(sources, status);
@@ -239,7 +242,7 @@ async fn write_batches(
                     // Its mark may be in the ring just dropped: the client
                     // left that topic, so no event of it follows anyway.
                     match pending.take().map(|p| *p) {
-                        Some(Pending::Answer(frame)) => sources.own(frame),
+                        Some(Pending::Answer(frame)) => sources.own(&frame),
                         _ => {
                             next = try_next(sources, status);
                             continue;
@@ -250,7 +253,7 @@ async fn write_batches(
                     return tokio::select! {
                         biased;
                         () = &mut aborted => false,
-                        sent = send_close(sink, code, None) => sent,
+                        sent = send_close(wire, code, None) => sent,
                     };
                 }
                 Item::Lagged => {
@@ -258,16 +261,8 @@ async fn write_batches(
                     return false;
                 }
             };
-            // The socket takes a frame at once unless its buffer is full; an
-            // abort (the client's queue filled up meanwhile) or a lag must
-            // still end a wait for a client that does not read.
-            let ready = unless_stuck(aborted.as_mut(), sources, status, |cx| {
-                sink.poll_ready_unpin(cx)
-            });
-            if !ready.await {
-                return false;
-            }
-            if sink.start_send_unpin(message).is_err() {
+            // Queued, written at the flush: at most `batch` frames wait.
+            if wire.push(frame).is_err() {
                 return false;
             }
             *events += u64::from(is_event);
@@ -284,9 +279,10 @@ async fn write_batches(
                 .delivered
                 .increment(std::mem::take(events));
         }
-        let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| {
-            sink.poll_flush_unpin(cx)
-        });
+        // The socket takes the batch at once unless its buffer is full; an
+        // abort (the client's queue filled up meanwhile) or a lag must still
+        // end a wait for a client that does not read.
+        let flushed = unless_stuck(aborted.as_mut(), sources, status, |cx| wire.poll_flush(cx));
         if !flushed.await {
             return false;
         }
@@ -418,22 +414,11 @@ async fn unless_stuck<E>(
     .await
 }
 
-/// A text message's compressed payload as a frame: RSV1 set, as RFC 7692
-/// marks a compressed message. tungstenite writes it as it is.
-fn compressed(payload: Bytes) -> Message {
-    let header = FrameHeader {
-        rsv1: true,
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
-    Message::Frame(WireFrame::from_payload(header, payload))
-}
-
 /// Sends a close frame with `code`, and `reason` or the code's own.
-async fn send_close(sink: &mut Sink, code: u16, reason: Option<&str>) -> bool {
+async fn send_close(wire: &Outgoing, code: u16, reason: Option<&str>) -> bool {
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.unwrap_or(close_reason(code)).into(),
     };
-    sink.send(Message::Close(Some(frame))).await.is_ok()
+    wire.close_with(frame).await.is_ok()
 }

@@ -159,7 +159,7 @@ impl<B: Broker> Fanout for Fan<B> {
             }
             return;
         }
-        self.hub.deliver(topic, frame);
+        self.hub.deliver(topic, &frame);
     }
 
     fn deliver_at(&self, topic: &str, offset: u64, epoch: &str, frame: Frame) {

@@ -109,7 +109,7 @@ impl Hub {
     /// subscribers, no task, no wait. The ring keeps one order for every
     /// subscriber; a subscriber that falls a whole ring behind is closed
     /// with 1013 by its writer.
-    pub(crate) fn deliver(&self, topic: &str, frame: Frame) {
+    pub(crate) fn deliver(&self, topic: &str, frame: &Frame) {
         let topics = self.topics.read();
         if let Some(entry) = topics.get(topic) {
             // No receiver left: every subscriber is leaving; nothing to do.
@@ -142,7 +142,7 @@ impl Hub {
             }
             None => {
                 // The policy keeps no history for it here: a plain event.
-                entry.ring.send(Event::PLAIN, frame);
+                entry.ring.send(Event::PLAIN, &frame);
                 false
             }
         }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::protocol::Frame;
-use crate::websocket::deflate;
+use crate::websocket::{deflate, framing};
 
 /// One topic's events as a connection's writer reads them: the receiving
 /// end of the topic's ring, shared by every local subscriber.
@@ -23,13 +23,15 @@ pub(crate) struct Event {
     body: Body,
 }
 
-/// An event's frame, and for one that subscribers get compressed, the room
-/// for its compressed form. One of two, so that an event is no larger than
-/// its frame and offset (the frame's pointers leave a niche for the tag):
-/// every topic's ring holds `Config::topic_backlog` of them.
+/// An event's frame as the bytes every subscriber writes (head and
+/// payload, made once per instance), and for one that subscribers get
+/// compressed, the room for its compressed frame. One of two, so that an
+/// event is no larger than its frame and offset (the pointers leave a
+/// niche for the tag): every topic's ring holds `Config::topic_backlog` of
+/// them.
 #[derive(Debug, Clone)]
 enum Body {
-    Plain(Frame),
+    Plain(Bytes),
     Deflatable(Arc<Deflatable>),
 }
 
@@ -38,7 +40,7 @@ enum Body {
 /// (one compression per event per instance).
 #[derive(Debug)]
 struct Deflatable {
-    frame: Frame,
+    plain: Bytes,
     deflated: OnceLock<Bytes>,
 }
 
@@ -57,7 +59,7 @@ impl Event {
     pub(crate) fn asked(group: u64) -> Self {
         Self {
             offset: Self::ASKED | group,
-            body: Body::Plain(Frame::from(String::new())),
+            body: Body::Plain(Bytes::new()),
         }
     }
 
@@ -67,23 +69,17 @@ impl Event {
             .then_some(self.offset & !Self::ASKED)
     }
 
-    /// The event's frame, to write as it is.
-    pub(crate) fn into_frame(self) -> Frame {
-        match self.body {
-            Body::Plain(frame) => frame,
-            Body::Deflatable(shared) => shared.frame.clone(),
-        }
-    }
-
-    /// The frame's payload compressed, made once for every subscriber;
-    /// `None` if the event is not to be compressed (the service does not
-    /// compress, or the frame is below its threshold).
-    pub(crate) fn deflated(&self) -> Option<&Bytes> {
+    /// The event's whole frame, to write as it is: compressed (made once
+    /// for every subscriber) if `deflate` and the event is large enough
+    /// for the service to compress it, plain otherwise.
+    pub(crate) fn wire(&self, deflate: bool) -> &Bytes {
         match &self.body {
-            Body::Plain(_) => None,
-            Body::Deflatable(shared) => Some(shared.deflated.get_or_init(|| {
-                deflate::deflate(shared.frame.as_bytes(), deflate::Effort::Shared)
-            })),
+            Body::Plain(plain) => plain,
+            Body::Deflatable(shared) if !deflate => &shared.plain,
+            Body::Deflatable(shared) => shared.deflated.get_or_init(|| {
+                let payload = framing::payload(&shared.plain);
+                deflate::deflated_text(payload, deflate::Effort::Shared)
+            }),
         }
     }
 }
@@ -113,13 +109,14 @@ impl Outlet {
 
     /// Puts an event in the ring; without receivers it is dropped (every
     /// subscriber is leaving).
-    pub(crate) fn send(&self, offset: u64, frame: Frame) {
+    pub(crate) fn send(&self, offset: u64, frame: &Frame) {
+        let plain = framing::text(frame.as_bytes());
         let body = match frame.as_bytes().len() >= self.deflate_min {
             true => Body::Deflatable(Arc::new(Deflatable {
-                frame,
+                plain,
                 deflated: OnceLock::new(),
             })),
-            false => Body::Plain(frame),
+            false => Body::Plain(plain),
         };
         let _ = self.sender.send(Event { offset, body });
     }

@@ -142,12 +142,9 @@ impl Sequencer {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(Sequenced {
-            offset,
-            frame: frame.clone(),
-        });
+        ring.send(offset, &frame);
+        self.recent.push_back(Sequenced { offset, frame });
         self.last = offset;
-        ring.send(offset, frame);
     }
 
     /// What a subscriber resuming from `since` missed, if the ring's recent
@@ -249,7 +246,7 @@ impl Sequencer {
                         epoch: read.position.epoch,
                     },
                 };
-                ring.send(Event::RESET, protocol::reset_frame(topic, &position));
+                ring.send(Event::RESET, &protocol::reset_frame(topic, &position));
                 self.recent.clear();
                 self.epoch = Some(position.epoch);
                 self.last = position.offset;

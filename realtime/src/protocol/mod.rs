@@ -136,11 +136,6 @@ impl Frame {
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
-
-    /// The text as the WebSocket writer takes it.
-    pub(crate) fn into_text(self) -> Utf8Bytes {
-        self.0
-    }
 }
 
 impl From<String> for Frame {

@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 
+use super::framing;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -112,9 +113,25 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Decompress> = RefCell::new(Decompress::new(false));
 }
 
-/// `payload` compressed as one message's payload (RFC 7692, 7.2.1):
-/// DEFLATE with a sync flush, without its last four bytes.
+/// `payload` compressed as one message (RFC 7692, 7.2.1), in a whole
+/// compressed text frame: made in place behind the room for its head, so
+/// the frame costs no copy of the compressed bytes.
+pub(crate) fn deflated_text(payload: &[u8], effort: Effort) -> Bytes {
+    framing::finish(
+        compress(payload, effort, framing::HEAD_ROOM),
+        framing::COMPRESSED_TEXT,
+    )
+}
+
+/// `payload` compressed as one message's payload, without a frame.
+#[cfg(test)]
 pub(crate) fn deflate(payload: &[u8], effort: Effort) -> Bytes {
+    Bytes::from(compress(payload, effort, 0))
+}
+
+/// DEFLATE with a sync flush, without its last four bytes, after `room`
+/// zero bytes.
+fn compress(payload: &[u8], effort: Effort, room: usize) -> Vec<u8> {
     let compressor = match effort {
         Effort::Shared => &SHARED,
         Effort::Own => &OWN,
@@ -123,7 +140,8 @@ pub(crate) fn deflate(payload: &[u8], effort: Effort) -> Bytes {
         compressor.reset();
         // Enough for incompressible input (stored blocks add 5 bytes per
         // 64 KiB) and the flush.
-        let mut out = Vec::with_capacity(payload.len() + payload.len() / 1024 * 5 + 64);
+        let mut out = Vec::with_capacity(room + payload.len() + payload.len() / 1024 * 5 + 64);
+        out.resize(room, 0);
         let mut consumed = 0;
         loop {
             let before = compressor.total_in();
@@ -139,7 +157,7 @@ pub(crate) fn deflate(payload: &[u8], effort: Effort) -> Bytes {
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
-        Bytes::from(out)
+        out
     })
 }
 

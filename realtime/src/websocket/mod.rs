@@ -1,7 +1,8 @@
 //! The WebSocket upgrade (RFC 6455's opening handshake over HTTP/1.1), done
 //! here rather than by axum's `WebSocketUpgrade`, so that the socket
 //! tungstenite reads is [`Guarded`]: every frame counted from the first byte
-//! after the upgrade (see [`guard`]).
+//! after the upgrade (see [`guard`]); and written by frames made once and
+//! shared (see [`framing`] and [`queued`]).
 //!
 //! The request checks and their statuses are axum's: 405 for a method that
 //! is not GET, 426 without `Connection: upgrade` or on a connection that
@@ -13,7 +14,10 @@
 //! allows it and the client offers it; see [`deflate`].
 
 pub(crate) mod deflate;
+pub(crate) mod framing;
 mod guard;
+mod halves;
+mod queued;
 
 use std::future::Future;
 
@@ -28,9 +32,12 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 pub(crate) use guard::{Guarded, Limits, Violation};
+pub(crate) use halves::{Incoming, Outgoing, split};
+pub(crate) use queued::Queued;
 
-/// An upgraded, guarded socket.
-pub(crate) type Socket = WebSocketStream<Guarded<TokioIo<hyper::upgrade::Upgraded>>>;
+/// An upgraded socket: guarded as it is read, written by frames queued
+/// whole.
+pub(crate) type Socket = WebSocketStream<Queued<Guarded<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 /// A request that asks for a WebSocket and can have one: the extractor of
 /// [`route::upgrade`](crate::route::upgrade), in place of axum's
@@ -183,7 +190,7 @@ impl Upgrade {
                 tracing::debug!("the upgrade failed before the socket opened");
                 return;
             };
-            let io = Guarded::new(TokioIo::new(upgraded), limits);
+            let io = Queued::new(Guarded::new(TokioIo::new(upgraded), limits));
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(socket, deflate).await;
         });

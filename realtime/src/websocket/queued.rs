@@ -1,0 +1,315 @@
+//! The write side of an upgraded socket: whole frames, made elsewhere and
+//! shared, written between tungstenite's own writes.
+//!
+//! tungstenite copies every message it sends into its write buffer. The
+//! connection's write task does not send its frames through it: it queues
+//! here frames that are already bytes ([`framing`](super::framing)), most of
+//! them an event's frame shared by every subscriber, and they are written
+//! from where they are, a batch in one `writev`. tungstenite still writes
+//! what it sends by itself (pongs, the close handshake) through this
+//! wrapper, and the two never cut into each other's frames:
+//!
+//! - before tungstenite's bytes, the queued frames are written whole (they
+//!   were queued first);
+//! - while tungstenite's last write was cut short, the rest of its bytes
+//!   come next, and the queued frames wait.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// At most this many frames go in one `writev` (the write task queues at
+/// most `Config::write_batch` before it flushes; Linux takes 1024 slices).
+const MAX_SLICES: usize = 64;
+
+/// A queue kept after it was written, up to this many frames' room: a
+/// connection with steady traffic writes without allocating, and one that
+/// was sent a burst does not keep its room while idle.
+const KEEP: usize = 8;
+
+/// An upgraded socket whose writes are frames queued here, and tungstenite's.
+#[derive(Debug)]
+pub(crate) struct Queued<S> {
+    inner: S,
+    frames: Vec<Bytes>,
+    /// Frames at the front of `frames` written whole.
+    sent: u32,
+    /// Bytes of the next frame already written.
+    offset: u32,
+    /// tungstenite's last write was cut short: the rest of its bytes go
+    /// before any queued frame.
+    theirs_open: bool,
+}
+
+impl<S> Queued<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            frames: Vec::new(),
+            sent: 0,
+            offset: 0,
+            theirs_open: false,
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Queues one whole frame, to be written at the next flush.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.frames.push(frame);
+    }
+
+    /// Gives the queue's room back if it is empty and larger than a steady
+    /// connection needs.
+    pub(crate) fn shrink(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > KEEP {
+            self.frames = Vec::new();
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Queued<S> {
+    /// Writes the queued frames, as many in one call as the socket takes.
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while (self.sent as usize) < self.frames.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let waiting = &self.frames[self.sent as usize..];
+            let count = waiting.len().min(MAX_SLICES);
+            for (slice, frame) in slices.iter_mut().zip(waiting) {
+                *slice = IoSlice::new(frame);
+            }
+            slices[0] = IoSlice::new(&waiting[0][self.offset as usize..]);
+            let mut written =
+                ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while written > 0 {
+                let frame = &self.frames[self.sent as usize];
+                let left = frame.len() - self.offset as usize;
+                if written < left {
+                    self.offset += written as u32;
+                    break;
+                }
+                written -= left;
+                self.sent += 1;
+                self.offset = 0;
+            }
+        }
+        self.frames.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Queued<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Queued<S> {
+    /// tungstenite's write: after the queued frames, unless its own last
+    /// write is not finished.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.theirs_open {
+            ready!(this.poll_queued(cx))?;
+        }
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.theirs_open = written < buf.len();
+        Poll::Ready(Ok(written))
+    }
+
+    /// Writes the queued frames too: the write task's flush goes through
+    /// tungstenite's, which ends here.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.theirs_open {
+            ready!(this.poll_queued(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tungstenite::Message;
+    use tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::websocket::framing;
+
+    /// A socket that takes at most a few bytes per write and refuses every
+    /// other write, so that every frame, queued or tungstenite's, is cut
+    /// short over and over, and left unfinished between flushes.
+    #[derive(Default)]
+    struct Trickle {
+        written: Vec<u8>,
+        calls: usize,
+        most_slices: usize,
+    }
+
+    impl Trickle {
+        /// Whether this call is refused (after waking its task at once).
+        fn stall(&mut self, cx: &mut Context<'_>) -> bool {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return true;
+            }
+            false
+        }
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.stall(cx) {
+                return Poll::Pending;
+            }
+            this.most_slices = this.most_slices.max(bufs.len());
+            let (mut room, mut taken) = (7, 0);
+            for buf in bufs {
+                let take = buf.len().min(room);
+                this.written.extend_from_slice(&buf[..take]);
+                (room, taken) = (room - take, taken + take);
+                if room == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_and_tungstenites_never_cut_into_each_other() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let io = Queued::new(Trickle::default());
+        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let long = "y".repeat(300);
+        let ping = Bytes::from(vec![b'p'; 100]);
+        socket.get_mut().push(framing::text(b"first"));
+        socket.get_mut().push(framing::text(long.as_bytes()));
+        // tungstenite's own frame (a pong it answers with, say), left
+        // unfinished, then more frames queued behind it.
+        assert!(socket.poll_ready_unpin(&mut cx).is_ready());
+        socket
+            .start_send_unpin(Message::Ping(ping.clone()))
+            .unwrap();
+        for _ in 0..100 {
+            assert!(socket.poll_flush_unpin(&mut cx).is_pending());
+            if socket.get_ref().theirs_open {
+                break;
+            }
+        }
+        assert!(
+            socket.get_ref().theirs_open,
+            "cut inside tungstenite's frame"
+        );
+        socket.get_mut().push(framing::text(b"third"));
+        let _ = socket.poll_flush_unpin(&mut cx);
+        socket.get_mut().push(framing::PING);
+        socket.flush().await.unwrap();
+
+        let io = socket.into_inner().inner;
+        assert!(io.most_slices > 1, "queued frames go out together");
+        // Read the bytes back as a client would: every frame whole. (The
+        // server's end stays open: the client answers the pings.)
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut server, &io.written)
+            .await
+            .unwrap();
+        let mut reader = WebSocketStream::from_raw_socket(&mut client, Role::Client, None).await;
+        let mut got = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(500), reader.next()).await
+        {
+            got.push(message.unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                Message::text("first"),
+                Message::text(long),
+                Message::Ping(ping),
+                Message::text("third"),
+                Message::Ping(Bytes::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_queue_gives_its_room_back_when_written_and_larger_than_needed() {
+        let mut queued = Queued::new(());
+        for _ in 0..64 {
+            queued.push(framing::PING);
+        }
+        queued.frames.clear();
+        queued.shrink();
+        assert_eq!(queued.frames.capacity(), 0);
+        queued.frames.reserve_exact(KEEP);
+        queued.shrink();
+        assert!(queued.frames.capacity() >= KEEP, "a small queue is kept");
+    }
+}
