@@ -3,9 +3,10 @@
 //! It speaks protocol v1 over real WebSockets to 127.0.0.1 only, with bounded
 //! counts and deadlines. Workloads:
 //!
-//! - `fanout --url ws://127.0.0.1:3000/ws [--url ...] --subs S --pubs P --messages M [--rate R] [--apart]`:
+//! - `fanout --url ws://127.0.0.1:3000/ws [--url ...] --subs S --pubs P --messages M [--rate R] [--apart] [--pad BYTES]`:
 //!   delivered messages/s, latency p50/p99/max, lost and reordered messages
-//!   (`--apart`: subscribers on the first node, publishers on the last);
+//!   (`--apart`: subscribers on the first node, publishers on the last;
+//!   `--pad`: each event's text padded to that many bytes);
 //! - `rpc --url ... --conns C --requests N`: direct round trips;
 //! - `idle --url ... --conns C --pid PID [--pid PID]`: the servers' memory per
 //!   idle connection, read from /proc;
@@ -119,6 +120,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 messages: flags.number("--messages", 2000)?,
                 rate: (rate > 0).then_some(rate),
                 apart: rest.iter().any(|flag| flag == "--apart"),
+                pad: flags.number("--pad", 0)?,
             })
             .await?;
             println!("{report:#?}");

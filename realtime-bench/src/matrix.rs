@@ -240,6 +240,7 @@ async fn measure(
                 messages: messages_for(*subscribers, *rate, options.messages),
                 rate: *rate,
                 apart: *apart,
+                pad: 0,
             })
             .await?;
             Ok(Sample {

@@ -71,6 +71,9 @@ pub(crate) struct Fanout {
     /// that every event crosses the broker; otherwise subscribers go round
     /// the nodes and publishers sit on the first.
     pub(crate) apart: bool,
+    /// Each event's text is padded to at least this many bytes (0: no
+    /// padding, about 30 bytes): the size of what is fanned out.
+    pub(crate) pad: usize,
 }
 
 /// What a fan-out run measured.
@@ -152,6 +155,7 @@ async fn publish(
     id: usize,
     count: usize,
     rate: Option<f64>,
+    pad: usize,
 ) -> Result<(u64, SplitSink<Socket, Message>), String> {
     let started = clock();
     let mut ticker = rate.map(|rate| {
@@ -163,10 +167,11 @@ async fn publish(
         if let Some(ticker) = ticker.as_mut() {
             ticker.tick().await;
         }
-        let frame = format!(
-            r#"{{"type":"say","data":{{"text":"{id}:{seq}:{}"}}}}"#,
-            clock()
-        );
+        let mut text = format!("{id}:{seq}:{}:", clock());
+        while text.len() < pad {
+            text.push('x');
+        }
+        let frame = format!(r#"{{"type":"say","data":{{"text":"{text}"}}}}"#);
         sink.feed(Message::text(frame))
             .await
             .map_err(|e| e.to_string())?;
@@ -236,7 +241,13 @@ async fn fanout_inner(spec: &Fanout) -> Result<FanoutReport, String> {
     let rate = spec.rate.map(|rate| rate as f64 / spec.publishers as f64);
     let mut senders = Vec::new();
     for (id, sink) in sinks.into_iter().enumerate() {
-        senders.push(tokio::spawn(publish(sink, id, per_publisher, rate)));
+        senders.push(tokio::spawn(publish(
+            sink,
+            id,
+            per_publisher,
+            rate,
+            spec.pad,
+        )));
     }
     let mut first_send = u64::MAX;
     for sender in senders {

@@ -14,7 +14,7 @@ use tungstenite::protocol::CloseFrame;
 use crate::hub::{Event, Feed, Ring};
 use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
-use crate::websocket::{Outgoing, deflate, framing};
+use crate::websocket::{Outgoing, PeerClosed, Pushing, deflate, framing};
 
 /// How often a writer that waits for a full socket looks whether its client
 /// fell a whole ring behind. A ring never waits for its slowest reader, so
@@ -207,69 +207,29 @@ async fn write_batches(
                 }
             }
         };
-        let mut next = Some(first);
-        let mut fed = 0;
-        // Feed up to `batch` frames that are already waiting, then flush once.
-        while let Some(item) = next.take() {
-            let is_event = matches!(item, Item::Event(_));
-            let frame = match item {
-                Item::Queued(Outbound::Frame(frame)) => sources.own(&frame),
-                Item::Event(event) => sources.event(&event),
-                Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
-                    Some(Pending::Marked) => sources.own(&frame),
-                    _ => {
-                        pending = Some(Box::new(Pending::Answer(frame)));
-                        next = try_next(sources, status);
-                        continue;
-                    }
-                },
-                Item::Marked => match pending.take().map(|p| *p) {
-                    Some(Pending::Answer(frame)) => sources.own(&frame),
-                    _ => {
-                        pending = Some(Box::new(Pending::Marked));
-                        next = try_next(sources, status);
-                        continue;
-                    }
-                },
-                Item::Queued(Outbound::Ping) => framing::PING,
-                Item::Queued(Outbound::Subscribe(feed)) => {
-                    sources.rings.push(Source::from(*feed));
-                    next = try_next(sources, status);
-                    continue;
-                }
-                Item::Queued(Outbound::Unsubscribe(topic)) => {
-                    sources.rings.retain(|feed| feed.topic != topic);
-                    // Its mark may be in the ring just dropped: the client
-                    // left that topic, so no event of it follows anyway.
-                    match pending.take().map(|p| *p) {
-                        Some(Pending::Answer(frame)) => sources.own(&frame),
-                        _ => {
-                            next = try_next(sources, status);
-                            continue;
-                        }
-                    }
-                }
-                Item::Queued(Outbound::Close(code)) => {
-                    return tokio::select! {
-                        biased;
-                        () = &mut aborted => false,
-                        sent = send_close(wire, code, None) => sent,
-                    };
-                }
-                Item::Lagged => {
-                    status.close_slow();
-                    return false;
-                }
-            };
-            // Queued, written at the flush: at most `batch` frames wait.
-            if wire.push(frame).is_err() {
-                return false;
+        // Fed under one lock of the socket, then flushed once.
+        let fed = match wire.pushing() {
+            Ok(mut pushing) => feed(
+                first,
+                &mut pushing,
+                sources,
+                status,
+                &mut pending,
+                batch,
+                events,
+            ),
+            Err(PeerClosed) => return false,
+        };
+        match fed {
+            Fed::Flush => {}
+            Fed::Close(code) => {
+                return tokio::select! {
+                    biased;
+                    () = &mut aborted => false,
+                    sent = send_close(wire, code, None) => sent,
+                };
             }
-            *events += u64::from(is_event);
-            fed += 1;
-            if fed < batch {
-                next = try_next(sources, status);
-            }
+            Fed::Stop => return false,
         }
         // Counted once per batch, not per frame.
         if *events > 0 {
@@ -287,6 +247,85 @@ async fn write_batches(
             return false;
         }
     }
+}
+
+/// How the feeding of a batch ended.
+enum Fed {
+    /// The frames were queued: flush them.
+    Flush,
+    /// The connection's close frame comes next, after what was queued.
+    Close(u16),
+    /// The client fell a whole ring behind (it is being closed with 1013).
+    Stop,
+}
+
+/// Queues `first` and up to `batch` frames in all that are already
+/// waiting. `events` counts the events among them.
+fn feed(
+    first: Item,
+    wire: &mut Pushing<'_>,
+    sources: &mut Sources,
+    status: &Status,
+    pending: &mut Option<Box<Pending>>,
+    batch: usize,
+    events: &mut u64,
+) -> Fed {
+    let mut next = Some(first);
+    let mut fed = 0;
+    while let Some(item) = next.take() {
+        let is_event = matches!(item, Item::Event(_));
+        let frame = match item {
+            Item::Queued(Outbound::Frame(frame)) => sources.own(&frame),
+            Item::Event(event) => sources.event(&event),
+            Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
+                Some(Pending::Marked) => sources.own(&frame),
+                _ => {
+                    *pending = Some(Box::new(Pending::Answer(frame)));
+                    next = try_next(sources, status);
+                    continue;
+                }
+            },
+            Item::Marked => match pending.take().map(|p| *p) {
+                Some(Pending::Answer(frame)) => sources.own(&frame),
+                _ => {
+                    *pending = Some(Box::new(Pending::Marked));
+                    next = try_next(sources, status);
+                    continue;
+                }
+            },
+            Item::Queued(Outbound::Ping) => framing::PING,
+            Item::Queued(Outbound::Subscribe(feed)) => {
+                sources.rings.push(Source::from(*feed));
+                next = try_next(sources, status);
+                continue;
+            }
+            Item::Queued(Outbound::Unsubscribe(topic)) => {
+                sources.rings.retain(|feed| feed.topic != topic);
+                // Its mark may be in the ring just dropped: the client left
+                // that topic, so no event of it follows anyway.
+                match pending.take().map(|p| *p) {
+                    Some(Pending::Answer(frame)) => sources.own(&frame),
+                    _ => {
+                        next = try_next(sources, status);
+                        continue;
+                    }
+                }
+            }
+            Item::Queued(Outbound::Close(code)) => return Fed::Close(code),
+            Item::Lagged => {
+                status.close_slow();
+                return Fed::Stop;
+            }
+        };
+        // Queued, written at the flush: at most `batch` frames wait.
+        wire.push(frame);
+        *events += u64::from(is_event);
+        fed += 1;
+        if fed < batch {
+            next = try_next(sources, status);
+        }
+    }
+    Fed::Flush
 }
 
 /// Whatever is waiting now: the connection's own queue first (answers are

@@ -10,7 +10,7 @@
 //! [`queued`](super::queued)).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,6 +27,17 @@ pub(crate) struct Incoming(Arc<Mutex<Socket>>);
 
 /// The write task's half.
 pub(crate) struct Outgoing(Arc<Mutex<Socket>>);
+
+/// The socket, locked while the write task queues a batch (never across a
+/// wait).
+pub(crate) struct Pushing<'a>(MutexGuard<'a, Socket>);
+
+impl Pushing<'_> {
+    /// Queues one whole frame.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.0.get_mut().push(frame);
+    }
+}
 
 /// A queued frame was refused: the client's close came in, and nothing may
 /// be sent after tungstenite's answer to it.
@@ -87,15 +98,15 @@ impl Incoming {
 }
 
 impl Outgoing {
-    /// Queues one whole frame (see [`framing`](super::framing)) to be
-    /// written at the next flush.
-    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PeerClosed> {
-        let mut socket = self.0.lock();
+    /// The socket's queue of whole frames (see [`framing`](super::framing)),
+    /// locked for one batch: its frames are written at the next flush.
+    /// Refused once the client's close came in.
+    pub(crate) fn pushing(&self) -> Result<Pushing<'_>, PeerClosed> {
+        let socket = self.0.lock();
         if socket.get_ref().get_ref().peer_closing() {
             return Err(PeerClosed);
         }
-        socket.get_mut().push(frame);
-        Ok(())
+        Ok(Pushing(socket))
     }
 
     /// Writes what is queued, and whatever tungstenite has to send.
