@@ -66,16 +66,8 @@ impl Sources {
     /// subscriber: compressed (made once for all of them) if the socket
     /// negotiated compression. (The ring gives an event a compressed form
     /// only at the service's threshold, which is this socket's.)
-    fn event(&self, event: &Event) -> Bytes {
-        event.wire(self.deflate_min != usize::MAX).clone()
-    }
-
-    /// Gives back the room a burst took, before the task waits.
-    fn rest(&mut self, wire: &Outgoing) {
-        if self.scratch.capacity() > 0 {
-            self.scratch = BytesMut::new();
-        }
-        wire.shrink();
+    fn event(&self, event: Event) -> Bytes {
+        event.into_wire(self.deflate_min != usize::MAX)
     }
 
     /// Whether some ring holds more unread events than the backlog: the
@@ -195,17 +187,27 @@ async fn write_batches(
         if status.is_aborted() {
             return false;
         }
-        let first = match try_next(sources, status) {
-            Some(item) => item,
-            None => {
-                sources.rest(wire);
-                tokio::select! {
-                    biased;
-                    item = poll_fn(|cx| status.queue().poll_pop(cx)) => Item::Queued(item),
-                    item = next_event(&mut sources.rings, status) => item,
-                    () = &mut aborted => return false,
-                }
+        // Waits for the next item; once it does wait, the buffer the
+        // connection's own frames were put together in is given back. (Not
+        // looked at before: a look at an empty ring takes the lock its
+        // publisher holds while it wakes every subscriber.)
+        let scratch = &mut sources.scratch;
+        let waiting = async {
+            tokio::select! {
+                biased;
+                item = poll_fn(|cx| status.queue().poll_pop(cx)) => Some(Item::Queued(item)),
+                item = next_event(&mut sources.rings, status) => Some(item),
+                () = &mut aborted => None,
             }
+        };
+        let Some(first) = on_first_wait(waiting, || {
+            if scratch.capacity() > 0 {
+                *scratch = BytesMut::new();
+            }
+        })
+        .await
+        else {
+            return false;
         };
         // Fed under one lock of the socket, then flushed once.
         let fed = match wire.pushing() {
@@ -276,7 +278,7 @@ fn feed(
         let is_event = matches!(item, Item::Event(_));
         let frame = match item {
             Item::Queued(Outbound::Frame(frame)) => sources.own(&frame),
-            Item::Event(event) => sources.event(&event),
+            Item::Event(event) => sources.event(event),
             Item::Queued(Outbound::Answer(frame)) => match pending.take().map(|p| *p) {
                 Some(Pending::Marked) => sources.own(&frame),
                 _ => {
@@ -326,6 +328,22 @@ fn feed(
         }
     }
     Fed::Flush
+}
+
+/// Runs `work`, and `on_wait` the first time `work` has to wait.
+async fn on_first_wait<T>(work: impl Future<Output = T>, on_wait: impl FnOnce()) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut on_wait = Some(on_wait);
+    poll_fn(|cx| {
+        let poll = work.as_mut().poll(cx);
+        if poll.is_pending()
+            && let Some(on_wait) = on_wait.take()
+        {
+            on_wait();
+        }
+        poll
+    })
+    .await
 }
 
 /// Whatever is waiting now: the connection's own queue first (answers are

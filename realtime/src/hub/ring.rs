@@ -71,15 +71,20 @@ impl Event {
 
     /// The event's whole frame, to write as it is: compressed (made once
     /// for every subscriber) if `deflate` and the event is large enough
-    /// for the service to compress it, plain otherwise.
-    pub(crate) fn wire(&self, deflate: bool) -> &Bytes {
-        match &self.body {
+    /// for the service to compress it, plain otherwise. Taken out of the
+    /// event rather than cloned: every clone of the shared bytes is an
+    /// atomic count that every subscriber's writer bumps.
+    pub(crate) fn into_wire(self, deflate: bool) -> Bytes {
+        match self.body {
             Body::Plain(plain) => plain,
-            Body::Deflatable(shared) if !deflate => &shared.plain,
-            Body::Deflatable(shared) => shared.deflated.get_or_init(|| {
-                let payload = framing::payload(&shared.plain);
-                deflate::deflated_text(payload, deflate::Effort::Shared)
-            }),
+            Body::Deflatable(shared) if !deflate => shared.plain.clone(),
+            Body::Deflatable(shared) => shared
+                .deflated
+                .get_or_init(|| {
+                    let payload = framing::payload(&shared.plain);
+                    deflate::deflated_text(payload, deflate::Effort::Shared)
+                })
+                .clone(),
         }
     }
 }

@@ -114,11 +114,6 @@ impl Outgoing {
         Pin::new(&mut *self.0.lock()).poll_flush(cx)
     }
 
-    /// Gives back the room of a queue that has been written.
-    pub(crate) fn shrink(&self) {
-        self.0.lock().get_mut().shrink();
-    }
-
     /// Sends a close frame, after whatever was queued. tungstenite sends
     /// it, so that it knows the handshake began and answers no other.
     pub(crate) async fn close_with(&self, frame: CloseFrame) -> Result<(), tungstenite::Error> {

@@ -26,8 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_SLICES: usize = 64;
 
 /// A queue kept after it was written, up to this many frames' room: a
-/// connection with steady traffic writes without allocating, and one that
-/// was sent a burst does not keep its room while idle.
+/// connection with steady traffic writes without allocating.
 const KEEP: usize = 8;
 
 /// An upgraded socket whose writes are frames queued here, and tungstenite's.
@@ -67,14 +66,6 @@ impl<S> Queued<S> {
     pub(crate) fn push(&mut self, frame: Bytes) {
         self.frames.push(frame);
     }
-
-    /// Gives the queue's room back if it is empty and larger than a steady
-    /// connection needs.
-    pub(crate) fn shrink(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > KEEP {
-            self.frames = Vec::new();
-        }
-    }
 }
 
 impl<S: AsyncWrite + Unpin> Queued<S> {
@@ -105,7 +96,14 @@ impl<S: AsyncWrite + Unpin> Queued<S> {
                 self.offset = 0;
             }
         }
-        self.frames.clear();
+        // A queue larger than a steady connection needs is given back once
+        // written: one allocation per batch of a burst, and an idle
+        // connection keeps none of it.
+        if self.frames.capacity() > KEEP {
+            self.frames = Vec::new();
+        } else {
+            self.frames.clear();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -299,17 +297,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_queue_gives_its_room_back_when_written_and_larger_than_needed() {
-        let mut queued = Queued::new(());
-        for _ in 0..64 {
-            queued.push(framing::PING);
+    #[tokio::test]
+    async fn a_queue_gives_its_room_back_once_written_if_larger_than_needed() {
+        let mut queued = Queued::new(Trickle::default());
+        for frames in [64, KEEP] {
+            for _ in 0..frames {
+                queued.push(framing::PING);
+            }
+            std::future::poll_fn(|cx| queued.poll_queued(cx))
+                .await
+                .unwrap();
+            if frames > KEEP {
+                assert_eq!(queued.frames.capacity(), 0, "a burst's room is given back");
+            } else {
+                assert!(queued.frames.capacity() >= KEEP, "a small queue is kept");
+            }
         }
-        queued.frames.clear();
-        queued.shrink();
-        assert_eq!(queued.frames.capacity(), 0);
-        queued.frames.reserve_exact(KEEP);
-        queued.shrink();
-        assert!(queued.frames.capacity() >= KEEP, "a small queue is kept");
     }
 }
