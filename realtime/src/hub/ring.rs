@@ -213,7 +213,37 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::Reservation;
+    use super::{Outlet, Reservation};
+    use crate::protocol::Frame;
+    use crate::websocket::framing;
+
+    #[test]
+    fn every_subscriber_gets_the_same_bytes_framed_once() {
+        let (outlet, mut first) = Outlet::new(8, 128);
+        let mut second = outlet.subscribe();
+        let short = Frame::from(r#"{"topic":"t","event":1}"#.to_owned());
+        let long = Frame::from(format!(r#"{{"topic":"t","event":"{}"}}"#, "q".repeat(500)));
+        outlet.send(0, &short);
+        outlet.send(0, &long);
+        outlet.send(0, &long);
+        let mut wires = |deflate: bool| {
+            let (a, b) = (first.try_recv().unwrap(), second.try_recv().unwrap());
+            (a.into_wire(deflate), b.into_wire(deflate))
+        };
+        // A short event goes plain even where compression was negotiated:
+        // one frame for both sockets.
+        let (a, b) = wires(true);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy each");
+        assert_eq!(framing::payload(&a), short.as_bytes());
+        // A long one, compressed: made once, shared.
+        let (a, b) = wires(true);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(a[0], framing::COMPRESSED_TEXT);
+        // A long one to sockets without compression: its plain frame.
+        let (a, b) = wires(false);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(framing::payload(&a), long.as_bytes());
+    }
 
     #[test]
     fn reservations_see_each_other_and_give_back_on_drop() {
