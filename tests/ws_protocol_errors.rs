@@ -82,6 +82,53 @@ async fn a_reserved_bit_closes_with_1002() {
     assert_eq!(close_code_after(&bytes).await, 1002);
 }
 
+#[tokio::test]
+async fn a_close_frame_with_a_one_byte_payload_closes_with_1002() {
+    assert_eq!(close_code_after(&frame(0x8, &[0x03], true)).await, 1002);
+}
+
+#[tokio::test]
+async fn a_request_and_a_close_in_one_write_get_the_answer_then_the_close() {
+    // The close arrives in the same read as the request: the request's
+    // answer is written before the server's answer to the close, and the
+    // server echoes the client's code.
+    let server = RoomServer::start().await;
+    let mut socket = upgraded(&server).await;
+    let mut bytes = frame(
+        0x1,
+        br#"{"type":"echo","data":{"text":"last"},"id":7}"#,
+        true,
+    );
+    bytes.extend(frame(0x8, &1000u16.to_be_bytes(), true));
+    socket.write_all(&bytes).await.expect("write the frames");
+    let mut frames = Vec::new();
+    let read = async {
+        while let Some((opcode, payload)) = server_frame(&mut socket).await {
+            frames.push((opcode, payload));
+            if opcode == 0x8 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the frames within the deadline");
+    let text = |payload: &[u8]| String::from_utf8_lossy(payload).into_owned();
+    assert_eq!(
+        frames.len(),
+        2,
+        "{:?}",
+        frames.iter().map(|(o, p)| (o, text(p))).collect::<Vec<_>>()
+    );
+    assert_eq!(frames[0].0, 0x1);
+    assert_eq!(text(&frames[0].1), r#"{"reply_to":7,"ok":"last"}"#);
+    assert_eq!(frames[1], (0x8, 1000u16.to_be_bytes().to_vec()));
+    // Nothing after the close frame: the server ends the connection.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, socket.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{} bytes after the close", rest.len());
+}
+
 /// A masked client frame of any length, FIN set or not.
 fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     support::masked_frame(u8::from(fin) << 7 | opcode, payload)

@@ -205,11 +205,13 @@ pub struct Config {
     /// and 4 KiB measured no faster for a publisher's burst or round trips.
     pub read_buffer_bytes: usize,
     /// Bytes tungstenite collects before it writes the frames it sends by
-    /// itself (pongs, the close handshake). Default: 8 KiB.
+    /// itself (pongs, the close handshake), which it flushes at once anyway.
+    /// Default: 8 KiB.
     ///
     /// Events and replies do not pass through it: the write task queues
     /// them as whole frames, an event's the same bytes for every
-    /// subscriber, and writes up to `write_batch` of them in one call.
+    /// subscriber, and writes up to `write_batch` of them per flush, in as
+    /// few calls as the socket takes.
     pub write_buffer_bytes: usize,
     /// How long a broadcast's `idempotency_key` is remembered. Default:
     /// 2 minutes.

@@ -37,10 +37,10 @@ fn what_every_connection_keeps_stays_small() {
         ("RateLimiter", size_of::<RateLimiter>(), 20),
         ("Answers", size_of::<Answers<'_>>(), 8),
         ("Signal", size_of::<Signal>(), 40),
-        // The frame guard around the socket, less the socket: 8 more since
-        // it tells the writer when the client's close came in.
-        ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 80),
-        // The queue of whole frames around it (empty while idle).
+        // The frame guard around the socket, less the socket.
+        ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 72),
+        // The queue of whole frames around it (empty while idle), and where
+        // the close handshake stands.
         ("Queued", size_of::<crate::websocket::Queued<()>>(), 40),
         // Shared with the service: one pointer.
         ("Outbox", size_of::<Outbox>(), 8),

@@ -233,7 +233,9 @@ where
         match end {
             reader::End::PeerClosed(code) => {
                 telemetry::connection_ended(EndedBy::Client, code);
-                outbox.abort(0);
+                // What is queued (a reply to a request that came before the
+                // close) is written, then tungstenite's answer to the close.
+                outbox.close(code);
             }
             reader::End::PeerGone => {
                 telemetry::connection_ended(EndedBy::Nobody, telemetry::ABNORMAL_CLOSURE);
@@ -250,7 +252,9 @@ where
                 outbox.close(code);
             }
         }
-        let mut flooding = false;
+        // Whether the client went on sending after the server's close frame
+        // without answering it.
+        let mut sending = false;
         if matches!(end, reader::End::Close(_) | reader::End::Aborted) {
             // Read until the peer answers our close frame (or the deadline), so
             // the socket is not dropped with unread input, which would reset the
@@ -261,11 +265,12 @@ where
                 let mut budget = config.rate_burst;
                 while let Some(Ok(message)) = started.stream.next().await {
                     if matches!(message, tungstenite::Message::Close(_)) {
+                        sending = false;
                         break;
                     }
+                    sending = true;
                     budget = budget.saturating_sub(1);
                     if budget == 0 {
-                        flooding = true;
                         break;
                     }
                 }
@@ -274,14 +279,16 @@ where
         }
         // The write task ends by itself after a close frame; bound the wait for
         // a client that stopped reading.
-        if tokio::time::timeout(config.close_timeout, &mut started.writer)
+        let written = tokio::time::timeout(config.close_timeout, &mut started.writer)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !written {
             outbox.abort(0);
             let _ = (&mut started.writer).await;
         }
-        if flooding {
+        // Only once the close frame is out whole: the server's side ends
+        // after it.
+        if sending && written {
             // The client still sends: its input is thrown away unread until
             // it has read the close frame and ended its side. Boxed: rare.
             let discard = Box::pin(started.stream.discard(DISCARD_BYTES));

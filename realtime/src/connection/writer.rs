@@ -14,7 +14,7 @@ use tungstenite::protocol::CloseFrame;
 use crate::hub::{Event, Feed, Ring};
 use crate::outbox::{Outbound, Status};
 use crate::protocol::{Frame, close_reason};
-use crate::websocket::{Outgoing, PeerClosed, Pushing, deflate, framing};
+use crate::websocket::{Outgoing, deflate, framing};
 
 /// How often a writer that waits for a full socket looks whether its client
 /// fell a whole ring behind. A ring never waits for its slowest reader, so
@@ -209,19 +209,9 @@ async fn write_batches(
         else {
             return false;
         };
-        // Fed under one lock of the socket, then flushed once.
-        let fed = match wire.pushing() {
-            Ok(mut pushing) => feed(
-                first,
-                &mut pushing,
-                sources,
-                status,
-                &mut pending,
-                batch,
-                events,
-            ),
-            Err(PeerClosed) => return false,
-        };
+        // Fed frame by frame (the socket's lock is taken for each, so that
+        // a frame compressed here never holds it), then flushed once.
+        let fed = feed(first, wire, sources, status, &mut pending, batch, events);
         match fed {
             Fed::Flush => {}
             Fed::Close(code) => {
@@ -257,7 +247,8 @@ enum Fed {
     Flush,
     /// The connection's close frame comes next, after what was queued.
     Close(u16),
-    /// The client fell a whole ring behind (it is being closed with 1013).
+    /// The client fell a whole ring behind (it is being closed with
+    /// 1013), or tungstenite answered its close (nothing more is sent).
     Stop,
 }
 
@@ -265,7 +256,7 @@ enum Fed {
 /// waiting. `events` counts the events among them.
 fn feed(
     first: Item,
-    wire: &mut Pushing<'_>,
+    wire: &Outgoing,
     sources: &mut Sources,
     status: &Status,
     pending: &mut Option<Box<Pending>>,
@@ -320,7 +311,9 @@ fn feed(
             }
         };
         // Queued, written at the flush: at most `batch` frames wait.
-        wire.push(frame);
+        if wire.push(frame).is_err() {
+            return Fed::Stop;
+        }
         *events += u64::from(is_event);
         fed += 1;
         if fed < batch {

@@ -71,9 +71,10 @@ impl Event {
 
     /// The event's whole frame, to write as it is: compressed (made once
     /// for every subscriber) if `deflate` and the event is large enough
-    /// for the service to compress it, plain otherwise. Taken out of the
-    /// event rather than cloned: every clone of the shared bytes is an
-    /// atomic count that every subscriber's writer bumps.
+    /// for the service to compress it, plain otherwise. A plain event's
+    /// bytes are moved out of it rather than cloned: every clone of the
+    /// shared bytes is an atomic count that every subscriber's writer
+    /// bumps.
     pub(crate) fn into_wire(self, deflate: bool) -> Bytes {
         match self.body {
             Body::Plain(plain) => plain,

@@ -208,9 +208,6 @@ pub(crate) struct Guarded<S> {
     wait: Option<Pin<Box<Sleep>>>,
     /// Only while a compressed message is read or handed on.
     inflating: Option<Box<Inflating>>,
-    /// The client's close frame has begun to come in: tungstenite answers
-    /// it, and no data frame may follow that answer.
-    closing: bool,
 }
 
 impl<S> Guarded<S> {
@@ -230,7 +227,6 @@ impl<S> Guarded<S> {
             opened: 0,
             wait: None,
             inflating: None,
-            closing: false,
         }
     }
 
@@ -238,12 +234,6 @@ impl<S> Guarded<S> {
     /// unread after the close.
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.inner
-    }
-
-    /// Whether the client's close frame came in (its head, at least): set
-    /// before tungstenite reads that frame, so before it answers it.
-    pub(crate) fn peer_closing(&self) -> bool {
-        self.closing
     }
 
     /// Refills the bucket for the time since the last refill, up to one
@@ -469,10 +459,8 @@ impl<S> Guarded<S> {
                     self.fragments = 0;
                 }
             }
-            8 => self.closing = true,
-            // Other control frames, whole messages, and what tungstenite
-            // refuses itself (a continuation with nothing open, a reserved
-            // opcode).
+            // Control frames, whole messages, and what tungstenite refuses
+            // itself (a continuation with nothing open, a reserved opcode).
             _ => {}
         }
         if self.fragments > 0 && since(millis(now), self.opened) > self.limits.fragment_timeout() {

@@ -3,14 +3,16 @@
 //! frames and flushes them.
 //!
 //! Both halves reach the socket under one lock, taken for a single poll and
-//! never held across a wait (as `tokio::io::split` does). tungstenite needs
+//! never held across a wait (as `tokio::io::split` does). A poll is short:
+//! at most one message read (a compressed one inflated within
+//! `Config::max_frame_bytes`), one frame queued, or one batch written. tungstenite needs
 //! the whole socket on either side: reading, it answers pings and the
 //! close handshake by itself; and the write task's flush goes through it so
 //! that what tungstenite wrote last is finished first (see
 //! [`queued`](super::queued)).
 
 use std::pin::Pin;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,19 +30,8 @@ pub(crate) struct Incoming(Arc<Mutex<Socket>>);
 /// The write task's half.
 pub(crate) struct Outgoing(Arc<Mutex<Socket>>);
 
-/// The socket, locked while the write task queues a batch (never across a
-/// wait).
-pub(crate) struct Pushing<'a>(MutexGuard<'a, Socket>);
-
-impl Pushing<'_> {
-    /// Queues one whole frame.
-    pub(crate) fn push(&mut self, frame: Bytes) {
-        self.0.get_mut().push(frame);
-    }
-}
-
-/// A queued frame was refused: the client's close came in, and nothing may
-/// be sent after tungstenite's answer to it.
+/// A queued frame was refused: tungstenite answered the client's close,
+/// and nothing may be sent after that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the client closed the connection")]
 pub(crate) struct PeerClosed;
@@ -55,7 +46,14 @@ impl Stream for Incoming {
     type Item = Result<Message, tungstenite::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut *self.0.lock()).poll_next(cx)
+        let mut socket = self.0.lock();
+        let next = Pin::new(&mut *socket).poll_next(cx);
+        if let Poll::Ready(Some(Ok(Message::Close(_)))) = &next {
+            // Under the lock that tungstenite's answer is written under: a
+            // frame queued from now on goes after that answer, so none is.
+            socket.get_mut().peer_closed();
+        }
+        next
     }
 }
 
@@ -98,15 +96,14 @@ impl Incoming {
 }
 
 impl Outgoing {
-    /// The socket's queue of whole frames (see [`framing`](super::framing)),
-    /// locked for one batch: its frames are written at the next flush.
-    /// Refused once the client's close came in.
-    pub(crate) fn pushing(&self) -> Result<Pushing<'_>, PeerClosed> {
-        let socket = self.0.lock();
-        if socket.get_ref().get_ref().peer_closing() {
-            return Err(PeerClosed);
+    /// Queues one whole frame (see [`framing`](super::framing)) to be
+    /// written at the next flush. Refused once tungstenite has answered the
+    /// client's close.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PeerClosed> {
+        match self.0.lock().get_mut().push(frame) {
+            true => Ok(()),
+            false => Err(PeerClosed),
         }
-        Ok(Pushing(socket))
     }
 
     /// Writes what is queued, and whatever tungstenite has to send.

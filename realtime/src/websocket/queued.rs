@@ -41,6 +41,12 @@ pub(crate) struct Queued<S> {
     /// tungstenite's last write was cut short: the rest of its bytes go
     /// before any queued frame.
     theirs_open: bool,
+    /// tungstenite read the client's close frame: its next write answers
+    /// it.
+    peer_closed: bool,
+    /// tungstenite has written since the client's close, so its answer is
+    /// out (after every frame queued before it): nothing more is queued.
+    sealed: bool,
 }
 
 impl<S> Queued<S> {
@@ -51,20 +57,30 @@ impl<S> Queued<S> {
             sent: 0,
             offset: 0,
             theirs_open: false,
+            peer_closed: false,
+            sealed: false,
         }
-    }
-
-    pub(crate) fn get_ref(&self) -> &S {
-        &self.inner
     }
 
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
-    /// Queues one whole frame, to be written at the next flush.
-    pub(crate) fn push(&mut self, frame: Bytes) {
+    /// Queues one whole frame, to be written at the next flush; false
+    /// (and not queued) once tungstenite has answered the client's close,
+    /// since no frame may follow that answer.
+    pub(crate) fn push(&mut self, frame: Bytes) -> bool {
+        if self.sealed {
+            return false;
+        }
         self.frames.push(frame);
+        true
+    }
+
+    /// Marks that tungstenite read the client's close frame. Frames queued
+    /// until tungstenite writes its answer go before it.
+    pub(crate) fn peer_closed(&mut self) {
+        self.peer_closed = true;
     }
 }
 
@@ -97,8 +113,9 @@ impl<S: AsyncWrite + Unpin> Queued<S> {
             }
         }
         // A queue larger than a steady connection needs is given back once
-        // written: one allocation per batch of a burst, and an idle
-        // connection keeps none of it.
+        // written (a burst's batches grow it again, a few allocations per
+        // batch of up to `Config::write_batch`), so that an idle
+        // connection keeps at most `KEEP` frames' room.
         if self.frames.capacity() > KEEP {
             self.frames = Vec::new();
         } else {
@@ -133,6 +150,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Queued<S> {
         }
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         this.theirs_open = written < buf.len();
+        this.sealed |= this.peer_closed;
         Poll::Ready(Ok(written))
     }
 
@@ -140,6 +158,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Queued<S> {
     /// tungstenite's, which ends here.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // tungstenite flushes only once its own bytes are all written.
+        debug_assert!(!this.theirs_open, "a flush inside tungstenite's write");
         if !this.theirs_open {
             ready!(this.poll_queued(cx))?;
         }
@@ -247,8 +267,8 @@ mod tests {
         let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let long = "y".repeat(300);
         let ping = Bytes::from(vec![b'p'; 100]);
-        socket.get_mut().push(framing::text(b"first"));
-        socket.get_mut().push(framing::text(long.as_bytes()));
+        assert!(socket.get_mut().push(framing::text(b"first")));
+        assert!(socket.get_mut().push(framing::text(long.as_bytes())));
         // tungstenite's own frame (a pong it answers with, say), left
         // unfinished, then more frames queued behind it.
         assert!(socket.poll_ready_unpin(&mut cx).is_ready());
@@ -265,9 +285,9 @@ mod tests {
             socket.get_ref().theirs_open,
             "cut inside tungstenite's frame"
         );
-        socket.get_mut().push(framing::text(b"third"));
+        assert!(socket.get_mut().push(framing::text(b"third")));
         let _ = socket.poll_flush_unpin(&mut cx);
-        socket.get_mut().push(framing::PING);
+        assert!(socket.get_mut().push(framing::PING));
         socket.flush().await.unwrap();
 
         let io = socket.into_inner().inner;
@@ -302,7 +322,7 @@ mod tests {
         let mut queued = Queued::new(Trickle::default());
         for frames in [64, KEEP] {
             for _ in 0..frames {
-                queued.push(framing::PING);
+                assert!(queued.push(framing::PING));
             }
             std::future::poll_fn(|cx| queued.poll_queued(cx))
                 .await
