@@ -151,3 +151,80 @@ async fn client_that_sends_without_ever_reading_is_closed_too() {
     let echo = bystander.request("echo", json!({"text": "fine"}), 1).await;
     assert_eq!(echo["ok"], "fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_between_a_stream_of_events_leave_every_frame_whole_and_none_follows_the_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+
+    const EVENTS: usize = 3_000;
+    // A ping every few milliseconds, written by the heartbeat straight into
+    // the socket whenever the write task is not using it.
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(20);
+    config.topic_backlog = EVENTS;
+    config.outbound_queue = EVENTS;
+    let server = RoomServer::with_config(config).await;
+    let mut socket = server.connect("stream", "reader").await.into_inner();
+    let publisher = {
+        let service = server.service.clone();
+        tokio::spawn(async move {
+            for n in 0..EVENTS {
+                let said = Said {
+                    from: "publisher".to_owned(),
+                    text: n.to_string(),
+                };
+                service.publish("stream", &said).await.unwrap();
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let (mut events, mut pings) = (0, 0);
+    while events < EVENTS {
+        let message = tokio::time::timeout(support::DEADLINE, socket.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("the connection is open")
+            .expect("a whole frame");
+        match message {
+            Message::Ping(_) => {
+                pings += 1;
+                assert!(pings < 100_000, "pings but no events past {events}");
+            }
+            Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame.get("event").is_some() {
+                    assert_eq!(frame["event"]["text"], events.to_string(), "in order");
+                    events += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publisher.await.unwrap();
+    assert!(pings > 0, "no ping came in {EVENTS} events");
+
+    // Closed by the server while pings keep coming due: after its close
+    // frame, nothing (tungstenite refuses a frame after the close with
+    // `ReceivedAfterClosing`).
+    server
+        .service
+        .disconnect_user(&"reader".to_owned(), "enough")
+        .await
+        .unwrap();
+    let mut closed = false;
+    while let Some(next) = tokio::time::timeout(support::DEADLINE, socket.next())
+        .await
+        .expect("the end within the deadline")
+    {
+        match next {
+            Ok(Message::Close(_)) => closed = true,
+            Ok(_) => assert!(!closed, "a frame after the close"),
+            Err(Error::ConnectionClosed | Error::AlreadyClosed) => break,
+            Err(error) => panic!("after the close: {error}"),
+        }
+    }
+    assert!(closed, "no close frame");
+}

@@ -140,6 +140,13 @@ pub(crate) struct Started {
     writer: JoinHandle<()>,
 }
 
+impl Started {
+    /// What the heartbeat pings the socket with.
+    pub(crate) fn pinger(&self) -> crate::websocket::Pinger {
+        self.stream.pinger()
+    }
+}
+
 impl Drop for Started {
     /// Ends the write task with the connection. On the way out of [`run`]
     /// it has ended already; but if the connection's future is dropped

@@ -217,7 +217,9 @@ impl<H: MessageHandler, B: Broker> Service<H, B> {
         let mut feed = feed;
         outbox.catch_up(&mut feed);
         let mut started = connection::start(socket, deflate, &outbox, feed, &self.inner.config);
-        self.inner.heartbeat.watch(outbox.status());
+        self.inner
+            .heartbeat
+            .watch(outbox.status(), started.pinger());
         let mut ctx = Context {
             conn_id: id,
             user_id: user,

@@ -12,7 +12,7 @@
 //! [`queued`](super::queued)).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,6 +29,11 @@ pub(crate) struct Incoming(Arc<Mutex<Socket>>);
 
 /// The write task's half.
 pub(crate) struct Outgoing(Arc<Mutex<Socket>>);
+
+/// What writes the heartbeat's pings into the socket without the write
+/// task: see [`Pinger::ping`]. Holds no socket open.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pinger(Weak<Mutex<Socket>>);
 
 /// A queued frame was refused: tungstenite answered the client's close,
 /// and nothing may be sent after that.
@@ -58,6 +63,11 @@ impl Stream for Incoming {
 }
 
 impl Incoming {
+    /// The socket's [`Pinger`].
+    pub(crate) fn pinger(&self) -> Pinger {
+        Pinger(Arc::downgrade(&self.0))
+    }
+
     /// After the close handshake was begun and the client still sends:
     /// ends the server's side of the TCP connection (the close frame has
     /// been written), then reads and drops what comes until the client ends
@@ -95,6 +105,28 @@ impl Incoming {
     }
 }
 
+impl Pinger {
+    /// Writes a ping frame into the socket now, on the caller's thread,
+    /// and returns true; or returns false when the write task must send it:
+    /// the socket is in use or has frames waiting, is full, closing or
+    /// gone. A ping written here costs the socket's write and nothing else,
+    /// where one sent by the write task also wakes it and has it look at
+    /// its queue and every ring it reads; with one ping per connection per
+    /// interval, that waking was most of what an idle connection cost the
+    /// framework.
+    pub(crate) fn ping(&self) -> bool {
+        let Some(socket) = self.0.upgrade() else {
+            return false;
+        };
+        // Never waits: a poll holds the lock briefly, but a read may be
+        // inflating a large message.
+        let Some(mut socket) = socket.try_lock() else {
+            return false;
+        };
+        socket.get_mut().write_now(super::framing::PING)
+    }
+}
+
 impl Outgoing {
     /// Queues one whole frame (see [`framing`](super::framing)) to be
     /// written at the next flush. Refused once tungstenite has answered the
@@ -114,6 +146,7 @@ impl Outgoing {
     /// Sends a close frame, after whatever was queued. tungstenite sends
     /// it, so that it knows the handshake began and answers no other.
     pub(crate) async fn close_with(&self, frame: CloseFrame) -> Result<(), tungstenite::Error> {
+        self.0.lock().get_mut().closing();
         std::future::poll_fn(|cx| Pin::new(&mut *self.0.lock()).poll_ready(cx)).await?;
         Pin::new(&mut *self.0.lock()).start_send(Message::Close(Some(frame)))?;
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
@@ -122,6 +155,7 @@ impl Outgoing {
     /// Ends the close handshake from this side (tungstenite sends a close
     /// frame if none was sent or answered yet), and flushes.
     pub(crate) async fn finish(&self) -> Result<(), tungstenite::Error> {
+        self.0.lock().get_mut().closing();
         std::future::poll_fn(|cx| Pin::new(&mut *self.0.lock()).poll_close(cx)).await
     }
 }

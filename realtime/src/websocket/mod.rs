@@ -32,7 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 pub(crate) use guard::{Guarded, Limits, Violation};
-pub(crate) use halves::{Incoming, Outgoing, split};
+pub(crate) use halves::{Incoming, Outgoing, Pinger, split};
 pub(crate) use queued::Queued;
 
 /// An upgraded socket: guarded as it is read, written by frames queued

@@ -47,6 +47,10 @@ pub(crate) struct Queued<S> {
     /// tungstenite has written since the client's close, so its answer is
     /// out (after every frame queued before it): nothing more is queued.
     sealed: bool,
+    /// The write task began the close handshake: a frame from outside it
+    /// ([`write_now`](Self::write_now)) could follow the close frame, so
+    /// none is written.
+    closing: bool,
 }
 
 impl<S> Queued<S> {
@@ -59,6 +63,7 @@ impl<S> Queued<S> {
             theirs_open: false,
             peer_closed: false,
             sealed: false,
+            closing: false,
         }
     }
 
@@ -82,9 +87,40 @@ impl<S> Queued<S> {
     pub(crate) fn peer_closed(&mut self) {
         self.peer_closed = true;
     }
+
+    /// Marks that the write task is sending its close frame: from now on
+    /// only the write task writes.
+    pub(crate) fn closing(&mut self) {
+        self.closing = true;
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Queued<S> {
+    /// Writes one whole frame now, from outside the write task (the
+    /// heartbeat's ping), if nothing is waiting to be written and the socket
+    /// takes it without waiting. Returns whether it was written whole; if
+    /// not, the write task must run: it finishes what was begun (the rest
+    /// is queued first) and registers for the socket's readiness in place of
+    /// this call, which waited on nobody.
+    pub(crate) fn write_now(&mut self, frame: Bytes) -> bool {
+        let idle = self.frames.is_empty() && !self.theirs_open;
+        if !idle || self.closing || self.peer_closed || self.sealed {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.inner).poll_write(&mut cx, &frame) {
+            Poll::Ready(Ok(written)) if written == frame.len() => true,
+            Poll::Ready(Ok(written)) if written > 0 => {
+                self.offset = written as u32;
+                self.frames.push(frame);
+                false
+            }
+            // Nothing written: the socket is full (the write task will find
+            // it so too), or failed (the write task will find that too).
+            _ => false,
+        }
+    }
+
     /// Writes the queued frames, as many in one call as the socket takes.
     fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while (self.sent as usize) < self.frames.len() {
@@ -315,6 +351,55 @@ mod tests {
                 Message::Ping(Bytes::new()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_now_goes_only_where_no_frame_is_cut() {
+        let frame = || framing::text(b"a frame longer than one write");
+        let mut queued = Queued::new(Trickle::default());
+        // Refused while a queued frame waits: it would cut into nothing,
+        // but it would pass the frames queued before it.
+        assert!(queued.push(framing::text(b"queued")));
+        assert!(!queued.write_now(framing::PING));
+        std::future::poll_fn(|cx| queued.poll_queued(cx))
+            .await
+            .unwrap();
+        // Free: written at once, but the socket takes 7 bytes a call (and
+        // refuses every other call: then nothing is written or queued), so
+        // the rest is queued and goes first at the next flush.
+        for _ in 0..2 {
+            assert!(!queued.write_now(frame()), "written whole in one call");
+            if !queued.frames.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(queued.offset, 7);
+        assert!(!queued.write_now(framing::PING), "a frame is cut");
+        std::future::poll_fn(|cx| queued.poll_queued(cx))
+            .await
+            .unwrap();
+        // A ping is shorter than one call: written whole, once the socket
+        // takes a call.
+        let mut written = false;
+        for _ in 0..2 {
+            written = queued.write_now(framing::PING);
+            assert!(queued.frames.is_empty(), "refused: nothing queued");
+            if written {
+                break;
+            }
+        }
+        assert!(written);
+        let mut expected = framing::text(b"queued").to_vec();
+        expected.extend_from_slice(&frame());
+        expected.extend_from_slice(&framing::PING);
+        assert_eq!(queued.inner.written, expected);
+        // Never once the close handshake began, from either side.
+        queued.closing();
+        assert!(!queued.write_now(framing::PING));
+        let mut closed = Queued::new(Trickle::default());
+        closed.peer_closed();
+        assert!(!closed.write_now(framing::PING));
+        assert!(closed.inner.written.is_empty());
     }
 
     #[tokio::test]
