@@ -35,7 +35,9 @@ const SLOTS: usize = 20;
 /// Pings written in a row before the sweep lets the thread's other tasks
 /// run: a ping written here is a system call (on loopback, also the
 /// client's receipt of it), and a tick's thousand of them would otherwise
-/// hold the thread for milliseconds.
+/// hold the thread for milliseconds. Below Tokio's budget of 128 socket
+/// operations per poll of a task, past which every write would be refused
+/// and every ping left to its write task.
 const PINGS_PER_TURN: usize = 64;
 
 /// The connections and when each is looked at.
@@ -70,7 +72,8 @@ impl Watched {
 
     /// Pings it: written into its socket here when the socket is free, so
     /// that an idle connection's write task is not woken for it; queued for
-    /// the write task otherwise.
+    /// the write task otherwise (and not sent if its queue is full: see
+    /// [`Status::ping`]).
     fn ping(&self) {
         if !self.pinger.ping() {
             self.status.ping();
@@ -122,10 +125,13 @@ impl Heartbeat {
         self.current.store(slot, Ordering::Relaxed);
         // Swept out of the lock: connections opening meanwhile need not
         // wait for a whole slot's worth of pings.
-        let mut swept = std::mem::take(&mut *self.slots[slot].lock());
+        let mut swept = Sweeping {
+            slot: &self.slots[slot],
+            taken: std::mem::take(&mut *self.slots[slot].lock()),
+        };
         let now = millis(tokio::time::Instant::now());
         let idle_ms = u32::try_from(self.idle_timeout.as_millis()).unwrap_or(u32::MAX);
-        swept.retain(|watched| {
+        swept.taken.retain(|watched| {
             let status = &watched.status;
             if watched.ended() || status.is_aborted() {
                 return false;
@@ -138,15 +144,30 @@ impl Heartbeat {
             }
             true
         });
-        for (count, watched) in swept.iter().enumerate() {
+        for (count, watched) in swept.taken.iter().enumerate() {
             watched.ping();
             if (count + 1) % PINGS_PER_TURN == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        let mut slot = self.slots[slot].lock();
-        swept.append(&mut slot);
-        *slot = swept;
+    }
+}
+
+/// A slot's connections taken out of it for a sweep, put back when the
+/// sweep ends, also when its task is dropped at a yield (its runtime shut
+/// down): the heartbeat that starts again must find them.
+struct Sweeping<'a> {
+    slot: &'a Mutex<Vec<Watched>>,
+    taken: Vec<Watched>,
+}
+
+impl Drop for Sweeping<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock();
+        let mut taken = std::mem::take(&mut self.taken);
+        // Those that joined meanwhile go after the swept ones.
+        taken.append(&mut slot);
+        *slot = taken;
     }
 }
 
@@ -284,6 +305,26 @@ mod tests {
             pings(&second) >= 1,
             "nobody pinged under the second runtime"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sweep_dropped_at_a_yield_puts_its_connections_back() {
+        let heartbeat = Heartbeat::new(Duration::from_secs(20), Duration::from_secs(60));
+        let outboxes: Vec<Outbox> = (0..PINGS_PER_TURN * 2).map(|_| outbox()).collect();
+        for outbox in &outboxes {
+            heartbeat.watch(outbox.status(), Pinger::default());
+        }
+        // The sweep of their slot, dropped after its first turn of pings
+        // (as when its runtime shuts down).
+        heartbeat.current.store(SLOTS - 1, Ordering::Relaxed);
+        let mut sweep = Box::pin(heartbeat.sweep());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(sweep.as_mut().poll(&mut cx).is_pending(), "it yields");
+        drop(sweep);
+        assert_eq!(heartbeat.slots[0].lock().len(), outboxes.len());
+        assert_eq!(pings(&outboxes[0]), 1);
+        assert_eq!(pings(&outboxes[outboxes.len() - 1]), 0);
     }
 
     #[tokio::test]

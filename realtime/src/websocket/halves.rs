@@ -3,7 +3,9 @@
 //! frames and flushes them.
 //!
 //! Both halves reach the socket under one lock, taken for a single poll and
-//! never held across a wait (as `tokio::io::split` does). A poll is short:
+//! never held across a wait (as `tokio::io::split` does). The heartbeat
+//! takes it too, without waiting, to write a ping when neither task is
+//! writing ([`Pinger`]). A poll is short:
 //! at most one message read (a compressed one inflated within
 //! `Config::max_frame_bytes`), one frame queued, or one batch written. tungstenite needs
 //! the whole socket on either side: reading, it answers pings and the
@@ -31,7 +33,10 @@ pub(crate) struct Incoming(Arc<Mutex<Socket>>);
 pub(crate) struct Outgoing(Arc<Mutex<Socket>>);
 
 /// What writes the heartbeat's pings into the socket without the write
-/// task: see [`Pinger::ping`]. Holds no socket open.
+/// task: see [`Pinger::ping`]. Holds the socket weakly: the connection's
+/// end closes it and frees its buffers, and only the shared half's own
+/// allocation (about 400 bytes) waits for the heartbeat to drop its entry,
+/// at most one `Config::ping_interval` later.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Pinger(Weak<Mutex<Socket>>);
 

@@ -5,7 +5,7 @@
 //! connection's write task does not send its frames through it: it queues
 //! here frames that are already bytes ([`framing`](super::framing)), most of
 //! them an event's frame shared by every subscriber, and they are written
-//! from where they are, a batch in one `writev`. tungstenite still writes
+//! from where they are, up to 64 frames in one `writev`. tungstenite still writes
 //! what it sends by itself (pongs, the close handshake) through this
 //! wrapper, and the two never cut into each other's frames:
 //!
@@ -13,6 +13,11 @@
 //!   were queued first);
 //! - while tungstenite's last write was cut short, the rest of its bytes
 //!   come next, and the queued frames wait.
+//!
+//! The heartbeat's ping may be written from outside both tasks
+//! ([`Queued::write_now`]), only where it cuts into no frame, passes no
+//! queued one, follows no close, and takes no task's place in waiting for
+//! the socket.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -51,6 +56,10 @@ pub(crate) struct Queued<S> {
     /// ([`write_now`](Self::write_now)) could follow the close frame, so
     /// none is written.
     closing: bool,
+    /// The socket's last write was refused (it was full): a task waits for
+    /// it to drain, with its waker registered, which a write from outside
+    /// the tasks must not replace.
+    blocked: bool,
 }
 
 impl<S> Queued<S> {
@@ -64,6 +73,7 @@ impl<S> Queued<S> {
             peer_closed: false,
             sealed: false,
             closing: false,
+            blocked: false,
         }
     }
 
@@ -96,14 +106,16 @@ impl<S> Queued<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Queued<S> {
-    /// Writes one whole frame now, from outside the write task (the
-    /// heartbeat's ping), if nothing is waiting to be written and the socket
-    /// takes it without waiting. Returns whether it was written whole; if
-    /// not, the write task must run: it finishes what was begun (the rest
-    /// is queued first) and registers for the socket's readiness in place of
-    /// this call, which waited on nobody.
+    /// Writes one whole frame now, from outside the tasks (the heartbeat's
+    /// ping), if nothing is waiting to be written, no task waits for the
+    /// socket to drain, and the socket takes it without waiting. Returns
+    /// whether it was written whole; if not, the write task must send it:
+    /// it finishes what was begun here (the rest is queued first). A
+    /// refusal here registers no task for the socket's readiness (the call
+    /// waits on nobody), which is harmless only because no task was
+    /// registered: that is what `blocked` makes sure of.
     pub(crate) fn write_now(&mut self, frame: Bytes) -> bool {
-        let idle = self.frames.is_empty() && !self.theirs_open;
+        let idle = self.frames.is_empty() && !self.theirs_open && !self.blocked;
         if !idle || self.closing || self.peer_closed || self.sealed {
             return false;
         }
@@ -131,8 +143,9 @@ impl<S: AsyncWrite + Unpin> Queued<S> {
                 *slice = IoSlice::new(frame);
             }
             slices[0] = IoSlice::new(&waiting[0][self.offset as usize..]);
-            let mut written =
-                ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]))?;
+            let written = Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]);
+            self.blocked = written.is_pending();
+            let mut written = ready!(written)?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -184,7 +197,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Queued<S> {
         if !this.theirs_open {
             ready!(this.poll_queued(cx))?;
         }
-        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.blocked = written.is_pending();
+        let written = ready!(written)?;
         this.theirs_open = written < buf.len();
         this.sealed |= this.peer_closed;
         Poll::Ready(Ok(written))
@@ -393,13 +408,53 @@ mod tests {
         expected.extend_from_slice(&frame());
         expected.extend_from_slice(&framing::PING);
         assert_eq!(queued.inner.written, expected);
-        // Never once the close handshake began, from either side.
+        // Never once the close handshake began, from either side: refused
+        // without a call to the socket.
         queued.closing();
-        assert!(!queued.write_now(framing::PING));
+        refused_without_a_write(&mut queued);
         let mut closed = Queued::new(Trickle::default());
         closed.peer_closed();
-        assert!(!closed.write_now(framing::PING));
-        assert!(closed.inner.written.is_empty());
+        refused_without_a_write(&mut closed);
+    }
+
+    /// Asserts that `write_now` refuses a ping without calling the socket.
+    fn refused_without_a_write(queued: &mut Queued<Trickle>) {
+        let calls = queued.inner.calls;
+        assert!(!queued.write_now(framing::PING));
+        assert_eq!(queued.inner.calls, calls, "the socket was called");
+    }
+
+    #[tokio::test]
+    async fn no_frame_is_written_now_while_a_task_waits_for_the_socket_or_inside_tungstenites_frame()
+     {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut socket =
+            WebSocketStream::from_raw_socket(Queued::new(Trickle::default()), Role::Server, None)
+                .await;
+        assert!(
+            socket.get_mut().write_now(framing::PING),
+            "the socket is free"
+        );
+        // tungstenite's own frame (a pong, say) refused by a full socket,
+        // with nothing queued: the task that flushes it waits, and its
+        // waker must stay the socket's.
+        assert!(socket.poll_ready_unpin(&mut cx).is_ready());
+        socket
+            .start_send_unpin(Message::Ping(Bytes::from(vec![b'p'; 100])))
+            .unwrap();
+        assert!(socket.poll_flush_unpin(&mut cx).is_pending());
+        assert!(socket.get_ref().frames.is_empty() && !socket.get_ref().theirs_open);
+        refused_without_a_write(socket.get_mut());
+        // Then cut short.
+        while !socket.get_ref().theirs_open {
+            assert!(socket.poll_flush_unpin(&mut cx).is_pending());
+        }
+        refused_without_a_write(socket.get_mut());
+        socket.flush().await.unwrap();
+        let queued = socket.get_mut();
+        let written = (0..2).any(|_| queued.write_now(framing::PING));
+        assert!(written, "free again");
     }
 
     #[tokio::test]
