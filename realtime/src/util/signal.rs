@@ -2,8 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -19,6 +19,11 @@ pub(crate) struct Signal {
     /// of [`fired_or_poked`](Self::fired_or_poked) to look at, short of
     /// firing. (In the flag's padding: it costs no byte.)
     poked: AtomicBool,
+    /// Counts up once as a [`poke`](Self::poke) begins and once as it has
+    /// woken the waiters (odd while it wakes them): a waiter that saw the
+    /// same even count before it waited knows that no poke took it off
+    /// the `Notify`'s list since (see [`Fired`]). Also in the padding.
+    pokes: AtomicU32,
     notify: Notify,
 }
 
@@ -33,13 +38,16 @@ impl Signal {
     /// without firing: the waiters of [`fired`](Self::fired) go on waiting.
     pub(crate) fn poke(&self) {
         self.poked.store(true, Ordering::Release);
+        self.pokes.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
+        self.pokes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether [`poke`](Self::poke) was called since the last look;
     /// clears it.
     pub(crate) fn take_poke(&self) -> bool {
-        self.poked.swap(false, Ordering::AcqRel)
+        // Looked at first: a swap would write the line on every frame.
+        self.poked.load(Ordering::Acquire) && self.poked.swap(false, Ordering::AcqRel)
     }
 
     /// Whether [`fire`](Self::fire) was called.
@@ -47,26 +55,17 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// Resolves once the switch is flipped. Create it once per loop and poll
-    /// it only when there is nothing else to do: each poll takes the
-    /// `Notify`'s lock.
+    /// Resolves once the switch is flipped. Create it once per loop: while
+    /// it waits, a poll by the same task only looks at the flags.
     pub(crate) fn fired(&self) -> Fired<'_> {
-        Fired {
-            signal: self,
-            notified: self.notify.notified(),
-            on_poke: false,
-        }
+        Fired::new(self, false)
     }
 
     /// Resolves once the switch is flipped or [`poke`](Self::poke)d (the
     /// poke is left for [`take_poke`](Self::take_poke)); as
     /// [`fired`](Self::fired) otherwise. Made anew after each poke.
     pub(crate) fn fired_or_poked(&self) -> Fired<'_> {
-        Fired {
-            signal: self,
-            notified: self.notify.notified(),
-            on_poke: true,
-        }
+        Fired::new(self, true)
     }
 }
 
@@ -75,11 +74,38 @@ pin_project_lite::pin_project! {
     ///
     /// A struct, not an `async fn`: every idle connection's read loop and
     /// write task hold one, and the `async fn` was a third larger.
+    ///
+    /// A select loop polls it each time its task wakes, for whatever
+    /// reason (a read loop, on every frame), and a poll of the `Notified`
+    /// takes the `Notify`'s lock, twice; for the service's shutdown signal
+    /// that lock is one for every connection of the instance, taken on
+    /// every worker thread. So once it waits, the waker it waits with is
+    /// kept, and a poll with the same waker only looks at the flags: a
+    /// fire sets its flag before it wakes anyone, and a poke, which can
+    /// take the `Notified` off the list without setting the flag this
+    /// waiter looks for, moves the count it is checked against.
     pub(crate) struct Fired<'a> {
         signal: &'a Signal,
         #[pin]
         notified: Notified<'a>,
         on_poke: bool,
+        // The count of pokes seen before the `Notified` was enabled; only
+        // meaningful with `waiting`.
+        pokes: u32,
+        // The waker the `Notified` waits with, once it does.
+        waiting: Option<Waker>,
+    }
+}
+
+impl<'a> Fired<'a> {
+    fn new(signal: &'a Signal, on_poke: bool) -> Self {
+        Self {
+            signal,
+            notified: signal.notify.notified(),
+            on_poke,
+            pokes: 0,
+            waiting: None,
+        }
     }
 }
 
@@ -88,21 +114,46 @@ impl Future for Fired<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
+        let signal = *this.signal;
+        let woken =
+            |on_poke: bool| signal.is_fired() || (on_poke && signal.poked.load(Ordering::Acquire));
+        if let Some(waker) = this.waiting.as_ref()
+            && waker.will_wake(cx.waker())
+            && signal.pokes.load(Ordering::Acquire) == *this.pokes
+        {
+            // Still on the list with this waker: nothing to do but look.
+            return match woken(*this.on_poke) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            };
+        }
+        *this.waiting = None;
         loop {
+            // Read before the `Notified` is enabled: a poke that takes it
+            // off the list from here on moves the count past this one.
+            let pokes = signal.pokes.load(Ordering::Acquire);
             // Waiting from here on: a `fire` after the look below wakes this
             // future, one before is seen by the look.
             this.notified.as_mut().enable();
-            let poked = *this.on_poke && this.signal.poked.load(Ordering::Acquire);
-            if this.signal.is_fired() || poked {
+            if woken(*this.on_poke) {
                 return Poll::Ready(());
             }
             match this.notified.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if this.signal.is_fired() || *this.on_poke => {
+                Poll::Pending => {
+                    // An odd count: a poke is waking the waiters, and may
+                    // yet take this one off the list; the next poll takes
+                    // the long way.
+                    if pokes % 2 == 0 {
+                        *this.pokes = pokes;
+                        *this.waiting = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(()) if signal.is_fired() || *this.on_poke => {
                     return Poll::Ready(());
                 }
                 // A poke, which this waiter does not wait for: wait again.
-                Poll::Ready(()) => this.notified.set(this.signal.notify.notified()),
+                Poll::Ready(()) => this.notified.set(signal.notify.notified()),
             }
         }
     }
@@ -110,9 +161,106 @@ impl Future for Fired<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
     use std::time::Duration;
 
     use super::Signal;
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted() -> (Arc<Counted>, Waker) {
+        let count = Arc::new(Counted::default());
+        let waker = Waker::from(Arc::clone(&count));
+        (count, waker)
+    }
+
+    fn wakes(count: &Counted) -> usize {
+        count.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_waiter_taken_off_the_list_by_a_poke_is_still_woken_by_the_fire() {
+        let signal = Signal::default();
+        let (count, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut fired = pin!(signal.fired());
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        // Polls by the same task that only look at the flags.
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        signal.poke();
+        assert_eq!(wakes(&count), 1, "the poke wakes every waiter");
+        // Not a poke this waiter waits for: it waits again, on the list.
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        signal.fire();
+        assert_eq!(wakes(&count), 2, "the fire wakes the waiter");
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_waiter_that_waits_while_a_poke_wakes_the_others_looks_again() {
+        let signal = Signal::default();
+        let (count, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut fired = pin!(signal.fired());
+        // A poke has begun (its count moved) but not woken the waiters yet
+        // when this one starts to wait, so it may be taken off the list.
+        signal.pokes.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        signal.notify.notify_waiters();
+        assert_eq!(wakes(&count), 1);
+        // Woken, and polled before the poke's count moves again: the count
+        // is the one it read, but the waiter did not take it as proof that
+        // it is still on the list.
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        // Not polled again until woken.
+        signal.pokes.fetch_add(1, Ordering::AcqRel);
+        signal.fire();
+        assert_eq!(wakes(&count), 2, "the fire wakes the waiter");
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_poll_by_another_task_waits_with_that_tasks_waker() {
+        let signal = Signal::default();
+        let (first, first_waker) = counted();
+        let (second, second_waker) = counted();
+        let mut fired = pin!(signal.fired());
+        let mut cx = Context::from_waker(&first_waker);
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        let mut cx = Context::from_waker(&second_waker);
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        signal.fire();
+        assert_eq!((wakes(&first), wakes(&second)), (0, 1));
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_poke_wakes_its_waiter_after_polls_that_only_looked() {
+        let signal = Signal::default();
+        let (count, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut woken = pin!(signal.fired_or_poked());
+        for _ in 0..3 {
+            assert_eq!(woken.as_mut().poll(&mut cx), Poll::Pending);
+        }
+        signal.poke();
+        assert_eq!(wakes(&count), 1);
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert!(signal.take_poke());
+    }
 
     #[tokio::test]
     async fn a_poke_wakes_only_the_waiter_that_waits_for_it() {
