@@ -36,7 +36,9 @@ fn what_every_connection_keeps_stays_small() {
         ("Subscriptions", size_of::<Subscriptions<()>>(), 48),
         ("RateLimiter", size_of::<RateLimiter>(), 20),
         ("Answers", size_of::<Answers<'_>>(), 8),
-        ("Signal", size_of::<Signal>(), 40),
+        // Its flags, the count of pokes that lets a waiter skip the lock,
+        // and Tokio's `Notify`.
+        ("Signal", size_of::<Signal>(), 48),
         // The frame guard around the socket, less the socket.
         ("Guarded", size_of::<crate::websocket::Guarded<()>>(), 72),
         // The queue of whole frames around it (empty while idle), and where

@@ -2,11 +2,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
+
+/// One poke done, in [`Signal::pokes`]'s high half.
+const POKE_DONE: u64 = 1 << 32;
 
 /// A one-way switch that is cheap to look at: an atomic flag for the loops
 /// to check per frame, and a `Notify` to wake a task that waits for it.
@@ -19,11 +22,13 @@ pub(crate) struct Signal {
     /// of [`fired_or_poked`](Self::fired_or_poked) to look at, short of
     /// firing. (In the flag's padding: it costs no byte.)
     poked: AtomicBool,
-    /// Counts up once as a [`poke`](Self::poke) begins and once as it has
-    /// woken the waiters (odd while it wakes them): a waiter that saw the
-    /// same even count before it waited knows that no poke took it off
-    /// the `Notify`'s list since (see [`Fired`]). Also in the padding.
-    pokes: AtomicU32,
+    /// The pokes waking the waiters now (the low half) and those done (the
+    /// high half): a waiter that saw none under way before it waited, and
+    /// sees the same count since, knows that no poke took it off the
+    /// `Notify`'s list (see [`Fired`]). Two halves, not one count with an
+    /// odd value for a poke under way: two pokes at once (two instances'
+    /// orders) would look like none.
+    pokes: AtomicU64,
     notify: Notify,
 }
 
@@ -38,9 +43,19 @@ impl Signal {
     /// without firing: the waiters of [`fired`](Self::fired) go on waiting.
     pub(crate) fn poke(&self) {
         self.poked.store(true, Ordering::Release);
-        self.pokes.fetch_add(1, Ordering::AcqRel);
+        self.poke_begins();
         self.notify.notify_waiters();
+        self.poke_ends();
+    }
+
+    /// Counts a poke that is about to wake the waiters.
+    fn poke_begins(&self) {
         self.pokes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a poke that has woken the waiters as done.
+    fn poke_ends(&self) {
+        self.pokes.fetch_add(POKE_DONE - 1, Ordering::AcqRel);
     }
 
     /// Whether [`poke`](Self::poke) was called since the last look;
@@ -91,7 +106,7 @@ pin_project_lite::pin_project! {
         on_poke: bool,
         // The count of pokes seen before the `Notified` was enabled; only
         // meaningful with `waiting`.
-        pokes: u32,
+        pokes: u64,
         // The waker the `Notified` waits with, once it does.
         waiting: Option<Waker>,
     }
@@ -140,19 +155,21 @@ impl Future for Fired<'_> {
             }
             match this.notified.as_mut().poll(cx) {
                 Poll::Pending => {
-                    // An odd count: a poke is waking the waiters, and may
-                    // yet take this one off the list; the next poll takes
-                    // the long way.
-                    if pokes % 2 == 0 {
+                    // A poke under way may yet take this waiter off the
+                    // list: the next poll takes the long way.
+                    if pokes % POKE_DONE == 0 {
                         *this.pokes = pokes;
                         *this.waiting = Some(cx.waker().clone());
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(()) if signal.is_fired() || *this.on_poke => {
-                    return Poll::Ready(());
-                }
-                // A poke, which this waiter does not wait for: wait again.
+                // By the flags, not by the `Notified`: a poke sets its flag
+                // before it wakes anyone, so a wake with no flag set is one
+                // this waiter does not wait for (a poke, for `fired`; for
+                // `fired_or_poked`, a poke whose flag was taken before this
+                // waiter was made, which would otherwise resolve it again
+                // and again): it waits again.
+                Poll::Ready(()) if woken(*this.on_poke) => return Poll::Ready(()),
                 Poll::Ready(()) => this.notified.set(signal.notify.notified()),
             }
         }
@@ -215,21 +232,71 @@ mod tests {
         let (count, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         let mut fired = pin!(signal.fired());
-        // A poke has begun (its count moved) but not woken the waiters yet
-        // when this one starts to wait, so it may be taken off the list.
-        signal.pokes.fetch_add(1, Ordering::AcqRel);
+        // A poke has begun but not woken the waiters yet when this one
+        // starts to wait, so it may be taken off the list.
+        signal.poked.store(true, Ordering::Release);
+        signal.poke_begins();
         assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
         signal.notify.notify_waiters();
         assert_eq!(wakes(&count), 1);
-        // Woken, and polled before the poke's count moves again: the count
+        // Woken, and polled before the poke is counted as done: the count
         // is the one it read, but the waiter did not take it as proof that
         // it is still on the list.
         assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
         // Not polled again until woken.
-        signal.pokes.fetch_add(1, Ordering::AcqRel);
+        signal.poke_ends();
         signal.fire();
         assert_eq!(wakes(&count), 2, "the fire wakes the waiter");
         assert_eq!(fired.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_waiter_that_waits_while_two_pokes_wake_the_others_looks_again() {
+        let signal = Signal::default();
+        let (count, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut fired = pin!(signal.fired());
+        // Two pokes at once (orders from two places): both begun when the
+        // waiter starts to wait.
+        signal.poked.store(true, Ordering::Release);
+        signal.poke_begins();
+        signal.poke_begins();
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        // The first takes it off the list; it is polled before either ends.
+        signal.notify.notify_waiters();
+        assert_eq!(wakes(&count), 1);
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        // Back on the list: the second wakes it too.
+        signal.notify.notify_waiters();
+        assert_eq!(wakes(&count), 2, "the second poke wakes the waiter");
+        signal.poke_ends();
+        signal.poke_ends();
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Pending);
+        signal.fire();
+        assert_eq!(wakes(&count), 3, "the fire wakes the waiter");
+        assert_eq!(fired.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_wake_by_a_poke_already_taken_does_not_resolve_the_next_waiter() {
+        let signal = Signal::default();
+        let (count, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        // The read loop takes the poke and makes its next waiter before
+        // the poke has woken anyone.
+        signal.poked.store(true, Ordering::Release);
+        signal.poke_begins();
+        assert!(signal.take_poke());
+        let mut woken = pin!(signal.fired_or_poked());
+        signal.notify.notify_waiters();
+        signal.poke_ends();
+        // Nothing new to look at: it waits, rather than resolving on every
+        // poll (the read loop would spin).
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Pending);
+        signal.poke();
+        assert_eq!(wakes(&count), 1, "the next poke wakes it");
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 
     #[test]
