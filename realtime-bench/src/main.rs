@@ -20,11 +20,13 @@
 //!   two chat instances on one Redis under a steady load: memory over time,
 //!   latency, lost and reordered events, and the `/metrics` matched
 //!   against what the generator counted (see docs/PERFORMANCE.md);
-//! - `scale [--instances 6] [--conns 100000] [--clients 6] [--idle-secs 40] [--rate 10] [--seconds 60]`:
+//! - `scale [--instances 6] [--conns 100000] [--clients 6] [--idle-secs 40] [--rate 10] [--seconds 60] [--floor timer|sweep]`:
 //!   `examples/bench_server` (release) instances on one private Redis and
 //!   client processes (`scale-client`, from 127.0.0.2 and up): memory per
 //!   connection, idle CPU per 100,000 connections, one event to all, and
-//!   a steady rate to all (see docs/SCALING.md);
+//!   a steady rate to all (see docs/SCALING.md); `--floor timer|sweep`:
+//!   the floor server in their place, pinging every 25 s from a timer per
+//!   connection or from one sweep, for memory and idle CPU;
 //! - `storm [--clients 10000] [--rooms 100] [--rate 200] [--backoff-ms 2000]`:
 //!   two `bench_server` instances (history on) on one Redis, subscribers
 //!   following their rooms' positions on both; one is killed with SIGKILL
@@ -182,6 +184,14 @@ async fn run(args: &[String]) -> Result<(), String> {
                 idle: std::time::Duration::from_secs(flags.number("--idle-secs", 40)?),
                 rate: flags.number("--rate", 10)?,
                 seconds: flags.number("--seconds", 60)?,
+                floor: match flags.all("--floor").pop().as_deref() {
+                    None => None,
+                    Some("timer") => Some(scale::Floor::Timer),
+                    Some("sweep") => Some(scale::Floor::Sweep),
+                    Some(other) => {
+                        return Err(format!("--floor takes timer or sweep, got `{other}`"));
+                    }
+                },
             })
             .await?;
         }

@@ -45,6 +45,21 @@ pub(crate) struct Options {
     pub(crate) idle: Duration,
     pub(crate) rate: u64,
     pub(crate) seconds: u64,
+    /// Runs the floor server (pinging every 25 s, as `Config::ping_interval`'s
+    /// default) in place of `bench_server`: the same connections, memory
+    /// and idle CPU; then one event to all with the timer floor, and no
+    /// steady rate, since the floor acknowledges no broadcast.
+    pub(crate) floor: Option<Floor>,
+}
+
+/// Which floor server `scale` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Floor {
+    /// Each connection's write task pings from a timer of its own.
+    Timer,
+    /// One task pings every connection, a slot per tick, writing the pings
+    /// itself; connections only read (no topics: no event is delivered).
+    Sweep,
 }
 
 /// Histogram buckets: eight per power of two of microseconds, to 2^27 µs.
@@ -375,13 +390,40 @@ pub(crate) fn bench_server(
     Ok((server, format!("ws://127.0.0.1:{port}/ws")))
 }
 
+/// Starts a floor server (see `src/bin/floor-server.rs`) that pings its
+/// clients every 25 s; returns it and its WebSocket base URL.
+fn floor_server(redis_url: &str, floor: Floor) -> Result<(Process, String), String> {
+    let server = binaries()?.join("floor-server");
+    if !server.exists() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p realtime-bench --bin floor-server",
+            server.display()
+        ));
+    }
+    let port = free_port()?;
+    let child = Command::new(&server)
+        .env("PORT", port.to_string())
+        .env("REDIS_URL", redis_url)
+        .env("PING_SECS", "25")
+        .env("PING_SWEEP", if floor == Floor::Sweep { "1" } else { "0" })
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", server.display()))?;
+    let server = Process(child);
+    wait_for_port(port)?;
+    Ok((server, format!("ws://127.0.0.1:{port}/ws")))
+}
+
 /// Runs the whole measurement and prints its report.
 pub(crate) async fn run(options: &Options) -> Result<(), String> {
     let redis = Redis::start()?;
     let mut servers = Vec::new();
     let mut urls = Vec::new();
     for _ in 0..options.instances {
-        let (server, url) = bench_server(&redis.url, &[])?;
+        let (server, url) = match options.floor {
+            Some(floor) => floor_server(&redis.url, floor)?,
+            None => bench_server(&redis.url, &[])?,
+        };
         servers.push(server);
         urls.push(url);
     }
@@ -467,6 +509,9 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         options.idle.as_secs()
     );
 
+    if options.floor == Some(Floor::Sweep) {
+        return Ok(());
+    }
     let publisher_url = format!("{}/{topic}?token=publisher", urls[0]);
     let (mut publisher, _) = tokio_tungstenite::connect_async(publisher_url)
         .await
@@ -493,6 +538,9 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         one.max_us as f64 / 1000.0
     );
 
+    if options.floor.is_some() {
+        return Ok(());
+    }
     mark_all(&mut clients)?;
     let events = options.rate * options.seconds;
     let sent_again = steady_rate(publisher, options.rate, events).await?;

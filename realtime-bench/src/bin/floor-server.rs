@@ -13,6 +13,15 @@
 //!   without waiting for the one before (Redis keeps a connection's commands
 //!   in order, so the pipeline keeps the publishers' order).
 //!
+//! With `PING_SECS`, each connection's write task also pings its client
+//! every that many seconds, from a timer of its own in Tokio's timer wheel
+//! (what a hand-written server does); the pongs are read and dropped. With
+//! `PING_SWEEP=1` as well, it is the strongest simple idle server instead:
+//! a connection only reads (no topic, no write task), and one task pings
+//! every connection once per interval, a twentieth of them per tick, each
+//! ping written into the socket by that task. The `scale` workload runs
+//! both, to measure idle CPU against a floor.
+//!
 //! It speaks the same protocol v1 subset as `examples/bench_server`:
 //! `say {text}` broadcasts `{"topic": t, "event": {"text": ...}}` to the
 //! topic, `echo {text}` answers `{"reply_to": id, "ok": text}`.
@@ -21,8 +30,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -31,7 +42,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
@@ -48,6 +59,23 @@ struct Floor {
     topics: Mutex<HashMap<String, broadcast::Sender<Utf8Bytes>>>,
     /// To the publisher task, with Redis.
     publish: Option<mpsc::Sender<(String, Utf8Bytes)>>,
+    /// How often each client is pinged, if at all.
+    ping: Option<Duration>,
+    /// With `PING_SWEEP`: the connections' write halves, pinged by one task.
+    swept: Option<Swept>,
+}
+
+/// A connection's write half, shared with the sweep.
+type SharedSink = tokio::sync::Mutex<futures_util::stream::SplitSink<WebSocket, Message>>;
+
+/// Slots swept in turn, one per tick: each connection is pinged once per
+/// interval.
+const SWEEP_SLOTS: usize = 20;
+
+/// The connections the sweep pings, dealt into slots.
+struct Swept {
+    slots: Vec<Mutex<Vec<Weak<SharedSink>>>>,
+    next: AtomicUsize,
 }
 
 impl Floor {
@@ -92,10 +120,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    let ping = std::env::var("PING_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs);
+    let swept =
+        (std::env::var("PING_SWEEP").is_ok_and(|on| on == "1") && ping.is_some()).then(|| Swept {
+            slots: (0..SWEEP_SLOTS).map(|_| Mutex::default()).collect(),
+            next: AtomicUsize::new(0),
+        });
     let floor = Arc::new(Floor {
         topics: Mutex::default(),
         publish,
+        ping,
+        swept,
     });
+    if let Some(every) = floor.ping
+        && floor.swept.is_some()
+    {
+        tokio::spawn(sweep(Arc::clone(&floor), every));
+    }
     if let Some(client) = client {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.psubscribe(format!("{REDIS_PREFIX}*")).await?;
@@ -165,9 +209,51 @@ async fn upgrade(
     Path(topic): Path<String>,
     State(floor): State<Arc<Floor>>,
 ) -> Response {
-    ws.read_buffer_size(2 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| serve(socket, topic, floor))
+    let ws = ws.read_buffer_size(2 * 1024).write_buffer_size(8 * 1024);
+    match floor.swept.is_some() {
+        true => ws.on_upgrade(move |socket| serve_swept(socket, floor)),
+        false => ws.on_upgrade(move |socket| serve(socket, topic, floor)),
+    }
+}
+
+/// Pings a slot of the connections per tick, writing each ping itself.
+async fn sweep(floor: Arc<Floor>, every: Duration) {
+    let Some(swept) = &floor.swept else { return };
+    let mut tick = tokio::time::interval(every / SWEEP_SLOTS as u32);
+    for slot in (0..SWEEP_SLOTS).cycle() {
+        tick.tick().await;
+        let mut sinks = std::mem::take(&mut *swept.slots[slot].lock().expect("floor lock"));
+        sinks.retain(|sink| sink.strong_count() > 0);
+        for (count, sink) in sinks.iter().enumerate() {
+            if let Some(sink) = sink.upgrade()
+                && let Ok(mut sink) = sink.try_lock()
+            {
+                // A ping that cannot be written at once is skipped.
+                let _ = sink.send(Message::Ping(Default::default())).now_or_never();
+            }
+            if (count + 1) % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        swept.slots[slot]
+            .lock()
+            .expect("floor lock")
+            .append(&mut sinks);
+    }
+}
+
+/// A connection of the sweeping floor: its write half goes to the sweep,
+/// and its reads (the pongs) are dropped.
+async fn serve_swept(socket: WebSocket, floor: Arc<Floor>) {
+    let Some(swept) = &floor.swept else { return };
+    let (sink, mut stream) = socket.split();
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let slot = swept.next.fetch_add(1, Ordering::Relaxed) % SWEEP_SLOTS;
+    swept.slots[slot]
+        .lock()
+        .expect("floor lock")
+        .push(Arc::downgrade(&sink));
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 async fn serve(socket: WebSocket, topic: String, floor: Arc<Floor>) {
@@ -175,7 +261,7 @@ async fn serve(socket: WebSocket, topic: String, floor: Arc<Floor>) {
     let events = channel.subscribe();
     let (sink, mut stream) = socket.split();
     let (replies, reply_rx) = mpsc::channel::<Utf8Bytes>(64);
-    let writer = tokio::spawn(write(sink, events, reply_rx));
+    let writer = tokio::spawn(write(sink, events, reply_rx, floor.ping));
     let redis_channel = format!("{REDIS_PREFIX}{topic}");
     while let Some(Ok(message)) = stream.next().await {
         let Message::Text(text) = message else {
@@ -216,14 +302,25 @@ async fn serve(socket: WebSocket, topic: String, floor: Arc<Floor>) {
 }
 
 /// Waits for a frame, then feeds every frame already waiting (up to a batch)
-/// and flushes once.
+/// and flushes once; pings every `ping`, if given.
 async fn write(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut events: broadcast::Receiver<Utf8Bytes>,
     mut replies: mpsc::Receiver<Utf8Bytes>,
+    ping: Option<Duration>,
 ) {
+    let every = ping.unwrap_or(Duration::MAX / 4);
+    let pinged = tokio::time::sleep(every);
+    tokio::pin!(pinged);
     loop {
         let first = tokio::select! {
+            () = &mut pinged, if ping.is_some() => {
+                pinged.as_mut().reset(tokio::time::Instant::now() + every);
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             event = events.recv() => match event {
                 Ok(frame) => frame,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
