@@ -120,6 +120,60 @@ async fn peer_that_answers_pings_stays_connected() {
     assert_eq!(echo["ok"], "still");
 }
 
+/// `?heartbeat=text`: the heartbeat comes as `{"heartbeat":{}}`, which a
+/// page can see, and the client stays by answering with a `$ping` that has
+/// no id (which gets no answer).
+#[tokio::test]
+async fn a_client_that_asks_for_text_heartbeats_stays_by_answering_them() {
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(100);
+    config.idle_timeout = Duration::from_millis(300);
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("lobby?heartbeat=text", "alive").await;
+    // A second is three idle timeouts; every text frame is a heartbeat.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut heard = 0;
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(client.recv().await, json!({"heartbeat": {}}));
+        heard += 1;
+        client.send(json!({"type": "$ping"})).await;
+    }
+    assert!(heard >= 3, "{heard} heartbeats in a second");
+    let echo = client.request("echo", json!({"text": "still"}), 1).await;
+    assert_eq!(echo["ok"], "still");
+    assert_eq!(server.service.metrics().idle_closes, 0);
+}
+
+/// A text heartbeat is no WebSocket ping: a client that reads it and never
+/// answers is silent, and is closed with 1008 like one that never reads.
+#[tokio::test]
+async fn a_client_that_asks_for_text_heartbeats_and_never_answers_is_closed() {
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(100);
+    config.idle_timeout = Duration::from_millis(300);
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("lobby?heartbeat=text", "mute").await;
+    assert_eq!(client.recv().await, json!({"heartbeat": {}}));
+    assert_eq!(
+        client.recv_close().await,
+        Closed::Frame(1008, "policy violation: rate limit or idle timeout".into())
+    );
+    assert_eq!(server.service.metrics().idle_closes, 1);
+}
+
+/// Any other `heartbeat` is refused before the upgrade, as a bad `since` is.
+#[tokio::test]
+async fn a_heartbeat_other_than_text_or_ping_is_refused_with_400() {
+    let server = RoomServer::with_config(Config::default()).await;
+    let refused = TestClient::connect(&server.url("lobby?heartbeat=loud"), "alice")
+        .await
+        .expect_err("an unknown heartbeat is refused");
+    assert_eq!(refused.status(), Some(400));
+    let mut client = server.connect("lobby?heartbeat=ping", "alice").await;
+    let echo = client.request("echo", json!({"text": "in"}), 1).await;
+    assert_eq!(echo["ok"], "in");
+}
+
 #[tokio::test]
 async fn client_that_sends_without_ever_reading_is_closed_too() {
     use futures_util::SinkExt;

@@ -110,8 +110,10 @@ pub struct Config {
     /// How long a message split into frames may take from its first frame
     /// to its last. Default: 10 s. A slower one is closed with 1008.
     pub fragment_timeout: Duration,
-    /// How often the server pings each client. Default: 25 s, as Socket.IO
-    /// and Centrifugo do: often enough for the NATs and proxies that drop
+    /// How often the server pings each client: a WebSocket ping, or the
+    /// text frame `{"heartbeat":{}}` for a client that connected with
+    /// `?heartbeat=text` (a page sees no ping; see the protocol's
+    /// heartbeat section). Default: 25 s, as Socket.IO and Centrifugo do: often enough for the NATs and proxies that drop
     /// a silent connection after 30 s or more, and each ping costs the
     /// instance a write and a read per connection (docs/SCALING.md).
     /// They go out in one sweep per twentieth of the interval (a group of

@@ -2,7 +2,7 @@
 //! `#[realtime_handler]`'s `router()` returns.
 //!
 //! An upgrade request goes through, in order: the topic's length (400),
-//! `since` (400), the token (401), the topic authorization (403), the
+//! `since` and `heartbeat` (400), the token (401), the topic authorization (403), the
 //! upgrade headers (400, 405 or 426: see [`Upgrade`]), the connection limit (503), and the
 //! subscription of the instance to the topic (503 if the broker is down).
 //! Only then is the socket upgraded, so a refused client never holds a
@@ -80,6 +80,7 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         return Err(UpgradeError::ForbiddenOrigin);
     }
     let since = since(query.as_deref())?;
+    let text_heartbeat = text_heartbeat(query.as_deref())?;
     let (token, source) = auth::extract_token(&headers, query.as_deref())?;
     let identity = service.identify(&token).await?;
     let user = &identity.user;
@@ -101,6 +102,9 @@ pub async fn upgrade<H: MessageHandler, B: Broker>(
         .accept(&topic, since.as_ref(), identity, admission)
         .await
         .map_err(UpgradeError::Broker)?;
+    if text_heartbeat {
+        accepted.heartbeat_in_text();
+    }
 
     let config = service.config();
     let socket = WebSocketConfig::default()
@@ -226,6 +230,22 @@ fn since(query: Option<&str>) -> Result<Option<Position>, UpgradeError> {
     value.parse().map(Some).map_err(|_| UpgradeError::BadSince)
 }
 
+/// Whether the query string asks for the heartbeat as a text frame
+/// (`?heartbeat=text`) rather than a WebSocket ping (`heartbeat=ping`, the
+/// default): a client in a browser, which sees no ping, asks for it so
+/// that it hears the server without asking itself.
+fn text_heartbeat(query: Option<&str>) -> Result<bool, UpgradeError> {
+    let asked = query.and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find_map(|(key, value)| (key == "heartbeat").then_some(value))
+    });
+    match asked.as_deref() {
+        None | Some("ping") => Ok(false),
+        Some("text") => Ok(true),
+        Some(_) => Err(UpgradeError::BadHeartbeat),
+    }
+}
+
 /// A service as router state gives [`HttpAuth`](crate::auth::HttpAuth) its
 /// validator.
 impl<H: MessageHandler, B: Broker> FromRef<Service<H, B>> for Authenticator<H::UserId> {
@@ -250,6 +270,10 @@ pub enum UpgradeError {
     /// The `since` of the query string is not `<offset>.<epoch>` (400).
     #[error("`since` must read `<offset>.<epoch>`, as in `since=42.x7Fq`")]
     BadSince,
+    /// The `heartbeat` of the query string is neither `text` nor `ping`
+    /// (400).
+    #[error("`heartbeat` must read `text` or `ping`")]
+    BadHeartbeat,
     /// The instance holds `Config::max_connections` already (503).
     #[error("too many connections on this instance; try again later")]
     AtCapacity,
@@ -288,9 +312,10 @@ impl UpgradeError {
     fn response(self) -> Response {
         match self {
             Self::Auth(error) => error.into_response(),
-            Self::TopicTooLong { .. } | Self::BadSince | Self::ReservedTopic => {
-                (StatusCode::BAD_REQUEST, self.to_string()).into_response()
-            }
+            Self::TopicTooLong { .. }
+            | Self::BadSince
+            | Self::BadHeartbeat
+            | Self::ReservedTopic => (StatusCode::BAD_REQUEST, self.to_string()).into_response(),
             Self::TooManyForUser => {
                 (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response()
             }

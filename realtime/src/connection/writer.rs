@@ -286,7 +286,7 @@ fn feed(
                     continue;
                 }
             },
-            Item::Queued(Outbound::Ping) => framing::PING,
+            Item::Queued(Outbound::Ping) => status.heartbeat_frame(),
             Item::Queued(Outbound::Subscribe(feed)) => {
                 sources.rings.push(Source::from(*feed));
                 next = try_next(sources, status);

@@ -7,7 +7,7 @@
 //! depending on the connection's machinery.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
@@ -31,7 +31,7 @@ pub(crate) enum Outbound {
     /// connection's mark in the topic's ring (`Event::asked`): after the
     /// joins and leaves the answer counts, before those it does not.
     Answer(Frame),
-    /// A heartbeat ping.
+    /// A heartbeat: a ping, or the text heartbeat the client asked for.
     Ping,
     /// Start writing the events of one more topic.
     Subscribe(Box<Feed>),
@@ -84,6 +84,9 @@ pub(crate) struct Status {
     /// When the client last sent a frame ([`millis`]), for the heartbeat's
     /// idle timeout.
     last_seen: AtomicU32,
+    /// Whether the heartbeat is a text frame (`?heartbeat=text`) rather
+    /// than a WebSocket ping. (In the padding after `abort_code`.)
+    text_heartbeat: AtomicBool,
     counters: Arc<Counters>,
 }
 
@@ -175,6 +178,16 @@ impl Status {
         self.last_seen.load(Ordering::Relaxed)
     }
 
+    /// Makes the connection's heartbeat a text frame (`?heartbeat=text`).
+    pub(crate) fn heartbeat_in_text(&self) {
+        self.text_heartbeat.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection's heartbeat frame: a ping, or the text heartbeat.
+    pub(crate) fn heartbeat_frame(&self) -> bytes::Bytes {
+        crate::websocket::framing::heartbeat(self.text_heartbeat.load(Ordering::Relaxed))
+    }
+
     /// Queues a heartbeat ping, unless the queue is full: a client that far
     /// behind gets no ping, and the next frame that finds the queue full
     /// closes it with 1013.
@@ -216,6 +229,7 @@ impl Outbox {
             abort_reason: std::sync::OnceLock::new(),
             awaiting: AtomicU64::new(0),
             last_seen: AtomicU32::new(millis(Instant::now())),
+            text_heartbeat: AtomicBool::new(false),
             counters,
         });
         Self { status }

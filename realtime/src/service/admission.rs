@@ -61,6 +61,13 @@ pub(crate) struct Accepted<H: MessageHandler, B: Broker> {
     admission: Admission,
 }
 
+impl<H: MessageHandler, B: Broker> Accepted<H, B> {
+    /// Makes the connection's heartbeat a text frame (`?heartbeat=text`).
+    pub(crate) fn heartbeat_in_text(&self) {
+        self.outbox.status().heartbeat_in_text();
+    }
+}
+
 impl<H: MessageHandler, B: Broker> Service<H, B> {
     /// Whether [`admit`](Self::admit) would take a place now, without
     /// taking it.

@@ -18,6 +18,11 @@
 //! again, for a two-byte frame; that was about a fifth of an idle
 //! instance's CPU. A socket in use, with frames waiting, or full gets its
 //! ping from the write task as before.
+//!
+//! A connection that asked for its heartbeat as text (`?heartbeat=text`)
+//! gets `{"heartbeat":{}}` in place of the ping, by the same two ways, and
+//! answers it with a `$ping` without an id, which the read loop notes as it
+//! notes a pong.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -75,7 +80,7 @@ impl Watched {
     /// the write task otherwise (and not sent if its queue is full: see
     /// [`Status::ping`]).
     fn ping(&self) {
-        if !self.pinger.ping() {
+        if !self.pinger.ping(self.status.heartbeat_frame()) {
             self.status.ping();
         }
     }

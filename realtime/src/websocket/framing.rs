@@ -23,6 +23,21 @@ pub(crate) const COMPRESSED_TEXT: u8 = 0xC1;
 /// A ping with no payload: what the heartbeat sends.
 pub(crate) const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
+/// The heartbeat as a text frame, `{"heartbeat":{}}`, for a client that
+/// asked for it (`?heartbeat=text`): a page sees no WebSocket ping, so a
+/// client in a browser that watches for silence would otherwise ask with
+/// `$ping`, a round trip of its own on top of the server's.
+pub(crate) const TEXT_HEARTBEAT: Bytes = Bytes::from_static(b"\x81\x10{\"heartbeat\":{}}");
+
+/// The heartbeat frame a connection gets: [`TEXT_HEARTBEAT`] if it asked
+/// for it, [`PING`] otherwise.
+pub(crate) fn heartbeat(in_text: bool) -> Bytes {
+    match in_text {
+        true => TEXT_HEARTBEAT,
+        false => PING,
+    }
+}
+
 /// A whole text frame of `payload`, in bytes of its own.
 pub(crate) fn text(payload: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(head_len(payload.len()) + payload.len());
@@ -115,6 +130,13 @@ mod tests {
         let mut bytes = Vec::new();
         frame.format(&mut bytes).unwrap();
         bytes
+    }
+
+    #[test]
+    fn the_text_heartbeat_is_a_whole_text_frame() {
+        assert_eq!(TEXT_HEARTBEAT, tungstenite_text(br#"{"heartbeat":{}}"#));
+        assert_eq!(heartbeat(true), TEXT_HEARTBEAT);
+        assert_eq!(heartbeat(false), PING);
     }
 
     #[test]

@@ -111,7 +111,8 @@ impl Incoming {
 }
 
 impl Pinger {
-    /// Writes a ping frame into the socket now, on the caller's thread,
+    /// Writes a heartbeat `frame` (a ping, or the text heartbeat) into the
+    /// socket now, on the caller's thread,
     /// and returns true; or returns false when the write task must send it:
     /// the socket is in use or has frames waiting, is full, closing or
     /// gone. A ping written here costs the socket's write and nothing else,
@@ -119,7 +120,7 @@ impl Pinger {
     /// its queue and every ring it reads; with one ping per connection per
     /// interval, that waking was most of what an idle connection cost the
     /// framework.
-    pub(crate) fn ping(&self) -> bool {
+    pub(crate) fn ping(&self, frame: Bytes) -> bool {
         let Some(socket) = self.0.upgrade() else {
             return false;
         };
@@ -128,7 +129,7 @@ impl Pinger {
         let Some(mut socket) = socket.try_lock() else {
             return false;
         };
-        socket.get_mut().write_now(super::framing::PING)
+        socket.get_mut().write_now(frame)
     }
 }
 
