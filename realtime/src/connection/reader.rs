@@ -316,6 +316,13 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         tracing::debug!(kind = &*request.kind, bytes = text.len(), "frame");
         let id = request.id;
         let key = request.idempotency_key.as_deref();
+        if request.kind == Control::PING {
+            // Not boxed as the other control messages are: a client that
+            // answers the text heartbeat sends one per interval, so this is
+            // an idle connection's one frame, and needs no allocation.
+            meters.of(&request.kind).received();
+            return self.pong(id);
+        }
         if request.kind.starts_with(RESERVED_PREFIX) {
             // Boxed: subscribing (a broker round trip) is the largest thing
             // the read loop awaits, and rare; inline, its room would be taken
@@ -394,14 +401,18 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             Ok(Control::Join { topic, since }) => self.join(id, &topic, since.as_ref()).await,
             Ok(Control::Leave { topic }) => self.leave(id, &topic).await,
             Ok(Control::Presence { topic }) => self.presence(id, &topic).await,
-            Ok(Control::Ping) => {
-                if let Some(id) = id {
-                    let pong = RawValue::from_string("\"pong\"".to_owned()).expect("a JSON string");
-                    self.answer(protocol::reply_frame(Some(id), &pong));
-                }
-            }
+            Ok(Control::Ping) => self.pong(id),
             Ok(Control::Refresh { token }) => self.refresh(id, &token.0).await,
             Err(error) => self.fail(id, error_code::BAD_REQUEST, &error.message),
+        }
+    }
+
+    /// Answers a `$ping` with an id; one without is only the sign of life
+    /// that its frame already was.
+    fn pong(&mut self, id: Option<&RawValue>) {
+        if let Some(id) = id {
+            let pong = RawValue::from_string("\"pong\"".to_owned()).expect("a JSON string");
+            self.answer(protocol::reply_frame(Some(id), &pong));
         }
     }
 
