@@ -86,8 +86,14 @@ export interface ExpiringFrame {
   expiring: { expires_in: number };
 }
 
+/** The server's heartbeat, sent as text because the client asks (`?heartbeat=text`). */
+export interface HeartbeatFrame {
+  heartbeat: Record<string, never>;
+}
+
 /** The frames a server sends (realtime/docs/protocol.md, "Server to client"). */
 export type ServerFrame =
+  | HeartbeatFrame
   | ReplyFrame
   | ErrorFrame
   | ExpiringFrame
@@ -100,7 +106,7 @@ export type ServerFrame =
   | PresenceFrame;
 
 /** The frames about a topic: all but answers and errors. */
-export type TopicFrame = Exclude<ServerFrame, ReplyFrame | ErrorFrame | ExpiringFrame>;
+export type TopicFrame = Exclude<ServerFrame, HeartbeatFrame | ReplyFrame | ErrorFrame | ExpiringFrame>;
 
 /**
  * Reads a text frame of the server: the frame, or the error to report when

@@ -34,7 +34,7 @@ export function settings(options: ClientOptions): Settings {
     backoffMaxMs: options.backoffMaxMs ?? 20_000,
     random: options.random ?? Math.random,
     clock: options.clock ?? systemClock,
-    heartbeatMs: options.heartbeatMs ?? 20_000,
+    heartbeatMs: options.heartbeatMs ?? 30_000,
     silenceMarginMs: options.silenceMarginMs ?? 10_000,
     offline: options.offline ?? "queue",
     maxQueued: options.maxQueued ?? 100,

@@ -62,6 +62,10 @@ export class Topics {
   /** The URL to open: the topic's, with `since` when it has a position. */
   socketUrl(url: string): string {
     const socketUrl = new URL(url);
+    // The heartbeat as text, which a page sees (it sees no WebSocket ping):
+    // the server's is the watchdog's sign of life, and the watchdog asks
+    // only when that does not come.
+    socketUrl.searchParams.set("heartbeat", "text");
     const position = this.followed.get(this.home)?.position;
     if (position) socketUrl.searchParams.set("since", `${position.offset}.${position.epoch}`);
     return socketUrl.toString();

@@ -72,7 +72,10 @@ export interface ClientOptions {
   /**
    * After this long without a frame from the server, the client sends a
    * `$ping`; after this long plus `silenceMarginMs` it gives the connection
-   * up and reconnects. Default 20 000 ms (the server's ping interval) and
+   * up and reconnects. The client asks the server for its heartbeat as a
+   * text frame (`?heartbeat=text`), which it answers: against a server
+   * whose `ping_interval` is below this, it sends no `$ping` of its own.
+   * Default 30 000 ms (above the server's default interval, 25 s) and
    * 10 000 ms.
    */
   heartbeatMs?: number;

@@ -101,10 +101,10 @@ describe("refused upgrades", () => {
     socket(0).receive({ topic: "lobby", subscribed: { offset: 5, epoch: "e1" } });
     socket(0).drop(1006);
     clock.advance(1000);
-    assert.equal(socket(1).url, `${URL_}?since=5.e1`);
+    assert.equal(socket(1).url, `${URL_}?heartbeat=text&since=5.e1`);
     socket(1).refuse();
     await settle();
-    assert.deepEqual(probes, ["http://chat.test/ws/lobby?since=5.e1"]);
+    assert.deepEqual(probes, ["http://chat.test/ws/lobby?heartbeat=text&since=5.e1"]);
     client.close();
   });
 });
@@ -318,6 +318,27 @@ describe("server frames", () => {
     socket(0).accept();
     socket(0).receive({ topic: "lobby", presence: { clients: 3, users: { alice: 2, bob: 1 } } });
     assert.deepEqual(snapshots, [{ topic: "lobby", presence: { clients: 3, users: { alice: 2, bob: 1 } } }]);
+    client.close();
+  });
+
+  it("answers the server's text heartbeat, and asks with `$ping` only when it stops", () => {
+    const { client, clock, socket, errors } = setup({ callTimeoutMs: 120_000 });
+    client.connect();
+    assert.equal(socket(0).url, `${URL_}?heartbeat=text`);
+    socket(0).accept();
+    // The server's default interval, 25 s, under the default 30 s watchdog.
+    for (let beat = 0; beat < 4; beat++) {
+      clock.advance(25_000);
+      socket(0).receive({ heartbeat: {} });
+    }
+    const pings = socket(0).frames("$ping");
+    assert.equal(pings.length, 4, "each heartbeat answered");
+    assert.ok(pings.every((ping) => ping.id === undefined), "with no id: the server answers none");
+    assert.equal(errors.length, 0);
+    // The heartbeats stop: after 30 s the watchdog asks, with an id.
+    clock.advance(30_000);
+    assert.equal(socket(0).frames("$ping").at(-1)?.id !== undefined, true);
+    assert.equal(client.state, "open");
     client.close();
   });
 

@@ -351,6 +351,12 @@ export class Client {
             this.events.emit("error", { error: frame });
             return;
         }
+        if ("heartbeat" in frame) {
+            // Answered with a `$ping` that has no id: a sign of life the server
+            // does not answer.
+            this.socket?.send(JSON.stringify({ type: "$ping" }));
+            return;
+        }
         if ("expiring" in frame) {
             this.refresh();
             return;
