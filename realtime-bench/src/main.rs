@@ -20,13 +20,16 @@
 //!   two chat instances on one Redis under a steady load: memory over time,
 //!   latency, lost and reordered events, and the `/metrics` matched
 //!   against what the generator counted (see docs/PERFORMANCE.md);
-//! - `scale [--instances 6] [--conns 100000] [--clients 6] [--idle-secs 40] [--rate 10] [--seconds 60] [--floor timer|sweep]`:
+//! - `scale [--instances 6] [--conns 100000] [--clients 6] [--idle-secs 40] [--rate 10] [--seconds 60] [--floor timer|sweep] [--watchdog-secs 20] [--text-heartbeat]`:
 //!   `examples/bench_server` (release) instances on one private Redis and
 //!   client processes (`scale-client`, from 127.0.0.2 and up): memory per
 //!   connection, idle CPU per 100,000 connections, one event to all, and
 //!   a steady rate to all (see docs/SCALING.md); `--floor timer|sweep`:
 //!   the floor server in their place, pinging every 25 s from a timer per
 //!   connection or from one sweep, for memory and idle CPU;
+//!   `--watchdog-secs`: each client sends a `$ping` after that long without
+//!   a text frame, as the TypeScript client does; `--text-heartbeat`: each
+//!   asks for the heartbeat as text and answers it, as that client now does;
 //! - `storm [--clients 10000] [--rooms 100] [--rate 200] [--backoff-ms 2000]`:
 //!   two `bench_server` instances (history on) on one Redis, subscribers
 //!   following their rooms' positions on both; one is killed with SIGKILL
@@ -192,6 +195,11 @@ async fn run(args: &[String]) -> Result<(), String> {
                         return Err(format!("--floor takes timer or sweep, got `{other}`"));
                     }
                 },
+                watchdog: match flags.number("--watchdog-secs", 0)? {
+                    0 => None,
+                    secs => Some(std::time::Duration::from_secs(secs)),
+                },
+                text_heartbeat: rest.iter().any(|flag| flag == "--text-heartbeat"),
             })
             .await?;
         }
@@ -226,6 +234,11 @@ async fn run(args: &[String]) -> Result<(), String> {
                 &non_empty(urls)?,
                 &topic,
                 flags.number("--conns", 1000)?,
+                match flags.number("--watchdog-secs", 0)? {
+                    0 => None,
+                    secs => Some(std::time::Duration::from_secs(secs)),
+                },
+                rest.iter().any(|flag| flag == "--text-heartbeat"),
             )
             .await?;
         }

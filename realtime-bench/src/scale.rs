@@ -50,6 +50,14 @@ pub(crate) struct Options {
     /// and idle CPU; then one event to all with the timer floor, and no
     /// steady rate, since the floor acknowledges no broadcast.
     pub(crate) floor: Option<Floor>,
+    /// Each client does what the TypeScript client's watchdog does: after
+    /// this long without a text frame from the server (a browser sees no
+    /// WebSocket ping), it sends a `$ping`. `None`: it only answers pings.
+    pub(crate) watchdog: Option<Duration>,
+    /// Each client asks for the heartbeat as text (`?heartbeat=text`) and
+    /// answers it with a `$ping` that has no id, as the TypeScript client
+    /// does.
+    pub(crate) text_heartbeat: bool,
 }
 
 /// Which floor server `scale` runs.
@@ -128,7 +136,9 @@ impl Histogram {
 }
 
 /// `scale-client`: holds `connections` sockets from `source` to `urls` in
-/// turn, records the latency of every event, and answers the commands on
+/// turn, records the latency of every event, sends a `$ping` after
+/// `watchdog` without a text frame (if given), answers the text heartbeat
+/// (asked for with `text_heartbeat`), and answers the commands on
 /// stdin: `mark` (start counting again; answers `marked`) and `report`
 /// (a line on stdout).
 /// Prints `ready <held>` once every socket is in.
@@ -137,13 +147,20 @@ pub(crate) async fn client(
     urls: &[String],
     topic: &str,
     connections: usize,
+    watchdog: Option<Duration>,
+    text_heartbeat: bool,
 ) -> Result<(), String> {
     let histogram = Arc::new(Histogram::new());
     let gate = Arc::new(Semaphore::new(64));
     let mut connecting = Vec::with_capacity(connections);
     for n in 0..connections {
         let base = &urls[n % urls.len()];
-        let url = format!("{base}/{topic}?token={source}-{n}");
+        let heartbeat = if text_heartbeat {
+            "&heartbeat=text"
+        } else {
+            ""
+        };
+        let url = format!("{base}/{topic}?token={source}-{n}{heartbeat}");
         let port: u16 = base
             .rsplit(':')
             .next()
@@ -169,9 +186,33 @@ pub(crate) async fn client(
             drop(permit);
             // Reading answers the server's pings; every event is timed.
             tokio::spawn(async move {
+                let every = watchdog.unwrap_or(Duration::MAX / 4);
+                let silence = tokio::time::sleep(every);
+                tokio::pin!(silence);
+                let mut pings = 0_u64;
                 loop {
-                    match socket.next().await {
+                    let next = tokio::select! {
+                        () = &mut silence, if watchdog.is_some() => {
+                            pings += 1;
+                            let ping = format!(r#"{{"type":"$ping","id":{pings}}}"#);
+                            if socket.send(Message::text(ping)).await.is_err() {
+                                break;
+                            }
+                            silence.as_mut().reset(tokio::time::Instant::now() + every);
+                            continue;
+                        }
+                        next = socket.next() => next,
+                    };
+                    match next {
                         Some(Ok(Message::Text(text))) => {
+                            silence.as_mut().reset(tokio::time::Instant::now() + every);
+                            if text.as_str() == r#"{"heartbeat":{}}"# {
+                                let alive = Message::text(r#"{"type":"$ping"}"#);
+                                if socket.send(alive).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                             if let Some(sent) = sent_at(&text) {
                                 histogram.record(unix_micros().saturating_sub(sent));
                             }
@@ -452,6 +493,12 @@ pub(crate) async fn run(options: &Options) -> Result<(), String> {
         command
             .args(["scale-client", "--source", &source.to_string()])
             .args(["--topic", &topic, "--conns", &count.to_string()]);
+        if let Some(watchdog) = options.watchdog {
+            command.args(["--watchdog-secs", &watchdog.as_secs().to_string()]);
+        }
+        if options.text_heartbeat {
+            command.arg("--text-heartbeat");
+        }
         for url in &urls {
             command.args(["--url", url]);
         }
