@@ -192,6 +192,38 @@ async fn flood_gets_429_then_closes_with_1008() {
     bystander_receives(&mut other, &mut bystander).await;
 }
 
+/// A `$ping` without an id (the answer to the text heartbeat) past the rate
+/// limit is refused as a pong is: counted, with no error frame for the
+/// application to see; a flood of them is closed with 1008 all the same.
+#[tokio::test]
+async fn heartbeat_answers_past_the_rate_limit_get_no_error_frame() {
+    let mut config = Config::default();
+    config.max_messages_per_sec = 5;
+    config.rate_burst = 5;
+    let server = RoomServer::with_config(config).await;
+    let mut client = server.connect("flood", "alice").await;
+    for _ in 0..8 {
+        client.send(json!({"type": "$ping"})).await;
+    }
+    support::wait_until("three answers refused", || async {
+        server.service.metrics().rate_limited == 3
+    })
+    .await;
+    // Past the refill, a request is answered, and nothing came before it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    client
+        .send(json!({"type": "echo", "data": {"text": "x"}, "id": 1}))
+        .await;
+    assert_eq!(client.recv().await, json!({"reply_to": 1, "ok": "x"}));
+    for _ in 0..100 {
+        client.send(json!({"type": "$ping"})).await;
+    }
+    assert_eq!(
+        client.recv_close().await,
+        Closed::Frame(1008, "policy violation: rate limit or idle timeout".into())
+    );
+}
+
 /// What a flooding client read back before the server closed it.
 #[derive(Debug, Default)]
 struct FloodOutcome {

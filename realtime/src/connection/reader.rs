@@ -235,6 +235,10 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
             return Some(end);
         }
         let id = match protocol::read_envelope(text) {
+            // A `$ping` without an id is a heartbeat's answer, as a pong
+            // is: refused without an error frame, which the application
+            // never asked for and the client would report to it.
+            Ok(request) if request.kind == Control::PING && request.id.is_none() => return None,
             Ok(request) => request.id,
             Err(error) => error.id,
         };
@@ -388,7 +392,8 @@ impl<'a, H: MessageHandler, T: Topics<User = H::UserId>> Reader<'a, H, T> {
         }
     }
 
-    /// A built-in control message: `$join`, `$leave` or `$ping`.
+    /// A built-in control message: `$join`, `$leave`, `$presence` or
+    /// `$refresh` (`$ping` is answered before: see `handle`).
     async fn control(&mut self, request: &protocol::Request<'_>) {
         let id = request.id;
         let control = Control::decode(request);
