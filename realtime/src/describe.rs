@@ -499,6 +499,26 @@ impl Api {
                 "messages": [{"$ref": "#/channels/topic/messages/expiring"}]
             }),
         );
+        messages.insert(
+            "heartbeat".to_owned(),
+            json!({
+                "name": "heartbeat",
+                "summary": "The server's heartbeat, every `Config::ping_interval`, to a connection opened with `?heartbeat=text` (in place of a WebSocket ping, which a page cannot see): the client answers `{\"type\": \"$ping\"}` without an id, or is closed with 1008 at the idle timeout.",
+                "payload": {
+                    "type": "object",
+                    "required": ["heartbeat"],
+                    "properties": {"heartbeat": {"type": "object"}}
+                }
+            }),
+        );
+        operations.insert(
+            "receive_heartbeat".to_owned(),
+            json!({
+                "action": "receive",
+                "channel": channel_ref,
+                "messages": [{"$ref": "#/channels/topic/messages/heartbeat"}]
+            }),
+        );
         let channel_messages: Map<String, Value> = messages
             .keys()
             .map(|key| {
@@ -518,7 +538,7 @@ impl Api {
             "info": {
                 "title": self.name,
                 "version": version,
-                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection; `$presence` answers who is in a topic; `$refresh` (`{\"token\": ..}`, answered `{\"expires_in\": ..}`) replaces an expiring token."
+                "description": "Protocol version 1 of realtime: JSON text frames over a WebSocket opened on a topic's URL; `$join` and `$leave` add and remove topics on the same connection; `$presence` answers who is in a topic; `$refresh` (`{\"token\": ..}`, answered `{\"expires_in\": ..}`) replaces an expiring token; `?heartbeat=text` makes the server's heartbeat the frame `{\"heartbeat\": {}}`, answered `{\"type\": \"$ping\"}`."
             },
             "channels": {
                 "topic": {

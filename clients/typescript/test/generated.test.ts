@@ -61,6 +61,7 @@ describe("the AsyncAPI document", () => {
     assert.deepEqual(operations.sort(), [
       "receive_event",
       "receive_expiring",
+      "receive_heartbeat",
       "receive_position",
       "receive_presence",
       "receive_unsubscribed",
