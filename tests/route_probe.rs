@@ -80,3 +80,29 @@ async fn since_is_read_percent_decoded_like_the_token() {
         400
     );
 }
+
+/// The probe reads `heartbeat` as the upgrade does: the TypeScript client
+/// asks why its socket failed with the very URL it opened, `heartbeat=text`
+/// included.
+#[tokio::test]
+async fn a_probe_with_the_text_heartbeat_gets_426_and_an_unknown_heartbeat_400() {
+    let node = Node::serve(
+        MemoryBroker::new(),
+        HistoryPolicy::none(),
+        Config::default(),
+    )
+    .await;
+    let addr = node.server.addr();
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&heartbeat=text").await,
+        426
+    );
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&heartbeat=ping").await,
+        426
+    );
+    assert_eq!(
+        plain_get(addr, "/ws/room?token=alice&heartbeat=loud").await,
+        400
+    );
+}

@@ -206,6 +206,62 @@ async fn client_that_sends_without_ever_reading_is_closed_too() {
     assert_eq!(echo["ok"], "fine");
 }
 
+/// The text heartbeat amid a stream of events: written by the sweep when
+/// the socket is free and by the write task when it is busy (the path a
+/// heartbeat queued behind events takes), it is always a whole frame
+/// between whole events, and no WebSocket ping comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_heartbeats_amid_a_stream_of_events_leave_every_frame_whole() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const EVENTS: usize = 3_000;
+    let mut config = Config::default();
+    config.ping_interval = Duration::from_millis(20);
+    config.topic_backlog = EVENTS;
+    config.outbound_queue = EVENTS;
+    let server = RoomServer::with_config(config).await;
+    let mut socket = server
+        .connect("stream?heartbeat=text", "reader")
+        .await
+        .into_inner();
+    let publisher = {
+        let service = server.service.clone();
+        tokio::spawn(async move {
+            for n in 0..EVENTS {
+                let said = Said {
+                    from: "publisher".to_owned(),
+                    text: n.to_string(),
+                };
+                service.publish("stream", &said).await.unwrap();
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let (mut events, mut heartbeats) = (0, 0);
+    while events < EVENTS {
+        let message = tokio::time::timeout(support::DEADLINE, socket.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("the connection is open")
+            .expect("a whole frame");
+        let Message::Text(text) = message else {
+            panic!("only text frames, got {message:?}");
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame == json!({"heartbeat": {}}) {
+            heartbeats += 1;
+        } else if frame.get("event").is_some() {
+            assert_eq!(frame["event"]["text"], events.to_string(), "in order");
+            events += 1;
+        }
+    }
+    publisher.await.unwrap();
+    assert!(heartbeats > 0, "no heartbeat came in {EVENTS} events");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_amid_a_stream_of_events_leave_every_frame_whole_and_the_close_clean() {
     use futures_util::StreamExt;
