@@ -113,9 +113,13 @@ pub struct Config {
     /// How often the server pings each client: a WebSocket ping, or the
     /// text frame `{"heartbeat":{}}` for a client that connected with
     /// `?heartbeat=text` (a page sees no ping; see the protocol's
-    /// heartbeat section). Default: 25 s, as Socket.IO and Centrifugo do: often enough for the NATs and proxies that drop
-    /// a silent connection after 30 s or more, and each ping costs the
-    /// instance a write and a read per connection (docs/SCALING.md).
+    /// heartbeat section). Default: 25 s, as Socket.IO and Centrifugo do:
+    /// often enough for the NATs and proxies that drop a silent connection
+    /// after 30 s or more, and each ping costs the instance a write and a
+    /// read per connection (docs/SCALING.md). The TypeScript client asks
+    /// with a `$ping` of its own after 30 s without a frame (its
+    /// `heartbeatMs`): raise that with this, or its clients ask on every
+    /// silence.
     /// They go out in one sweep per twentieth of the interval (a group of
     /// the connections each time), not on a timer per connection; a silent
     /// client is found at its group's sweep.

@@ -146,7 +146,8 @@ fn asks_to_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The answer to a plain GET whose token, topic and `since` passed: what
+/// The answer to a plain GET whose token, topic, `since` and `heartbeat`
+/// passed: what
 /// the upgrade would get now. 503 where it would be refused (the instance
 /// is full or shutting down, or its broker is away), 429 when the user
 /// holds its connections' limit here, else 426 "upgrade
