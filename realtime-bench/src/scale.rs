@@ -205,7 +205,9 @@ pub(crate) async fn client(
                     };
                     match next {
                         Some(Ok(Message::Text(text))) => {
-                            silence.as_mut().reset(tokio::time::Instant::now() + every);
+                            if watchdog.is_some() {
+                                silence.as_mut().reset(tokio::time::Instant::now() + every);
+                            }
                             if text.as_str() == r#"{"heartbeat":{}}"# {
                                 let alive = Message::text(r#"{"type":"$ping"}"#);
                                 if socket.send(alive).await.is_err() {
