@@ -225,21 +225,7 @@ async fn text_heartbeats_amid_a_stream_of_events_leave_every_frame_whole() {
         .connect("stream?heartbeat=text", "reader")
         .await
         .into_inner();
-    let publisher = {
-        let service = server.service.clone();
-        tokio::spawn(async move {
-            for n in 0..EVENTS {
-                let said = Said {
-                    from: "publisher".to_owned(),
-                    text: n.to_string(),
-                };
-                service.publish("stream", &said).await.unwrap();
-                if n % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let publisher = publish_stream(&server, EVENTS);
     let (mut events, mut heartbeats) = (0, 0);
     while events < EVENTS {
         let message = tokio::time::timeout(support::DEADLINE, socket.next())
@@ -276,21 +262,7 @@ async fn pings_amid_a_stream_of_events_leave_every_frame_whole_and_the_close_cle
     config.outbound_queue = EVENTS;
     let server = RoomServer::with_config(config).await;
     let mut socket = server.connect("stream", "reader").await.into_inner();
-    let publisher = {
-        let service = server.service.clone();
-        tokio::spawn(async move {
-            for n in 0..EVENTS {
-                let said = Said {
-                    from: "publisher".to_owned(),
-                    text: n.to_string(),
-                };
-                service.publish("stream", &said).await.unwrap();
-                if n % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let publisher = publish_stream(&server, EVENTS);
     let (mut events, mut pings) = (0, 0);
     while events < EVENTS {
         let message = tokio::time::timeout(support::DEADLINE, socket.next())
@@ -339,4 +311,22 @@ async fn pings_amid_a_stream_of_events_leave_every_frame_whole_and_the_close_cle
         }
     }
     assert!(closed, "no close frame");
+}
+
+/// Publishes `events` numbered events on `stream` from the server side, in
+/// bursts of 100 a few milliseconds apart.
+fn publish_stream(server: &RoomServer, events: usize) -> tokio::task::JoinHandle<()> {
+    let service = server.service.clone();
+    tokio::spawn(async move {
+        for n in 0..events {
+            let said = Said {
+                from: "publisher".to_owned(),
+                text: n.to_string(),
+            };
+            service.publish("stream", &said).await.unwrap();
+            if n % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
 }

@@ -413,42 +413,45 @@ pub(crate) fn bench_server(
     env: &[(&str, &str)],
 ) -> Result<(Process, String), String> {
     let server = binaries()?.join("examples").join("bench_server");
-    if !server.exists() {
-        return Err(format!(
-            "{} is missing: cargo build --release -p realtime-suite --example bench_server",
-            server.display()
-        ));
-    }
-    let port = free_port()?;
-    let child = Command::new(&server)
-        .env("PORT", port.to_string())
-        .env("REDIS_URL", redis_url)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", server.display()))?;
-    let server = Process(child);
-    wait_for_port(port)?;
-    Ok((server, format!("ws://127.0.0.1:{port}/ws")))
+    let mut all = vec![("RUST_LOG", "warn")];
+    all.extend_from_slice(env);
+    start(
+        &server,
+        "cargo build --release -p realtime-suite --example bench_server",
+        redis_url,
+        &all,
+    )
 }
 
 /// Starts a floor server (see `src/bin/floor-server.rs`) that pings its
 /// clients every 25 s; returns it and its WebSocket base URL.
 fn floor_server(redis_url: &str, floor: Floor) -> Result<(Process, String), String> {
     let server = binaries()?.join("floor-server");
+    let sweep = if floor == Floor::Sweep { "1" } else { "0" };
+    start(
+        &server,
+        "cargo build --release -p realtime-bench --bin floor-server",
+        redis_url,
+        &[("PING_SECS", "25"), ("PING_SWEEP", sweep)],
+    )
+}
+
+/// Starts the server binary at `server` (built by `build`) on a free port,
+/// on the Redis at `redis_url`, with `env`; waits until it listens.
+fn start(
+    server: &std::path::Path,
+    build: &str,
+    redis_url: &str,
+    env: &[(&str, &str)],
+) -> Result<(Process, String), String> {
     if !server.exists() {
-        return Err(format!(
-            "{} is missing: cargo build --release -p realtime-bench --bin floor-server",
-            server.display()
-        ));
+        return Err(format!("{} is missing: {build}", server.display()));
     }
     let port = free_port()?;
-    let child = Command::new(&server)
+    let child = Command::new(server)
         .env("PORT", port.to_string())
         .env("REDIS_URL", redis_url)
-        .env("PING_SECS", "25")
-        .env("PING_SWEEP", if floor == Floor::Sweep { "1" } else { "0" })
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("start {}: {e}", server.display()))?;
