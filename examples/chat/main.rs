@@ -40,7 +40,8 @@
 //! after SIGTERM with `/ready` at 503 before closing the sockets. A browser
 //! may open the page from the chat's own origin and from those
 //! `ALLOWED_ORIGINS` lists (comma-separated; `https://*.example.com`
-//! patterns too); an upgrade from another origin gets 403.
+//! patterns too); an upgrade from another origin gets 403. `PING_MS` sets
+//! the heartbeat's interval (25 000 by default).
 //!
 //! For the demo, the token is the user's name: any non-empty name is
 //! accepted. With `JWT_SECRET` set (at least 32 bytes), tokens are HS256
@@ -395,7 +396,7 @@ async fn serve<B: Broker>(
         None => Service::builder(Chat, (), validate_with(checked_name)),
     };
     let service = builder
-        .config(chat_config(addr.port()))
+        .config(chat_config(addr.port())?)
         .with_broker(broker)
         .history(HistoryPolicy::none().keep("*", Retention::new(KEPT, KEPT_FOR)))
         .presence(presence_policy()?)
@@ -442,7 +443,9 @@ async fn serve<B: Broker>(
 /// `http://localhost:<port>`) and those `ALLOWED_ORIGINS` adds, a
 /// comma-separated list (`https://chat.example.com,https://*.example.com`).
 /// A WebSocket client that is not a browser sends no `Origin` and is let in.
-fn chat_config(port: u16) -> realtime::Config {
+/// `PING_MS` sets the heartbeat's interval (default 25 000), for tests that
+/// must see it come.
+fn chat_config(port: u16) -> Result<realtime::Config, String> {
     let mut config = realtime::Config::default();
     config.allowed_origins = vec![
         format!("http://127.0.0.1:{port}"),
@@ -456,7 +459,13 @@ fn chat_config(port: u16) -> realtime::Config {
                 .map(str::to_owned),
         );
     }
-    config
+    if let Ok(ms) = std::env::var("PING_MS") {
+        let ms: u64 = ms
+            .parse()
+            .map_err(|_| format!("PING_MS must be a number of milliseconds, got `{ms}`"))?;
+        config.ping_interval = Duration::from_millis(ms);
+    }
+    Ok(config)
 }
 
 /// `DRAIN_SECS`: how long the chat goes on serving after SIGTERM with

@@ -300,6 +300,34 @@ describe("against the chat", () => {
     await proxy.cut();
   });
 
+  it("answers the real server's text heartbeat, which counts as its sign of life", async () => {
+    // A heartbeat every 100 ms; the client's own watchdog (30 s) stays quiet.
+    const fast = await Chat.start(undefined, { PING_MS: "100" });
+    const alice = client(fast.port, "beats", "alice");
+    try {
+      const errors: unknown[] = [];
+      alice.on("error", (event) => errors.push(event));
+      alice.connect();
+      await opened(alice);
+      const answered = async (): Promise<number> => {
+        const text = await (await fetch(`http://127.0.0.1:${fast.port}/metrics`)).text();
+        const line = text
+          .split("\n")
+          .find((line) => line.startsWith("realtime_frames_received_total") && line.includes('"$ping"'));
+        return Number(line?.split(" ").at(-1) ?? 0);
+      };
+      const deadline = Date.now() + 10_000;
+      while ((await answered()) < 5 && Date.now() < deadline) await sleep(100);
+      assert.ok((await answered()) >= 5, "the client answered each heartbeat with a `$ping`");
+      assert.deepEqual(errors, []);
+      assert.equal(alice.state, "open");
+    } finally {
+      // Stopped on failure too, or the chat would keep the test run alive.
+      alice.close();
+      await fast.stop();
+    }
+  });
+
   it("reconnects after the server goes away (1001) and comes back", async () => {
     const port = await freePort();
     const own = await Chat.start(port);

@@ -70,12 +70,13 @@ export class Chat {
     private readonly child: ChildProcess,
   ) {}
 
-  static async start(port?: number): Promise<Chat> {
+  /** `env` adds to the chat's environment (`PING_MS`, for one). */
+  static async start(port?: number, more: Record<string, string> = {}): Promise<Chat> {
     const listen = port ?? (await freePort());
     // The memory broker: no REDIS_URL.
     const { REDIS_URL: _, ...env } = process.env;
     const child = spawn(chatBinary, [], {
-      env: { ...env, PORT: String(listen), RUST_LOG: "warn" },
+      env: { ...env, ...more, PORT: String(listen), RUST_LOG: "warn" },
       stdio: "ignore",
     });
     await waitForPort(listen);
