@@ -59,12 +59,7 @@ async fn a_probe_gets_503_when_the_instance_is_full_or_shutting_down() {
 
 #[tokio::test]
 async fn since_is_read_percent_decoded_like_the_token() {
-    let node = Node::serve(
-        MemoryBroker::new(),
-        HistoryPolicy::none(),
-        Config::default(),
-    )
-    .await;
+    let node = plain_node().await;
     let addr = node.server.addr();
     // `3.abc`, with the dot encoded as a URL library may write it.
     assert_eq!(
@@ -86,12 +81,7 @@ async fn since_is_read_percent_decoded_like_the_token() {
 /// included.
 #[tokio::test]
 async fn a_probe_with_the_text_heartbeat_gets_426_and_an_unknown_heartbeat_400() {
-    let node = Node::serve(
-        MemoryBroker::new(),
-        HistoryPolicy::none(),
-        Config::default(),
-    )
-    .await;
+    let node = plain_node().await;
     let addr = node.server.addr();
     assert_eq!(
         plain_get(addr, "/ws/room?token=alice&heartbeat=text").await,
@@ -105,4 +95,14 @@ async fn a_probe_with_the_text_heartbeat_gets_426_and_an_unknown_heartbeat_400()
         plain_get(addr, "/ws/room?token=alice&heartbeat=loud").await,
         400
     );
+}
+
+/// A node on the memory broker, with no history and the default config.
+async fn plain_node() -> Node<MemoryBroker> {
+    Node::serve(
+        MemoryBroker::new(),
+        HistoryPolicy::none(),
+        Config::default(),
+    )
+    .await
 }

@@ -2,9 +2,10 @@
 //! `#[realtime_handler]`'s `router()` returns.
 //!
 //! An upgrade request goes through, in order: the topic's length (400),
-//! `since` and `heartbeat` (400), the token (401), the topic authorization (403), the
-//! upgrade headers (400, 405 or 426: see [`Upgrade`]), the connection limit (503), and the
-//! subscription of the instance to the topic (503 if the broker is down).
+//! `since` and `heartbeat` (400), the token (401), the topic authorization
+//! (403), the upgrade headers (400, 405 or 426: see [`Upgrade`]), the
+//! connection limit (503), and the subscription of the instance to the
+//! topic (503 if the broker is down).
 //! Only then is the socket upgraded, so a refused client never holds a
 //! WebSocket.
 //!
@@ -147,8 +148,7 @@ fn asks_to_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a plain GET whose token, topic, `since` and `heartbeat`
-/// passed: what
-/// the upgrade would get now. 503 where it would be refused (the instance
+/// passed: what the upgrade would get now. 503 where it would be refused (the instance
 /// is full or shutting down, or its broker is away), 429 when the user
 /// holds its connections' limit here, else 426 "upgrade
 /// required": a client may try its socket again. (axum's own answer, 400,
@@ -222,10 +222,7 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 /// resumes the URL's topic.
 fn since(query: Option<&str>) -> Result<Option<Position>, UpgradeError> {
     // Decoded like `token`: a client's URL library may encode the `.`.
-    let Some(value) = query.and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find_map(|(key, value)| (key == "since").then_some(value))
-    }) else {
+    let Some(value) = query_value(query, "since") else {
         return Ok(None);
     };
     value.parse().map(Some).map_err(|_| UpgradeError::BadSince)
@@ -236,15 +233,17 @@ fn since(query: Option<&str>) -> Result<Option<Position>, UpgradeError> {
 /// default): a client in a browser, which sees no ping, asks for it so
 /// that it hears the server without asking itself.
 fn text_heartbeat(query: Option<&str>) -> Result<bool, UpgradeError> {
-    let asked = query.and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find_map(|(key, value)| (key == "heartbeat").then_some(value))
-    });
-    match asked.as_deref() {
+    match query_value(query, "heartbeat").as_deref() {
         None | Some("ping") => Ok(false),
         Some("text") => Ok(true),
         Some(_) => Err(UpgradeError::BadHeartbeat),
     }
+}
+
+/// The first value of `name` in the query string, percent-decoded.
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find_map(|(key, value)| (key == name).then_some(value))
 }
 
 /// A service as router state gives [`HttpAuth`](crate::auth::HttpAuth) its
