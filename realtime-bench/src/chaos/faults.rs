@@ -462,17 +462,31 @@ async fn apply(
                 .expect("checker lock")
                 .epochs_may_change(None);
             let server = redis.by_port(replica.port).ok_or("no such server")?;
-            server.admin(&["CLUSTER", "FAILOVER"]).await?;
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                let role = server.admin(&["ROLE"]).await.unwrap_or_default();
-                if role.starts_with("master") {
-                    break;
+            // A replica that won an election less than four node timeouts
+            // ago (20 s) refuses to start another ("Failover attempt
+            // expired"), and the manual failover times out after 5 s: so
+            // ask again each time it lapses, until that window has passed.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            'promoted: loop {
+                server.admin(&["CLUSTER", "FAILOVER"]).await?;
+                let lapsed = Instant::now() + Duration::from_secs(6);
+                while Instant::now() < lapsed {
+                    let role = server.admin(&["ROLE"]).await.unwrap_or_default();
+                    if role.starts_with("master") {
+                        break 'promoted;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 if Instant::now() > deadline {
                     return Err(format!("replica :{} was not promoted", replica.port));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                log(
+                    checker,
+                    format!(
+                        "  the manual failover lapsed; asking :{} again",
+                        replica.port
+                    ),
+                );
             }
             let took = redis
                 .wait_healthy_noting(Duration::from_secs(20), |why| log(checker, why))
