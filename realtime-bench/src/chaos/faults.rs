@@ -447,11 +447,22 @@ async fn apply(
         Fault::Failover { master } => {
             let masters = redis.masters().await?;
             let master = masters.get(*master).ok_or("fewer masters than expected")?;
-            let nodes = redis.topology().await?;
-            let replica = nodes
-                .iter()
-                .find(|node| node.master_id.as_deref() == Some(&master.id) && !node.failed)
-                .ok_or_else(|| format!("master :{} has no replica", master.port))?;
+            // Right after a failover, the node asked may not list the
+            // demoted master as the new one's replica yet: look again.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let replica = loop {
+                let nodes = redis.topology().await?;
+                let replica = nodes
+                    .into_iter()
+                    .find(|node| node.master_id.as_deref() == Some(&master.id) && !node.failed);
+                match replica {
+                    Some(replica) => break replica,
+                    None if Instant::now() > deadline => {
+                        return Err(format!("master :{} has no replica", master.port));
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
             started(format!(
                 "CLUSTER FAILOVER on replica :{} of master :{}",
                 replica.port, master.port
