@@ -368,6 +368,16 @@ impl Redis {
             if nodes.iter().any(|node| node.failed) {
                 return Err("a node is flagged failed".to_owned());
             }
+            // The nodes learn of a failover by gossip: until the one asked
+            // for the topology has, the next fault would aim at the old
+            // roles (a `CLUSTER FAILOVER` sent to a master).
+            for server in &self.servers {
+                let role = server.admin(&["ROLE"]).await?;
+                let viewed = nodes.iter().find(|node| node.port == server.port);
+                if viewed.is_some_and(|node| node.master != role.starts_with("master")) {
+                    return Err(format!("{}: the topology has its old role", server.port));
+                }
+            }
         }
         Ok(())
     }
